@@ -1,0 +1,36 @@
+"""Sampling settings for generation: what the sampler and the generate command take.
+
+Defaults are greedy-free sampling as most GPT demos use (temperature 1.0, no top-k/top-p);
+temperature 0 means greedy decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scratchllm.config.base import Config, check
+
+
+@dataclass
+class SampleConfig(Config):
+    max_new_tokens: int = 200
+    # 0 means greedy (argmax); above 1 flattens the distribution, below 1 sharpens it.
+    temperature: float = 1.0
+    # Keep only the k most likely tokens; None keeps all.
+    top_k: int | None = None
+    # Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p; 1.0 keeps all.
+    top_p: float = 1.0
+    # >1 makes tokens already in the text less likely (CTRL, Keskar et al. 2019); 1.0 is off.
+    repetition_penalty: float = 1.0
+    # Stop strings: generation ends before the first occurrence, which is not returned.
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        check(self.temperature >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_k is not None:
+            check(self.top_k > 0, f"top_k must be a positive integer (or none to keep all), got {self.top_k}")
+        check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
+        check(self.repetition_penalty > 0,
+              f"repetition_penalty must be > 0 (1.0 is off), got {self.repetition_penalty}")

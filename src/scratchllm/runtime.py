@@ -1,0 +1,110 @@
+"""Runtime helpers: device and dtype choice, autocast, seeding, threads, rank-0 printing.
+
+Nothing happens on import; torch is imported inside the functions that need it so that
+`scratchllm --help` stays instant. Not here: anything about models or data.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from contextlib import nullcontext
+from typing import Any
+
+from scratchllm.errors import UserError
+
+
+def pick_device(name: str = "auto") -> Any:
+    """`"auto"` picks CUDA, then MPS, then CPU; any other name must be available."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def torch_dtype(name: str) -> Any:
+    """`"bf16"` -> `torch.bfloat16`, and so on; unknown names are a clear error."""
+    import torch
+
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}; use fp32, bf16 or fp16")
+    return getattr(torch, DTYPES[name])
+
+
+def autocast(device: Any, dtype: str) -> Any:
+    """A mixed-precision context for `dtype` on `device`; fp32 gives a no-op context."""
+    import torch
+
+    dt = torch_dtype(dtype)
+    if dt == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dt)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (for code that uses them)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(n: int | None) -> None:
+    """Use `n` intra-op threads (None: leave torch's default, one per core)."""
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def is_rank_zero() -> bool:
+    """True in a single process and in rank 0 of a torchrun job."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print, but only on rank 0."""
+    if is_rank_zero():
+        print(*args, **kwargs)
+
+
+def machine_summary() -> str:
+    """One line naming the machine: CPU model, cores, memory, Python and torch versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
