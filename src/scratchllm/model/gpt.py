@@ -1,0 +1,142 @@
+"""The GPT: token (+ learned position) embeddings, a stack of pre-norm blocks, a final norm, a head.
+
+One model serves training, evaluation and generation through one entry point,
+`forward(idx, targets=None, kv_cache=None, ...)`. With the default config it is GPT-2
+(Radford et al. 2019) and loads its weights; config switches turn on the Llama-style options.
+
+Not here: training, sampling, weight-name translation (model.weights), the teaching versions
+(scratchllm.steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from scratchllm.config.model import ModelConfig
+from scratchllm.errors import UserError
+from scratchllm.model import functional as Fn
+from scratchllm.model.kv_cache import KVCache
+from scratchllm.model.layers import Block, make_norm
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.context_length, config.n_embd) if config.position == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
+        if config.position == "rope":
+            cos, sin = Fn.rope_tables(config.head_dim, config.context_length, config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        init_weights(self)
+
+    # ------------------------------------------------------------------------------------------
+    def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None, *,
+                 position_ids: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normalised hidden states (B, T, n_embd): what a language or classification head reads.
+
+        idx: (B, T) token ids. kv_cache: continue after its `pos` filled positions (advanced here).
+        position_ids: (B, T) positions, default pos .. pos+T-1 (left-padded batches pass their own).
+        attention_mask: (B, pos+T) bool, True for real tokens, False for padding keys.
+        """
+        b, t = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if position_ids is None:
+            if start + t > self.config.context_length:
+                raise UserError(f"a sequence of {start + t} tokens is longer than the model's context of "
+                                f"{self.config.context_length}; shorten the input or slide a window")
+            position_ids = torch.arange(start, start + t, device=idx.device)[None, :]  # (1, T)
+        x = self.tok_emb(idx)  # (B, T, n_embd)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        else:
+            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (B|1, T, head_dim)
+            rope = (cos[:, None], sin[:, None])  # (B|1, 1, T, head_dim)
+        x = self.drop(x)
+        mask = self._mask(t, start, attention_mask, idx.device)
+        for i, block in enumerate(self.blocks):
+            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, mask, kv_cache, i, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        return self.norm_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                *, position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                last_only: bool = False):
+        """Logits (B, T, vocab), or (logits, loss) when `targets` (B, T) is given.
+
+        The loss is the mean cross-entropy over target positions that are not -100 (the ignore
+        index the finetuning data uses for padding and prompt tokens). `last_only` computes the
+        head for the last position only (B, 1, vocab): what generation needs.
+        """
+        h = self.features(idx, kv_cache, position_ids=position_ids, attention_mask=attention_mask)
+        if last_only:
+            h = h[:, -1:]
+        logits = self.lm_head(h)  # (B, T, vocab)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    @staticmethod
+    def _mask(t: int, start: int, attention_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+        """The attention mask blocks get: None for plain causal (or one new token), else bool (B|1, 1, T, S)."""
+        if attention_mask is None:
+            if start == 0 or t == 1:
+                return None
+            return Fn.causal_mask(t, start + t, device=device)[None, None]  # (1, 1, T, S)
+        allowed = Fn.causal_mask(t, start + t, device=device)[None] & attention_mask[:, None, :].bool()  # (B, T, S)
+        # a padding query would see no key at all (softmax of nothing is NaN): let it see itself
+        allowed = allowed | torch.eye(t, start + t, start, dtype=torch.bool, device=device)[None]
+        return allowed[:, None]  # (B, 1, T, S)
+
+    # ------------------------------------------------------------------------------------------
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> KVCache:
+        """A cache for `batch_size` rows and up to `max_len` positions (default: the context length)."""
+        p = self.lm_head.weight
+        return KVCache(self.config.n_layer, batch_size, self.config.kv_heads, max_len or self.config.context_length,
+                       self.config.head_dim, dtype or p.dtype, device or p.device)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameters, each shared tensor counted once; optionally without token/position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+        return n
+
+
+def init_weights(model: GPT) -> None:
+    """GPT-2's initialisation: every weight ~ N(0, 0.02), biases zero, norms one, and the residual
+    projections (attention and MLP outputs) scaled by 1/sqrt(2 * n_layer), so that the residual
+    stream's variance does not grow with depth (Radford et al. 2019, section 2.3)."""
+    std = model.config.init_std
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            s = std / math.sqrt(2 * model.config.n_layer) if name.endswith(("attn.proj", "mlp.proj")) else std
+            nn.init.normal_(m.weight, mean=0.0, std=s)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) or type(m).__name__ == "RMSNorm":
+            nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)

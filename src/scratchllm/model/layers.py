@@ -1,0 +1,104 @@
+"""The GPT's building blocks as modules: norms, attention, feed-forward, transformer block.
+
+Each class holds parameters and calls torch's fast kernels (or, for attention="explicit", the
+written-out math of `model.functional`). The book's hand-written teaching versions live in
+`scratchllm.steps` and are tested equal to these.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.config.model import ModelConfig
+from scratchllm.model import functional as Fn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Fn.rms_norm(x, self.weight, self.eps)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+class Attention(nn.Module):
+    """Causal multi-head (or grouped-query) self-attention with one fused QKV projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.qkv = nn.Linear(config.n_embd, qkv_out, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.explicit = config.attention == "explicit"
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None, kv_cache=None, layer: int = 0) -> torch.Tensor:
+        b, t, _ = x.shape
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
+        k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        if rope is not None:
+            q, k = Fn.apply_rope(q, *rope), Fn.apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, T_past + T, head_dim)
+        rep = self.n_head // self.n_kv_head
+        k, v = Fn.repeat_kv(k, rep), Fn.repeat_kv(v, rep)  # (B, n_head, T_k, head_dim)
+        p = self.dropout if self.training else 0.0
+        # mask: None means "plain causal" when T_q == T_k, "attend to everything" for one new query
+        causal = mask is None and t > 1
+        if self.explicit:
+            m = Fn.causal_mask(t, k.shape[2], device=x.device) if causal else mask
+            y = Fn.attention(q, k, v, m, dropout=p, training=self.training)
+        else:
+            if causal and k.shape[2] != t:  # new queries after cached keys: offset causal mask
+                mask, causal = Fn.causal_mask(t, k.shape[2], device=x.device), False
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        y = Fn.merge_heads(y)  # (B, T, n_embd)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: GELU (GPT-2) or SwiGLU (Llama) with hidden width config.hidden_dim."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        self.fc = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
+        if self.swiglu:
+            self.gate = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
+        self.proj = nn.Linear(config.hidden_dim, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            return self.proj(F.silu(self.gate(x)) * self.fc(x))
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), dropout on each branch."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = Attention(config)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, mask=None, kv_cache=None, layer: int = 0):
+        x = x + self.drop(self.attn(self.norm1(x), rope, mask, kv_cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
