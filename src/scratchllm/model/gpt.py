@@ -104,7 +104,8 @@ class GPT(nn.Module):
             return Fn.causal_mask(t, start + t, device=device)[None, None]  # (1, 1, T, S)
         allowed = Fn.causal_mask(t, start + t, device=device)[None] & attention_mask[:, None, :].bool()  # (B, T, S)
         # a padding query would see no key at all (softmax of nothing is NaN): let it see itself
-        allowed = allowed | torch.eye(t, start + t, start, dtype=torch.bool, device=device)[None]
+        q_pos = torch.arange(start, start + t, device=device)[:, None]
+        allowed = allowed | (torch.arange(start + t, device=device)[None, :] == q_pos)[None]
         return allowed[:, None]  # (B, 1, T, S)
 
     # ------------------------------------------------------------------------------------------
