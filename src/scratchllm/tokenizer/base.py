@@ -123,6 +123,11 @@ class Tokenizer(ABC):
         """Inverse of `to_dict`."""
 
     # --- shared behaviour ----------------------------------------------------------------
+    def encode_batch(self, texts: Sequence[str], allowed_special: AllowedSpecial = "none",
+                     num_threads: int = 1) -> list[list[int]]:
+        """Encode many texts (BPE's fast path runs them in `num_threads` native threads)."""
+        return [self.encode(t, allowed_special) for t in texts]
+
     def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
         """Ids to text; bytes that are not valid UTF-8 become U+FFFD unless errors="strict"."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)

@@ -15,8 +15,10 @@ from scratchllm.tokenizer.base import AllowedSpecial, Tokenizer, resolve_allowed
 
 
 class CharTokenizer(Tokenizer):
-    """>>> t = CharTokenizer.train("hello"); t.encode("hole"), t.decode([2, 1])
-    ([2, 3, 1, 0], 'lh')
+    """One id per distinct character of the training text, in sorted order, then special tokens.
+
+    >>> t = CharTokenizer.train("hello"); t.encode("hole"), t.decode([2, 1])
+    ([1, 3, 2, 0], 'lh')
     """
 
     kind = "char"

@@ -1,0 +1,254 @@
+"""`scratchllm tokenizer train|encode|decode|inspect`: tokenizers from the command line.
+
+train    learn a tokenizer from text files (or folders of .txt files; each file is one document)
+encode   text (argument, --file or stdin) -> space-separated ids
+decode   ids (arguments, --file or stdin) -> text
+inspect  train char, words, BPE and WordPiece on the same text (or load given ones) and compare them
+
+`--tokenizer` takes a saved tokenizer file/folder or `gpt2` (GPT-2's encoder.json and vocab.bpe from
+--data-dir/gpt2 or $SCRATCHLLM_DATA_DIR/gpt2). Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+KINDS = ("char", "words", "bpe", "wordpiece")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tokenizer", help="train, run and compare tokenizers",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    t = sub.add_parser("train", help="learn a tokenizer from text files")
+    t.add_argument("inputs", nargs="+", help="text files or folders of .txt files (each file is one document)")
+    t.add_argument("--kind", choices=KINDS, default="bpe", help="tokenizer kind (default: bpe)")
+    t.add_argument("--vocab-size", type=int, default=None,
+                   help="total ids incl. special tokens (default: bpe/wordpiece 4096, char/words all seen)")
+    t.add_argument("--pattern", default="gpt2", help="bpe pre-tokenisation: gpt2, gpt4 or a regex (default gpt2)")
+    t.add_argument("--special-token", action="append", dest="special_tokens", default=None,
+                   help="a special token (repeatable; default <|endoftext|>, for wordpiece BERT's)")
+    t.add_argument("--min-frequency", type=int, default=1, help="bpe: merge only pairs seen this often")
+    t.add_argument("--out", default="tokenizer.scratchllm.json", help="where to save (file or folder)")
+    t.add_argument("--hf-out", default=None, help="bpe: also write a Hugging Face tokenizer.json here")
+    _add_errors(t)
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("encode", help="text -> ids")
+    _add_tokenizer(e)
+    e.add_argument("text", nargs="?", default=None, help="text to encode (else --file, else stdin)")
+    e.add_argument("--file", default=None, help="read the text from this file")
+    e.add_argument("--allow-special", action="store_true", help="encode special tokens in the text as themselves")
+    e.add_argument("--engine", choices=("auto", "tiktoken", "python"), default="auto",
+                   help="bpe: tiktoken (fast) or python (reference); same ids")
+    _add_errors(e)
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="ids -> text")
+    _add_tokenizer(d)
+    d.add_argument("ids", nargs="*", help="token ids (else --file, else stdin), separated by spaces")
+    d.add_argument("--file", default=None, help="read the ids from this file")
+    d.set_defaults(func=cmd_decode)
+
+    i = sub.add_parser("inspect", help="compare tokenizers on one text")
+    i.add_argument("inputs", nargs="*", help="text files or folders to train on and measure")
+    i.add_argument("--tokenizer", action="append", dest="tokenizers", default=None,
+                   help="compare these saved tokenizers (or gpt2) instead of training (repeatable)")
+    i.add_argument("--data-dir", default=None, help="folder with gpt2/encoder.json and gpt2/vocab.bpe")
+    i.add_argument("--vocab-size", type=int, default=1024, help="vocab size for BPE and WordPiece (default 1024)")
+    i.add_argument("--sample", default=None, help="text whose token boundaries to show (default: first line)")
+    _add_errors(i)
+    i.set_defaults(func=cmd_inspect)
+
+
+def _add_tokenizer(p) -> None:
+    p.add_argument("--tokenizer", required=True, help="saved tokenizer file/folder, or gpt2")
+    p.add_argument("--data-dir", default=None, help="folder with gpt2/encoder.json and gpt2/vocab.bpe")
+
+
+def _add_errors(p) -> None:
+    p.add_argument("--errors", choices=("strict", "replace"), default="strict",
+                   help="bytes that are not UTF-8: strict = stop with an error, replace = use U+FFFD")
+
+
+# --- reading input -----------------------------------------------------------------------------
+def decode_utf8(data: bytes, name: str, errors: str = "strict") -> str:
+    """UTF-8 bytes -> str; with errors="strict" a bad byte is one clear error naming file and offset.
+
+    >>> decode_utf8(b"caf\\xc3\\xa9", "x.txt")
+    'café'
+    """
+    from scratchllm.errors import UserError
+
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name} is not UTF-8 text: byte offset {e.start} (0x{data[e.start]:02x}); "
+                        f"convert it to UTF-8 or pass --errors replace") from None
+
+
+def text_files(inputs: list[str]) -> list[Path]:
+    """Files named, plus the .txt files inside named folders (sorted, recursive)."""
+    from scratchllm.errors import UserError
+
+    files: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*.txt") if f.is_file())
+            if not found:
+                raise UserError(f"folder {p} has no .txt files")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"input {p} not found")
+    return files
+
+
+def read_documents(inputs: list[str], errors: str = "strict") -> list[str]:
+    from scratchllm.errors import UserError
+
+    docs = []
+    for f in text_files(inputs):
+        data = f.read_bytes()
+        if not data.strip():
+            raise UserError(f"{f} is empty; give text files with content")
+        docs.append(decode_utf8(data, str(f), errors))
+    return docs
+
+
+def _read_input(arg: str | None, file: str | None, errors: str = "strict") -> str:
+    from scratchllm.errors import UserError
+
+    if arg is not None and file is not None:
+        raise UserError("give the input either as an argument or with --file, not both")
+    if arg is not None:
+        return arg
+    if file is not None:
+        p = Path(file)
+        if not p.is_file():
+            raise UserError(f"file {p} not found")
+        return decode_utf8(p.read_bytes(), str(p), errors)
+    return decode_utf8(sys.stdin.buffer.read(), "standard input", errors)
+
+
+def _load_tokenizer(spec: str, data_dir: str | None):
+    from scratchllm.tokenizer import gpt2, load
+
+    if spec == "gpt2":
+        return gpt2(data_dir)
+    return load(spec)
+
+
+# --- commands ------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from scratchllm.errors import UserError
+    from scratchllm.tokenizer import train
+
+    docs = read_documents(args.inputs, args.errors)
+    opts: dict = {}
+    if args.special_tokens is not None:
+        opts["special_tokens"] = tuple(args.special_tokens)
+    if args.kind == "bpe":
+        opts.update(pattern=args.pattern, min_frequency=args.min_frequency, progress=not args.no_progress)
+    elif args.kind == "wordpiece":
+        opts["progress"] = not args.no_progress
+    elif args.kind == "words" and "special_tokens" in opts:
+        from scratchllm.tokenizer.words import UNK
+
+        opts["special_tokens"] += (UNK,) if UNK not in opts["special_tokens"] else ()
+    if args.hf_out and args.kind != "bpe":
+        raise UserError("--hf-out exports byte-level BPE only; use --kind bpe")
+    tok = train(args.kind, docs, args.vocab_size, **opts)
+    if args.out.endswith(("/", "\\")):  # a folder that may not exist yet
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    path = tok.save(args.out)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    print(f"trained {args.kind} tokenizer: {tok.vocab_size} ids from {len(docs)} file(s), {n_bytes:,} bytes -> {path}")
+    if args.hf_out:
+        from scratchllm.tokenizer.hf import export_hf
+
+        print(f"Hugging Face tokenizer.json -> {export_hf(tok, args.hf_out)}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    tok = _load_tokenizer(args.tokenizer, args.data_dir)
+    if args.engine != "auto" and getattr(tok, "kind", "") == "bpe":
+        tok.engine = args.engine
+    text = _read_input(args.text, args.file, args.errors)
+    ids = tok.encode(text, allowed_special="all" if args.allow_special else "none")
+    print(" ".join(map(str, ids)))
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from scratchllm.errors import UserError
+
+    tok = _load_tokenizer(args.tokenizer, args.data_dir)
+    raw = " ".join(args.ids) if args.ids else _read_input(None, args.file)
+    try:
+        ids = [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError:
+        bad = next(x for x in raw.replace(",", " ").split() if not x.lstrip("-").isdigit())
+        raise UserError(f"{bad!r} is not a token id; give integers separated by spaces") from None
+    tok.check_ids(ids)
+    sys.stdout.write(tok.decode(ids))
+    sys.stdout.write("\n")
+    return 0
+
+
+def boundaries(tok, text: str) -> str:
+    """The text with a `|` between tokens; a token holding part of a UTF-8 character shows its bytes.
+
+    >>> from scratchllm.tokenizer.char import CharTokenizer
+    >>> boundaries(CharTokenizer.train("ab"), "abba")
+    'a|b|b|a'
+    """
+    ids = tok.encode(text, allowed_special="all")
+    return "|".join(tok.decode_bytes([i]).decode("utf-8", errors="backslashreplace") for i in ids)
+
+
+def cmd_inspect(args) -> int:
+    from scratchllm.errors import UserError
+    from scratchllm.tokenizer import train
+
+    docs = read_documents(args.inputs, args.errors) if args.inputs else []
+    if args.tokenizers:
+        toks = [(spec, _load_tokenizer(spec, args.data_dir)) for spec in args.tokenizers]
+    else:
+        if not docs:
+            raise UserError("give text files to train on, or --tokenizer to compare saved ones")
+        toks = [
+            ("char", train("char", docs)),
+            ("words", train("words", docs)),
+            (f"bpe-{args.vocab_size}", train("bpe", docs, args.vocab_size)),
+            (f"wordpiece-{args.vocab_size}", train("wordpiece", docs, args.vocab_size)),
+        ]
+    text = "\n".join(docs) if docs else (args.sample or "")
+    if not text:
+        raise UserError("give text files (or --sample) to measure the tokenizers on")
+    n_bytes = len(text.encode("utf-8"))
+    sample = args.sample or next((ln for ln in text.splitlines() if ln.strip()), text)[:200]
+    print(f"{'tokenizer':<22} {'kind':<10} {'vocab':>7} {'tokens':>10} {'bytes/token':>12} {'tokens/byte':>12}")
+    for name, tok in toks:
+        try:
+            n = len(tok.encode(text, allowed_special="all"))
+        except UserError as e:
+            print(f"{name:<22} {tok.kind:<10} {tok.vocab_size:>7} cannot encode this text: {e}")
+            continue
+        print(f"{name:<22} {tok.kind:<10} {tok.vocab_size:>7} {n:>10,} {n_bytes / max(n, 1):>12.2f} "
+              f"{n / n_bytes:>12.3f}")
+    print(f"\nsample: {sample!r}")
+    for name, tok in toks:
+        try:
+            print(f"{name:<22} {boundaries(tok, sample)}")
+        except UserError as e:
+            print(f"{name:<22} cannot encode the sample: {e}")
+    return 0
