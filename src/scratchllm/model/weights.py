@@ -1,0 +1,343 @@
+"""Translating parameter names between scratchllm's GPT and other codebases' checkpoints.
+
+This is the only place that knows how Hugging Face transformers (GPT-2 and Llama) and the book's
+`GPTModel` (Raschka 2024, ch. 4, package `llms_from_scratch`) name and lay out their weights.
+Every function is a pure map from one state dict (name -> tensor) to another; nothing here loads
+files, downloads, or builds models.
+
+Layouts, as a reminder of what each function fixes:
+- HF GPT-2 stores linear weights as `Conv1D` matrices of shape (in, out), the transpose of
+  `nn.Linear`'s (out, in); `c_attn` is the fused q,k,v projection (same row order as ours after
+  transposing). Checkpoints on the hub omit the `transformer.` prefix and `lm_head.weight` (tied),
+  and older ones carry the causal-mask buffers `attn.bias`/`attn.masked_bias`, which we drop.
+- HF Llama keeps q/k/v separate (`q_proj`, `k_proj`, `v_proj`), SwiGLU as `gate_proj`, `up_proj`,
+  `down_proj`, and RMSNorm weights as `input_layernorm`, `post_attention_layernorm`, `norm`.
+  Its rotary embeddings use the "rotate half" layout, the same as `model.functional.apply_rope`,
+  so no permutation of q/k rows is needed.
+- The book's GPTModel has separate `W_query`/`W_key`/`W_value`, `trf_blocks`, `ff.layers.0/2`,
+  LayerNorm `scale`/`shift`, `final_norm`, an untied `out_head`, and a persistent `att.mask` buffer.
+
+The same goes for configuration keys: `config_from_hf_gpt2`/`config_from_hf_llama` read a hub
+`config.json` dict, `hf_gpt2_config`/`hf_llama_config` write one.
+
+Not here: reading safetensors/PyTorch files, downloading (interop), the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from scratchllm.config.model import ModelConfig
+from scratchllm.errors import UserError
+
+StateDict = Mapping[str, torch.Tensor]
+
+# Our block parameter -> (HF GPT-2 name inside `h.{i}.`, stored transposed as Conv1D).
+_GPT2_BLOCK = {
+    "norm1.weight": ("ln_1.weight", False),
+    "norm1.bias": ("ln_1.bias", False),
+    "attn.qkv.weight": ("attn.c_attn.weight", True),
+    "attn.qkv.bias": ("attn.c_attn.bias", False),
+    "attn.proj.weight": ("attn.c_proj.weight", True),
+    "attn.proj.bias": ("attn.c_proj.bias", False),
+    "norm2.weight": ("ln_2.weight", False),
+    "norm2.bias": ("ln_2.bias", False),
+    "mlp.fc.weight": ("mlp.c_fc.weight", True),
+    "mlp.fc.bias": ("mlp.c_fc.bias", False),
+    "mlp.proj.weight": ("mlp.c_proj.weight", True),
+    "mlp.proj.bias": ("mlp.c_proj.bias", False),
+}
+_GPT2_TOP = {
+    "tok_emb.weight": "wte.weight",
+    "pos_emb.weight": "wpe.weight",
+    "norm_f.weight": "ln_f.weight",
+    "norm_f.bias": "ln_f.bias",
+}
+# Our block parameter -> HF Llama name inside `model.layers.{i}.` (same (out, in) layout as ours).
+_LLAMA_BLOCK = {
+    "norm1.weight": "input_layernorm.weight",
+    "attn.proj.weight": "self_attn.o_proj.weight",
+    "attn.proj.bias": "self_attn.o_proj.bias",
+    "norm2.weight": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight",
+    "mlp.gate.bias": "mlp.gate_proj.bias",
+    "mlp.fc.weight": "mlp.up_proj.weight",
+    "mlp.fc.bias": "mlp.up_proj.bias",
+    "mlp.proj.weight": "mlp.down_proj.weight",
+    "mlp.proj.bias": "mlp.down_proj.bias",
+}
+_LLAMA_TOP = {"tok_emb.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight"}
+# Our block parameter -> the book's name inside `trf_blocks.{i}.` (q,k,v handled separately).
+_BOOK_BLOCK = {
+    "norm1.weight": "norm1.scale",
+    "norm1.bias": "norm1.shift",
+    "attn.proj.weight": "att.out_proj.weight",
+    "attn.proj.bias": "att.out_proj.bias",
+    "norm2.weight": "norm2.scale",
+    "norm2.bias": "norm2.shift",
+    "mlp.fc.weight": "ff.layers.0.weight",
+    "mlp.fc.bias": "ff.layers.0.bias",
+    "mlp.proj.weight": "ff.layers.2.weight",
+    "mlp.proj.bias": "ff.layers.2.bias",
+}
+_BOOK_TOP = {
+    "tok_emb.weight": "tok_emb.weight",
+    "pos_emb.weight": "pos_emb.weight",
+    "norm_f.weight": "final_norm.scale",
+    "norm_f.bias": "final_norm.shift",
+    "lm_head.weight": "out_head.weight",
+}
+_BOOK_QKV = ("att.W_query", "att.W_key", "att.W_value")
+_LLAMA_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+def _n_layers(names, pattern: str) -> int:
+    """Number of blocks, from the largest block index in the names.
+
+    >>> _n_layers(["h.0.ln_1.weight", "h.3.ln_1.weight", "wte.weight"], r"h\\.(\\d+)\\.")
+    4
+    """
+    idx = [int(m.group(1)) for n in names if (m := re.match(pattern, n))]
+    return max(idx) + 1 if idx else 0
+
+
+def _take(sd: dict[str, torch.Tensor], name: str, source: str) -> torch.Tensor:
+    if name not in sd:
+        raise UserError(f"the {source} weights have no {name!r}; is this really a {source} checkpoint?")
+    return sd.pop(name)
+
+
+def _no_leftovers(sd: Mapping[str, torch.Tensor], source: str, target: str) -> None:
+    if sd:
+        names = sorted(sd)
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        raise UserError(f"{source} weight {names[0]!r}{more} has no place in {target}; "
+                        f"the checkpoint uses options {target} does not support")
+
+
+def _qkv_sizes(ours: Mapping[str, torch.Tensor], i: int) -> tuple[int, int]:
+    """Rows of q and of k (= v) in block i's fused qkv: q has n_embd rows (n_head * head_dim)."""
+    total = ours[f"blocks.{i}.attn.qkv.weight"].shape[0]
+    q = ours[f"blocks.{i}.attn.proj.weight"].shape[1]
+    return q, (total - q) // 2
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face GPT-2
+def from_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """HF GPT-2 weights (`GPT2LMHeadModel` or hub `GPT2Model` names) -> our GPT's state dict.
+
+    Conv1D (in, out) weights are transposed to nn.Linear's (out, in). A missing `lm_head.weight`
+    (hub checkpoints) means the tied head: we give it the token embedding.
+    """
+    sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
+    sd = {k: v for k, v in sd.items() if not re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", k)}
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in _GPT2_TOP.items():
+        if theirs in sd:
+            out[ours] = sd.pop(theirs)
+    if "tok_emb.weight" not in out:
+        raise UserError("the GPT-2 weights have no 'wte.weight'; is this really a GPT-2 checkpoint?")
+    for i in range(_n_layers(sd, r"h\.(\d+)\.")):
+        for ours, (theirs, transposed) in _GPT2_BLOCK.items():
+            name = f"h.{i}.{theirs}"
+            if name in sd:
+                w = sd.pop(name)
+                out[f"blocks.{i}.{ours}"] = w.t().contiguous() if transposed else w
+            elif not ours.endswith("bias"):
+                raise UserError(f"the GPT-2 weights have no {name!r}; the checkpoint is incomplete")
+    out["lm_head.weight"] = sd.pop("lm_head.weight", out["tok_emb.weight"])
+    _no_leftovers(sd, "GPT-2", "scratchllm's GPT")
+    return out
+
+
+def to_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict -> `GPT2LMHeadModel.state_dict()` names and layouts (the inverse of
+    `from_hf_gpt2`). Raises UserError for weights GPT-2's layout has no place for (SwiGLU's gate);
+    a tied head is written out as `lm_head.weight`, as `GPT2LMHeadModel.state_dict()` has it."""
+    sd = dict(state_dict)
+    if "pos_emb.weight" not in sd:
+        raise UserError("GPT-2's layout needs learned positions (wpe); this model uses position=rope")
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in _GPT2_TOP.items():
+        if ours in sd:
+            out[f"transformer.{theirs}"] = sd.pop(ours)
+    for i in range(_n_layers(sd, r"blocks\.(\d+)\.")):
+        for ours, (theirs, transposed) in _GPT2_BLOCK.items():
+            name = f"blocks.{i}.{ours}"
+            if name in sd:
+                w = sd.pop(name)
+                out[f"transformer.h.{i}.{theirs}"] = w.t().contiguous() if transposed else w
+    out["lm_head.weight"] = sd.pop("lm_head.weight", out["transformer.wte.weight"])
+    _no_leftovers(sd, "scratchllm", "GPT-2's layout")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face Llama
+def from_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """`LlamaForCausalLM.state_dict()` -> our GPT's state dict (config: rmsnorm, swiglu, rope,
+    bias=False, qkv_bias=False, n_kv_head=num_key_value_heads, tie_weights as the checkpoint).
+
+    q_proj, k_proj and v_proj rows are stacked into our fused qkv in that order."""
+    sd = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in _LLAMA_TOP.items():
+        out[ours] = _take(sd, theirs, "Llama")
+    for i in range(_n_layers(sd, r"model\.layers\.(\d+)\.")):
+        p = f"model.layers.{i}."
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([_take(sd, f"{p}{n}.weight", "Llama") for n in _LLAMA_QKV])
+        if f"{p}{_LLAMA_QKV[0]}.bias" in sd:
+            out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([_take(sd, f"{p}{n}.bias", "Llama") for n in _LLAMA_QKV])
+        for ours, theirs in _LLAMA_BLOCK.items():
+            if p + theirs in sd:
+                out[f"blocks.{i}.{ours}"] = sd.pop(p + theirs)
+    out["lm_head.weight"] = sd.pop("lm_head.weight", out["tok_emb.weight"])
+    _no_leftovers(sd, "Llama", "scratchllm's GPT")
+    return out
+
+
+def to_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict (a Llama-style config) -> `LlamaForCausalLM.state_dict()` names."""
+    sd = dict(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in _LLAMA_TOP.items():
+        out[theirs] = _take(sd, ours, "scratchllm")
+    for i in range(_n_layers(sd, r"blocks\.(\d+)\.")):
+        p = f"model.layers.{i}."
+        q, kv = _qkv_sizes(sd, i)
+        for kind in ("weight", "bias"):
+            if f"blocks.{i}.attn.qkv.{kind}" in sd:
+                parts = sd.pop(f"blocks.{i}.attn.qkv.{kind}").split([q, kv, kv])
+                for n, t in zip(_LLAMA_QKV, parts):
+                    out[f"{p}{n}.{kind}"] = t.contiguous()
+        for ours, theirs in _LLAMA_BLOCK.items():
+            if f"blocks.{i}.{ours}" in sd:
+                out[p + theirs] = sd.pop(f"blocks.{i}.{ours}")
+    out["lm_head.weight"] = sd.pop("lm_head.weight", out["model.embed_tokens.weight"])
+    _no_leftovers(sd, "scratchllm", "Llama's layout")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The book's GPTModel (llms_from_scratch.ch04) and scratchllm.steps.gpt.GPTModel
+def from_book_gpt(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """The book's `GPTModel.state_dict()` -> our GPT's state dict.
+
+    W_query, W_key, W_value rows are stacked into the fused qkv (their biases too, when the book's
+    `qkv_bias` was on); the causal `att.mask` buffers are dropped. The book's head is untied: load
+    into a config with tie_weights=False (or check the two matrices are equal)."""
+    sd = {k: v for k, v in state_dict.items() if not re.fullmatch(r"trf_blocks\.\d+\.att\.mask", k)}
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in _BOOK_TOP.items():
+        out[ours] = _take(sd, theirs, "book GPTModel")
+    for i in range(_n_layers(sd, r"trf_blocks\.(\d+)\.")):
+        p = f"trf_blocks.{i}."
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([_take(sd, f"{p}{n}.weight", "book GPTModel")
+                                                        for n in _BOOK_QKV])
+        if f"{p}{_BOOK_QKV[0]}.bias" in sd:
+            out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([_take(sd, f"{p}{n}.bias", "book GPTModel")
+                                                          for n in _BOOK_QKV])
+        for ours, theirs in _BOOK_BLOCK.items():
+            out[f"blocks.{i}.{ours}"] = _take(sd, p + theirs, "book GPTModel")
+    _no_leftovers(sd, "book GPTModel", "scratchllm's GPT")
+    return out
+
+
+def to_book_gpt(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict -> the book's `GPTModel` names (without the `att.mask` buffers, so load
+    with `strict=False` or add them). Needs the book's options: learned positions, LayerNorm with
+    bias, GELU MLP with bias, plain multi-head attention."""
+    sd = dict(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in _BOOK_TOP.items():
+        out[theirs] = _take(sd, ours, "scratchllm")
+    for i in range(_n_layers(sd, r"blocks\.(\d+)\.")):
+        p = f"trf_blocks.{i}."
+        q, kv = _qkv_sizes(sd, i)
+        if q != kv:
+            raise UserError("the book's GPTModel has no grouped-query attention; use n_kv_head = n_head")
+        for kind in ("weight", "bias"):
+            if f"blocks.{i}.attn.qkv.{kind}" in sd:
+                parts = sd.pop(f"blocks.{i}.attn.qkv.{kind}").split([q, kv, kv])
+                for n, t in zip(_BOOK_QKV, parts):
+                    out[f"{p}{n}.{kind}"] = t.contiguous()
+        for ours, theirs in _BOOK_BLOCK.items():
+            out[p + theirs] = _take(sd, f"blocks.{i}.{ours}", "scratchllm")
+    _no_leftovers(sd, "scratchllm", "the book's GPTModel")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# configuration keys (a hub config.json as a dict)
+def config_from_hf_gpt2(hf: Mapping, **overrides) -> ModelConfig:
+    """A GPT-2 `config.json` dict -> ModelConfig. Dropout stays at our default (0.0) unless given
+    in `overrides`; GPT-2's own runs used 0.1 (`resid_pdrop`)."""
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"GPT-2 activation {hf['activation_function']!r} is not supported; scratchllm uses tanh GELU")
+    d = dict(vocab_size=hf["vocab_size"], context_length=hf["n_positions"], n_layer=hf["n_layer"],
+             n_head=hf["n_head"], n_embd=hf["n_embd"], mlp_hidden=hf.get("n_inner"),
+             norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_weights=hf.get("tie_word_embeddings", True),
+             bias=True, qkv_bias=True)
+    return ModelConfig(**{**d, **overrides})
+
+
+def hf_gpt2_config(config: ModelConfig) -> dict:
+    """ModelConfig (GPT-2 options) -> keyword arguments of `transformers.GPT2Config`."""
+    wanted = {"norm": "layernorm", "mlp": "gelu", "position": "learned", "bias": True, "qkv_bias": True}
+    for field, value in wanted.items():
+        if getattr(config, field) != value:
+            raise UserError(f"model.{field}={getattr(config, field)} has no GPT-2 equivalent; use {value}")
+    if config.kv_heads != config.n_head:
+        raise UserError("model.n_kv_head: GPT-2 has no grouped-query attention; leave n_kv_head unset")
+    return dict(vocab_size=config.vocab_size, n_positions=config.context_length, n_embd=config.n_embd,
+                n_layer=config.n_layer, n_head=config.n_head, n_inner=config.mlp_hidden,
+                layer_norm_epsilon=config.norm_eps, activation_function="gelu_new",
+                tie_word_embeddings=config.tie_weights, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+                attn_pdrop=config.dropout)
+
+
+def config_from_hf_llama(hf: Mapping, **overrides) -> ModelConfig:
+    """A Llama `config.json` dict -> ModelConfig (RMSNorm, SwiGLU, RoPE, no biases unless set).
+
+    RoPE scaling variants (Llama 3.1's "llama3", "linear", "dynamic", ...) are refused."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default":
+        raise UserError(f"Llama RoPE scaling {kind!r} is not supported; only plain RoPE (rope_type default)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UserError(f"Llama activation {hf['hidden_act']!r} is not supported; scratchllm's SwiGLU uses silu")
+    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    n_kv = hf.get("num_key_value_heads")
+    n_kv = None if n_kv == n_head else n_kv  # None: plain multi-head attention
+    if hf.get("head_dim") not in (None, n_embd // n_head):
+        raise UserError(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads; not supported")
+    if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
+        raise UserError("Llama attention_bias and mlp_bias differ; scratchllm needs both on or both off")
+    d = dict(vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
+             n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=n_kv, n_embd=n_embd,
+             mlp_hidden=hf["intermediate_size"], norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6),
+             mlp="swiglu", position="rope", rope_base=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+             bias=bool(hf.get("mlp_bias", False)), qkv_bias=bool(hf.get("attention_bias", False)),
+             tie_weights=bool(hf.get("tie_word_embeddings", False)))
+    return ModelConfig(**{**d, **overrides})
+
+
+def hf_llama_config(config: ModelConfig) -> dict:
+    """ModelConfig (Llama options) -> keyword arguments of `transformers.LlamaConfig`."""
+    wanted = {"norm": "rmsnorm", "mlp": "swiglu", "position": "rope"}
+    for field, value in wanted.items():
+        if getattr(config, field) != value:
+            raise UserError(f"model.{field}={getattr(config, field)} has no Llama equivalent; use {value}")
+    if config.bias != config.qkv_bias:
+        raise UserError("model.qkv_bias: Llama's attention_bias covers q/k/v and the output projection "
+                        "together; set qkv_bias equal to bias")
+    return dict(vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.hidden_dim,
+                num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+                num_key_value_heads=config.kv_heads, max_position_embeddings=config.context_length,
+                rms_norm_eps=config.norm_eps, rope_theta=config.rope_base, tie_word_embeddings=config.tie_weights,
+                attention_bias=config.qkv_bias, mlp_bias=config.bias, attention_dropout=config.dropout,
+                hidden_act="silu")
