@@ -108,6 +108,13 @@ class GPT(nn.Module):
         allowed = allowed | (torch.arange(start + t, device=device)[None, :] == q_pos)[None]
         return allowed[:, None]  # (B, 1, T, S)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, then tie the head again (assign=True would otherwise give it its own copy)."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.config.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
+        return result
+
     # ------------------------------------------------------------------------------------------
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None) -> KVCache:
