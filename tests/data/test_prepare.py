@@ -1,0 +1,73 @@
+"""The text pipeline job: fetch -> clean -> tokenizer -> shards, statistics, and reuse of a finished folder."""
+
+import json
+
+import numpy as np
+import pytest
+
+from scratchllm.config.data import DataConfig
+from scratchllm.config.tokenizer import TokenizerConfig
+from scratchllm.data.prepare import config_hash, prepare
+from scratchllm.errors import ConfigError, UserError
+
+
+@pytest.fixture
+def corpus(tmp_path, plays):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i, text in enumerate(plays * 4):
+        (d / f"play{i:02d}.txt").write_text(text.replace("ACT I.", f"ACT {i}."))
+    (d / "zz_copy.txt").write_text(plays[0].replace("ACT I.", "ACT 0.") + "\r\n")  # an exact duplicate of play00
+    return d
+
+
+def test_prepare_char_pipeline_writes_everything(tmp_path, corpus, plays, capsys):
+    cfg = DataConfig(dataset=str(corpus), tokenizer=TokenizerConfig(kind="char"), val_fraction=0.25)
+    out = tmp_path / "prep"
+    p = prepare(cfg, out)
+    assert not p.reused and p.dir == out
+    assert sorted(f.name for f in out.iterdir()) == ["clean_report.json", "meta.json", "tokenizer.scratchllm.json",
+                                                      "train.bin", "val.bin"]
+    assert p.meta["documents"] == {"total": 12, "train": 9, "val": 3}
+    report = json.loads((out / "clean_report.json").read_text())
+    copy_bytes = len(plays[0].replace("ACT I.", "ACT 0.").encode()) + 1  # "\r\n" became "\n"
+    assert report["exact_duplicates"] == [{"doc": "zz_copy.txt", "same_as": "play00.txt", "bytes": copy_bytes}]
+    assert p.tokenizer.kind == "char" and p.tokenizer.eot_id is not None
+    assert int((np.asarray(p.train) == p.tokenizer.eot_id).sum()) == 9 and len(p.val) == p.meta["tokens"]["val"]
+    assert set(p.timings) == {"fetch", "read", "clean", "tokenizer", "shards"}
+    printed = capsys.readouterr().out
+    assert "exact duplicates removed: 1" in printed and "train tokens" in printed and "tokens per byte" in printed
+
+
+def test_prepare_reuses_a_finished_folder_and_rebuilds_on_change(tmp_path, corpus, capsys):
+    cfg = DataConfig(dataset=str(corpus), tokenizer=TokenizerConfig(kind="char"))
+    out = tmp_path / "prep"
+    first = prepare(cfg, out, progress=False)
+    stamp = (out / "train.bin").stat().st_mtime_ns
+    again = prepare(cfg.replace(workers=2, data_dir=str(tmp_path)), out)  # settings that do not change the data
+    assert again.reused and (out / "train.bin").stat().st_mtime_ns == stamp
+    assert np.array_equal(again.train, first.train) and "reusing" in capsys.readouterr().out
+    changed = prepare(cfg.replace(val_fraction=0.25), out, progress=False)
+    assert not changed.reused and changed.meta["prepare"]["config_hash"] != first.meta["prepare"]["config_hash"]
+    (corpus / "play99.txt").write_text("A new play.")  # new input: not the same preparation
+    assert config_hash(cfg) != first.meta["prepare"]["config_hash"]
+
+
+def test_prepare_bpe_on_the_verdict(tmp_path, shared_data):
+    cfg = DataConfig(dataset="the-verdict", data_dir=str(shared_data), tokenizer=TokenizerConfig(vocab_size=300))
+    p = prepare(cfg, tmp_path / "verdict", progress=False)
+    text = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
+    ids = p.tokenizer.encode(text) + [p.tokenizer.eot_id]
+    assert p.meta["split"]["by"] == "tokens" and np.concatenate([p.train, p.val]).tolist() == ids
+    assert p.tokenizer.vocab_size == 300 and p.meta["tokens"]["total"] < 0.75 * len(text.encode())
+
+
+def test_prepare_refuses_bad_input_and_writes_nothing(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n\n")
+    with pytest.raises(UserError, match="is empty"):
+        prepare(DataConfig(dataset=str(tmp_path / "blank.txt")), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="data.val_fraction must be in"):
+        DataConfig(val_fraction=1.5)
+    with pytest.raises(UserError, match="unknown dataset 'nope'"):
+        prepare(DataConfig(dataset="nope"), tmp_path / "out", progress=False)
