@@ -1,0 +1,201 @@
+"""Generation speed: scratchllm's KV-cached engine against Hugging Face transformers and the book.
+
+GPT-2 124M shape with random weights (the same weights in every implementation), a 32-token
+prompt, 200 new tokens, greedy. Rows: scratchllm fp32 and bf16 at batch 1, batch-8 throughput,
+HF `GPT2LMHeadModel.generate(use_cache=True, do_sample=False)`, the book's KV-cache GPTModel
+(llms_from_scratch.kv_cache.gpt2) and the book's uncached loop (llms_from_scratch.ch04, fewer
+tokens: it is slow). Also checks that greedy tokens are identical to HF's and the book's.
+
+    python benchmarks/generate.py                   # everything (a few minutes on 2 cores)
+    python benchmarks/generate.py --new-tokens 50 --repeats 1 --skip-uncached
+
+Decode at batch 1 reads every weight once per token: 124M fp32 parameters are ~500 MB (the tied
+embedding is read once, as the head), so memory bandwidth B GB/s caps speed near B / 0.5 tok/s.
+The script prints a rough copy bandwidth and that bound. Run it alone: with another process on one
+of the two cores, two torch threads slow down several-fold (use --threads 1 then).
+torch.compile of the decode step was tried (see generate.engine) and is not used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def best_time(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bandwidth_gbs() -> float:
+    """Rough memory bandwidth: copy a 256 MB tensor a few times (read + write)."""
+    a = torch.empty(64 * 2**20, dtype=torch.float32).fill_(1.0)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    t, _ = best_time(lambda: b.copy_(a), 5)
+    return 2 * a.numel() * 4 / t / 1e9
+
+
+def book_attention_fixed(self, x, use_cache=False, start_pos=0, cache=None):
+    """llms_from_scratch.kv_cache.gpt2.MultiHeadAttention.forward with one fix: the installed
+    release takes `causal_mask[:, -num_tokens:]` (columns), which crashes for one new query after
+    cached keys; the queries are the mask's last rows, `causal_mask[-num_tokens:, :]`."""
+    b, num_tokens, _ = x.shape
+    keys = self.W_key(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)  # (b, h, T, d)
+    values = self.W_value(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)  # (b, h, T, d)
+    queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)  # (b, h, T, d)
+    next_cache = None
+    if use_cache:
+        if cache is not None:
+            keys = torch.cat([cache[0], keys], dim=2)
+            values = torch.cat([cache[1], values], dim=2)
+        next_cache = (keys, values)
+    seq_len = keys.size(2)
+    causal_mask = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device), diagonal=1)
+    causal_mask = causal_mask[-num_tokens:, :][None, None, :, :]  # (1, 1, T, S)
+    attn_scores = queries @ keys.transpose(2, 3)
+    attn_scores.masked_fill_(causal_mask, -torch.inf)
+    attn_weights = self.dropout(torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1))
+    context_vec = (attn_weights @ values).transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)  # (b, T, C)
+    return self.out_proj(context_vec), next_cache
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=200)
+    ap.add_argument("--uncached-tokens", type=int, default=30, help="new tokens for the book's uncached loop")
+    ap.add_argument("--batch", type=int, default=8, help="batch size of the throughput rows")
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--skip-uncached", action="store_true")
+    args = ap.parse_args()
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.config.sample import SampleConfig
+    from scratchllm.generate import generate, generate_batch
+    from scratchllm.model import GPT
+    from scratchllm.model.weights import to_book_gpt, to_hf_gpt2
+    from scratchllm.runtime import machine_summary, set_threads
+
+    set_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("gpt2-small")
+    ours = GPT(cfg).eval()
+    sd = ours.state_dict()
+    n_new, n_prompt = args.new_tokens, args.prompt_tokens
+    prompt = torch.randint(0, cfg.vocab_size, (1, n_prompt), generator=torch.Generator().manual_seed(1))
+    prompts_b = torch.randint(0, cfg.vocab_size, (args.batch, n_prompt), generator=torch.Generator().manual_seed(2))
+    greedy = SampleConfig(temperature=0.0, max_new_tokens=n_new)
+
+    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu_new",
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.norm_eps)
+    hf = GPT2LMHeadModel(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_gpt2(sd), strict=False)
+    assert not unexpected and all(".attn." in k and k.endswith("bias") for k in missing), (missing, unexpected)
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+
+    def run_hf(model, ids, n):
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, use_cache=True)
+        return out[:, ids.shape[1]:]
+
+    def run_ours(model, ids, n):
+        return generate(model, ids[0].tolist(), greedy.replace(max_new_tokens=n))
+
+    rows: list[tuple[str, float, int]] = []  # (name, seconds, tokens)
+
+    def bench(name, fn, tokens):
+        fn_warm = fn  # the first call also warms up allocators and kernels
+        t, out = best_time(fn_warm, args.repeats + 1)
+        rows.append((name, t, tokens))
+        print(f"  {name:<42} {tokens / t:8.1f} tok/s  ({t:.2f} s)", flush=True)
+        return out
+
+    print(f"machine: {machine_summary()}")
+    bw = bandwidth_gbs()
+    print(f"memory copy bandwidth ~{bw:.1f} GB/s -> fp32 124M decode bound ~{bw / (ours.num_params() * 4 / 1e9):.0f} "
+          f"tok/s, bf16 ~{bw / (ours.num_params() * 2 / 1e9):.0f} tok/s")
+    print(f"batch 1, prompt {n_prompt}, {n_new} new tokens, greedy")
+
+    ours_tokens = bench("scratchllm fp32", lambda: run_ours(ours, prompt, n_new), n_new)
+    hf_tokens = bench("HF transformers fp32 (generate, use_cache)", lambda: run_hf(hf, prompt, n_new), n_new)
+
+    # the book's KV-cache GPTModel
+    from llms_from_scratch.kv_cache.gpt2 import GPTModel as BookKV
+    from llms_from_scratch.kv_cache.utils import KVCache as BookCache
+
+    book_cfg = {"vocab_size": cfg.vocab_size, "context_length": cfg.context_length, "emb_dim": cfg.n_embd,
+                "n_heads": cfg.n_head, "n_layers": cfg.n_layer, "drop_rate": 0.0, "qkv_bias": True}
+    book_sd = to_book_gpt(sd)
+    book_kv = BookKV(book_cfg).eval()
+    book_kv.load_state_dict(book_sd, strict=True)
+    for blk in book_kv.trf_blocks:  # the installed release slices the mask's columns; use its rows
+        blk.att.forward = book_attention_fixed.__get__(blk.att)
+
+    def run_book_kv(ids, n):
+        with torch.no_grad():
+            cache = BookCache(n_layers=cfg.n_layer)
+            book_kv.current_pos = 0
+            logits = book_kv(ids, use_cache=True, cache=cache)
+            out = []
+            for _ in range(n):
+                nxt = logits[:, -1].argmax(dim=-1, keepdim=True)
+                out.append(nxt)
+                logits = book_kv(nxt, use_cache=True, cache=cache)
+        return torch.cat(out, dim=1)
+
+    book_tokens = bench("book KV-cache GPTModel fp32", lambda: run_book_kv(prompt, n_new), n_new)
+    same_hf = ours_tokens == hf_tokens[0].tolist()
+    same_book = ours_tokens == book_tokens[0].tolist()
+
+    if not args.skip_uncached:
+        from llms_from_scratch.ch04 import GPTModel as Book
+        from llms_from_scratch.ch04 import generate_text_simple
+
+        book = Book(book_cfg).eval()
+        book.load_state_dict(book_sd, strict=False)
+        k = args.uncached_tokens
+        bench(f"book uncached loop fp32 ({k} tokens)",
+              lambda: generate_text_simple(book, prompt, k, cfg.context_length), k)
+
+    ours_bf16 = GPT(cfg).eval()
+    ours_bf16.load_state_dict(sd)
+    ours_bf16 = ours_bf16.to(torch.bfloat16)
+    bench("scratchllm bf16", lambda: run_ours(ours_bf16, prompt, n_new), n_new)
+    hf_bf16 = GPT2LMHeadModel(hf_cfg).eval()
+    hf_bf16.load_state_dict(hf.state_dict())
+    hf_bf16 = hf_bf16.to(torch.bfloat16)
+    hf_bf16.generation_config.eos_token_id, hf_bf16.generation_config.pad_token_id = None, 0
+    bench("HF transformers bf16", lambda: run_hf(hf_bf16, prompt, n_new), n_new)
+
+    b = args.batch
+    print(f"batch {b} throughput (all rows {n_new} tokens)")
+    batch_out = bench(f"scratchllm fp32 batch {b}",
+                      lambda: generate_batch(ours, prompts_b.tolist(), greedy), b * n_new)
+    hf_batch = bench(f"HF transformers fp32 batch {b}", lambda: run_hf(hf, prompts_b, n_new), b * n_new)
+    same_batch = batch_out == hf_batch.tolist()
+
+    speed = {name: tokens / t for name, t, tokens in rows}
+    print("ratios (scratchllm / peer, tokens per second):")
+    print(f"  fp32 batch 1 vs HF:            {speed['scratchllm fp32'] / speed[rows[1][0]]:.2f}x  (target >= 2x)")
+    print(f"  fp32 batch 1 vs book KV cache: {speed['scratchllm fp32'] / speed['book KV-cache GPTModel fp32']:.2f}x")
+    print(f"  bf16 batch 1 vs HF bf16:       {speed['scratchllm bf16'] / speed['HF transformers bf16']:.2f}x")
+    print(f"  fp32 batch {b} vs HF batch {b}:     "
+          f"{speed[f'scratchllm fp32 batch {b}'] / speed[f'HF transformers fp32 batch {b}']:.2f}x")
+    print(f"greedy tokens identical: HF {same_hf}, book KV cache {same_book}, HF batch {b} {same_batch}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Training throughput: scratchllm against the book's GPTModel and Hugging Face's GPT2LMHeadModel.
+
+One optimizer step = forward, backward, AdamW step, on the same random batch, same shapes, in this
+process; tokens/s is the median after warm-up. Configs: nanoGPT's CPU Shakespeare model (4 layers,
+4 heads, 128 dims, context 64, batch 12, vocabulary 65) and GPT-2 124M at context 256, batch 4.
+Also model FLOPs utilisation against measured fp32/bf16 matmul peaks, and the peak memory (RSS) of
+a 124M training step at context 1024, batch 8, with and without activation checkpointing, each in
+its own process.
+
+    python benchmarks/train_throughput.py            # everything (~10 minutes on 2 cores)
+    python benchmarks/train_throughput.py --quick    # fewer steps, no 124M memory runs
+
+Targets (issue): tiny >= 1.5x the fastest peer; 124M >= 1.3x HF under bf16 autocast; checkpointing
+cuts peak RSS by >= 40%. Compare only within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import header, matmul_peaks, median_step_time  # noqa: E402
+
+TINY = dict(n_layer=4, n_head=4, n_embd=128, context_length=64, vocab_size=65, batch=12)
+GPT2 = dict(n_layer=12, n_head=12, n_embd=768, context_length=256, vocab_size=50257, batch=4)
+
+
+def ours(c, *, precision="fp32", compile=False, checkpointing=False, **model_kw):
+    import torch
+
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.config.train import TrainConfig
+    from scratchllm.model import GPT
+    from scratchllm.runtime import autocast
+    from scratchllm.train.loop import loss_for
+    from scratchllm.train.optim import build_optimizer
+
+    cfg = ModelConfig(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], context_length=c["context_length"],
+                      vocab_size=c["vocab_size"], dropout=0.0, gradient_checkpointing=checkpointing, **model_kw)
+    model = GPT(cfg)
+    opt = build_optimizer(model, TrainConfig(), "cpu")
+    fwd = torch.compile(model) if compile else model
+    amp = autocast("cpu", precision)
+
+    lm = loss_for(cfg)
+
+    def loss_fn(x, y):
+        with amp:
+            return lm(fwd, (x, y))
+
+    return model, opt, loss_fn
+
+
+def book(c, precision="fp32"):
+    import torch
+    import torch.nn.functional as F
+    from llms_from_scratch.ch04 import GPTModel
+
+    from scratchllm.runtime import autocast
+
+    model = GPTModel({"vocab_size": c["vocab_size"], "context_length": c["context_length"], "emb_dim": c["n_embd"],
+                      "n_heads": c["n_head"], "n_layers": c["n_layer"], "drop_rate": 0.0, "qkv_bias": False})
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)  # the book's chapter 5 optimizer
+    amp = autocast("cpu", precision)
+
+    def loss_fn(x, y):
+        with amp:
+            return F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+
+    return model, opt, loss_fn
+
+
+def hf(c, precision="fp32"):
+    import torch
+    import torch.nn.functional as F
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from scratchllm.runtime import autocast
+
+    cfg = GPT2Config(vocab_size=c["vocab_size"], n_positions=c["context_length"], n_embd=c["n_embd"],
+                     n_layer=c["n_layer"], n_head=c["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1)
+    amp = autocast("cpu", precision)
+
+    def loss_fn(x, y):
+        with amp:
+            return F.cross_entropy(model(input_ids=x).logits.flatten(0, 1).float(), y.flatten())
+
+    return model, opt, loss_fn
+
+
+def tokens_per_second(make, c, warmup, steps):
+    import torch
+
+    torch.manual_seed(0)
+    model, opt, loss_fn = make()
+    model.train()
+    x = torch.randint(0, c["vocab_size"], (c["batch"], c["context_length"]))
+    y = torch.randint(0, c["vocab_size"], (c["batch"], c["context_length"]))
+
+    def step():
+        loss = loss_fn(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t = median_step_time(step, warmup, steps)
+    flops = None
+    if hasattr(model, "config") and hasattr(model.config, "context_length"):
+        from scratchllm.train.loop import flops_per_token
+
+        flops = flops_per_token(model, c["context_length"])
+    return c["batch"] * c["context_length"] / t, flops
+
+
+def compare(name, c, variants, warmup, steps, peaks):
+    print(f"\n-- {name}: {c}")
+    results = {}
+    for label, make, precision in variants:
+        try:
+            tps, fpt = tokens_per_second(make, c, warmup, steps)
+        except Exception as e:  # a peer that cannot run here is reported, not fatal
+            print(f"{label:32s} failed: {type(e).__name__}: {e}")
+            continue
+        results[label] = tps
+        mfu = f"  MFU {tps * fpt / peaks[precision]:.1%} of {precision} peak" if fpt else ""
+        print(f"{label:32s} {tps:10,.0f} tok/s{mfu}", flush=True)
+    peers = {k: v for k, v in results.items() if not k.startswith("scratchllm")}
+    if peers and results:
+        best_peer = max(peers, key=peers.get)
+        for k, v in results.items():
+            if k.startswith("scratchllm"):
+                print(f"  {k} / fastest peer ({best_peer}): {v / peers[best_peer]:.2f}x")
+        if "HF GPT2LMHeadModel bf16" in peers:
+            best_ours = max((k for k in results if k.startswith("scratchllm")), key=results.get)
+            print(f"  {best_ours} / HF bf16 autocast: {results[best_ours] / peers['HF GPT2LMHeadModel bf16']:.2f}x")
+    return results
+
+
+def memory_child(checkpointing: bool) -> None:
+    """One 124M training step at context 1024, batch 8; print peak RSS in MiB as JSON."""
+    import resource
+
+    import torch
+
+    c = dict(GPT2, context_length=1024, batch=8)
+    model, opt, loss_fn = ours(c, checkpointing=checkpointing)
+    x = torch.randint(0, c["vocab_size"], (c["batch"], c["context_length"]))
+    loss = loss_fn(x, x)
+    loss.backward()
+    opt.step()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"checkpointing": checkpointing, "peak_rss_mib": rss}))
+
+
+def memory(peaks_unused=None) -> None:
+    print("\n-- peak RSS of one 124M training step, context 1024, batch 8 (each in its own process)")
+    out = {}
+    for ckpt in (False, True):
+        r = subprocess.run([sys.executable, __file__, "--memory-child", str(int(ckpt))], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            print(f"checkpointing={ckpt}: failed: {r.stderr.strip().splitlines()[-1:]}")
+            continue
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        out[ckpt] = d["peak_rss_mib"]
+        print(f"activation checkpointing {'on ' if ckpt else 'off'}: {d['peak_rss_mib']:,.0f} MiB")
+    if len(out) == 2:
+        print(f"  reduction with checkpointing: {1 - out[True] / out[False]:.0%} (target >= 40%)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps; skip the 124M memory runs")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--compile", action="store_true", help="also time scratchllm under torch.compile")
+    args = ap.parse_args()
+    if args.memory_child is not None:
+        memory_child(bool(int(args.memory_child)))
+        return
+    header("training throughput: scratchllm vs the book's GPTModel vs HF GPT2LMHeadModel")
+    peaks = matmul_peaks()
+    print(f"measured matmul peaks (2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    w, s = (3, 10) if args.quick else (5, 30)
+    variants = [
+        ("scratchllm fp32", lambda: ours(TINY, bias=False, qkv_bias=False), "fp32"),
+        ("scratchllm bf16", lambda: ours(TINY, precision="bf16", bias=False, qkv_bias=False), "bf16"),
+        ("book GPTModel fp32", lambda: book(TINY), "fp32"),
+        ("HF GPT2LMHeadModel fp32", lambda: hf(TINY), "fp32"),
+        ("HF GPT2LMHeadModel bf16", lambda: hf(TINY, "bf16"), "bf16"),
+    ]
+    if args.compile:
+        variants.insert(2, ("scratchllm fp32 compiled",
+                            lambda: ours(TINY, compile=True, bias=False, qkv_bias=False), "fp32"))
+    compare("tiny (nanoGPT CPU Shakespeare shape)", TINY, variants, w, s, peaks)
+    w, s = (1, 3) if args.quick else (2, 8)
+    compare("GPT-2 124M, context 256, batch 4", GPT2, [
+        ("scratchllm fp32", lambda: ours(GPT2), "fp32"),
+        ("scratchllm bf16", lambda: ours(GPT2, precision="bf16"), "bf16"),
+        ("book GPTModel fp32", lambda: book(GPT2), "fp32"),
+        ("HF GPT2LMHeadModel fp32", lambda: hf(GPT2), "fp32"),
+        ("HF GPT2LMHeadModel bf16", lambda: hf(GPT2, "bf16"), "bf16"),
+    ], w, s, peaks)
+    if not args.quick:
+        memory()
+
+
+if __name__ == "__main__":
+    main()

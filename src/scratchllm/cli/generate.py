@@ -1,0 +1,169 @@
+"""`scratchllm generate`: text from a trained checkpoint (or a random-weight preset).
+
+    scratchllm generate "To be, or not"                      # latest run in ./runs
+    scratchllm generate --model runs/shakespeare "ROMEO:" --temperature 0.8 --top-k 50 --stream
+    scratchllm generate --model gpt2-small "Hello" --max-new-tokens 20   # random weights
+    echo "Once upon" | scratchllm generate --stop "\\n\\n" --seed 1
+
+Sampling options are SampleConfig's fields (flags here, or `--key value` overrides). The wiring
+lives here because loading a checkpoint belongs to training (layer 3), which the generation
+engine (layer 2) must not import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="generate text from a checkpoint or preset",
+        description="Generate text with a trained model (a run or checkpoint folder; default: the latest run in "
+                    "./runs) or a model preset with random weights. Extra --key value flags override sampling "
+                    "settings (SampleConfig).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt", nargs="?", default=None, help="prompt text (default: --file, else stdin if piped)")
+    p.add_argument("--model", "-m", default=None,
+                   help="run folder, checkpoint folder, or preset name (random weights); default: latest run")
+    p.add_argument("--runs-dir", default="runs", help="where to look for the latest run (default: runs)")
+    p.add_argument("--file", "-f", default=None, help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL penalty, 1.0 = off")
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable); not printed")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding gpt2/encoder.json and gpt2/vocab.bpe, for presets (default: "
+                        "SCRATCHLLM_DATA_DIR, then the cache)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default fp32)")
+    p.set_defaults(func=run, accepts_overrides=True)
+
+
+def sample_config(args):
+    """SampleConfig from the flags that were given, then `--key value` overrides (validated)."""
+    from scratchllm.config.base import parse_overrides
+    from scratchllm.config.sample import SampleConfig
+
+    given = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p",
+                                           "repetition_penalty", "seed") if getattr(args, k) is not None}
+    if args.stop:
+        given["stop"] = tuple(unescape(s) for s in args.stop)
+    config = SampleConfig.from_dict(given)
+    if args.overrides:
+        config = config.override(parse_overrides(args.overrides))
+    return config
+
+
+def unescape(s: str) -> str:
+    r"""Let `--stop '\n\n'` typed in a shell mean two newlines.
+
+    >>> unescape(r"a\nb\t\\")
+    'a\nb\t\\'
+    """
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[s[i + 1]])
+            i += 2
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def read_prompt(args) -> str:
+    from pathlib import Path
+
+    from scratchllm.errors import UserError
+
+    if args.prompt is not None:
+        return args.prompt
+    if args.file is not None:
+        p = Path(args.file)
+        if not p.is_file():
+            raise UserError(f"prompt file {p} not found")
+        return p.read_text(encoding="utf-8")
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    return ""
+
+
+def load(args):
+    """(model, tokenizer, description) for --model (folder or preset) or the latest run."""
+    from pathlib import Path
+
+    from scratchllm.config.model import PRESET_ALIASES, PRESETS
+    from scratchllm.errors import UserError
+    from scratchllm.train.checkpoint import latest_run, load_model
+
+    name = args.model
+    if name is not None and not Path(name).exists() and (name in PRESETS or name in PRESET_ALIASES):
+        return preset_model(name, args.data_dir)
+    if name is None:
+        folder = latest_run(args.runs_dir)
+    else:
+        folder = Path(name)
+        if not folder.exists():
+            raise UserError(f"model {name} is neither a folder nor a preset; pass a run or checkpoint folder "
+                            f"(runs/<name>) or one of the presets: {', '.join(PRESETS)}")
+    model, tokenizer, meta = load_model(folder)
+    if tokenizer is None:
+        raise UserError(f"{meta.get('checkpoint', folder)} has no tokenizer.scratchllm.json; cannot turn text "
+                        f"into tokens")
+    return model, tokenizer, f"checkpoint {meta.get('checkpoint', folder)}"
+
+
+def preset_model(name: str, data_dir=None):
+    """A preset with random weights and GPT-2's tokenizer (if its files are at hand) or raw bytes."""
+    import torch
+
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.errors import UserError
+    from scratchllm.model import GPT
+    from scratchllm.tokenizer.bpe import BPETokenizer
+
+    try:
+        from scratchllm.data.sources import gpt2_tokenizer
+
+        tokenizer, kind = gpt2_tokenizer(data_dir, offline=True), "GPT-2's tokenizer"
+    except (UserError, OSError):
+        # 256 single-byte tokens and <|endoftext|>: every text encodes, every id decodes
+        tokenizer = BPETokenizer([bytes([i]) for i in range(256)], [], special_tokens={"<|endoftext|>": 256})
+        kind = "a byte-level tokenizer (GPT-2's files were not found)"
+    torch.manual_seed(0)
+    config = ModelConfig.preset(name, vocab_size=tokenizer.vocab_size)
+    return GPT(config).eval(), tokenizer, f"preset {name} with RANDOM weights and {kind}"
+
+
+def run(args) -> int:
+    from scratchllm.runtime import pick_device, torch_dtype
+
+    config = sample_config(args)  # validate options before loading anything
+    prompt = read_prompt(args)
+    model, tokenizer, what = load(args)
+    model = model.to(device=pick_device(args.device), dtype=torch_dtype(args.dtype))
+    print(f"[{what}]", file=sys.stderr)
+
+    from scratchllm.generate.engine import stream
+
+    out = sys.stdout
+    if not args.no_echo:
+        out.write(prompt)
+        out.flush()
+    pieces = stream(model, tokenizer, prompt, config)
+    if args.stream:
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+    else:
+        out.write("".join(pieces))
+    out.write("\n")
+    out.flush()
+    return 0

@@ -1,0 +1,202 @@
+"""Training settings (`TrainConfig`) and a whole pretraining run (`RunConfig`).
+
+`TrainConfig` is what the one training loop (`scratchllm.train.loop.train`) reads: optimizer,
+schedule, precision, evaluation, checkpoints, stopping. Every kind of training (pretraining,
+classification, instruction and preference finetuning) reuses it.
+
+`RunConfig` composes a pretraining run from TOML tables `[model] [data] [train] [sample]` plus a
+few top-level keys (`name`, `runs_dir`, `preset`, `prompt`). A `preset` names one of
+`RUN_PRESETS` below; the TOML and `--key value` flags are applied on top of it.
+
+Defaults follow nanoGPT's `train.py` (AdamW betas 0.9/0.95, weight decay 0.1, clip 1.0,
+warmup then cosine to lr/10) unless a comment says otherwise. Not here: the loop itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from scratchllm.config.base import Config, check, load_toml
+from scratchllm.config.data import DataConfig
+from scratchllm.config.model import ModelConfig
+from scratchllm.config.sample import SampleConfig
+from scratchllm.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig(Config):
+    # --- optimizer -------------------------------------------------------------------
+    # Only AdamW (Loshchilov & Hutter 2019) is used for LLMs here; sgd exists for teaching/tests.
+    optimizer: str = "adamw"
+    # Peak learning rate; 6e-4 is GPT-3 small's (and nanoGPT's default for 124M).
+    lr: float = 6e-4
+    # Decoupled weight decay, applied to matrices (2-D weights) only, as GPT-2/nanoGPT do.
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    # 0.95 as GPT-3; nanoGPT uses 0.99 when tokens per step are few.
+    beta2: float = 0.95
+    eps: float = 1e-8
+    # Clip the global gradient norm to this value; 0 turns clipping off.
+    grad_clip: float = 1.0
+    # Use the fused AdamW kernel where torch has one for the device (CPU since torch 2.4, CUDA).
+    fused: bool = True
+    # --- schedule --------------------------------------------------------------------
+    # "cosine": linear warmup then cosine decay to min_lr; "linear": warmup then straight line to
+    # min_lr; "constant": warmup then flat at lr (the book's chapter 5 run).
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    # Step at which the decay reaches min_lr; None means max_steps.
+    decay_steps: int | None = None
+    # None means lr / 10 (Chinchilla's and nanoGPT's rule of thumb).
+    min_lr: float | None = None
+    # --- batches and length ------------------------------------------------------------
+    batch_size: int = 12
+    # Micro-batches summed into one optimizer step (effective batch = batch_size * grad_accum).
+    grad_accum: int = 1
+    max_steps: int = 2000
+    # Instead of max_steps: this many passes over the training split (the book counts epochs); the
+    # job that knows the data size (train.pretrain) turns it into max_steps.
+    epochs: float | None = None
+    # Stop when this many seconds of wall time have passed (None: no budget). Counted across resumes.
+    max_seconds: float | None = None
+    # --- precision and speed ---------------------------------------------------------------
+    # "auto": bf16 autocast on CUDA with bf16 support, fp32 elsewhere (measured: on a 2-core CPU bf16
+    # autocast slows the small models down; see benchmarks/pretrain_quality.py). fp32 master weights always.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile the model; off by default because on CPU it costs minutes and pays little for small models.
+    compile: bool = False
+    device: str = "auto"
+    # Intra-op threads; None leaves torch's default (one per core).
+    threads: int | None = None
+    seed: int = 1337
+    # --- evaluation and logging --------------------------------------------------------------
+    # Evaluate (train and validation loss over fixed batches) every this many steps, and at the end.
+    eval_interval: int = 250
+    # Batches per split in each evaluation (nanoGPT's CPU recipe: 20).
+    eval_batches: int = 20
+    # Print a text sample every this many steps (0: only before and after training).
+    sample_interval: int = 0
+    # Metrics line (JSONL) every this many steps.
+    log_interval: int = 10
+    # Peak FLOP/s for model FLOPs utilisation; None measures a large matmul once at start.
+    peak_flops: float | None = None
+    progress: bool = True
+    tensorboard: bool = False
+    # --- checkpoints -----------------------------------------------------------------------
+    # Save every this many steps; None means at every evaluation. Always saved at the end and on Ctrl-C.
+    checkpoint_interval: int | None = None
+    # Keep this many most recent checkpoints (plus the best by validation loss).
+    keep_last: int = 2
+    # Continue the run in the run folder from its latest good checkpoint.
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        check(self.optimizer in OPTIMIZERS,
+              f"train.optimizer {self.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+        check(self.schedule in SCHEDULES,
+              f"train.schedule {self.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+        check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+        check(self.eps > 0, f"train.eps must be positive, got {self.eps}")
+        check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 is off), got {self.grad_clip}")
+        check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.decay_steps is not None:
+            check(self.decay_steps > 0, f"train.decay_steps must be positive or none, got {self.decay_steps}")
+        if self.min_lr is not None:
+            check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        check(self.batch_size > 0, f"train.batch_size must be a positive integer, got {self.batch_size}")
+        check(self.grad_accum > 0, f"train.grad_accum must be a positive integer, got {self.grad_accum}")
+        check(self.max_steps > 0, f"train.max_steps must be a positive integer, got {self.max_steps}")
+        if self.epochs is not None:
+            check(self.epochs > 0, f"train.epochs must be positive or none, got {self.epochs}")
+        if self.max_seconds is not None:
+            check(self.max_seconds > 0, f"train.max_seconds must be positive or none, got {self.max_seconds}")
+        check(self.eval_interval > 0, f"train.eval_interval must be positive, got {self.eval_interval}")
+        check(self.eval_batches > 0, f"train.eval_batches must be positive, got {self.eval_batches}")
+        check(self.sample_interval >= 0, f"train.sample_interval must be >= 0, got {self.sample_interval}")
+        check(self.log_interval > 0, f"train.log_interval must be positive, got {self.log_interval}")
+        if self.checkpoint_interval is not None:
+            check(self.checkpoint_interval > 0,
+                  f"train.checkpoint_interval must be positive or none, got {self.checkpoint_interval}")
+        check(self.keep_last >= 1, f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.threads is not None:
+            check(self.threads > 0, f"train.threads must be positive or none, got {self.threads}")
+
+    @property
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+
+@dataclass
+class RunConfig(Config):
+    """A whole pretraining run: model, data, training and sampling settings and where to save."""
+
+    # Folder name under runs_dir; "" means the recipe's file name or the preset name.
+    name: str = ""
+    runs_dir: str = "runs"
+    # Text the before/after samples start from ("" starts from the end-of-text token or a newline).
+    prompt: str = "\n"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(max_new_tokens=200, temperature=0.8,
+                                                                      top_k=200, seed=1337))
+
+    def __post_init__(self) -> None:
+        check("/" not in self.name and self.name not in (".", ".."),
+              f"name {self.name!r} must be a plain folder name (no '/')")
+
+    @classmethod
+    def load(cls, config: str | Path | None = None, preset: str | None = None,
+             overrides: dict[str, Any] | None = None) -> RunConfig:
+        """Preset, then the TOML recipe (which may name its own `preset`), then flag overrides."""
+        data: dict[str, Any] = {}
+        if config is not None:
+            data = load_toml(config)
+        preset = preset or data.pop("preset", None)
+        data.pop("preset", None)
+        merged: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in RUN_PRESETS:
+                raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(RUN_PRESETS)}")
+            _deep_update(merged, RUN_PRESETS[preset])
+        _deep_update(merged, data)
+        if not merged.get("name"):
+            merged["name"] = Path(config).stem if config is not None else (preset or "run")
+        run = cls.from_dict(merged)
+        if overrides:
+            run = run.override(overrides)
+        return run
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Merge nested dicts: `src` wins.
+
+    >>> d = {"model": {"n_layer": 2, "n_head": 2}}; _deep_update(d, {"model": {"n_layer": 4}}); d
+    {'model': {'n_layer': 4, 'n_head': 2}}
+    """
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = dict(v) if isinstance(v, dict) else v
+
+
+# Whole runs by name (the same settings as the matching configs/*.toml, for `--preset`).
+RUN_PRESETS: dict[str, dict[str, Any]] = {
+    # nanoGPT's train_shakespeare_char.py with the README's CPU overrides (block 64, batch 12,
+    # 4 layers/4 heads/128, 2,000 iterations, eval_iters 20, dropout 0); bias False as nanoGPT's default.
+    "shakespeare-char": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, context_length=64, dropout=0.0, bias=False,
+                      qkv_bias=False),
+        "train": dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, decay_steps=2000, max_steps=2000, beta2=0.99,
+                      weight_decay=0.1, grad_clip=1.0, batch_size=12, eval_interval=250, eval_batches=20,
+                      precision="fp32"),
+    },
+}

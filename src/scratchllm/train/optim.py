@@ -1,0 +1,90 @@
+"""The optimizer and the learning-rate schedules.
+
+- `param_groups`: weight decay on matrices (every parameter with 2 or more dimensions: linear
+  weights and embeddings) and none on biases and norm gains, as GPT-2 and nanoGPT do.
+- `build_optimizer`: AdamW (Loshchilov & Hutter 2019), fused where torch has the kernel.
+- `lr_at(step, config)`: a pure function from step to learning rate: linear warmup, then cosine
+  (Loshchilov & Hutter 2017), linear or constant, down to `min_lr`.
+
+Frozen parameters (`requires_grad=False`, used by finetuning) are left out of every group.
+Not here: the loop that calls these (`train.loop`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from scratchllm.errors import ConfigError
+
+
+def lr_at(step: int, config: Any) -> float:
+    """Learning rate for optimizer step `step` (0-based) under `config` (a `TrainConfig`).
+
+    Warmup rises linearly over `warmup_steps` to `lr` ((step + 1) / (warmup + 1), as nanoGPT), then the
+    schedule decays to `min_lr` at `decay_steps` (default `max_steps`) and stays there.
+
+    >>> from types import SimpleNamespace as C
+    >>> c = C(lr=1.0, final_lr=0.1, warmup_steps=9, decay_steps=None, max_steps=109, schedule="cosine")
+    >>> [round(lr_at(s, c), 3) for s in (0, 4, 9, 59, 109, 500)]
+    [0.1, 0.5, 1.0, 0.55, 0.1, 0.1]
+    >>> round(lr_at(59, C(**{**vars(c), "schedule": "linear"})), 3)
+    0.55
+    >>> lr_at(80, C(**{**vars(c), "schedule": "constant"}))
+    1.0
+    """
+    lr, low, warmup = config.lr, config.final_lr, config.warmup_steps
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if config.schedule == "constant":
+        return lr
+    end = config.decay_steps if config.decay_steps is not None else config.max_steps
+    if step >= end or end <= warmup:
+        return low
+    ratio = (step - warmup) / (end - warmup)  # 0 -> 1 over the decay
+    if config.schedule == "cosine":
+        coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    elif config.schedule == "linear":
+        coeff = 1.0 - ratio
+    else:
+        raise ConfigError(f"train.schedule {config.schedule!r} is unknown; choose cosine, linear or constant")
+    return low + coeff * (lr - low)
+
+
+def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: 2-D+ parameters decay, the rest (biases, norm gains) do not.
+
+    Tied weights appear once (named_parameters de-duplicates them); frozen parameters are skipped.
+    """
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: Any, config: Any, device: Any = "cpu") -> Any:
+    """The optimizer named by `config.optimizer`, over `param_groups(model, config.weight_decay)`."""
+    import torch
+
+    groups = param_groups(model, config.weight_decay)
+    if not groups:
+        raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
+    if config.optimizer == "adamw":
+        kwargs: dict[str, Any] = {}
+        if config.fused and torch.device(device).type in ("cpu", "cuda"):
+            kwargs["fused"] = True
+        else:
+            kwargs["foreach"] = True
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                                 **kwargs)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.beta1)
+    raise ConfigError(f"train.optimizer {config.optimizer!r} is unknown; choose adamw or sgd")
+
+
+def set_lr(optimizer: Any, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr

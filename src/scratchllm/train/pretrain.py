@@ -1,0 +1,226 @@
+"""The main job: a `RunConfig` in, a trained model in `runs/<name>/` out.
+
+`pretrain(config)` wires the pieces: the text pipeline (`data.prepare`: fetch, clean, train the
+tokenizer, write token shards), the model (`model.GPT`), the one loop (`train.loop.train` with
+`lm_loss` on random windows, evaluation on fixed windows of both splits), and around them a sample
+before and after training, the loss plot, the model card and the `runs/latest` pointer that
+`scratchllm generate` follows. `scratchllm train` is a thin layer over this.
+
+Checks that fail early, before anything is written: the run folder must be writable, the data
+long enough for the context, and the batch's activations must fit in the free memory.
+
+Not here: the loop (`train.loop`), checkpoints (`train.checkpoint`), the data pipeline (`data`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from scratchllm.config.train import RunConfig
+from scratchllm.errors import UserError
+from scratchllm.runtime import machine_summary, seed_everything, set_threads
+from scratchllm.train.checkpoint import Checkpoints, unwrap, write_text_atomic
+from scratchllm.train.logging import write_model_card
+from scratchllm.train.loop import TrainState, batch_eval_fn, loss_for, train
+from scratchllm.train.run import Run, ensure_writable
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+# --- checks -----------------------------------------------------------------------------------------
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def estimate_training_memory(model_config: Any, batch_size: int, precision: str = "fp32") -> int:
+    """Rough bytes one training step needs: weights, gradients, AdamW moments and saved activations.
+
+    Per layer and token a pre-norm block keeps about 16 n_embd values (norm inputs, q/k/v, attention
+    output, projections, the 4x MLP before and after the activation) plus, when attention is
+    materialised, n_head x T scores; the head keeps the logits and their softmax (2 x vocab).
+    With gradient checkpointing only each block's input is kept, plus one block recomputed.
+    (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", sec. 4.)
+
+    >>> from scratchllm.config.model import ModelConfig
+    >>> round(estimate_training_memory(ModelConfig.preset("gpt2-small"), 8) / 2**30, 1)
+    13.2
+    """
+    c = model_config
+    t, h = c.context_length, c.n_embd
+    per_layer = 16 * h + (2 * c.n_head * t if c.attention == "explicit" else 0) + 2 * c.hidden_dim
+    layers = (c.n_layer * h + per_layer) if c.gradient_checkpointing else c.n_layer * per_layer
+    act_values = batch_size * t * (layers + 3 * c.vocab_size + 2 * h)
+    act_bytes = act_values * (2 if precision == "bf16" else 4)
+    params = c.vocab_size * h + c.n_layer * (4 * h * h + 2 * h * c.hidden_dim + (h * c.hidden_dim if c.mlp == "swiglu"
+                                                                                  else 0))
+    return int(act_bytes + 16 * params)
+
+
+def check_memory(run: RunConfig) -> None:
+    need = estimate_training_memory(run.model, run.train.batch_size,
+                                    "bf16" if run.train.precision == "bf16" else "fp32")
+    have = available_memory()
+    if have and need > 0.9 * have:
+        hint = "" if run.model.gradient_checkpointing else ", or set model.gradient_checkpointing=true"
+        raise UserError(
+            f"train.batch_size {run.train.batch_size} at context {run.model.context_length} needs about "
+            f"{need / 2**30:.1f} GiB to train, more than the {have / 2**30:.1f} GiB available; lower "
+            f"train.batch_size (use train.grad_accum for the same effective batch) or model.context_length{hint}")
+
+
+def pick_run_folder(run: RunConfig) -> Path:
+    """runs_dir/name; a new run never overwrites an old one (it becomes name-2, name-3, ...)."""
+    base = Path(run.runs_dir) / (run.name or "run")
+    if run.train.resume:
+        if not Checkpoints(base).candidates():
+            raise UserError(f"nothing to resume: {base} has no checkpoint; start the run without --resume")
+        return base
+    folder, k = base, 1
+    while folder.exists() and (any(folder.iterdir()) if folder.is_dir() else True):
+        k += 1
+        folder = base.with_name(f"{run.name}-{k}")
+    if folder != base:
+        print(f"{base} already holds a run; this one is {folder} (continue the old one with --resume)")
+    return folder
+
+
+def data_folder(run: RunConfig) -> Path:
+    """Where the prepared data goes: runs_dir/data/<dataset>-<tokenizer><vocab>-<config hash>."""
+    from scratchllm.data.prepare import config_hash
+
+    d = run.data
+    slug = Path(d.dataset).stem if ("/" in d.dataset or "." in d.dataset) else d.dataset
+    tok = d.tokenizer
+    return Path(run.runs_dir) / "data" / f"{slug}-{tok.kind}{tok.vocab_size or ''}-{config_hash(d)[:8]}"
+
+
+# --- samples -------------------------------------------------------------------------------------------
+def sample_text(model: Any, tokenizer: Any, prompt: str, sample: Any) -> str:
+    """A sample from `model` after `prompt` with its own seeded generator (the training RNG is untouched)."""
+    from scratchllm.generate import generate_text, make_generator
+
+    device = next(model.parameters()).device
+    try:
+        tokenizer.encode(prompt, allowed_special="all")
+    except UserError:
+        prompt = ""  # e.g. a character the tokenizer never saw: start from the document boundary
+    return generate_text(unwrap(model), tokenizer, prompt, sample,
+                         generator=make_generator(sample.seed if sample.seed is not None else 0, device))
+
+
+def _show(title: str, prompt: str, text: str) -> None:
+    print(f"--- {title} ---\n{prompt}{text}\n" + "-" * (len(title) + 8))
+
+
+# --- the job ----------------------------------------------------------------------------------------
+def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
+    """Prepare the data, build the model, train, sample, and leave everything in the run folder."""
+    from scratchllm.data.datasets import EvalBatches, RandomWindowBatches, need_tokens
+    from scratchllm.data.prepare import prepare
+    from scratchllm.model import GPT
+
+    t0 = time.perf_counter()
+    folder = pick_run_folder(run)
+    ensure_writable(Path(run.runs_dir))
+    set_threads(run.train.threads)
+
+    prepared = prepare(run.data, data_folder(run), progress=progress)
+    tok = prepared.tokenizer
+    if run.model.vocab_size != tok.vocab_size:
+        run = run.override({"model.vocab_size": tok.vocab_size})
+    ctx = run.model.context_length
+    need_tokens(len(prepared.train), ctx, "the training split")
+    need_tokens(len(prepared.val), ctx, "the validation split")
+    if run.train.epochs is not None:
+        per_step = run.train.batch_size * run.train.grad_accum * ctx
+        steps = max(1, math.ceil(run.train.epochs * len(prepared.train) / per_step))
+        run = run.override({"train.max_steps": steps})
+        print(f"{run.train.epochs:g} epochs of {len(prepared.train):,} training tokens = {steps:,} steps")
+    check_memory(run)
+
+    ensure_writable(folder)
+    write_text_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
+    tc = run.train
+    seed_everything(tc.seed)
+    model = GPT(run.model)
+    print(f"model: {model.num_params():,} parameters ({run.model.n_layer} layers, {run.model.n_head} heads, "
+          f"{run.model.n_embd} dims, context {ctx}); data: {len(prepared.train):,} train / "
+          f"{len(prepared.val):,} val tokens; run folder: {folder}")
+    if not tc.resume and run.sample.max_new_tokens:
+        _show("sample before training", run.prompt, sample_text(model, tok, run.prompt, run.sample))
+
+    batches = RandomWindowBatches(prepared.train, tc.batch_size, ctx, seed=tc.seed)
+    eval_fn = batch_eval_fn({
+        "train": list(EvalBatches(prepared.train, tc.batch_size, ctx, tc.eval_batches)),
+        "val": list(EvalBatches(prepared.val, tc.batch_size, ctx, tc.eval_batches)),
+    })
+    hooks = []
+    if tc.sample_interval and run.sample.max_new_tokens:
+        def sample_hook(event: str, state: TrainState, info: dict) -> None:
+            if event == "eval" and state.step and state.step % tc.sample_interval == 0:
+                from tqdm import tqdm
+
+                tqdm.write(f"--- sample at step {state.step} ---\n{run.prompt}"
+                           f"{sample_text(model, tok, run.prompt, run.sample)}")
+
+        hooks.append(sample_hook)
+    out = Run(folder, keep_last=tc.keep_last, tokenizer=tok, tensorboard=tc.tensorboard, title=run.name,
+              meta={"run_config": run.to_dict(), "data_dir": str(prepared.dir)})
+    try:
+        state = train(model, batches, loss_for(run.model), tc, eval_fn=eval_fn, hooks=hooks, run=out)
+    finally:
+        out.close()
+    out.plot()
+    write_text_atomic(Path(run.runs_dir) / "latest", folder.name + "\n")
+
+    if run.sample.max_new_tokens:
+        _show("sample after training", run.prompt, sample_text(model, tok, run.prompt, run.sample))
+    write_model_card(folder, card_info(run, folder, prepared, model, state, time.perf_counter() - t0))
+    final = state.last_eval
+    losses = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.endswith("_loss"))
+    print(f"{state.stop_reason}: step {state.step}, {state.tokens:,} tokens, {state.elapsed:.0f} s of training; "
+          f"{losses}\nsaved {state.checkpoint}; plot {folder / 'loss.png'}; card {folder / 'MODEL_CARD.md'}")
+    if state.stop_reason == "interrupted":
+        print(f"continue with: scratchllm train --config <recipe> --name {folder.name} --resume")
+    return state
+
+
+def card_info(run: RunConfig, folder: Path, prepared: Any, model: Any, state: TrainState,
+              seconds: float) -> dict[str, Any]:
+    """What the model card says about this run."""
+    from scratchllm.data.sources import DATASETS
+
+    data: dict[str, Any] = {"dataset": run.data.dataset}
+    src = DATASETS.get(run.data.dataset)
+    if src is not None:
+        data.update({"source": src.url, "sha256": src.sha256, "licence": src.licence,
+                     "description": src.description})
+    meta = prepared.meta
+    data.update({"train tokens": meta.get("tokens", {}).get("train"), "val tokens": meta.get("tokens", {}).get("val"),
+                 "split": meta.get("split"), "prepared in": str(prepared.dir)})
+    report = None
+    rp = Path(prepared.dir) / "clean_report.json"
+    if rp.is_file():
+        report = json.loads(rp.read_text(encoding="utf-8"))
+        if isinstance(report, dict):
+            report = {k: v for k, v in report.items() if not isinstance(v, list)}
+    tok = prepared.tokenizer
+    return {
+        "name": folder.name, "data": data, "clean_report": report,
+        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "file": "tokenizer.scratchllm.json"},
+        "config": run.to_dict(), "hardware": machine_summary(), "train_seconds": round(state.elapsed, 1),
+        "steps": state.step, "tokens": state.tokens, "parameters": model.num_params(),
+        "final": {k: v for k, v in state.last_eval.items()}, "checkpoint": state.checkpoint,
+    }

@@ -1,0 +1,111 @@
+"""`scratchllm train`: bad input is one line and exit code 2 with nothing written; the main job end to end
+on a tiny config (a small local text file, a small BPE trained in-process); `load_model` on its run."""
+
+import json
+
+import pytest
+
+from scratchllm.cli import main
+from scratchllm.config.train import RunConfig
+from scratchllm.errors import ConfigError
+from scratchllm.train import latest_run, load_model
+from scratchllm.train.logging import read_metrics
+
+TINY = """name = "tiny"
+prompt = "The"
+[data]
+dataset = "{data}"
+tokenizer = {{ kind = "bpe", vocab_size = 300 }}
+[model]
+n_layer = 2
+n_head = 2
+n_embd = 32
+context_length = 32
+[train]
+max_steps = 12
+batch_size = 4
+eval_interval = 6
+eval_batches = 2
+peak_flops = 1e9
+threads = 1
+[sample]
+max_new_tokens = 8
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path, shared_data):
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY.format(data=shared_data / "the-verdict.txt"))
+    return p
+
+
+def train_cli(recipe, runs, *flags):
+    return main(["train", "--config", str(recipe), "--runs_dir", str(runs), "--quiet", *flags])
+
+
+def test_main_job_end_to_end_then_generate_finds_it(recipe, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert train_cli(recipe, runs) == 0
+    out = capsys.readouterr().out
+    assert "sample before training" in out and "sample after training" in out
+    run = latest_run(runs)
+    assert run == runs / "tiny"
+    for name in ("loss.png", "MODEL_CARD.md", "metrics.jsonl", "run_config.json", "latest", "best"):
+        assert (run / name).is_file(), name
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "the-verdict.txt" in card and "Not fit for" in card and "val_loss" in card and "bpe" in card
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 6, 12]
+    model, tok, meta = load_model(run)
+    assert meta["step"] == 12 and tok.vocab_size == 300 and model.config.vocab_size == 300
+    assert meta["run_config"]["train"]["max_steps"] == 12
+    # a second run with the same name never overwrites the first
+    assert train_cli(recipe, runs, "--max_steps", "2", "--eval_interval", "1") == 0
+    assert latest_run(runs) == runs / "tiny-2" and (runs / "tiny" / "latest").read_text().strip() == "step-0000012"
+    # --resume continues the named run to a new max_steps
+    assert train_cli(recipe, runs, "--name", "tiny", "--resume", "--max_steps", "14") == 0
+    assert json.loads((runs / "tiny" / "checkpoints" / "step-0000014" / "state.json").read_text())["step"] == 14
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train.optimizer", "lion"], "train.optimizer 'lion' is unknown"),
+    (["--schedule", "exp"], "train.schedule 'exp' is unknown"),
+    (["--context_length", "100000"], "tokens; a window of 100000 tokens"),
+    (["--data.dataset", "/nonexistent/corpus.txt"], "not found"),
+    (["--batch_size", "100000", "--context_length", "512", "--n_embd", "512", "--n_head", "8"], "GiB available"),
+    (["--no_such_setting", "1"], "unknown setting"),
+    (["--resume", "--name", "never-ran"], "nothing to resume"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(recipe, tmp_path, capsys, flags, message):
+    runs = tmp_path / "runs"
+    assert train_cli(recipe, runs, *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err
+    assert not (runs / "tiny").exists() and not (runs / "never-ran").exists()
+
+
+def test_unwritable_runs_dir_and_missing_recipe(recipe, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert train_cli(recipe, blocker / "runs") == 2
+    assert "not writable" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_shipped_recipes_load_and_match_their_sources():
+    char = RunConfig.load("configs/shakespeare-char.toml")
+    assert (char.model.n_layer, char.model.n_head, char.model.n_embd, char.model.context_length) == (4, 4, 128, 64)
+    assert (char.train.batch_size, char.train.max_steps, char.train.lr, char.train.final_lr) == (12, 2000, 1e-3, 1e-4)
+    assert (char.train.beta2, char.train.warmup_steps, char.train.eval_batches) == (0.99, 100, 20)
+    assert char.model.bias is False
+    book = RunConfig.load("configs/verdict.toml")
+    assert (book.model.n_layer, book.model.n_embd, book.model.context_length) == (12, 768, 256)
+    assert book.model.qkv_bias is False
+    assert (book.train.lr, book.train.weight_decay, book.train.batch_size, book.train.epochs) == (4e-4, 0.1, 2, 10)
+    assert book.data.dataset == "the-verdict" and book.train.schedule == "constant"
+    demo = RunConfig.load("configs/shakespeare-bpe.toml", overrides={"train.lr": "3e-4", "n_layer": "2"})
+    assert demo.data.dataset == "shakespeare" and demo.train.lr == 3e-4 and demo.model.n_layer == 2
+    with pytest.raises(ConfigError, match="unknown preset"):
+        RunConfig.load(preset="nope")
