@@ -116,7 +116,8 @@ def test_rope_scores_depend_only_on_relative_position(m, n, shift, seed):
     def score(i, j):
         return (Fn.apply_rope(q, cos[i:i + 1], sin[i:i + 1]) * Fn.apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum()
 
-    assert torch.allclose(score(m, n), score(m + shift, n + shift), atol=1e-9)
+    # the tables hold float32 angles, so equality holds to float32 precision (scores are ~|q||k| ~ 16)
+    assert torch.allclose(score(m, n), score(m + shift, n + shift), atol=1e-5)
     # a rotation keeps lengths
     assert torch.allclose(Fn.apply_rope(q, cos[m:m + 1], sin[m:m + 1]).norm(), q.norm())
 

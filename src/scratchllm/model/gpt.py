@@ -54,18 +54,21 @@ class GPT(nn.Module):
         """
         b, t = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
-        if position_ids is None:
+        x = self.tok_emb(idx)  # (B, T, n_embd)
+        rope = None
+        if position_ids is None:  # positions start .. start+T-1 for every row: slices, no gathers
             if start + t > self.config.context_length:
                 raise UserError(f"a sequence of {start + t} tokens is longer than the model's context of "
                                 f"{self.config.context_length}; shorten the input or slide a window")
-            position_ids = torch.arange(start, start + t, device=idx.device)[None, :]  # (1, T)
-        x = self.tok_emb(idx)  # (B, T, n_embd)
-        rope = None
-        if self.pos_emb is not None:
+            if self.pos_emb is not None:
+                x = x + self.pos_emb.weight[start:start + t]
+            else:
+                rope = (self.rope_cos[start:start + t], self.rope_sin[start:start + t])  # (T, head_dim)
+        elif self.pos_emb is not None:
             x = x + self.pos_emb(position_ids)
         else:
-            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (B|1, T, head_dim)
-            rope = (cos[:, None], sin[:, None])  # (B|1, 1, T, head_dim)
+            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (B, T, head_dim)
+            rope = (cos[:, None], sin[:, None])  # (B, 1, T, head_dim)
         x = self.drop(x)
         mask = self._mask(t, start, attention_mask, idx.device)
         for i, block in enumerate(self.blocks):
