@@ -1,6 +1,6 @@
 """The import layering of DESIGN.md: a module imports only from its own layer or lower ones.
 
-0 config runtime errors; 1 tokenizer model; 2 data generate steps; 3 train evaluate compress
+0 config runtime errors files; 1 tokenizer model; 2 data generate steps; 3 train evaluate compress
 interop; 4 finetune serve; 5 cli. `steps` (the book's teaching modules) imports only
 `model.functional`, `config` and `errors`, and nothing in the package imports `steps`.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "scratchllm"
 
 LAYERS = {
-    "__init__": 0, "config": 0, "runtime": 0, "errors": 0,
+    "__init__": 0, "config": 0, "runtime": 0, "errors": 0, "files": 0,
     "tokenizer": 1, "model": 1,
     "data": 2, "generate": 2, "steps": 2,
     "train": 3, "evaluate": 3, "compress": 3, "interop": 3,

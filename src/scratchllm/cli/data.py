@@ -124,11 +124,10 @@ def cmd_stats(args) -> int:
 
 def cmd_clean(args) -> int:
     import json
-    import os
-    import tempfile
     from pathlib import Path
 
     from scratchllm.data.clean import clean_documents
+    from scratchllm.files import write_atomic
 
     docs = _documents(args)
     texts, report = clean_documents(docs, nfc=args.nfc, strip_gutenberg=args.strip_gutenberg,
@@ -140,17 +139,7 @@ def cmd_clean(args) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for t in texts:
-                    f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(out, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
         print(f"wrote {len(texts):,} documents to {out}")
     if report_path:
         print(f"report: {report.save(report_path)}")

@@ -148,22 +148,6 @@ def download(url: str, dest: Path, sha256: str | None, *, progress: bool = True,
     return dest
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to a temp file beside `path`, fsync, rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def fetch_file(relpath: str, url: str, sha256: str | None, *, data_dir: str | os.PathLike | None = None,
                offline: bool = False, progress: bool = True,
                downloader: Callable[[Path], Path] | None = None) -> Path:

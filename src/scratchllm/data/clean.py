@@ -87,7 +87,7 @@ class CleanReport:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        from scratchllm.tokenizer.base import write_json_atomic
+        from scratchllm.files import write_json_atomic
 
         p = Path(path)
         write_json_atomic(p, self.to_dict())

@@ -154,7 +154,7 @@ def prepare(config: DataConfig, out_dir: str | os.PathLike, progress: bool = Tru
     lap("shards")
     meta["prepare"] = {"config_hash": digest, "config": config.to_dict(), "raw": raw, "timings": timings,
                        "clean": {k: v for k, v in report.to_dict().items() if not isinstance(v, (list, dict))}}
-    from scratchllm.tokenizer.base import write_json_atomic
+    from scratchllm.files import write_json_atomic
 
     write_json_atomic(out / shards.META_FILE, meta)
     prepared = load_prepared(out, meta)

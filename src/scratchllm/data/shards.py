@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from scratchllm.errors import UserError
-from scratchllm.tokenizer.base import FORMAT, TOKENIZER_FILE, VERSION, write_json_atomic
+from scratchllm.files import write_json_atomic
+from scratchllm.tokenizer.base import FORMAT, TOKENIZER_FILE, VERSION
 
 META_FILE = "meta.json"
 SHARDS_FORMAT = "scratchllm.shards"

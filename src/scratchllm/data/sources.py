@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scratchllm.data import readers
-from scratchllm.data.cache import download, fetch_file, verify, write_bytes_atomic
+from scratchllm.data.cache import download, fetch_file, verify
 from scratchllm.data.readers import Document
 from scratchllm.errors import UserError
+from scratchllm.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def _zip_member_downloader(src: Source, progress: bool) -> Callable[[Path], Path
             if got != src.sha256:
                 raise UserError(f"{src.extra['zip_member']} from {src.url} has sha256 {got}, expected {src.sha256}; "
                                 f"it was not kept")
-            write_bytes_atomic(dest, data)
+            write_atomic(dest, data)
         return dest
 
     return run

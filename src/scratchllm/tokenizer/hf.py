@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scratchllm.tokenizer.base import write_json_atomic
+from scratchllm.files import write_json_atomic
 from scratchllm.tokenizer.bpe import BPETokenizer
 from scratchllm.tokenizer.bytelevel import token_to_str
 from scratchllm.tokenizer.patterns import GPT2_PATTERN, GPT2_PATTERN_ORIGINAL

@@ -26,7 +26,6 @@ Not here: when to save (the loop decides), metrics and plots (`train.logging`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.errors import UserError
+from scratchllm.files import fsync_dir, sha256_file, write_atomic
 from scratchllm.tokenizer.base import TOKENIZER_FILE
 
 MODEL_FILE = "model.safetensors"
@@ -53,46 +53,9 @@ class CheckpointError(UserError):
 
 
 # --- small file helpers -----------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder: fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def step_name(step: int) -> str:
@@ -345,7 +308,7 @@ class Checkpoints:
                     os.rename(folder, trash)
                 save_checkpoint(folder, model, optimizer=optimizer, state=state, tokenizer=tokenizer)
                 self.saved.add(folder.name)
-            write_text_atomic(self.run_dir / "latest", folder.name + "\n")
+            write_atomic(self.run_dir / "latest", folder.name + "\n")
             if val_loss is not None and val_loss == val_loss:
                 best = self.best
                 best_val = None
@@ -355,7 +318,7 @@ class Checkpoints:
                     except CheckpointError:
                         best_val = None
                 if best_val is None or val_loss < best_val:
-                    write_text_atomic(self.run_dir / "best", folder.name + "\n")
+                    write_atomic(self.run_dir / "best", folder.name + "\n")
         except OSError as e:
             still = f"{previous} is still the latest good checkpoint" if previous else "no checkpoint was kept"
             raise CheckpointError(f"could not save checkpoint {folder} ({e.strerror or e}); {still}; "
@@ -410,7 +373,7 @@ class Checkpoints:
             if "rng" in state:
                 set_rng_state(state["rng"])
             if self.latest is None or self.latest.name != folder.name:
-                write_text_atomic(self.run_dir / "latest", folder.name + "\n")  # point past the bad one
+                write_atomic(self.run_dir / "latest", folder.name + "\n")  # point past the bad one
             return folder, state
         if checkpoints(self.run_dir):
             raise CheckpointError(f"no good checkpoint in {self.run_dir / CHECKPOINTS}: every one is corrupted")

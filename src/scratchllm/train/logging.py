@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scratchllm.train.checkpoint import write_text_atomic
+from scratchllm.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -51,7 +51,7 @@ class MetricsLog:
         self.close()
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         if self.path.exists():
-            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
         if self._f is not None:
@@ -188,5 +188,5 @@ def model_card(info: dict[str, Any]) -> str:
 
 def write_model_card(folder: str | os.PathLike, info: dict[str, Any]) -> Path:
     p = Path(folder) / CARD_FILE
-    write_text_atomic(p, model_card(info))
+    write_atomic(p, model_card(info))
     return p

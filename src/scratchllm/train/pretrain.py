@@ -22,8 +22,9 @@ from typing import Any
 
 from scratchllm.config.train import RunConfig
 from scratchllm.errors import UserError
+from scratchllm.files import write_atomic
 from scratchllm.runtime import machine_summary, seed_everything, set_threads
-from scratchllm.train.checkpoint import Checkpoints, unwrap, write_text_atomic
+from scratchllm.train.checkpoint import Checkpoints, unwrap
 from scratchllm.train.logging import write_model_card
 from scratchllm.train.loop import TrainState, batch_eval_fn, loss_for, train
 from scratchllm.train.run import Run, ensure_writable
@@ -151,7 +152,7 @@ def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
     check_memory(run)
 
     ensure_writable(folder)
-    write_text_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
+    write_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
     tc = run.train
     seed_everything(tc.seed)
     model = GPT(run.model)
@@ -183,7 +184,7 @@ def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
     finally:
         out.close()
     out.plot()
-    write_text_atomic(Path(run.runs_dir) / "latest", folder.name + "\n")
+    write_atomic(Path(run.runs_dir) / "latest", folder.name + "\n")
 
     if run.sample.max_new_tokens:
         _show("sample after training", run.prompt, sample_text(model, tok, run.prompt, run.sample))
