@@ -1,7 +1,9 @@
 """Generation speed: scratchllm's KV-cached engine against Hugging Face transformers and the book.
 
 GPT-2 124M shape with random weights (the same weights in every implementation), a 32-token
-prompt, 200 new tokens, greedy. Rows: scratchllm fp32 and bf16 at batch 1, batch-8 throughput,
+prompt, 200 new tokens, greedy. Rows: scratchllm fp32 and bf16 at batch 1, scratchllm and HF with
+speculative decoding by prompt lookup (exact for greedy; the speedup depends on how often the text
+repeats itself, and a random-weight model's greedy text does repeat), batch-8 throughput,
 HF `GPT2LMHeadModel.generate(use_cache=True, do_sample=False)`, the book's KV-cache GPTModel
 (llms_from_scratch.kv_cache.gpt2) and the book's uncached loop (llms_from_scratch.ch04, fewer
 tokens: it is slow). Also checks that greedy tokens are identical to HF's and the book's.
@@ -75,6 +77,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="best of this many runs")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-uncached", action="store_true")
+    ap.add_argument("--lookup", type=int, default=10,
+                    help="draft tokens of the prompt-lookup (speculative) rows, scratchllm's and HF's")
     args = ap.parse_args()
 
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -105,14 +109,15 @@ def main() -> None:
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
 
-    def run_hf(model, ids, n):
+    def run_hf(model, ids, n, lookup=None):
+        extra = {"prompt_lookup_num_tokens": lookup} if lookup else {}
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                 do_sample=False, use_cache=True)
+                                 do_sample=False, use_cache=True, **extra)
         return out[:, ids.shape[1]:]
 
-    def run_ours(model, ids, n):
-        return generate(model, ids[0].tolist(), greedy.replace(max_new_tokens=n))
+    def run_ours(model, ids, n, lookup=0):
+        return generate(model, ids[0].tolist(), greedy.replace(max_new_tokens=n, prompt_lookup=lookup))
 
     rows: list[tuple[str, float, int]] = []  # (name, seconds, tokens)
 
@@ -156,6 +161,18 @@ def main() -> None:
                 logits = book_kv(nxt, use_cache=True, cache=cache)
         return torch.cat(out, dim=1)
 
+    # speculative decoding by prompt lookup (exact for greedy): scratchllm's and HF's own
+    passes: list[int] = []
+    hook = ours.register_forward_hook(lambda m, a, o: passes.append(1))
+    spec_tokens = bench(f"scratchllm fp32, prompt lookup {args.lookup}",
+                        lambda: run_ours(ours, prompt, n_new, args.lookup), n_new)
+    hook.remove()
+    per_run = len(passes) // (args.repeats + 1)
+    print(f"    ({per_run} forward passes for {n_new} tokens: {n_new / per_run:.2f} tokens per weight read)")
+    hf_spec = bench(f"HF transformers fp32, prompt lookup {args.lookup}",
+                    lambda: run_hf(hf, prompt, n_new, args.lookup), n_new)
+    same_spec = spec_tokens == ours_tokens and hf_spec[0].tolist() == hf_tokens[0].tolist()
+
     book_tokens = bench("book KV-cache GPTModel fp32", lambda: run_book_kv(prompt, n_new), n_new)
     same_hf = ours_tokens == hf_tokens[0].tolist()
     same_book = ours_tokens == book_tokens[0].tolist()
@@ -190,11 +207,17 @@ def main() -> None:
     speed = {name: tokens / t for name, t, tokens in rows}
     print("ratios (scratchllm / peer, tokens per second):")
     print(f"  fp32 batch 1 vs HF:            {speed['scratchllm fp32'] / speed[rows[1][0]]:.2f}x  (target >= 2x)")
+    lk = f"prompt lookup {args.lookup}"
+    print(f"  fp32 batch 1 with {lk} vs HF:  {speed[f'scratchllm fp32, {lk}'] / speed[rows[1][0]]:.2f}x  "
+          f"(the same greedy tokens; how many drafts are accepted depends on the text)")
+    print(f"  fp32 batch 1 with {lk} vs HF with {lk}: "
+          f"{speed[f'scratchllm fp32, {lk}'] / speed[f'HF transformers fp32, {lk}']:.2f}x")
     print(f"  fp32 batch 1 vs book KV cache: {speed['scratchllm fp32'] / speed['book KV-cache GPTModel fp32']:.2f}x")
     print(f"  bf16 batch 1 vs HF bf16:       {speed['scratchllm bf16'] / speed['HF transformers bf16']:.2f}x")
     print(f"  fp32 batch {b} vs HF batch {b}:     "
           f"{speed[f'scratchllm fp32 batch {b}'] / speed[f'HF transformers fp32 batch {b}']:.2f}x")
-    print(f"greedy tokens identical: HF {same_hf}, book KV cache {same_book}, HF batch {b} {same_batch}")
+    print(f"greedy tokens identical: HF {same_hf}, book KV cache {same_book}, HF batch {b} {same_batch}, "
+          f"prompt lookup (ours and HF's) {same_spec}")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,24 @@ def machine_summary() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def fast_bf16_matmul(device: Any = "cpu") -> bool:
+    """Whether bf16 matrix multiplies run natively (faster than fp32) on `device`.
+
+    CUDA: the GPU supports bf16. CPU: the processor has AVX512-BF16 or AMX (Linux /proc/cpuinfo);
+    elsewhere bf16 matmuls are emulated and slower than fp32, so the answer is False.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

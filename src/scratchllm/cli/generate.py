@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL penalty, 1.0 = off")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable); not printed")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--prompt-lookup", type=int, default=None, metavar="N",
+                   help="greedy only: speculate up to N tokens copied from earlier text, verified in one pass "
+                        "(same tokens, faster when the text repeats)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
@@ -51,8 +54,8 @@ def sample_config(args):
     from scratchllm.config.base import parse_overrides
     from scratchllm.config.sample import SampleConfig
 
-    given = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p",
-                                           "repetition_penalty", "seed") if getattr(args, k) is not None}
+    names = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "prompt_lookup")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.stop:
         given["stop"] = tuple(unescape(s) for s in args.stop)
     config = SampleConfig.from_dict(given)

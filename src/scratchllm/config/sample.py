@@ -25,6 +25,12 @@ class SampleConfig(Config):
     # Stop strings: generation ends before the first occurrence, which is not returned.
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Speculative decoding by prompt lookup (greedy only): each step proposes up to this many tokens
+    # that followed an earlier occurrence of the text's last few tokens and checks them all in one
+    # forward pass. The tokens are greedy decoding's own; it is faster when the text repeats itself
+    # (quoting the prompt, code edits, summaries, loops). 0 is off (the default: with nothing to copy,
+    # verifying a wrong guess costs a little more than a plain step).
+    prompt_lookup: int = 0
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
@@ -34,3 +40,8 @@ class SampleConfig(Config):
         check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
         check(self.repetition_penalty > 0,
               f"repetition_penalty must be > 0 (1.0 is off), got {self.repetition_penalty}")
+        check(self.prompt_lookup >= 0, f"prompt_lookup must be >= 0 (0 is off), got {self.prompt_lookup}")
+        if self.prompt_lookup:
+            check(self.temperature == 0 and self.repetition_penalty == 1.0,
+                  "prompt_lookup speculates greedy tokens: set temperature 0 and repetition_penalty 1.0, "
+                  "or prompt_lookup 0")

@@ -24,14 +24,15 @@ from scratchllm.config.model import ModelConfig
 from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import ConfigError
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "muon", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass
 class TrainConfig(Config):
     # --- optimizer -------------------------------------------------------------------
-    # Only AdamW (Loshchilov & Hutter 2019) is used for LLMs here; sgd exists for teaching/tests.
+    # "adamw" (Loshchilov & Hutter 2019), the standard; "muon": Muon (train.muon) for the matrices in
+    # the transformer blocks, AdamW at `lr` for embeddings, head and gains; "sgd" for teaching/tests.
     optimizer: str = "adamw"
     # Peak learning rate; 6e-4 is GPT-3 small's (and nanoGPT's default for 124M).
     lr: float = 6e-4
@@ -43,6 +44,10 @@ class TrainConfig(Config):
     eps: float = 1e-8
     # Clip the global gradient norm to this value; 0 turns clipping off.
     grad_clip: float = 1.0
+    # Muon's peak learning rate (scaled by the same schedule as lr); 0.02 is Jordan et al.'s default.
+    muon_lr: float = 0.02
+    # Muon's Nesterov momentum; 0.95 as Jordan et al.
+    muon_momentum: float = 0.95
     # Use the fused AdamW kernel where torch has one for the device (CPU since torch 2.4, CUDA).
     fused: bool = True
     # --- schedule --------------------------------------------------------------------
@@ -103,6 +108,8 @@ class TrainConfig(Config):
         check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+        check(self.muon_lr > 0, f"train.muon_lr must be positive, got {self.muon_lr}")
+        check(0 <= self.muon_momentum < 1, f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         check(self.eps > 0, f"train.eps must be positive, got {self.eps}")
         check(self.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 is off), got {self.grad_clip}")
         check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")

@@ -18,6 +18,14 @@ How one generation runs:
 5. Stop a row on EOS (not returned), on a stop string (`text.TextTracker`; not returned), or after
    max_new_tokens.
 
+Speculative decoding by prompt lookup (`config.prompt_lookup`, greedy, one prompt): after each
+token, `lookup_draft` copies the tokens that followed the latest earlier occurrence of the text's
+last 1-3 tokens; one forward pass over the drafts gives greedy's choice at every draft position,
+the drafts that agree are kept (plus greedy's next token after them, for free), and the cache is
+rolled back past the others. The tokens are the ones plain greedy decoding gives (up to float
+rounding between a one-token and a many-token forward pass, which can only matter for exact ties);
+a step reads the weights once, so every accepted draft saves a whole weight read.
+
 Context overflow (the cache is full and generation goes on): the window slides. The cache is
 reset and re-prefilled with each row's most recent context_length // 2 tokens, then decoding
 continues; so a re-prefill happens once every context_length // 2 new tokens rather than at every
@@ -120,29 +128,93 @@ class _Decoder:
             self.next_pos = self.next_pos + 1
         return logits[:, -1]  # (B, V)
 
+    def _accept(self, out: list[int | None]) -> list[int | None]:
+        """Record one step's tokens (B,): EOS ends a row (None), others join the row's text."""
+        for i, t in enumerate(out):
+            if self.done[i] or t == self.eos_id:
+                self.done[i] = True
+                out[i] = None
+            else:
+                self.rows[i].append(t)
+        return out
+
+    def _speculate(self, last: int, room: int) -> tuple[list[int], torch.Tensor] | None:
+        """Prompt-lookup speculation for one row: draft tokens, checked in one forward pass.
+
+        Feeds [last, d1 .. dn] after the cache, keeps the drafts greedy decoding would also have
+        chosen (d_i == argmax after d_(i-1)), rolls the cache back past the rest, and returns the
+        accepted drafts and the logits (1, V) that follow them. None when there is no draft.
+        """
+        free = self.cache.max_len - self.cache.pos - 1  # cache slots left after `last`
+        draft = lookup_draft(self.rows[0], min(self.config.prompt_lookup, room, free))
+        if not draft:
+            return None
+        start = self.cache.pos
+        ids = torch.tensor([[last] + draft], device=self.device)  # (1, 1 + n)
+        logits = self.model(ids, kv_cache=self.cache)[0]  # (1 + n, V)
+        best = logits.argmax(dim=-1).tolist()
+        n_ok = 0
+        while n_ok < len(draft) and draft[n_ok] == best[n_ok]:
+            n_ok += 1
+        self.cache.truncate(start + 1 + n_ok)
+        return draft[:n_ok], logits[n_ok: n_ok + 1]
+
     @torch.inference_mode()
     def __iter__(self) -> Iterator[list[int | None]]:
         c = self.config
         if c.max_new_tokens == 0:
             return
+        speculate = c.prompt_lookup > 0 and len(self.rows) == 1
         logits = self._prefill(self.rows)
-        for step in range(c.max_new_tokens):
+        emitted = 0
+        while True:
             nxt = sample_next(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
                               repetition_penalty=c.repetition_penalty, prev_ids=self.seen,
                               generator=self.generator)  # (B,)
-            out: list[int | None] = nxt.tolist()
-            for i, t in enumerate(out):
-                if self.done[i] or t == self.eos_id:
-                    self.done[i] = True
-                    out[i] = None
-                else:
-                    self.rows[i].append(t)
+            out = self._accept(nxt.tolist())
             if self.seen is not None:
                 self.seen.scatter_(1, nxt[:, None], True)
             yield out
-            if all(self.done) or step == c.max_new_tokens - 1:
+            emitted += 1
+            if all(self.done) or emitted == c.max_new_tokens:
                 return
-            logits = self._decode(nxt)
+            checked = self._speculate(out[0], c.max_new_tokens - emitted) if speculate else None
+            if checked is None:
+                logits = self._decode(nxt)
+                continue
+            drafts, logits = checked
+            for t in drafts:  # each accepted draft is a step of its own for the caller
+                yield self._accept([t])
+                emitted += 1
+                if all(self.done) or emitted == c.max_new_tokens:
+                    return
+
+
+def lookup_draft(ids: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Up to `k` tokens that followed the latest earlier occurrence of the last n tokens of `ids`,
+    trying n = max_ngram down to 1 (prompt lookup, Saxena 2023); [] when none occurred before.
+
+    The copy may run on into the tokens it is producing, as an LZ77 back-reference does, so a loop
+    of period p yields k tokens, not just the p that follow its latest occurrence.
+
+    >>> lookup_draft([5, 1, 2, 3, 9, 7, 1, 2], k=2)  # [1, 2] occurred at 1: then came 3, 9
+    [3, 9]
+    >>> lookup_draft([8, 4, 6, 4, 6], k=5), lookup_draft([1, 2, 3], k=5)  # [4, 6] two back: repeat it
+    ([4, 6, 4, 6, 4], [])
+    """
+    if k <= 0:
+        return []
+    end = len(ids)
+    for n in range(min(max_ngram, end - 1), 0, -1):
+        tail = list(ids[end - n:])
+        for start in range(end - n - 1, -1, -1):  # latest occurrence first, not the tail itself
+            if ids[start] == tail[0] and list(ids[start: start + n]) == tail:
+                src = start + n
+                out = list(ids[src: src + k])
+                while len(out) < k:  # the copy overlaps its own output: continue the period
+                    out.append(out[len(out) - (end - src)])
+                return out
+    return []
 
 
 class _eval_mode:

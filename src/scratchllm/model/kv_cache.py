@@ -6,6 +6,8 @@ of recomputing them (the book's uncached loop) or concatenating a growing tensor
 keys and values in place. `pos` is how many positions are filled, the same for every row (batched
 prompts are left-padded so they end together).
 
+`truncate` rolls `pos` back, so a verifier can write draft tokens and keep only the accepted ones.
+
 Not here: deciding what to do when the cache is full; the generation engine slides its window.
 """
 
@@ -47,6 +49,12 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+    def truncate(self, pos: int) -> None:
+        """Forget every position from `pos` on (speculative decoding drops rejected draft tokens)."""
+        if not 0 <= pos <= self.pos:
+            raise ValueError(f"truncate to {pos}: the cache holds {self.pos} positions")
+        self.pos = pos
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2

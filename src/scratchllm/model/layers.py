@@ -45,11 +45,14 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.explicit = config.attention == "explicit"
 
+    def qkv_sizes(self) -> list[int]:
+        """Output widths of the query, key and value blocks inside the fused `qkv` projection."""
+        return [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim]
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None, kv_cache=None, layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
-        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = self.qkv(x).split(self.qkv_sizes(), dim=-1)
         q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
         k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)

@@ -2,7 +2,8 @@
 
 - `param_groups`: weight decay on matrices (every parameter with 2 or more dimensions: linear
   weights and embeddings) and none on biases and norm gains, as GPT-2 and nanoGPT do.
-- `build_optimizer`: AdamW (Loshchilov & Hutter 2019), fused where torch has the kernel.
+- `build_optimizer`: AdamW (Loshchilov & Hutter 2019), fused where torch has the kernel; or Muon
+  (`train.muon`) for the matrices inside the transformer blocks with AdamW for the rest.
 - `lr_at(step, config)`: a pure function from step to learning rate: linear warmup, then cosine
   (Loshchilov & Hutter 2017), linear or constant, down to `min_lr`.
 
@@ -80,11 +81,44 @@ def build_optimizer(model: Any, config: Any, device: Any = "cpu") -> Any:
             kwargs["foreach"] = True
         return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
                                  **kwargs)
+    if config.optimizer == "muon":
+        from scratchllm.runtime import fast_bf16_matmul
+        from scratchllm.train.muon import Muon
+
+        return Muon(muon_groups(model, config), lr=config.lr, momentum=config.muon_momentum,
+                    ns_bf16=fast_bf16_matmul(device), betas=(config.beta1, config.beta2), eps=config.eps)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.beta1)
-    raise ConfigError(f"train.optimizer {config.optimizer!r} is unknown; choose adamw or sgd")
+    raise ConfigError(f"train.optimizer {config.optimizer!r} is unknown; choose adamw, muon or sgd")
+
+
+def muon_groups(model: Any, config: Any) -> list[dict[str, Any]]:
+    """Param groups for `Muon`: the 2-D weights inside `model.blocks` get Muon at `config.muon_lr`
+    (fused QKV weights with their block sizes as `splits`); the rest get AdamW, as `param_groups`.
+
+    Each group's `lr_scale` is its learning rate over `config.lr`, so the schedule (`set_lr`) moves
+    both kinds together.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ConfigError("train.optimizer 'muon' needs a transformer with .blocks; choose adamw")
+    splits = {id(m.qkv.weight): m.qkv_sizes() for m in blocks.modules() if hasattr(m, "qkv_sizes")}
+    hidden = {id(p) for p in blocks.parameters() if p.dim() == 2 and p.requires_grad}
+    fused = [p for p in blocks.parameters() if id(p) in hidden and id(p) in splits]
+    plain = [p for p in blocks.parameters() if id(p) in hidden and id(p) not in splits]
+    scale = config.muon_lr / config.lr
+    groups = [{"params": ps, "muon": True, "splits": splits[id(ps[0])] if ps is fused else None, "lr": config.muon_lr,
+               "lr_scale": scale, "weight_decay": config.weight_decay} for ps in (fused, plain) if ps]
+    if len({tuple(splits[id(p)]) for p in fused}) > 1:
+        raise ConfigError("train.optimizer 'muon': attention blocks of different shapes are not supported")
+    for g in param_groups(model, config.weight_decay):
+        rest = [p for p in g["params"] if id(p) not in hidden]
+        if rest:
+            groups.append({**g, "params": rest, "muon": False, "lr_scale": 1.0})
+    return groups
 
 
 def set_lr(optimizer: Any, lr: float) -> None:
+    """Set every group's learning rate to `lr` times its `lr_scale` (1 unless a group sets it)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
