@@ -41,6 +41,21 @@ def test_tiny_logits_equal_transformers(attention):
     assert _logits_match(config, t=config.context_length) <= 1e-4
 
 
+def test_exact_gelu_logits_equal_transformers_gelu():
+    config = ModelConfig.preset("tiny", mlp="gelu_exact", init_std=0.3)  # large weights: the GELUs differ
+    assert hf_gpt2_config(config)["activation_function"] == "gelu"
+    assert config_from_hf_gpt2({**hf_gpt2_config(config), "n_positions": 32}).mlp == "gelu_exact"
+    assert _logits_match(config, t=config.context_length) <= 1e-4
+    tanh = ModelConfig.preset("tiny", init_std=0.3)
+    torch.manual_seed(0)
+    a = GPT(config).eval()
+    b = GPT(tanh).eval()
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, config.vocab_size, (1, 16))
+    with torch.no_grad():
+        assert (a(idx) - b(idx)).abs().max() > 1e-4  # the switch changes the function
+
+
 def test_124m_logits_equal_transformers():
     """GPT-2 small at full size. Both models are built on the meta device (no slow init) and get the
     same N(0, 0.02) weights, norms near one."""

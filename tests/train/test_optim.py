@@ -60,3 +60,8 @@ def test_adamw_fused_and_unknown_optimizer():
         TrainConfig(optimizer="lion")
     with pytest.raises(ConfigError, match="train.schedule"):
         TrainConfig(schedule="exp")
+
+
+def test_unknown_precision_is_one_clear_line():
+    with pytest.raises(ConfigError, match="train.precision 'fp16' is unknown"):
+        TrainConfig(precision="fp16")

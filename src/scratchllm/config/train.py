@@ -108,6 +108,8 @@ class TrainConfig(Config):
         check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
+        check(self.precision in ("auto", "fp32", "bf16"),
+              f"train.precision {self.precision!r} is unknown; choose auto, fp32 or bf16")
         check(self.muon_lr > 0, f"train.muon_lr must be positive, got {self.muon_lr}")
         check(0 <= self.muon_momentum < 1, f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         check(self.eps > 0, f"train.eps must be positive, got {self.eps}")

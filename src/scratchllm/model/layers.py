@@ -77,11 +77,13 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: GELU (GPT-2) or SwiGLU (Llama) with hidden width config.hidden_dim."""
+    """Position-wise feed-forward: GELU (GPT-2's tanh form, or exact) or SwiGLU (Llama), hidden width
+    config.hidden_dim."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.approximate = "none" if config.mlp == "gelu_exact" else "tanh"
         self.fc = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
         if self.swiglu:
             self.gate = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
@@ -90,7 +92,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
             return self.proj(F.silu(self.gate(x)) * self.fc(x))
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):

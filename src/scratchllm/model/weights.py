@@ -276,9 +276,12 @@ def to_book_gpt(state_dict: StateDict) -> dict[str, torch.Tensor]:
 def config_from_hf_gpt2(hf: Mapping, **overrides) -> ModelConfig:
     """A GPT-2 `config.json` dict -> ModelConfig. Dropout stays at our default (0.0) unless given
     in `overrides`; GPT-2's own runs used 0.1 (`resid_pdrop`)."""
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"GPT-2 activation {hf['activation_function']!r} is not supported; scratchllm uses tanh GELU")
-    d = dict(vocab_size=hf["vocab_size"], context_length=hf["n_positions"], n_layer=hf["n_layer"],
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+        raise UserError(f"GPT-2 activation {act!r} is not supported; scratchllm has tanh GELU (gelu_new) and "
+                        f"exact GELU (gelu)")
+    d = dict(mlp="gelu_exact" if act == "gelu" else "gelu",
+             vocab_size=hf["vocab_size"], context_length=hf["n_positions"], n_layer=hf["n_layer"],
              n_head=hf["n_head"], n_embd=hf["n_embd"], mlp_hidden=hf.get("n_inner"),
              norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_weights=hf.get("tie_word_embeddings", True),
              bias=True, qkv_bias=True)
@@ -287,7 +290,9 @@ def config_from_hf_gpt2(hf: Mapping, **overrides) -> ModelConfig:
 
 def hf_gpt2_config(config: ModelConfig) -> dict:
     """ModelConfig (GPT-2 options) -> keyword arguments of `transformers.GPT2Config`."""
-    wanted = {"norm": "layernorm", "mlp": "gelu", "position": "learned", "bias": True, "qkv_bias": True}
+    wanted = {"norm": "layernorm", "position": "learned", "bias": True, "qkv_bias": True}
+    if config.mlp not in ("gelu", "gelu_exact"):
+        raise UserError(f"model.mlp={config.mlp} has no GPT-2 equivalent; use gelu or gelu_exact")
     for field, value in wanted.items():
         if getattr(config, field) != value:
             raise UserError(f"model.{field}={getattr(config, field)} has no GPT-2 equivalent; use {value}")
@@ -295,7 +300,8 @@ def hf_gpt2_config(config: ModelConfig) -> dict:
         raise UserError("model.n_kv_head: GPT-2 has no grouped-query attention; leave n_kv_head unset")
     return dict(vocab_size=config.vocab_size, n_positions=config.context_length, n_embd=config.n_embd,
                 n_layer=config.n_layer, n_head=config.n_head, n_inner=config.mlp_hidden,
-                layer_norm_epsilon=config.norm_eps, activation_function="gelu_new",
+                layer_norm_epsilon=config.norm_eps,
+                activation_function="gelu" if config.mlp == "gelu_exact" else "gelu_new",
                 tie_word_embeddings=config.tie_weights, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
                 attn_pdrop=config.dropout)
 
