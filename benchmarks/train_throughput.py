@@ -1,12 +1,21 @@
 """Training throughput: scratchllm against the book's GPTModel and Hugging Face's GPT2LMHeadModel.
 
-One optimizer step = forward, backward, AdamW step, on the same random batch, same shapes, in this
-process; tokens/s is the median after warm-up. Configs: nanoGPT's CPU Shakespeare model (4 layers,
-4 heads, 128 dims, context 64, batch 12, vocabulary 65; no biases and exact GELU, as nanoGPT's model)
+One optimizer step = forward, backward, AdamW step, on the same random batch, same shapes, each
+variant in a fresh process; tokens/s is the median after warm-up. Configs: nanoGPT's CPU
+Shakespeare model (4 layers, 4 heads, 128 dims, context 64, batch 12, vocabulary 65; no biases and
+exact GELU, as nanoGPT's model)
 and GPT-2 124M at context 256, batch 4 (GPT-2's tanh GELU and biases for every implementation).
 Also model FLOPs utilisation against measured fp32/bf16 matmul peaks, and the peak memory (RSS) of
-a 124M training step at context 1024, batch 8, with and without activation checkpointing, each in
-its own process.
+a 124M training step at context 1024, batch 8, with and without activation checkpointing.
+
+Each peer gets its best CPU setting: fp32, and for HF also bf16 autocast, with its default (sdpa)
+attention and with eager attention (which, like our "auto" attention, avoids torch's slow bf16 CPU
+flash-attention backward). scratchllm's attention is "auto" (see model.layers.Attention).
+
+Each variant runs in its own process: scratchllm's trainer keeps freed memory in the process
+(`runtime.keep_freed_memory`, a process-wide malloc setting, on by default in `train.keep_freed_memory`),
+and a peer must not inherit it unasked. The row "HF ... + kept memory" gives HF the same setting, so
+the share of the gain that is the allocator's and the share that is the model's can be read apart.
 
     python benchmarks/train_throughput.py            # everything (~10 minutes on 2 cores)
     python benchmarks/train_throughput.py --quick    # fewer steps, no 124M memory runs
@@ -34,7 +43,7 @@ NANOGPT = dict(bias=False, qkv_bias=False, mlp="gelu_exact")
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, context_length=256, vocab_size=50257, batch=4)
 
 
-def ours(c, *, precision="fp32", compile=False, checkpointing=False, **model_kw):
+def ours(c, *, precision="fp32", compile=False, checkpointing=False, keep_memory=True, **model_kw):
     import torch
 
     from scratchllm.config.model import ModelConfig
@@ -46,6 +55,10 @@ def ours(c, *, precision="fp32", compile=False, checkpointing=False, **model_kw)
 
     cfg = ModelConfig(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], context_length=c["context_length"],
                       vocab_size=c["vocab_size"], dropout=0.0, gradient_checkpointing=checkpointing, **model_kw)
+    if keep_memory:  # as train.loop does with train.keep_freed_memory (the default)
+        from scratchllm.runtime import keep_freed_memory
+
+        keep_freed_memory()
     model = GPT(cfg)
     opt = build_optimizer(model, TrainConfig(), "cpu")
     fwd = torch.compile(model) if compile else model
@@ -79,16 +92,19 @@ def book(c, precision="fp32"):
     return model, opt, loss_fn
 
 
-def hf(c, precision="fp32", activation="gelu_new"):
+def hf(c, precision="fp32", activation="gelu_new", keep_memory=False, attn="sdpa"):
     import torch
     import torch.nn.functional as F
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from scratchllm.runtime import autocast
+    from scratchllm.runtime import autocast, keep_freed_memory
+
+    if keep_memory:
+        keep_freed_memory()
 
     cfg = GPT2Config(vocab_size=c["vocab_size"], n_positions=c["context_length"], n_embd=c["n_embd"],
                      n_layer=c["n_layer"], n_head=c["n_head"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=0, eos_token_id=0, activation_function=activation)
+                     bos_token_id=0, eos_token_id=0, activation_function=activation, attn_implementation=attn)
     model = GPT2LMHeadModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1)
     amp = autocast("cpu", precision)
@@ -124,27 +140,68 @@ def tokens_per_second(make, c, warmup, steps):
     return c["batch"] * c["context_length"] / t, flops
 
 
-def compare(name, c, variants, warmup, steps, peaks):
+def variants(c, name):
+    """label -> (factory, precision) for one config; factories run inside the child process."""
+    if name == "tiny":
+        v = {
+            "scratchllm fp32": (lambda: ours(c, **NANOGPT), "fp32"),
+            "scratchllm bf16": (lambda: ours(c, precision="bf16", **NANOGPT), "bf16"),
+            "scratchllm fp32 compiled": (lambda: ours(c, compile=True, **NANOGPT), "fp32"),
+            "book GPTModel fp32": (lambda: book(c), "fp32"),
+            "HF GPT2LMHeadModel fp32": (lambda: hf(c, activation="gelu"), "fp32"),
+            "HF GPT2LMHeadModel bf16": (lambda: hf(c, "bf16", activation="gelu"), "bf16"),
+            "HF GPT2LMHeadModel bf16 eager attention": (lambda: hf(c, "bf16", activation="gelu", attn="eager"), "bf16"),
+        }
+    else:
+        v = {
+            "scratchllm fp32": (lambda: ours(c), "fp32"),
+            "scratchllm bf16": (lambda: ours(c, precision="bf16"), "bf16"),
+            "book GPTModel fp32": (lambda: book(c), "fp32"),
+            "HF GPT2LMHeadModel fp32": (lambda: hf(c), "fp32"),
+            "HF GPT2LMHeadModel bf16": (lambda: hf(c, "bf16"), "bf16"),
+            "HF GPT2LMHeadModel bf16 eager attention": (lambda: hf(c, "bf16", attn="eager"), "bf16"),
+            "HF GPT2LMHeadModel bf16 + kept memory": (lambda: hf(c, "bf16", keep_memory=True), "bf16"),
+        }
+    return v
+
+
+CONFIGS = {"tiny": TINY, "124m": GPT2}
+
+
+def variant_child(name: str, label: str, warmup: int, steps: int) -> None:
+    """Time one variant in this (fresh) process; print tokens/s and FLOPs per token as JSON."""
+    make, _ = variants(CONFIGS[name], name)[label]
+    tps, fpt = tokens_per_second(make, CONFIGS[name], warmup, steps)
+    print(json.dumps({"tps": tps, "fpt": fpt}))
+
+
+def compare(name, labels, warmup, steps, peaks):
+    c = CONFIGS[name]
     print(f"\n-- {name}: {c}")
+    table = variants(c, name)
     results = {}
-    for label, make, precision in variants:
-        try:
-            tps, fpt = tokens_per_second(make, c, warmup, steps)
-        except Exception as e:  # a peer that cannot run here is reported, not fatal
-            print(f"{label:32s} failed: {type(e).__name__}: {e}")
+    for label in labels:
+        r = subprocess.run([sys.executable, __file__, "--variant-child", name, label, str(warmup), str(steps)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:  # a peer that cannot run here is reported, not fatal
+            print(f"{label:40s} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        tps, fpt, precision = d["tps"], d["fpt"], table[label][1]
         results[label] = tps
         mfu = f"  MFU {tps * fpt / peaks[precision]:.1%} of {precision} peak" if fpt else ""
-        print(f"{label:32s} {tps:10,.0f} tok/s{mfu}", flush=True)
-    peers = {k: v for k, v in results.items() if not k.startswith("scratchllm")}
+        print(f"{label:40s} {tps:10,.0f} tok/s{mfu}", flush=True)
+    peers = {k: v for k, v in results.items() if not k.startswith("scratchllm") and "kept memory" not in k}
     if peers and results:
         best_peer = max(peers, key=peers.get)
         for k, v in results.items():
             if k.startswith("scratchllm"):
                 print(f"  {k} / fastest peer ({best_peer}): {v / peers[best_peer]:.2f}x")
-        if "HF GPT2LMHeadModel bf16" in peers:
-            best_ours = max((k for k in results if k.startswith("scratchllm")), key=results.get)
-            print(f"  {best_ours} / HF bf16 autocast: {results[best_ours] / peers['HF GPT2LMHeadModel bf16']:.2f}x")
+        ours_best = max((k for k in results if k.startswith("scratchllm")), key=results.get, default=None)
+        for ref in ("HF GPT2LMHeadModel bf16", "HF GPT2LMHeadModel bf16 eager attention",
+                    "HF GPT2LMHeadModel bf16 + kept memory"):
+            if ref in results and ours_best:
+                print(f"  {ours_best} / {ref}: {results[ours_best] / results[ref]:.2f}x")
     return results
 
 
@@ -155,7 +212,7 @@ def memory_child(checkpointing: bool) -> None:
     import torch
 
     c = dict(GPT2, context_length=1024, batch=8)
-    model, opt, loss_fn = ours(c, checkpointing=checkpointing)
+    model, opt, loss_fn = ours(c, checkpointing=checkpointing)  # with the trainer's kept memory, as in real runs
     x = torch.randint(0, c["vocab_size"], (c["batch"], c["context_length"]))
     loss = loss_fn(x, x)
     loss.backward()
@@ -184,34 +241,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps; skip the 124M memory runs")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--variant-child", nargs=4, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help="also time scratchllm under torch.compile")
     args = ap.parse_args()
     if args.memory_child is not None:
         memory_child(bool(int(args.memory_child)))
+        return
+    if args.variant_child is not None:
+        name, label, w, s = args.variant_child
+        variant_child(name, label, int(w), int(s))
         return
     header("training throughput: scratchllm vs the book's GPTModel vs HF GPT2LMHeadModel")
     peaks = matmul_peaks()
     print(f"measured matmul peaks (2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     w, s = (3, 10) if args.quick else (5, 30)
-    variants = [
-        ("scratchllm fp32", lambda: ours(TINY, **NANOGPT), "fp32"),
-        ("scratchllm bf16", lambda: ours(TINY, precision="bf16", **NANOGPT), "bf16"),
-        ("book GPTModel fp32", lambda: book(TINY), "fp32"),
-        ("HF GPT2LMHeadModel fp32", lambda: hf(TINY, activation="gelu"), "fp32"),
-        ("HF GPT2LMHeadModel bf16", lambda: hf(TINY, "bf16", activation="gelu"), "bf16"),
-    ]
-    if args.compile:
-        variants.insert(2, ("scratchllm fp32 compiled", lambda: ours(TINY, compile=True, **NANOGPT), "fp32"))
-    compare("tiny (nanoGPT CPU Shakespeare shape)", TINY, variants, w, s, peaks)
+    tiny = [k for k in variants(TINY, "tiny") if args.compile or "compiled" not in k]
+    compare("tiny", tiny, w, s, peaks)
     w, s = (1, 3) if args.quick else (2, 8)
-    compare("GPT-2 124M, context 256, batch 4", GPT2, [
-        ("scratchllm fp32", lambda: ours(GPT2), "fp32"),
-        ("scratchllm bf16", lambda: ours(GPT2, precision="bf16"), "bf16"),
-        ("book GPTModel fp32", lambda: book(GPT2), "fp32"),
-        ("HF GPT2LMHeadModel fp32", lambda: hf(GPT2), "fp32"),
-        ("HF GPT2LMHeadModel bf16", lambda: hf(GPT2, "bf16"), "bf16"),
-    ], w, s, peaks)
+    compare("124m", list(variants(GPT2, "124m")), w, s, peaks)
     if not args.quick:
         memory()
 

@@ -1,4 +1,4 @@
-"""Runtime helpers: device and dtype choice, autocast, seeding, threads, rank-0 printing.
+"""Runtime helpers: device and dtype choice, autocast, seeding, threads, the allocator, rank-0 printing.
 
 Nothing happens on import; torch is imported inside the functions that need it so that
 `scratchllm --help` stays instant. Not here: anything about models or data.
@@ -73,6 +73,33 @@ def set_threads(n: int | None) -> None:
 
     if n:
         torch.set_num_threads(n)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in the process instead of returning it to the OS.
+
+    A training step frees and re-allocates the same large tensors every step (logits, gradients,
+    activations). glibc serves blocks over 32 MB with fresh `mmap`s and gives them back on free, so
+    every step pays a page fault per 4 KiB page of each of them: for GPT-2 124M (context 256, batch 4,
+    bf16 autocast) that was a third of the step (measured here: 272 -> 404 tok/s with this setting;
+    fp32 175 -> 220). With mmap off (M_MMAP_MAX 0) and trimming off (M_TRIM_THRESHOLD at its maximum)
+    the heap keeps those pages mapped and reuses them. The same as running under
+    `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`, or what jemalloc/tcmalloc give (PyTorch's CPU
+    performance guide recommends those). The process's memory then stays at its high-water mark.
+
+    Process-wide and one-way. Returns False (and changes nothing) where libc is not glibc.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def is_rank_zero() -> bool:

@@ -205,7 +205,7 @@ def test_gradient_checkpointing_same_loss_and_grads(preset_changes):
 @pytest.mark.parametrize("changes", [{}, LLAMA])
 def test_sdpa_equals_explicit(changes):
     torch.manual_seed(0)
-    fused = GPT(ModelConfig.preset("tiny", **changes)).double().eval()
+    fused = GPT(ModelConfig.preset("tiny", **changes, attention="sdpa")).double().eval()
     explicit = GPT(ModelConfig.preset("tiny", **changes, attention="explicit")).double().eval()
     _copy(fused, explicit)
     idx = torch.randint(0, fused.config.vocab_size, (3, 20))
@@ -217,6 +217,43 @@ def test_sdpa_equals_explicit(changes):
         m(idx, targets)[1].backward()
     for (name, a), (_, b) in zip(fused.named_parameters(), explicit.named_parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-10), name
+
+
+def test_auto_attention_takes_explicit_math_only_for_cpu_bf16_training(monkeypatch):
+    """attention="auto": the explicit path when training under bf16 autocast on the CPU (where it is
+    faster), torch's fused kernel in fp32 and for inference; same results as choosing by hand."""
+    fused_calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: fused_calls.append(1) or sdpa(*a, **k))
+    torch.manual_seed(0)
+    auto = GPT(ModelConfig.preset("tiny"))
+    assert auto.config.attention == "auto"
+    explicit = GPT(ModelConfig.preset("tiny", attention="explicit"))
+    _copy(auto, explicit)
+    idx = torch.randint(0, auto.config.vocab_size, (2, 16))
+    n_layer = auto.config.n_layer
+
+    def loss_and_grads(model):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(idx, idx)[1]
+        loss.backward()
+        return loss, [p.grad.clone() for p in model.parameters()]
+
+    loss_a, grads_a = loss_and_grads(auto)
+    assert fused_calls == []  # bf16 training on the CPU: the explicit math
+    loss_e, grads_e = loss_and_grads(explicit)
+    assert torch.equal(loss_a, loss_e) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_e))
+    auto(idx, idx)[1].backward()  # fp32 training: fused
+    assert len(fused_calls) == n_layer
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        auto(idx)  # bf16 inference: fused
+    assert len(fused_calls) == 2 * n_layer
+    long = GPT(ModelConfig.preset("tiny", context_length=600))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        long(torch.zeros(1, 600, dtype=torch.long))  # more than 512 keys: fused, to keep memory linear
+    assert len(fused_calls) == 3 * n_layer
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
@@ -238,7 +275,7 @@ def test_sdpa_equals_explicit_with_padding_and_cache(changes):
     """Left-padded batch with an attention mask, through the cache, both attention paths agree,
     and the real tokens' logits equal an unpadded run."""
     torch.manual_seed(0)
-    fused = GPT(ModelConfig.preset("tiny", **changes)).double().eval()
+    fused = GPT(ModelConfig.preset("tiny", **changes, attention="sdpa")).double().eval()
     explicit = GPT(ModelConfig.preset("tiny", **changes, attention="explicit")).double().eval()
     _copy(fused, explicit)
     seq = torch.randint(0, fused.config.vocab_size, (1, 8))

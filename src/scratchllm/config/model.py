@@ -53,8 +53,11 @@ class ModelConfig(Config):
     # RoPE's base frequency, 10,000 as in Su et al. 2021 and Llama 1/2.
     rope_base: float = 10000.0
     # "sdpa": torch's fused scaled_dot_product_attention; "explicit": the written-out math of
-    # model.functional, the reference the fused path is tested against.
-    attention: Literal["sdpa", "explicit"] = "sdpa"
+    # model.functional, the reference the fused path is tested against. "auto": sdpa, except when
+    # training in bf16 on a CPU with at most 512 keys, where the explicit math is faster (torch's CPU
+    # flash-attention backward in bf16 is slow; measured: nanoGPT's tiny model 23k -> 35k tok/s, see
+    # model.layers.Attention.explicit_is_faster). Beyond 512 keys its T x T weights cost too much memory.
+    attention: Literal["auto", "sdpa", "explicit"] = "auto"
     # Standard deviation of the normal init of weights (GPT-2: 0.02); residual projections are
     # further scaled by 1/sqrt(2 * n_layer) (see model.gpt.init_weights).
     init_std: float = 0.02

@@ -78,6 +78,9 @@ class TrainConfig(Config):
     device: str = "auto"
     # Intra-op threads; None leaves torch's default (one per core).
     threads: int | None = None
+    # Keep freed memory in the process (glibc malloc settings, runtime.keep_freed_memory): large tensors
+    # re-allocated every step then skip the page faults (measured: GPT-2 124M bf16 1.5x faster on CPU).
+    keep_freed_memory: bool = True
     seed: int = 1337
     # --- evaluation and logging --------------------------------------------------------------
     # Evaluate (train and validation loss over fixed batches) every this many steps, and at the end.

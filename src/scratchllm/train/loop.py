@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from scratchllm.errors import UserError
-from scratchllm.runtime import autocast, pick_device, set_threads
+from scratchllm.runtime import autocast, keep_freed_memory, pick_device, set_threads
 from scratchllm.train.optim import build_optimizer, lr_at, set_lr
 
 Hook = Callable[[str, "TrainState", dict], None]
@@ -264,6 +264,8 @@ def train(model: Any, batches: Iterable[Any], loss_fn: Callable[[Any, Any], Any]
     from tqdm import tqdm
 
     set_threads(config.threads)
+    if config.keep_freed_memory:
+        keep_freed_memory()
     device = pick_device(config.device)
     precision = resolve_precision(config.precision, device)
     model.to(device)
