@@ -70,8 +70,10 @@ class TrainConfig(Config):
     # Stop when this many seconds of wall time have passed (None: no budget). Counted across resumes.
     max_seconds: float | None = None
     # --- precision and speed ---------------------------------------------------------------
-    # "auto": bf16 autocast on CUDA with bf16 support, fp32 elsewhere (measured: on a 2-core CPU bf16
-    # autocast slows the small models down; see benchmarks/pretrain_quality.py). fp32 master weights always.
+    # "auto": bf16 autocast where bf16 matmuls are native (CUDA with bf16 support; CPUs with AVX512-BF16
+    # or AMX), fp32 elsewhere. Measured on 2 cores with AVX512-BF16, bf16 over fp32: the main job's model
+    # 1.4x, nanoGPT's tiny model 1.5x, GPT-2 124M 1.9x (benchmarks/train_throughput.py), same losses to
+    # 3 decimals. fp32 master weights always.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the model; off by default because on CPU it costs minutes and pays little for small models.
     compile: bool = False

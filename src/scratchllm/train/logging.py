@@ -166,7 +166,8 @@ def model_card(info: dict[str, Any]) -> str:
     for k, v in (info.get("tokenizer") or {}).items():
         lines.append(f"- {k}: {v}")
     lines += ["", "## Training", ""]
-    for key, label in (("hardware", "hardware"), ("train_seconds", "training time (s)"), ("steps", "steps"),
+    for key, label in (("hardware", "hardware"), ("precision", "precision"), ("train_seconds", "training time (s)"),
+                       ("steps", "steps"),
                        ("tokens", "tokens seen"), ("parameters", "parameters"), ("checkpoint", "checkpoint")):
         if key in info:
             lines.append(f"- {label}: {_fmt(info[key])}")

@@ -178,14 +178,13 @@ def measure_peak_flops(device: str = "cpu", precision: str = "fp32", n: int = 20
 
 
 def resolve_precision(precision: str, device: Any) -> str:
-    """"auto" -> bf16 on CUDA GPUs that support it, else fp32 (see TrainConfig.precision)."""
-    import torch
+    """"auto" -> bf16 where bf16 matmuls are native (CUDA GPUs that support it, CPUs with AVX512-BF16
+    or AMX), else fp32 (see TrainConfig.precision)."""
+    from scratchllm.runtime import fast_bf16_matmul
 
     if precision != "auto":
         return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    return "bf16" if fast_bf16_matmul(device) else "fp32"
 
 
 def batch_eval_fn(splits: dict[str, Sequence[Any]], loss_fn: Callable[[Any, Any], Any] = lm_loss) -> Callable:

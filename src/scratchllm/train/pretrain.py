@@ -23,10 +23,10 @@ from typing import Any
 from scratchllm.config.train import RunConfig
 from scratchllm.errors import UserError
 from scratchllm.files import write_atomic
-from scratchllm.runtime import machine_summary, seed_everything, set_threads
+from scratchllm.runtime import machine_summary, pick_device, seed_everything, set_threads
 from scratchllm.train.checkpoint import Checkpoints, unwrap
 from scratchllm.train.logging import write_model_card
-from scratchllm.train.loop import TrainState, batch_eval_fn, loss_for, train
+from scratchllm.train.loop import TrainState, batch_eval_fn, loss_for, resolve_precision, train
 from scratchllm.train.run import Run, ensure_writable
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -50,7 +50,8 @@ def estimate_training_memory(model_config: Any, batch_size: int, precision: str 
 
     Per layer and token a pre-norm block keeps about 16 n_embd values (norm inputs, q/k/v, attention
     output, projections, the 4x MLP before and after the activation) plus, when attention is
-    materialised, n_head x T scores; the head keeps the logits and their softmax (2 x vocab).
+    materialised (attention "explicit", or "auto" in bf16 up to 512 keys), n_head x T scores; the
+    head keeps the logits and their softmax (2 x vocab).
     With gradient checkpointing only each block's input is kept, plus one block recomputed.
     (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", sec. 4.)
 
@@ -60,7 +61,8 @@ def estimate_training_memory(model_config: Any, batch_size: int, precision: str 
     """
     c = model_config
     t, h = c.context_length, c.n_embd
-    per_layer = 16 * h + (2 * c.n_head * t if c.attention == "explicit" else 0) + 2 * c.hidden_dim
+    explicit = c.attention == "explicit" or (c.attention == "auto" and precision == "bf16" and t <= 512)
+    per_layer = 16 * h + (2 * c.n_head * t if explicit else 0) + 2 * c.hidden_dim
     layers = (c.n_layer * h + per_layer) if c.gradient_checkpointing else c.n_layer * per_layer
     act_values = batch_size * t * (layers + 3 * c.vocab_size + 2 * h)
     act_bytes = act_values * (2 if precision == "bf16" else 4)
@@ -221,7 +223,9 @@ def card_info(run: RunConfig, folder: Path, prepared: Any, model: Any, state: Tr
     return {
         "name": folder.name, "data": data, "clean_report": report,
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "file": "tokenizer.scratchllm.json"},
-        "config": run.to_dict(), "hardware": machine_summary(), "train_seconds": round(state.elapsed, 1),
+        "config": run.to_dict(), "hardware": machine_summary(),
+        "precision": resolve_precision(run.train.precision, pick_device(run.train.device)),
+        "train_seconds": round(state.elapsed, 1),
         "steps": state.step, "tokens": state.tokens, "parameters": model.num_params(),
         "final": {k: v for k, v in state.last_eval.items()}, "checkpoint": state.checkpoint,
     }
