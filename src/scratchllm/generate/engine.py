@@ -36,7 +36,7 @@ are identical until the first slide and differ (slightly shorter memory) after i
 Speed (benchmarks/generate.py): at batch 1 a decode step reads every weight once (GPT-2 124M in
 fp32 is ~500 MB), so the step is memory-bandwidth bound. Generation runs the model's large fp32
 linears packed (`model.packed`: oneDNN's blocked layout, read twice as fast as `F.linear` reads
-its weights; 124M greedy decode 26 -> 46 tok/s here). The engine's own work per step (sampling,
+its weights; 124M greedy decode 26 -> 41 tok/s here). The engine's own work per step (sampling,
 one `.tolist()`, no mask or position tensors unless the batch is padded, logits for the last
 position only, `torch.inference_mode`) is a few percent of it. torch.compile of the model was
 measured and not adopted: on the 2-core CPU it compiled for minutes (recompiling per layer and

@@ -5,14 +5,15 @@ reads each weight once and does two FLOPs per weight, so its speed is the memory
 arithmetic's. torch's `F.linear` reads a (out, in) fp32 weight from DRAM at about 13 GB/s on our
 2-core machine, a third of what the memory gives (a plain sum streams ~40 GB/s). oneDNN's blocked
 ("packed") weight layout, the one torch.compile's CPU backend uses for frozen linears, streams the
-same weights at ~26 GB/s; measured on GPT-2 124M, greedy fp32 decode 26 -> 46 tok/s, same tokens.
+same weights at ~26 GB/s; measured on GPT-2 124M, greedy fp32 decode 26 -> 41 tok/s at batch 1
+and 1.9x HF transformers at batch 8, same tokens (benchmarks/generate.py).
 
 `packed_linears(model)` is a context manager that wraps every large `nn.Linear` of the model in a
 `PackedLinear` for its duration (as LoRA wraps `Linear`) and puts the originals back on exit. A
 `PackedLinear` packs its weight once when entered (GPT-2 124M: ~0.1 s), uses it for fp32 inference
 on the CPU with up to `MAX_ROWS` rows, and otherwise (training, autocast, other dtypes or devices,
-more rows) calls the wrapped `Linear` unchanged. While
-packed, a second copy of each large weight is held (GPT-2 124M: +500 MB in fp32).
+more rows) calls the wrapped `Linear` unchanged. While packed, a second copy of each large weight
+is held (GPT-2 124M: +500 MB in fp32).
 
 Results equal `F.linear`'s to float rounding (the sums run in another order: ~1e-6 relative).
 Where oneDNN's ops are missing (other torch builds) nothing is wrapped.

@@ -167,8 +167,8 @@ def model_card(info: dict[str, Any]) -> str:
         lines.append(f"- {k}: {v}")
     lines += ["", "## Training", ""]
     for key, label in (("hardware", "hardware"), ("precision", "precision"), ("train_seconds", "training time (s)"),
-                       ("steps", "steps"),
-                       ("tokens", "tokens seen"), ("parameters", "parameters"), ("checkpoint", "checkpoint")):
+                       ("steps", "steps"), ("tokens", "tokens seen"), ("parameters", "parameters"),
+                       ("checkpoint", "checkpoint")):
         if key in info:
             lines.append(f"- {label}: {_fmt(info[key])}")
     final = info.get("final") or {}

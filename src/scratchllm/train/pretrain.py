@@ -73,7 +73,7 @@ def estimate_training_memory(model_config: Any, batch_size: int, precision: str 
 
 def check_memory(run: RunConfig) -> None:
     need = estimate_training_memory(run.model, run.train.batch_size,
-                                    "bf16" if run.train.precision == "bf16" else "fp32")
+                                    resolve_precision(run.train.precision, pick_device(run.train.device)))
     have = available_memory()
     if have and need > 0.9 * have:
         hint = "" if run.model.gradient_checkpointing else ", or set model.gradient_checkpointing=true"
