@@ -212,7 +212,8 @@ def memory_child(checkpointing: bool) -> None:
     import torch
 
     c = dict(GPT2, context_length=1024, batch=8)
-    model, opt, loss_fn = ours(c, checkpointing=checkpointing)  # with the trainer's kept memory, as in real runs
+    # as the trainer does: freed memory kept without checkpointing, returned with it (train.keep_freed_memory)
+    model, opt, loss_fn = ours(c, checkpointing=checkpointing, keep_memory=not checkpointing)
     x = torch.randint(0, c["vocab_size"], (c["batch"], c["context_length"]))
     loss = loss_fn(x, x)
     loss.backward()

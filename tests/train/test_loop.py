@@ -125,3 +125,17 @@ def test_chunked_loss_equals_the_plain_loss_and_its_gradients():
     torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_freed_memory_is_kept_unless_activations_are_checkpointed(monkeypatch, checkpointing):
+    import scratchllm.train.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(1) or True)
+    model = tiny_model(gradient_checkpointing=checkpointing)
+    train(model, RandomWindowBatches(tiny_tokens(), 4, 32, seed=0), lm_loss, quick(max_steps=1))
+    assert calls == ([] if checkpointing else [1])
+    train(tiny_model(), RandomWindowBatches(tiny_tokens(), 4, 32, seed=0), lm_loss,
+          quick(max_steps=1, keep_freed_memory=False))
+    assert calls == ([] if checkpointing else [1])  # switched off: never called

@@ -263,8 +263,8 @@ def train(model: Any, batches: Iterable[Any], loss_fn: Callable[[Any, Any], Any]
     from tqdm import tqdm
 
     set_threads(config.threads)
-    if config.keep_freed_memory:
-        keep_freed_memory()
+    if config.keep_freed_memory and not getattr(getattr(model, "config", None), "gradient_checkpointing", False):
+        keep_freed_memory()  # speed for memory; a run that checkpoints activations chose memory
     device = pick_device(config.device)
     precision = resolve_precision(config.precision, device)
     model.to(device)
