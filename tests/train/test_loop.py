@@ -139,3 +139,21 @@ def test_freed_memory_is_kept_unless_activations_are_checkpointed(monkeypatch, c
     train(tiny_model(), RandomWindowBatches(tiny_tokens(), 4, 32, seed=0), lm_loss,
           quick(max_steps=1, keep_freed_memory=False))
     assert calls == ([] if checkpointing else [1])  # switched off: never called
+
+
+def test_tensorboard_gets_the_logged_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from scratchllm.train.run import Run
+
+    tokens = tiny_tokens()
+    run = Run(tmp_path / "run", tensorboard=True)
+    eval_fn = batch_eval_fn({"val": list(EvalBatches(tokens[5000:], 4, 32, 2))})
+    train(tiny_model(), RandomWindowBatches(tokens[:5000], 4, 32, seed=0), lm_loss,
+          quick(max_steps=6, eval_interval=3), eval_fn=eval_fn, run=run)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss", "lr", "val_loss"} <= set(tags)
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 7))
+    assert [e.step for e in events.Scalars("val_loss")] == [0, 3, 6]
