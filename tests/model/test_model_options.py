@@ -1,6 +1,7 @@
 """The options beyond GPT-2, each a config switch: RoPE, RMSNorm, SwiGLU, grouped-query attention,
 bias-free linears, untied head, gradient checkpointing, and the fused vs explicit attention."""
 
+import importlib
 import math
 
 import pytest
@@ -19,7 +20,7 @@ LLAMA = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, context_length=32, voc
 
 
 def hf_llama(config: ModelConfig):
-    transformers = pytest.importorskip("transformers")
+    transformers = importlib.import_module("transformers")
     hf_config = transformers.LlamaConfig(**hf_llama_config(config), bos_token_id=None, eos_token_id=None,
                                          pad_token_id=None)
     return transformers.LlamaForCausalLM(hf_config).eval()
@@ -295,7 +296,7 @@ def test_sdpa_equals_explicit_with_padding_and_cache(changes):
 
 def test_rotate_half_convention_matches_transformers():
     """Our apply_rope and HF Llama's apply_rotary_pos_emb agree on the same q, k and tables."""
-    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    llama = importlib.import_module("transformers.models.llama.modeling_llama")
     torch.manual_seed(0)
     q, k = torch.randn(2, 3, 7, 16), torch.randn(2, 3, 7, 16)  # (B, H, T, head_dim)
     cos, sin = Fn.rope_tables(16, 7, base=10000.0)

@@ -1,5 +1,7 @@
 """Same weights, same logits: our GPT against Hugging Face's GPT2LMHeadModel and the book's GPTModel."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from scratchllm.model.weights import (
     to_hf_gpt2,
 )
 
-transformers = pytest.importorskip("transformers")
+transformers = importlib.import_module("transformers")
 
 
 def hf_gpt2(config: ModelConfig):
@@ -152,7 +154,7 @@ def book_cfg(config: ModelConfig) -> dict:
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_logits_equal_book_gptmodel(qkv_bias):
-    ch04 = pytest.importorskip("llms_from_scratch.ch04")
+    ch04 = importlib.import_module("llms_from_scratch.ch04")
     config = ModelConfig.preset("tiny", qkv_bias=qkv_bias, tie_weights=False)
     torch.manual_seed(0)
     book = ch04.GPTModel(book_cfg(config)).eval()
