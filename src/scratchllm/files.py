@@ -2,7 +2,8 @@
 
 A reader sees either the old file or the new one, never a torn mix, even if the process is killed
 or the disk fills up mid-write (the temp file is removed and the error raised). Used by tokenizers,
-data shards and downloads, checkpoints and logs. Not here: what goes into the files.
+data shards and downloads, checkpoints and logs. Also where scratchllm keeps files it can make
+again (`cache_dir`: downloads, compiled kernels). Not here: what goes into the files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,18 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+CACHE_ENV = "SCRATCHLLM_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """The cache folder: $SCRATCHLLM_CACHE_DIR, else $XDG_CACHE_HOME/scratchllm, else ~/.cache/scratchllm."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "scratchllm"
 
 
 def fsync_dir(path: Path) -> None:

@@ -22,22 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scratchllm.errors import UserError
+from scratchllm.files import cache_dir
 
 DATA_ENV = "SCRATCHLLM_DATA_DIR"
-CACHE_ENV = "SCRATCHLLM_CACHE_DIR"
 OFFLINE_ENV = "SCRATCHLLM_OFFLINE"
 # Seconds without a byte before a download gives up (urllib's socket timeout).
 TIMEOUT = 30.0
-
-
-def cache_dir() -> Path:
-    """The cache folder: $SCRATCHLLM_CACHE_DIR, else $XDG_CACHE_HOME/scratchllm, else ~/.cache/scratchllm."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "scratchllm"
 
 
 def local_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:

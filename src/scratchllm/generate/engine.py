@@ -35,8 +35,9 @@ are identical until the first slide and differ (slightly shorter memory) after i
 
 Speed (benchmarks/generate.py): at batch 1 a decode step reads every weight once (GPT-2 124M in
 fp32 is ~500 MB), so the step is memory-bandwidth bound. Generation runs the model's large fp32
-linears packed (`model.packed`: oneDNN's blocked layout, read twice as fast as `F.linear` reads
-its weights; 124M greedy decode 26 -> 41 tok/s here). The engine's own work per step (sampling,
+linears through `model.fast_linear`: one row through scratchllm's C matrix-vector kernel, a few
+rows through oneDNN's packed layout, both reading weights far faster than `F.linear` (124M greedy
+decode at batch 1: 26 tok/s with F.linear, ~60 here). The engine's own work per step (sampling,
 one `.tolist()`, no mask or position tensors unless the batch is padded, logits for the last
 position only, `torch.inference_mode`) is a few percent of it. torch.compile of the model was
 measured and not adopted: on the 2-core CPU it compiled for minutes (recompiling per layer and
@@ -57,7 +58,7 @@ from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import UserError
 from scratchllm.generate.sampling import make_generator, sample_next
 from scratchllm.generate.text import TextTracker
-from scratchllm.model.packed import packed_linears
+from scratchllm.model.fast_linear import fast_linears
 
 PAD_ID = 0  # id placed in padding slots; masked out, so any valid id works
 
@@ -233,6 +234,11 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
+def _decode_rows(batch: int, config: SampleConfig) -> int:
+    """The most rows one decode step passes through the model: the batch, or 1 + drafts when speculating."""
+    return 1 + config.prompt_lookup if batch == 1 and config.prompt_lookup > 0 else batch
+
+
 def generate_batch(model, prompts: Sequence[Sequence[int]], config: SampleConfig, *, eos_id: int | None = None,
                    generator: torch.Generator | None = None, tokenizer=None) -> list[list[int]]:
     """New token ids for each prompt (prompts may differ in length; they are left-padded).
@@ -245,7 +251,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], config: SampleConfig
         raise UserError("stop strings need a tokenizer: pass tokenizer=... (or drop config.stop)")
     out: list[list[int]] = [[] for _ in prompts]
     trackers = [TextTracker(tokenizer, config.stop) for _ in prompts] if config.stop else None
-    with _eval_mode(model), packed_linears(model):
+    with _eval_mode(model), fast_linears(model, _decode_rows(len(prompts), config)):
         dec = _Decoder(model, prompts, config, eos_id=eos_id, generator=generator)
         for step in dec:
             for i, t in enumerate(step):
@@ -282,7 +288,7 @@ def stream(model, tokenizer, prompt: str | Sequence[int], config: SampleConfig, 
         ids = [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
     eos = tokenizer.eot_id if eos_id == -1 else eos_id
     tracker = TextTracker(tokenizer, config.stop)
-    with _eval_mode(model), packed_linears(model):
+    with _eval_mode(model), fast_linears(model, _decode_rows(1, config)):
         dec = _Decoder(model, [ids], config, eos_id=eos, generator=generator)
         for (t,) in dec:
             if t is None:

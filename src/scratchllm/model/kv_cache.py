@@ -40,9 +40,10 @@ class KVCache:
         end = self.pos + k.shape[2]
         if end > self.max_len:
             raise UserError(f"the KV cache holds {self.max_len} positions; {end} were asked for")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all, v_all = self.k[layer], self.v[layer]  # (B, n_kv_head, max_len, head_dim)
+        k_all.narrow(2, self.pos, end - self.pos).copy_(k)
+        v_all.narrow(2, self.pos, end - self.pos).copy_(v)
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         self.pos += n

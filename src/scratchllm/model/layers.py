@@ -77,11 +77,13 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, T_past + T, head_dim)
         rep = self.n_head // self.n_kv_head
-        k, v = Fn.repeat_kv(k, rep), Fn.repeat_kv(v, rep)  # (B, n_head, T_k, head_dim)
+        if rep > 1:
+            k, v = Fn.repeat_kv(k, rep), Fn.repeat_kv(v, rep)  # (B, n_head, T_k, head_dim)
         p = self.dropout if self.training else 0.0
         # mask: None means "plain causal" when T_q == T_k, "attend to everything" for one new query
         causal = mask is None and t > 1
-        if self.mode == "explicit" or (self.mode == "auto" and self.explicit_is_faster(x, k.shape[2])):
+        if self.mode == "explicit" or (self.mode == "auto" and torch.is_grad_enabled()
+                                       and self.explicit_is_faster(x, k.shape[2])):
             m = Fn.causal_mask(t, k.shape[2], device=x.device) if causal else mask
             y = Fn.attention(q, k, v, m, dropout=p, training=self.training)
         else:
@@ -123,5 +125,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, mask=None, kv_cache=None, layer: int = 0):
+        if not (self.training and self.drop.p > 0):  # inference: no dropout (and no module call for it)
+            x = x + self.attn(self.norm1(x), rope, mask, kv_cache, layer)
+            return x + self.mlp(self.norm2(x))
         x = x + self.drop(self.attn(self.norm1(x), rope, mask, kv_cache, layer))
         return x + self.drop(self.mlp(self.norm2(x)))

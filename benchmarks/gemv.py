@@ -1,0 +1,109 @@
+"""Matrix-vector speed: how fast each CPU reader streams GPT-2 124M's weights for one input row.
+
+A batch-1 decode step is one matrix-vector product per weight matrix, so its speed is the rate at
+which weights come from memory. This runs one decode step's worth of products (the 12 layers'
+own matrices, 2304x768, 768x768, 3072x768, 768x3072, and the 50257x768 head: ~500 MB in fp32,
+far beyond the caches) through:
+- torch `F.linear` (MKL's sgemv on this build): what a plain PyTorch model does;
+- HF transformers' layout: GPT-2's Conv1D keeps weights (in, out) and calls `torch.addmm`;
+- oneDNN's packed layout (`torch.ops.mkldnn`), what scratchllm used before its kernel;
+- scratchllm's C kernel (`scratchllm.model.gemv`), on the weights in place;
+- numpy's `W @ x` (OpenBLAS), another BLAS for reference;
+- a plain `sum` of the same weights: a read-only stream, the practical ceiling.
+and the same in bf16 (F.linear vs the kernel). Prints ms per step, GB/s and ratios.
+
+    python benchmarks/gemv.py [--repeats 10] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]
+
+
+def best_ms(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=10, help="best of this many steps")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    from scratchllm.model import gemv
+    from scratchllm.runtime import machine_summary, set_threads
+
+    set_threads(args.threads)
+    print(f"machine: {machine_summary()}")
+    print(f"kernel: {gemv.status()}")
+    kernel = gemv.load()
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(o, i, generator=g) * 0.02 for o, i in SHAPES]
+    biases = [torch.randn(o, generator=g) * 0.02 for o, _ in SHAPES]
+    xs = {n: torch.randn(1, n, generator=g) for n in (768, 3072)}
+    nbytes = sum(w.numel() * 4 for w in weights)
+    print(f"one decode step of GPT-2 124M: {len(SHAPES)} matrices, {nbytes / 1e6:.0f} MB in fp32, one input row")
+
+    rows: dict[str, float] = {}
+
+    def run(name, fn, size=nbytes):
+        ms = best_ms(fn, args.repeats)
+        rows[name] = ms
+        print(f"  {name:<48} {ms:7.2f} ms  {size / ms / 1e6:6.1f} GB/s", flush=True)
+
+    def x_for(w):
+        return xs[w.shape[1]]
+
+    run("torch F.linear (fp32)", lambda: [F.linear(x_for(w), w, b) for w, b in zip(weights, biases)])
+    conv1d = [w.t().contiguous() for w in weights]  # HF GPT-2 Conv1D: weight (in, out)
+    run("HF Conv1D layout: torch.addmm, weight (in, out)",
+        lambda: [torch.addmm(b, x_for(w), wt) for w, wt, b in zip(weights, conv1d, biases)])
+    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in weights]
+        run("oneDNN packed layout", lambda: [torch.ops.mkldnn._linear_pointwise(x_for(w), p, b, "none", [], "")
+                                              for w, p, b in zip(weights, packed, biases)])
+    if kernel is not None:
+        run("scratchllm C kernel", lambda: [kernel(w, x_for(w), b) for w, b in zip(weights, biases)])
+        err = max((kernel(w, x_for(w), b) - F.linear(x_for(w), w, b)).abs().max().item()
+                  for w, b in zip(weights[:4], biases[:4]))
+        print(f"    (max abs difference from F.linear: {err:.1e})")
+    np_w = [w.numpy() for w in weights]
+    np_x = {n: x.numpy()[0] for n, x in xs.items()}
+    run("numpy W @ x (OpenBLAS)", lambda: [w @ np_x[w.shape[1]] for w in np_w])
+    run("torch sum of the weights (read-only ceiling)", lambda: [w.sum() for w in weights])
+
+    w16 = [w.bfloat16() for w in weights]
+    b16 = [b.bfloat16() for b in biases]
+    x16 = {n: x.bfloat16() for n, x in xs.items()}
+    run("torch F.linear (bf16)", lambda: [F.linear(x16[w.shape[1]], w, b) for w, b in zip(w16, b16)], nbytes // 2)
+    if kernel is not None:
+        run("scratchllm C kernel (bf16)", lambda: [kernel(w, x16[w.shape[1]], b) for w, b in zip(w16, b16)],
+            nbytes // 2)
+
+    print("ratios (time of the other / time of scratchllm's kernel):")
+    if kernel is not None:
+        ours = rows["scratchllm C kernel"]
+        for name in ("torch F.linear (fp32)", "HF Conv1D layout: torch.addmm, weight (in, out)",
+                     "oneDNN packed layout", "numpy W @ x (OpenBLAS)"):
+            if name in rows:
+                print(f"  {name:<48} {rows[name] / ours:5.2f}x")
+        print(f"  {'kernel reaches of the read-only ceiling':<48} "
+              f"{rows['torch sum of the weights (read-only ceiling)'] / ours:5.0%}")
+        print(f"  {'bf16: torch F.linear / kernel':<48} "
+              f"{rows['torch F.linear (bf16)'] / rows['scratchllm C kernel (bf16)']:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""A matrix-vector product for batch-1 decoding on the CPU: scratchllm's C kernel, built on first use.
+
+At batch 1 a decode step multiplies one row by every weight matrix, so it runs at the speed at
+which memory delivers the weights. torch's CPU `F.linear` (MKL's sgemv) reads them at ~13-19 GB/s
+on our 2-core machine and oneDNN's packed layout at ~25-29 GB/s; `gemv.c` (about 60 lines of
+portable C, see its header) reads 16 rows side by side and reaches ~43 GB/s, near a plain sum's
+~45-48 (`benchmarks/gemv.py` measures all of them on GPT-2 124M's matrices). It reads the model's
+own weights in place: nothing is copied or repacked. bf16 weights are read as bf16 (half the
+bytes) and summed in fp32.
+
+`load()` builds the kernel once per machine with the system C compiler (`$CC`, else `cc`, `gcc`,
+`clang`; flags `-O3 -march=native -fopenmp -shared -fPIC`, about a second) into
+`<cache>/kernels/gemv-<hash>.so` (the cache folder of `files.cache_dir`, written atomically; the
+hash covers the source, compiler, flags and CPU, so a shared home folder never loads a library
+built for another CPU), loads it with ctypes, checks it against `F.linear` on a small matrix, and
+returns a `Kernel`. Where any step fails (no compiler, no OpenMP, a mismatch) it returns None and
+`status()` says why; callers then use torch's kernels. `SCRATCHLLM_NO_KERNEL=1` turns it off.
+
+Not here: which layers use it and when (model.fast_linear).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from scratchllm.files import cache_dir
+
+SOURCE = Path(__file__).with_name("gemv.c")
+DISABLE_ENV = "SCRATCHLLM_NO_KERNEL"
+# Tried in order: tuned for this CPU, then generic (compilers that do not know -march=native).
+FLAG_SETS = (("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"), ("-O3", "-fopenmp", "-shared", "-fPIC"))
+COMPILE_TIMEOUT = 120.0  # seconds; compiling takes about one
+
+
+class Kernel:
+    """The loaded C functions, called as `kernel(weight, x, bias)` -> x @ weight.T + bias for one row x.
+
+    weight (out, in) contiguous, fp32 or bf16 (read as bf16, summed in fp32), on the CPU; x (..., in)
+    of the weight's dtype holding one row; bias (out,) or None. The result has x's dtype and shape
+    (..., out).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lib = ctypes.CDLL(str(path))  # keeps the library loaded as long as the kernel lives
+        self._fns = {torch.float32: self._lib.scratchllm_gemv, torch.bfloat16: self._lib.scratchllm_gemv_bf16}
+        for fn in self._fns.values():
+            fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+            fn.restype = None
+        self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p]  # scratch: the inputs split in even/odd halves
+
+    def __call__(self, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bind(weight, bias)(x)
+
+    def bind(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`x -> x @ weight.T + bias` with the weight checked and its address taken once (a decode step
+        makes ~50 such calls; binding halves their Python cost). The weight is read live, where it
+        is; the bias as it is now (a copy if it is not fp32)."""
+        out, n_in = weight.shape
+        fn = self._fns.get(weight.dtype)
+        if fn is None or weight.device.type != "cpu" or not weight.is_contiguous():
+            raise ValueError(f"gemv takes one CPU row and a contiguous fp32 or bf16 weight; got weight "
+                             f"{tuple(weight.shape)} {weight.dtype} on {weight.device}")
+        bf16 = weight.dtype == torch.bfloat16
+        b32 = None if bias is None else bias.detach().float().contiguous()  # no copy for fp32
+        scratch = torch.empty(n_in, dtype=torch.float32) if bf16 else None  # the row split in even/odd halves
+        fixed = (weight.data_ptr(), None if b32 is None else b32.data_ptr())
+        extra = (scratch.data_ptr(),) if bf16 else ()
+
+        def product(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype != weight.dtype or x.device.type != "cpu":
+                raise ValueError(f"gemv takes one CPU row of {n_in} of the weight's dtype ({weight.dtype}); "
+                                 f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
+            x32 = x.float().contiguous() if bf16 else x.contiguous()
+            y = torch.empty(*x.shape[:-1], out, dtype=torch.float32)  # (..., out)
+            fn(fixed[0], x32.data_ptr(), fixed[1], y.data_ptr(), out, n_in, torch.get_num_threads(), *extra)
+            return y.to(torch.bfloat16) if bf16 else y
+
+        product.keep_alive = (weight, b32, scratch)  # the addresses above stay valid while `product` lives
+        return product
+
+
+def compiler() -> str | None:
+    """The C compiler to build with: $CC, else the first of cc, gcc, clang on PATH."""
+    if os.environ.get("CC"):
+        return os.environ["CC"]
+    return next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+
+
+def _cpu_id() -> str:
+    """What identifies this CPU for a -march=native build: architecture and, on Linux, its feature flags."""
+    ident = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            ident += sorted({line for line in f if line.startswith(("flags", "Features", "model name"))})
+    except OSError:
+        pass
+    return "\n".join(ident)
+
+
+def library_path(cc: str, flags: tuple[str, ...]) -> Path:
+    key = "\0".join([SOURCE.read_text(), cc, " ".join(flags), _cpu_id()])
+    return cache_dir() / "kernels" / f"gemv-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def _compile(cc: str, flags: tuple[str, ...], dest: Path) -> str | None:
+    """Build the library at `dest` (via a temp file and a rename); None on success, else why not."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".gemv-", suffix=".so")
+    os.close(fd)
+    try:
+        run = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                             timeout=COMPILE_TIMEOUT)
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+            return f"{cc} {' '.join(flags)} failed: {last}"
+        os.replace(tmp, dest)
+        return None
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{cc} could not run: {e}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _self_check(kernel: Kernel) -> str | None:
+    """Compare with F.linear on shapes that take every code path (full row blocks, leftover rows and columns)."""
+    g = torch.Generator().manual_seed(0)
+    for out, n_in, with_bias in [(67, 53, True), (40, 64, False), (5, 16, True)]:
+        w, x = torch.randn(out, n_in, generator=g), torch.randn(n_in, generator=g)
+        b = torch.randn(out, generator=g) if with_bias else None
+        if not torch.allclose(kernel(w, x, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
+            return f"its result differs from F.linear for a {out}x{n_in} matrix"
+        w16, x16 = w.bfloat16(), x.bfloat16()  # bf16: the same sums in fp32 over the bf16 values
+        want = F.linear(x16.float(), w16.float(), b.bfloat16().float() if b is not None else None)
+        if not torch.allclose(kernel(w16, x16, b.bfloat16() if b is not None else None).float(), want,
+                              rtol=1e-2, atol=1e-2):
+            return f"its bf16 result differs from F.linear for a {out}x{n_in} matrix"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _build() -> tuple[Kernel | None, str]:
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None, f"turned off by {DISABLE_ENV}"
+    cc = compiler()
+    if cc is None:
+        return None, "no C compiler (set CC, or install cc/gcc/clang)"
+    errors = []
+    for flags in FLAG_SETS:
+        path = library_path(cc, flags)
+        if not path.exists():
+            err = _compile(cc, flags, path)
+            if err:
+                errors.append(err)
+                continue
+        try:
+            kernel = Kernel(path)
+        except (OSError, AttributeError) as e:
+            errors.append(f"{path} did not load: {e}")
+            continue
+        err = _self_check(kernel)
+        if err:
+            errors.append(err)
+            continue
+        return kernel, f"compiled C kernel {path}"
+    return None, "; ".join(errors)
+
+
+def load() -> Kernel | None:
+    """The kernel, built and checked on first call (then cached for the process); None where unavailable."""
+    return _build()[0]
+
+
+def status() -> str:
+    """One line: where the kernel was loaded from, or why it is not used."""
+    kernel, why = _build()
+    return why if kernel is not None else f"not used: {why}"

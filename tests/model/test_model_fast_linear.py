@@ -1,0 +1,148 @@
+"""model.fast_linear: each reader (C kernel for one row, oneDNN packing for a few, F.linear otherwise)
+gives F.linear's results exactly where it applies, and generation through them gives the same
+tokens as without."""
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.config.model import ModelConfig
+from scratchllm.config.sample import SampleConfig
+from scratchllm.generate.engine import generate, generate_batch
+from scratchllm.model import GPT, gemv
+from scratchllm.model import fast_linear as P
+
+needs_ops = pytest.mark.skipif(not P._ops_available(), reason="this torch build has no oneDNN linear ops")
+KERNEL_EXPECTED = sys.platform.startswith("linux") and gemv.compiler() is not None  # see test_model_gemv
+
+# big enough that every linear is wrapped (smallest: 512 x 1024 = 2^19 weights), small enough to be quick
+MID = dict(n_layer=2, n_head=8, n_embd=1024, context_length=64, vocab_size=600, dropout=0.0)
+
+
+@pytest.fixture
+def kernel():
+    k = gemv.load()
+    if k is None:
+        if KERNEL_EXPECTED:
+            pytest.fail(f"the gemv kernel did not build here: {gemv.status()}")
+        pytest.skip(f"no gemv kernel on this platform: {gemv.status()}")
+    return k
+
+
+class Counting:
+    """Wraps a kernel and counts the calls of the products it binds."""
+
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, 0
+
+    def bind(self, weight, bias=None):
+        product = self.kernel.bind(weight, bias)
+
+        def counted(x):
+            self.calls += 1
+            return product(x)
+
+        return counted
+
+
+def close(a, b):
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_ops
+def test_each_reader_equals_f_linear_where_it_applies(kernel):
+    torch.manual_seed(0)
+    lin = nn.Linear(768, 1024)
+    counting = Counting(kernel)
+    fast = P.FastLinear(lin, counting, pack=True)
+    with torch.no_grad():
+        one = torch.randn(1, 1, 768)
+        assert close(fast(one), F.linear(one, lin.weight, lin.bias)) and counting.calls == 1  # the kernel
+        for shape in [(2, 5, 768), (64, 768)]:  # packed
+            x = torch.randn(shape)
+            y = fast(x)
+            assert y.shape == (*shape[:-1], 1024) and close(y, F.linear(x, lin.weight, lin.bias))
+        assert counting.calls == 1
+        big = torch.randn(P.MAX_ROWS + 1, 768)  # more rows: F.linear itself, bit for bit
+        assert torch.equal(fast(big), F.linear(big, lin.weight, lin.bias))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast: F.linear, in bf16
+            assert fast(torch.randn(1, 768)).dtype == torch.bfloat16
+        assert counting.calls == 1
+    x = torch.randn(1, 768, requires_grad=True)  # with autograd on: F.linear, so gradients flow
+    fast(x).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None and counting.calls == 1
+
+
+@needs_ops
+def test_without_the_kernel_one_row_is_packed_and_without_packing_f_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(768, 1024)
+    x = torch.randn(1, 768)
+    with torch.no_grad():
+        packed_only = P.FastLinear(lin, None, pack=True)
+        assert packed_only.packed is not None and close(packed_only(x), F.linear(x, lin.weight, lin.bias))
+        neither = P.FastLinear(lin, None, pack=False)
+        assert neither.packed is None and torch.equal(neither(x), F.linear(x, lin.weight, lin.bias))
+
+
+def test_fast_linears_swaps_large_linears_and_puts_them_back(kernel):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**MID)).eval()
+    keys = list(model.state_dict())
+    originals = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    with P.fast_linears(model, rows=1):
+        inside = [m for m in model.modules() if isinstance(m, P.FastLinear)]
+        assert len(inside) == len(originals)
+        assert all(m.product is not None and m.packed is None for m in inside)  # one row: the kernel, no copies
+        assert model.lm_head.weight is model.tok_emb.weight  # the tied head still reads as tied
+    assert [m for m in model.modules() if isinstance(m, nn.Linear)] == originals
+    assert list(model.state_dict()) == keys
+    if P._ops_available():
+        with P.fast_linears(model, rows=8):  # a batch: packed as well
+            assert all(m.packed is not None for m in model.modules() if isinstance(m, P.FastLinear))
+    tiny = GPT(ModelConfig.preset("tiny"))
+    assert not P.worth_wrapping(tiny)  # small weights stay in cache: nothing to gain
+    mid16 = GPT(ModelConfig(**MID)).bfloat16()
+    assert P.worth_wrapping(mid16)  # bf16: the kernel reads it, packing does not
+    with P.fast_linears(mid16, rows=8):
+        assert all(m.packed is None for m in mid16.modules() if isinstance(m, P.FastLinear))
+
+
+def test_forward_and_greedy_generation_match_plain(kernel, monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**MID)).eval()
+    idx = torch.randint(0, MID["vocab_size"], (1, 20))
+    with torch.inference_mode():
+        plain_logits = model(idx)
+        plain_last = model(idx[:, :1])
+        with P.fast_linears(model, rows=1):
+            fast_logits = model(idx)
+            fast_last = model(idx[:, :1])  # one row: through the kernel
+    assert torch.allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(fast_last, plain_last, rtol=1e-4, atol=1e-4)
+    prompt = idx[0].tolist()
+    config = SampleConfig(temperature=0.0, max_new_tokens=30)
+    counting = Counting(kernel)
+    monkeypatch.setattr(gemv, "load", lambda: counting)
+    fast_tokens = generate(model, prompt, config)
+    # one row each: the prompt's head (last position only), then 29 steps x (2 layers x 4 linears + head)
+    assert counting.calls == 1 + 29 * (2 * 4 + 1)
+    batch = generate_batch(model, [prompt, prompt[:7]], config)  # packed rows (and padding)
+    lookup = generate(model, prompt, config.replace(prompt_lookup=4))  # speculative: a few rows
+    monkeypatch.setattr(P, "MIN_WEIGHTS", 2**62)  # nothing wrapped
+    assert generate(model, prompt, config) == fast_tokens == batch[0] == lookup
+    assert generate(model, prompt[:7], config) == batch[1]
+
+
+def test_bf16_model_decodes_through_the_kernel(kernel):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**MID)).eval().bfloat16()
+    idx = torch.randint(0, MID["vocab_size"], (1, 1))
+    with torch.inference_mode():
+        plain = model(idx).float()
+        with P.fast_linears(model, rows=1):
+            fast = model(idx).float()
+    assert (fast - plain).abs().max().item() <= 0.05 * plain.abs().max().item()  # bf16 roundings apart

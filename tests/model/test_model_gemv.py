@@ -1,0 +1,106 @@
+"""model.gemv: the C matrix-vector kernel equals F.linear, is built once per machine, and is simply
+not used (with a reason) where it cannot be built."""
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchllm.model import gemv
+
+# Our machines and CI are Linux with a C compiler: there the kernel must build (a broken build fails
+# here instead of quietly falling back). Elsewhere (no compiler, or one without OpenMP) it may not.
+MUST_BUILD = sys.platform.startswith("linux") and gemv.compiler() is not None
+
+
+@pytest.fixture
+def kernel():
+    k = gemv.load()
+    if k is None:
+        if MUST_BUILD:
+            pytest.fail(f"the gemv kernel did not build here: {gemv.status()}")
+        pytest.skip(f"no gemv kernel on this platform: {gemv.status()}")
+    return k
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """Forget the process's kernel and build into an empty cache; restore afterwards."""
+    monkeypatch.setenv("SCRATCHLLM_CACHE_DIR", str(tmp_path / "cache"))
+    gemv._build.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    gemv._build.cache_clear()
+
+
+@pytest.mark.parametrize("out,n_in", [(1, 1), (5, 16), (16, 16), (33, 17), (67, 53), (768, 768), (100, 3072)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_equals_f_linear(kernel, out, n_in, threads):
+    g = torch.Generator().manual_seed(out * 1000 + n_in)
+    w, x, b = torch.randn(out, n_in, generator=g), torch.randn(1, 1, n_in, generator=g), torch.randn(out, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, y_nobias = kernel(w, x, b), kernel(w, x[0, 0])
+    finally:
+        torch.set_num_threads(before)
+    assert y.shape == (1, 1, out) and y.dtype == torch.float32 and y_nobias.shape == (out,)
+    # float32 sums of n_in terms, in another order than F.linear's: compare both with the exact sum
+    exact = F.linear(x.double(), w.double(), b.double())
+    tol = 1e-6 * (x.double().abs() @ w.double().abs().T).max().item() + 1e-6  # ~ n_in roundings of the terms
+    for got in (y, F.linear(x, w, b)):
+        assert (got.double() - exact).abs().max().item() <= tol
+    assert (y_nobias.double() - (exact[0, 0] - b.double())).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("out,n_in", [(5, 16), (67, 53), (300, 768), (40, 3072)])
+def test_bf16_weights_sum_in_fp32(kernel, out, n_in):
+    g = torch.Generator().manual_seed(out + n_in)
+    w = torch.randn(out, n_in, generator=g).bfloat16()
+    x, b = torch.randn(1, n_in, generator=g).bfloat16(), torch.randn(out, generator=g).bfloat16()
+    y = kernel(w, x, b)
+    assert y.dtype == torch.bfloat16 and y.shape == (1, out)
+    exact = F.linear(x.double(), w.double(), b.double())  # the same bf16 numbers, summed exactly
+    assert torch.allclose(y.double(), exact, rtol=1e-2, atol=1e-2)  # one bf16 rounding at the end
+    assert torch.allclose(y.double(), exact.bfloat16().double(), rtol=0, atol=0.02 * exact.abs().max().item())
+
+
+def test_rejects_what_it_does_not_compute(kernel):
+    w = torch.randn(8, 16)
+    for bad_w, bad_x in [(w, torch.randn(2, 16)),  # two rows
+                         (w, torch.randn(1, 15)),  # wrong width
+                         (w, torch.randn(1, 16, dtype=torch.float64)),  # dtype not the weight's
+                         (w.t().contiguous().t(), torch.randn(1, 16))]:  # weight not contiguous
+        with pytest.raises(ValueError, match="gemv takes one CPU row"):
+            kernel(bad_w, bad_x)
+
+
+def test_built_once_then_loaded_from_the_cache(fresh_build, monkeypatch):
+    if not MUST_BUILD:
+        pytest.skip("no C compiler with OpenMP on this platform")
+    k = gemv.load()
+    assert k is not None and k.path.parent == fresh_build and k.path.exists()
+    assert gemv.status() == f"compiled C kernel {k.path}"
+    assert [p.name for p in fresh_build.iterdir()] == [k.path.name]  # no temp files left behind
+    gemv._build.cache_clear()
+    monkeypatch.setattr(gemv, "_compile", lambda *a: pytest.fail("compiled again"))
+    assert gemv.load().path == k.path
+
+
+def test_no_compiler_or_turned_off_means_no_kernel(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert gemv.load() is None
+    assert gemv.status().startswith("not used: /nonexistent/cc could not run")
+    gemv._build.cache_clear()
+    monkeypatch.setenv("SCRATCHLLM_NO_KERNEL", "1")
+    assert gemv.load() is None and gemv.status() == "not used: turned off by SCRATCHLLM_NO_KERNEL"
+    assert not fresh_build.exists() or not any(fresh_build.glob("*.so"))
+
+
+def test_a_kernel_that_computes_wrongly_is_not_used(fresh_build, monkeypatch):
+    if not MUST_BUILD:
+        pytest.skip("no C compiler with OpenMP on this platform")
+    real_call = gemv.Kernel.__call__
+    monkeypatch.setattr(gemv.Kernel, "__call__", lambda self, w, x, b=None: real_call(self, w, x, b) + 1)
+    assert gemv.load() is None
+    assert "differs from F.linear" in gemv.status()
