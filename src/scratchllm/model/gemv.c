@@ -3,9 +3,10 @@
  * Why it exists: a batch-1 decode step reads every weight once and does two FLOPs per weight, so
  * its speed is the speed at which memory delivers W. Memory delivers it fastest when many
  * streams are read at once: this kernel walks ROWS rows of W side by side, each into its own
- * vector accumulator, so the CPU's prefetchers run ROWS streams in parallel (ROWS 4 -> 16 measured
- * 32 -> 43 GB/s on our 2-core machine, close to a plain sum's 45-48 GB/s). The rows are split in
- * ROWS-aligned halves (or thirds, ...) between OpenMP threads.
+ * vector accumulator, so the CPU's prefetchers run ROWS streams in parallel (ROWS 4, 8, 16 measured
+ * 32, 38, 42 GB/s on our 2-core machine against a plain sum's 45; 24 and 32 run out of registers
+ * and are slower; software prefetching, with or without a non-temporal hint, measured slower).
+ * The rows are split in ROWS-aligned halves (or thirds, ...) between OpenMP threads.
  *
  * Portable C: `vec` is a GCC/Clang vector type of 16 floats that the compiler maps to the
  * machine's registers (one AVX-512 register, two AVX2 ones, four NEON ones). Built by

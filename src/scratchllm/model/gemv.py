@@ -1,10 +1,10 @@
 """A matrix-vector product for batch-1 decoding on the CPU: scratchllm's C kernel, built on first use.
 
 At batch 1 a decode step multiplies one row by every weight matrix, so it runs at the speed at
-which memory delivers the weights. torch's CPU `F.linear` (MKL's sgemv) reads them at ~13-19 GB/s
-on our 2-core machine and oneDNN's packed layout at ~25-29 GB/s; `gemv.c` (about 60 lines of
-portable C, see its header) reads 16 rows side by side and reaches ~43 GB/s, near a plain sum's
-~45-48 (`benchmarks/gemv.py` measures all of them on GPT-2 124M's matrices). It reads the model's
+which memory delivers the weights. On our 2-core machine (`benchmarks/gemv.py`, GPT-2 124M's
+matrices, one run) torch's CPU `F.linear` (MKL's sgemv) reads them at 14 GB/s, HF GPT-2's
+`addmm` layout at 19 and oneDNN's packed layout at 26; `gemv.c` (portable C, see its header)
+reads 16 rows side by side and reaches 29, 90% of a plain sum's 32. It reads the model's
 own weights in place: nothing is copied or repacked. bf16 weights are read as bf16 (half the
 bytes) and summed in fp32.
 
