@@ -146,3 +146,17 @@ def test_bf16_model_decodes_through_the_kernel(kernel):
         with P.fast_linears(model, rows=1):
             fast = model(idx).float()
     assert (fast - plain).abs().max().item() <= 0.05 * plain.abs().max().item()  # bf16 roundings apart
+
+
+def test_without_the_kernel_generation_packs_or_runs_plain(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**MID)).eval()
+    prompt = torch.randint(0, MID["vocab_size"], (12,)).tolist()
+    config = SampleConfig(temperature=0.0, max_new_tokens=20)
+    monkeypatch.setattr(gemv, "load", lambda: None)  # no compiler here, say
+    with P.fast_linears(model, rows=1):
+        wrapped = [m for m in model.modules() if isinstance(m, P.FastLinear)]
+        assert all(m.product is None and (m.packed is not None) == P._ops_available() for m in wrapped)
+    without_kernel = generate(model, prompt, config)
+    monkeypatch.setattr(P, "MIN_WEIGHTS", 2**62)  # nothing wrapped
+    assert generate(model, prompt, config) == without_kernel

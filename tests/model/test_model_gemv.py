@@ -97,6 +97,14 @@ def test_no_compiler_or_turned_off_means_no_kernel(fresh_build, monkeypatch):
     assert not fresh_build.exists() or not any(fresh_build.glob("*.so"))
 
 
+def test_an_unwritable_cache_means_no_kernel(fresh_build, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SCRATCHLLM_CACHE_DIR", str(blocker / "cache"))  # a folder under a file
+    assert gemv.load() is None
+    assert gemv.status().startswith("not used: cannot write to the kernel cache")
+
+
 def test_a_kernel_that_computes_wrongly_is_not_used(fresh_build, monkeypatch):
     if not MUST_BUILD:
         pytest.skip("no C compiler with OpenMP on this platform")

@@ -117,9 +117,12 @@ def library_path(cc: str, flags: tuple[str, ...]) -> Path:
 
 def _compile(cc: str, flags: tuple[str, ...], dest: Path) -> str | None:
     """Build the library at `dest` (via a temp file and a rename); None on success, else why not."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".gemv-", suffix=".so")
-    os.close(fd)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".gemv-", suffix=".so")
+        os.close(fd)
+    except OSError as e:
+        return f"cannot write to the kernel cache {dest.parent}: {e}"
     try:
         run = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
                              timeout=COMPILE_TIMEOUT)
@@ -160,7 +163,10 @@ def _build() -> tuple[Kernel | None, str]:
         return None, "no C compiler (set CC, or install cc/gcc/clang)"
     errors = []
     for flags in FLAG_SETS:
-        path = library_path(cc, flags)
+        try:
+            path = library_path(cc, flags)
+        except OSError as e:  # the source file missing from an installation
+            return None, f"cannot read {SOURCE}: {e}"
         if not path.exists():
             err = _compile(cc, flags, path)
             if err:
