@@ -2,7 +2,7 @@
 gives F.linear's results exactly where it applies, and generation through them gives the same
 tokens as without."""
 
-import sys
+import platform
 
 import pytest
 import torch
@@ -15,21 +15,13 @@ from scratchllm.generate.engine import generate, generate_batch
 from scratchllm.model import GPT, gemv
 from scratchllm.model import fast_linear as P
 
-needs_ops = pytest.mark.skipif(not P._ops_available(), reason="this torch build has no oneDNN linear ops")
-KERNEL_EXPECTED = sys.platform.startswith("linux") and gemv.compiler() is not None  # see test_model_gemv
+# oneDNN's packed-linear ops are in every x86-64 torch build (there a missing op fails the test);
+# other platforms' builds may lack them, and then nothing is packed
+needs_ops = pytest.mark.skipif(not P._ops_available() and platform.machine().lower() not in ("x86_64", "amd64"),
+                               reason="this torch build has no oneDNN linear ops")
 
 # big enough that every linear is wrapped (smallest: 512 x 1024 = 2^19 weights), small enough to be quick
 MID = dict(n_layer=2, n_head=8, n_embd=1024, context_length=64, vocab_size=600, dropout=0.0)
-
-
-@pytest.fixture
-def kernel():
-    k = gemv.load()
-    if k is None:
-        if KERNEL_EXPECTED:
-            pytest.fail(f"the gemv kernel did not build here: {gemv.status()}")
-        pytest.skip(f"no gemv kernel on this platform: {gemv.status()}")
-    return k
 
 
 class Counting:

@@ -65,7 +65,8 @@ class FastLinear(nn.Module):
         self.linear = linear
         self.dtype = linear.weight.dtype
         # the one-row product, bound to this layer's weight (None: no kernel, or a non-contiguous weight)
-        self.product = kernel.bind(linear.weight, linear.bias) if kernel and linear.weight.is_contiguous() else None
+        usable = kernel is not None and linear.weight.is_contiguous()
+        self.product = kernel.bind(linear.weight, linear.bias) if usable else None
         pack = pack and linear.weight.dtype == torch.float32
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1) if pack else None
 

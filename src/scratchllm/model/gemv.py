@@ -147,9 +147,9 @@ def _self_check(kernel: Kernel) -> str | None:
         if not torch.allclose(kernel(w, x, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
             return f"its result differs from F.linear for a {out}x{n_in} matrix"
         w16, x16 = w.bfloat16(), x.bfloat16()  # bf16: the same sums in fp32 over the bf16 values
-        want = F.linear(x16.float(), w16.float(), b.bfloat16().float() if b is not None else None)
-        if not torch.allclose(kernel(w16, x16, b.bfloat16() if b is not None else None).float(), want,
-                              rtol=1e-2, atol=1e-2):
+        b16 = b.bfloat16() if b is not None else None
+        want = F.linear(x16.float(), w16.float(), b16.float() if b16 is not None else None)
+        if not torch.allclose(kernel(w16, x16, b16).float(), want, rtol=1e-2, atol=1e-2):
             return f"its bf16 result differs from F.linear for a {out}x{n_in} matrix"
     return None
 

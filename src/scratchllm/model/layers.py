@@ -82,8 +82,7 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         # mask: None means "plain causal" when T_q == T_k, "attend to everything" for one new query
         causal = mask is None and t > 1
-        if self.mode == "explicit" or (self.mode == "auto" and torch.is_grad_enabled()
-                                       and self.explicit_is_faster(x, k.shape[2])):
+        if self.mode == "explicit" or (self.mode == "auto" and self.explicit_is_faster(x, k.shape[2])):
             m = Fn.causal_mask(t, k.shape[2], device=x.device) if causal else mask
             y = Fn.attention(q, k, v, m, dropout=p, training=self.training)
         else:
@@ -125,8 +124,7 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, mask=None, kv_cache=None, layer: int = 0):
-        if not (self.training and self.drop.p > 0):  # inference: no dropout (and no module call for it)
-            x = x + self.attn(self.norm1(x), rope, mask, kv_cache, layer)
-            return x + self.mlp(self.norm2(x))
-        x = x + self.drop(self.attn(self.norm1(x), rope, mask, kv_cache, layer))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        a = self.attn(self.norm1(x), rope, mask, kv_cache, layer)
+        x = x + (self.drop(a) if self.training else a)  # eval: no dropout call (decoding counts every op)
+        m = self.mlp(self.norm2(x))
+        return x + (self.drop(m) if self.training else m)
