@@ -17,7 +17,9 @@ def fresh_build(monkeypatch, tmp_path):
     gemv._build.cache_clear()
 
 
-@pytest.mark.parametrize("out,n_in", [(1, 1), (5, 16), (16, 16), (33, 17), (67, 53), (768, 768), (100, 3072)])
+# odd sizes: rows that do not split evenly into threads and streams, columns that are not whole vectors
+@pytest.mark.parametrize("out,n_in", [(1, 1), (5, 16), (16, 16), (33, 17), (67, 53), (768, 768), (1003, 40),
+                                      (100, 3072)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_equals_f_linear(kernel, out, n_in, threads):
     g = torch.Generator().manual_seed(out * 1000 + n_in)
@@ -37,7 +39,7 @@ def test_equals_f_linear(kernel, out, n_in, threads):
     assert (y_nobias.double() - (exact[0, 0] - b.double())).abs().max().item() <= tol
 
 
-@pytest.mark.parametrize("out,n_in", [(5, 16), (67, 53), (300, 768), (40, 3072)])
+@pytest.mark.parametrize("out,n_in", [(5, 16), (67, 53), (300, 768), (1003, 40), (40, 3072)])
 def test_bf16_weights_sum_in_fp32(kernel, out, n_in):
     g = torch.Generator().manual_seed(out + n_in)
     w = torch.randn(out, n_in, generator=g).bfloat16()

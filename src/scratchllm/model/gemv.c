@@ -1,13 +1,15 @@
 /* scratchllm's matrix-vector product: y = W x + b for one input row, W (out, in) row-major fp32.
  *
  * Why it exists: a batch-1 decode step reads every weight once and does two FLOPs per weight, so
- * its speed is the speed at which memory delivers W. Memory delivers it fastest when many
- * streams are read at once: this kernel walks ROWS rows of W side by side, each into its own
- * vector accumulator, so the CPU's prefetchers run ROWS streams in parallel (ROWS 4, 8, 16 measured
- * 32, 38, 42 GB/s on our 2-core machine against a plain sum's 45; 24 and 32 run out of registers
- * and are slower; prefetching ahead within a row, with or without a non-temporal hint, measured
- * slower; prefetching the heads of the next rows helps, see HEAD_LINES).
- * The rows are split in ROWS-aligned halves (or thirds, ...) between OpenMP threads.
+ * its speed is the speed at which memory delivers W. Memory delivers it fastest as a few long
+ * sequential streams per core, which the CPU's prefetchers follow far ahead. So each thread's
+ * rows are cut into STREAMS equal parts, and row j of every part is read at the same time, each
+ * into its own vector accumulator: rows follow each other in memory, so every part is one long
+ * stream. Measured on our 2-core AMD machine over GPT-2 124M's matrices, interleaved runs: 2, 3,
+ * 4, 6, 8 streams per thread 32.5, 33.0, 33.1, 33.3, 32.8 GB/s while this kernel's former layout
+ * (16 neighbouring rows side by side, each a short 3 KB stream, with the heads of the next 16
+ * requested early) read 31.2; in the machine's faster hours 4 streams read ~5% more than it.
+ * Threads (OpenMP) take equal halves (thirds, ...) of the rows.
  *
  * Portable C: `vec` is a GCC/Clang vector type of 16 floats that the compiler maps to the
  * machine's registers (one AVX-512 register, two AVX2 ones, four NEON ones). Built by
@@ -17,19 +19,14 @@
  * bf16 weights (scratchllm_gemv_bf16) are widened to fp32 as they are read (half the bytes to
  * read); inputs, sums and outputs are fp32.
  *
- * Sums run lane by lane and are then added across lanes: the result equals F.linear's up to float
- * rounding (another order of the same sums).
+ * Sums run lane by lane and the lanes are then folded together: the result equals F.linear's up to
+ * float rounding (another order of the same sums).
  */
 #include <stddef.h>
 #include <string.h>
 
 #define LANES 16 /* floats per vector */
-#define ROWS 16 /* rows of W read side by side */
-/* The hardware prefetcher finds each new row's stream only after a few misses, and a GPT-2 row is
- * just 48 cache lines; so while a block of rows is read, the first HEAD_LINES lines of each row of
- * the next block are requested. Measured on GPT-2 124M decoding, interleaved runs: 2 -> ~1%,
- * 4 -> ~3% fewer ms per token, 6 and 8 no better than none. */
-#define HEAD_LINES 4
+#define STREAMS 4 /* parts of a thread's rows read at once (see above) */
 
 typedef float vec __attribute__((vector_size(LANES * sizeof(float))));
 
@@ -39,41 +36,52 @@ static inline vec load(const float *p) { /* unaligned load */
     return v;
 }
 
+typedef float half_vec __attribute__((vector_size(LANES / 2 * sizeof(float))));
+typedef float quarter_vec __attribute__((vector_size(LANES / 4 * sizeof(float))));
+
+/* the sum of v's lanes, folded in halves (16 -> 8 -> 4 lanes, then pairs): four vector or scalar adds
+ * in a row, not sixteen; adding lane by lane measured ~6% slower (it sits between the rows' reads) */
 static inline float lane_sum(vec v) {
-    float s = 0.0f;
-    for (int k = 0; k < LANES; k++) s += v[k];
-    return s;
+    half_vec a, b;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&b, (const char *)&v + sizeof a, sizeof b);
+    a += b;
+    quarter_vec c, d;
+    memcpy(&c, &a, sizeof c);
+    memcpy(&d, (const char *)&a + sizeof c, sizeof d);
+    c += d;
+    return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
-/* y[r] = W[r, :] . x (+ b[r]) for rows r0 <= r < r1, fp32 weights */
+/* y[r] = W[r, :] . x (+ b[r]) given the lane sums of the first `full` columns: the rest one by one */
+static inline float finish(vec acc, const float *wr, const float *x, long full, long in, const float *b, long r) {
+    float s = lane_sum(acc);
+    for (long i = full; i < in; i++) s += wr[i] * x[i];
+    return b ? s + b[r] : s;
+}
+
+/* y[r] = W[r, :] . x (+ b[r]) for rows r0 <= r < r1, fp32 weights, as STREAMS streams (see above) */
 static void rows_dot(const float *w, const float *x, const float *b, float *y, long in, long r0, long r1) {
-    long full = in / LANES * LANES; /* columns done by vectors; the rest one by one */
-    long o = r0;
-    for (; o + ROWS <= r1; o += ROWS) {
-        const float *wr = w + o * in;
-        vec acc[ROWS];
-        for (int r = 0; r < ROWS; r++) acc[r] = (vec){0};
-        if (o + 2 * ROWS <= r1) /* start the next block's 16 streams early (see HEAD_LINES) */
-            for (int r = 0; r < ROWS; r++)
-                for (int l = 0; l < HEAD_LINES; l++) __builtin_prefetch(wr + (ROWS + r) * in + l * LANES, 0, 3);
+    long per = (r1 - r0) / STREAMS;  /* rows per stream; the last few rows are done one by one */
+    long full = in / LANES * LANES; /* columns done by vectors */
+    for (long j = 0; j < per; j++) {
+        const float *wr[STREAMS];
+        vec acc[STREAMS];
+        for (int s = 0; s < STREAMS; s++) {
+            wr[s] = w + (r0 + s * per + j) * in; /* row j of part s */
+            acc[s] = (vec){0};
+        }
         for (long i = 0; i < full; i += LANES) {
             vec xv = load(x + i);
-#pragma GCC unroll 16
-            for (int r = 0; r < ROWS; r++) acc[r] += load(wr + r * in + i) * xv;
+            for (int s = 0; s < STREAMS; s++) acc[s] += load(wr[s] + i) * xv;
         }
-        for (int r = 0; r < ROWS; r++) {
-            float s = lane_sum(acc[r]);
-            for (long i = full; i < in; i++) s += wr[r * in + i] * x[i];
-            y[o + r] = b ? s + b[o + r] : s;
-        }
+        for (int s = 0; s < STREAMS; s++) y[r0 + s * per + j] = finish(acc[s], wr[s], x, full, in, b, r0 + s * per + j);
     }
-    for (; o < r1; o++) { /* fewer than ROWS rows left */
-        const float *wr = w + o * in;
+    for (long r = r0 + STREAMS * per; r < r1; r++) {
+        const float *wr = w + r * in;
         vec acc = {0};
         for (long i = 0; i < full; i += LANES) acc += load(wr + i) * load(x + i);
-        float s = lane_sum(acc);
-        for (long i = full; i < in; i++) s += wr[i] * x[i];
-        y[o] = b ? s + b[o] : s;
+        y[r] = finish(acc, wr, x, full, in, b, r);
     }
 }
 
@@ -105,49 +113,53 @@ static float dot_tail_bf16(const unsigned short *wr, const float *x, long from, 
     return s;
 }
 
+/* rows r0 <= r < r1 with bf16 weights, as rows_dot: STREAMS long streams; each step is two multiply-adds
+ * (not a product sum, then an add) */
 static void rows_dot_bf16(const unsigned short *w, const float *x, const float *xe, const float *xo, const float *b,
                           float *y, long in, long r0, long r1) {
-    long full = in / (2 * LANES) * (2 * LANES);
-    long o = r0;
+    long per = (r1 - r0) / STREAMS, full = in / (2 * LANES) * (2 * LANES);
     vec e, d;
-    for (; o + ROWS <= r1; o += ROWS) {
-        const unsigned short *wr = w + o * in;
-        vec acc[ROWS];
-        for (int r = 0; r < ROWS; r++) acc[r] = (vec){0};
+    for (long j = 0; j < per; j++) {
+        const unsigned short *wr[STREAMS];
+        vec acc[STREAMS];
+        for (int s = 0; s < STREAMS; s++) {
+            wr[s] = w + (r0 + s * per + j) * in;
+            acc[s] = (vec){0};
+        }
         for (long i = 0; i < full; i += 2 * LANES) {
             vec xev = load(xe + i / 2), xov = load(xo + i / 2);
-#pragma GCC unroll 16
-            for (int r = 0; r < ROWS; r++) {
-                load_bf16(wr + r * in + i, &e, &d);
-                acc[r] += e * xev; /* two multiply-adds (not a product sum, then an add) */
-                acc[r] += d * xov;
+            for (int s = 0; s < STREAMS; s++) {
+                load_bf16(wr[s] + i, &e, &d);
+                acc[s] += e * xev;
+                acc[s] += d * xov;
             }
         }
-        for (int r = 0; r < ROWS; r++) {
-            float s = lane_sum(acc[r]) + dot_tail_bf16(wr + r * in, x, full, in);
-            y[o + r] = b ? s + b[o + r] : s;
+        for (int s = 0; s < STREAMS; s++) {
+            long r = r0 + s * per + j;
+            float v = lane_sum(acc[s]) + dot_tail_bf16(wr[s], x, full, in);
+            y[r] = b ? v + b[r] : v;
         }
     }
-    for (; o < r1; o++) {
-        const unsigned short *wr = w + o * in;
+    for (long r = r0 + STREAMS * per; r < r1; r++) {
+        const unsigned short *wr = w + r * in;
         vec acc = {0};
         for (long i = 0; i < full; i += 2 * LANES) {
             load_bf16(wr + i, &e, &d);
             acc += e * load(xe + i / 2);
             acc += d * load(xo + i / 2);
         }
-        float s = lane_sum(acc) + dot_tail_bf16(wr, x, full, in);
-        y[o] = b ? s + b[o] : s;
+        float v = lane_sum(acc) + dot_tail_bf16(wr, x, full, in);
+        y[r] = b ? v + b[r] : v;
     }
 }
 
 int omp_get_num_threads(void);
 int omp_get_thread_num(void);
 
-/* this thread's share of `out` rows: whole blocks of ROWS, in order */
+/* this thread's share of `out` rows: an equal run of them, in order */
 #define SHARE(out)                                                           \
     long n = omp_get_num_threads(), t = omp_get_thread_num();                \
-    long chunk = ((out + n - 1) / n + ROWS - 1) / ROWS * ROWS;               \
+    long chunk = (out + n - 1) / n;                                          \
     long r0 = t * chunk, r1 = r0 + chunk > out ? out : r0 + chunk;
 
 /* y (out) = W (out, in) @ x (in) + b (out, or NULL), on `threads` threads; fp32 weights */

@@ -2,11 +2,12 @@
 
 At batch 1 a decode step multiplies one row by every weight matrix, so it runs at the speed at
 which memory delivers the weights. On our 2-core machine (`benchmarks/gemv.py`, GPT-2 124M's
-matrices, one run) torch's CPU `F.linear` (MKL's sgemv) reads them at 13.6 GB/s, HF GPT-2's
-`addmm` layout at 18.5 and oneDNN's packed layout at 25.3; `gemv.c` (portable C, see its header)
-reads 16 rows side by side and reaches 30.1, 96% of a plain sum's 31.3. It reads the model's
-own weights in place: nothing is copied or repacked. bf16 weights are read as bf16 (half the
-bytes) and summed in fp32.
+matrices, one run) torch's CPU `F.linear` (MKL's sgemv) reads them at 14.0 GB/s, HF GPT-2's
+`addmm` layout at 18.9 and oneDNN's packed layout at 29.6; `gemv.c` (portable C, see its header)
+reads each thread's rows as four long streams and reaches 48.6, a little more than torch's plain
+sum of the same weights (45.9). (This shared machine's memory is slower at some hours; then every
+reader slows down, the kernel to ~33 GB/s.) It reads the model's own weights in place: nothing
+is copied or repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32.
 
 `load()` builds the kernel once per machine with the system C compiler (`$CC`, else `cc`, `gcc`,
 `clang`; flags `-O3 -march=native -fopenmp -shared -fPIC`, about a second) into
