@@ -53,12 +53,14 @@ static inline float lane_sum(vec v) {
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
-/* y[r] = W[r, :] . x (+ b[r]) given the lane sums of the first `full` columns: the rest one by one */
-static inline float finish(vec acc, const float *wr, const float *x, long full, long in, const float *b, long r) {
-    float s = lane_sum(acc);
-    for (long i = full; i < in; i++) s += wr[i] * x[i];
-    return b ? s + b[r] : s;
+/* W[r, from:in] . x[from:in]: the columns left over after the whole vectors, one by one */
+static inline float dot_tail(const float *wr, const float *x, long from, long in) {
+    float s = 0.0f;
+    for (long i = from; i < in; i++) s += wr[i] * x[i];
+    return s;
 }
+
+static inline float with_bias(float v, const float *b, long r) { return b ? v + b[r] : v; }
 
 /* y[r] = W[r, :] . x (+ b[r]) for rows r0 <= r < r1, fp32 weights, as STREAMS streams (see above) */
 static void rows_dot(const float *w, const float *x, const float *b, float *y, long in, long r0, long r1) {
@@ -75,13 +77,16 @@ static void rows_dot(const float *w, const float *x, const float *b, float *y, l
             vec xv = load(x + i);
             for (int s = 0; s < STREAMS; s++) acc[s] += load(wr[s] + i) * xv;
         }
-        for (int s = 0; s < STREAMS; s++) y[r0 + s * per + j] = finish(acc[s], wr[s], x, full, in, b, r0 + s * per + j);
+        for (int s = 0; s < STREAMS; s++) {
+            long r = r0 + s * per + j;
+            y[r] = with_bias(lane_sum(acc[s]) + dot_tail(wr[s], x, full, in), b, r);
+        }
     }
     for (long r = r0 + STREAMS * per; r < r1; r++) {
         const float *wr = w + r * in;
         vec acc = {0};
         for (long i = 0; i < full; i += LANES) acc += load(wr + i) * load(x + i);
-        y[r] = finish(acc, wr, x, full, in, b, r);
+        y[r] = with_bias(lane_sum(acc) + dot_tail(wr, x, full, in), b, r);
     }
 }
 
@@ -136,8 +141,7 @@ static void rows_dot_bf16(const unsigned short *w, const float *x, const float *
         }
         for (int s = 0; s < STREAMS; s++) {
             long r = r0 + s * per + j;
-            float v = lane_sum(acc[s]) + dot_tail_bf16(wr[s], x, full, in);
-            y[r] = b ? v + b[r] : v;
+            y[r] = with_bias(lane_sum(acc[s]) + dot_tail_bf16(wr[s], x, full, in), b, r);
         }
     }
     for (long r = r0 + STREAMS * per; r < r1; r++) {
@@ -148,8 +152,7 @@ static void rows_dot_bf16(const unsigned short *w, const float *x, const float *
             acc += e * load(xe + i / 2);
             acc += d * load(xo + i / 2);
         }
-        float v = lane_sum(acc) + dot_tail_bf16(wr, x, full, in);
-        y[r] = b ? v + b[r] : v;
+        y[r] = with_bias(lane_sum(acc) + dot_tail_bf16(wr, x, full, in), b, r);
     }
 }
 
