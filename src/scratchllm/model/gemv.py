@@ -140,7 +140,7 @@ def _compile(cc: str, flags: tuple[str, ...], dest: Path) -> str | None:
 
 
 def _self_check(kernel: Kernel) -> str | None:
-    """Compare with F.linear on shapes that take every code path (full row blocks, leftover rows and columns)."""
+    """Compare with F.linear on shapes that take every code path (rows in streams, leftover rows and columns)."""
     g = torch.Generator().manual_seed(0)
     for out, n_in, with_bias in [(67, 53, True), (40, 64, False), (5, 16, True)]:
         w, x = torch.randn(out, n_in, generator=g), torch.randn(n_in, generator=g)
