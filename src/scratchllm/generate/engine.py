@@ -37,7 +37,7 @@ Speed (benchmarks/generate.py): at batch 1 a decode step reads every weight once
 fp32 is ~500 MB), so the step is memory-bandwidth bound. Generation runs the model's large fp32
 linears through `model.fast_linear`: one row through scratchllm's C matrix-vector kernel, a few
 rows through oneDNN's packed layout, both reading weights far faster than `F.linear` (124M greedy
-decode at batch 1: 26 tok/s with F.linear, 56-71 here). The engine's own work per step (sampling,
+decode at batch 1: 26 tok/s with F.linear, 56-77 here). The engine's own work per step (sampling,
 one `.tolist()`, no mask or position tensors unless the batch is padded, logits for the last
 position only, `torch.inference_mode`) is a few percent of it. torch.compile of the model was
 measured and not adopted: on the 2-core CPU it compiled for minutes (recompiling per layer and

@@ -12,7 +12,7 @@ AMD machine, well under half of what the memory gives. Two faster readers, by ro
   copies each large weight once per generation (GPT-2 124M: ~0.1 s and +500 MB while it lasts).
 - more rows, training, autocast, other dtypes or devices: the wrapped `nn.Linear`, unchanged.
 `benchmarks/gemv.py` measures the three readers; on GPT-2 124M greedy fp32 decode at batch 1 goes
-from 26 tok/s (F.linear) to 41 (packed) to 56-71 tok/s (kernel; our shared machine's memory reads
+from 26 tok/s (F.linear) to 41 (packed) to 56-77 tok/s (kernel; our shared machine's memory reads
 31-61 GB/s depending on the hour), same tokens (benchmarks/generate.py).
 
 `fast_linears(model, rows)` is a context manager that wraps every large `nn.Linear` of the model
