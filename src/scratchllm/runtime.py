@@ -57,6 +57,23 @@ def autocast(device: Any, dtype: str) -> Any:
     return torch.autocast(device_type=torch.device(device).type, dtype=dt)
 
 
+class eval_mode:
+    """`with eval_mode(model):` puts the model in eval mode, then restores the mode it had.
+
+    The one place training mode is saved and restored (the loop's evaluation, generation).
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> Any:
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.train(self.was_training)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators (for code that uses them)."""
     import numpy as np
