@@ -7,7 +7,7 @@ import pytest
 
 
 @pytest.mark.parametrize("name", ["scratchllm.model.functional", "scratchllm.model.weights", "scratchllm.model.info",
-                                  "scratchllm.cli.model"])
+                                  "scratchllm.model.layers", "scratchllm.cli.model"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name))
     assert result.failed == 0 and result.attempted > 0

@@ -74,6 +74,25 @@ def test_flop_formulas():
     assert abs(sum(per_step) / t - 2 * l * d * t) / (2 * l * d * t) < 0.02
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_train_flops_per_token_by_hand(tied):
+    """6N + 12 L d T with N counted by hand: the blocks, the final norm and the head; never the
+    embedding tables (lookups), whether or not the head shares the token table."""
+    c = ModelConfig.preset("tiny", vocab_size=64, n_embd=32, tie_weights=tied)  # 2 layers, d 32, T 32, biases
+    d, v, hidden = 32, 64, 4 * 32
+    per_block = (2 * 2 * d  # two LayerNorms, weight and bias
+                 + d * 3 * d + 3 * d + d * d + d  # fused qkv and the output projection, with biases
+                 + d * hidden + hidden + hidden * d + d)  # the MLP, with biases
+    n = 2 * per_block + 2 * d + v * d  # blocks, final LayerNorm, head (v x d, tied or not)
+    assert info.matmul_params(c) == n
+    assert info.train_flops_per_token(c) == 6 * n + 12 * 2 * d * 32
+    model = GPT(c)
+    embeddings = model.tok_emb.weight.numel() + model.pos_emb.weight.numel()
+    # what the model holds: an untied one has the token table besides the head, a tied one shares it
+    assert model.num_params() == n + embeddings - (v * d if tied else 0)
+    assert info.mfu(100.0, info.train_flops_per_token(c), 1e9) == pytest.approx(100 * (6 * n + 12 * 2 * d * 32) / 1e9)
+
+
 def test_flops_match_a_counted_forward():
     """Count the matmul FLOPs of a real forward pass with torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode

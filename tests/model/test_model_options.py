@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from scratchllm.config.model import ModelConfig
 from scratchllm.model import GPT
-from scratchllm.model import functional as Fn
+from scratchllm.model import functional as ops
 from scratchllm.model.layers import MLP, RMSNorm
 from scratchllm.model.weights import config_from_hf_llama, from_hf_llama, hf_llama_config, to_hf_llama
 
@@ -111,16 +111,16 @@ def test_gqa_equals_mha_with_shared_kv_heads():
 def test_rope_scores_depend_only_on_relative_position(m, n, shift, seed):
     gen = torch.Generator().manual_seed(seed)
     q, k = torch.randn(2, 1, 1, 1, 16, generator=gen, dtype=torch.float64)
-    cos, sin = Fn.rope_tables(16, 128, base=10000.0)
+    cos, sin = ops.rope_tables(16, 128, base=10000.0)
     cos, sin = cos.double(), sin.double()
 
     def score(i, j):
-        return (Fn.apply_rope(q, cos[i:i + 1], sin[i:i + 1]) * Fn.apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum()
+        return (ops.apply_rope(q, cos[i:i + 1], sin[i:i + 1]) * ops.apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum()
 
     # the tables hold float32 angles, so equality holds to float32 precision (scores are ~|q||k| ~ 16)
     assert torch.allclose(score(m, n), score(m + shift, n + shift), atol=1e-5)
     # a rotation keeps lengths
-    assert torch.allclose(Fn.apply_rope(q, cos[m:m + 1], sin[m:m + 1]).norm(), q.norm())
+    assert torch.allclose(ops.apply_rope(q, cos[m:m + 1], sin[m:m + 1]).norm(), q.norm())
 
 
 def test_rope_model_ignores_absolute_offset():
@@ -136,7 +136,7 @@ def test_rope_model_ignores_absolute_offset():
 
 
 def test_rope_tables_follow_su_et_al():
-    cos, sin = Fn.rope_tables(8, 5, base=100.0)
+    cos, sin = ops.rope_tables(8, 5, base=100.0)
     # position 3, frequency pair i=1: angle 3 * 100^(-2/8), shared by dims 1 and 1 + 4 (rotate-half layout)
     angle = 3 * 100.0 ** (-2 / 8)
     assert math.isclose(cos[3, 1].item(), math.cos(angle), rel_tol=1e-6)
@@ -299,7 +299,7 @@ def test_rotate_half_convention_matches_transformers():
     llama = importlib.import_module("transformers.models.llama.modeling_llama")
     torch.manual_seed(0)
     q, k = torch.randn(2, 3, 7, 16), torch.randn(2, 3, 7, 16)  # (B, H, T, head_dim)
-    cos, sin = Fn.rope_tables(16, 7, base=10000.0)
+    cos, sin = ops.rope_tables(16, 7, base=10000.0)
     hq, hk = llama.apply_rotary_pos_emb(q, k, cos[None], sin[None])
-    assert torch.allclose(Fn.apply_rope(q, cos, sin), hq, atol=1e-6)
-    assert torch.allclose(Fn.apply_rope(k, cos, sin), hk, atol=1e-6)
+    assert torch.allclose(ops.apply_rope(q, cos, sin), hq, atol=1e-6)
+    assert torch.allclose(ops.apply_rope(k, cos, sin), hk, atol=1e-6)

@@ -19,9 +19,9 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
-from scratchllm.model import functional as Fn
+from scratchllm.model import functional as ops
 from scratchllm.model.kv_cache import KVCache
-from scratchllm.model.layers import Block, make_norm
+from scratchllm.model.layers import Block, RMSNorm, make_norm
 
 
 class GPT(nn.Module):
@@ -37,7 +37,7 @@ class GPT(nn.Module):
         if config.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
-            cos, sin = Fn.rope_tables(config.head_dim, config.context_length, config.rope_base)
+            cos, sin = ops.rope_tables(config.head_dim, config.context_length, config.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         init_weights(self)
@@ -104,8 +104,8 @@ class GPT(nn.Module):
         if attention_mask is None:
             if start == 0 or t == 1:
                 return None
-            return Fn.causal_mask(t, start + t, device=device)[None, None]  # (1, 1, T, S)
-        allowed = Fn.causal_mask(t, start + t, device=device)[None] & attention_mask[:, None, :].bool()  # (B, T, S)
+            return ops.causal_mask(t, start + t, device=device)[None, None]  # (1, 1, T, S)
+        allowed = ops.causal_mask(t, start + t, device=device)[None] & attention_mask[:, None, :].bool()  # (B, T, S)
         # a padding query would see no key at all (softmax of nothing is NaN): let it see itself
         q_pos = torch.arange(start, start + t, device=device)[:, None]
         allowed = allowed | (torch.arange(start + t, device=device)[None, :] == q_pos)[None]
@@ -147,7 +147,7 @@ def init_weights(model: GPT) -> None:
             nn.init.normal_(m.weight, mean=0.0, std=s)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm) or type(m).__name__ == "RMSNorm":
+        elif isinstance(m, (nn.LayerNorm, RMSNorm)):
             nn.init.ones_(m.weight)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)

@@ -1,12 +1,16 @@
 """What a model configuration costs, computed from the config alone (no weights, no model built).
 
 Parameter counts, memory for the weights, FLOPs per token and KV-cache size, for `scratchllm model
-info` and for training's MFU estimate. Each count is a pure function of `ModelConfig`, tested equal
-to the real `GPT(config).num_params()`.
+info`, training's memory check and its model FLOPs utilisation (`mfu`): the one FLOPs formula of the
+package. Each count is a pure function of `ModelConfig`, tested equal to the real
+`GPT(config).num_params()` and against hand counts.
 
 FLOPs per token (one multiply-add = 2 FLOPs), with N the parameters a token is multiplied by (every
 non-embedding parameter plus the output head, counted even when tied to the embedding, since the
-head's matmul still runs), L = n_layer, d = n_embd (= n_head * head_dim), T = context length:
+head's matmul still runs), L = n_layer, d = n_embd (= n_head * head_dim), T = context length.
+The token and position embeddings are not in N: a lookup is a gather, not a matmul (so an untied
+model's N is its parameters minus both tables, and a tied one's is its parameters minus the position
+table only, its one vocab x d matrix being the head):
 - training, forward + backward: 6N + 12·L·d·T. The backward pass costs twice the forward. The
   attention term counts q·k scores and the weighted sum of values over all T×T pairs, as dense
   kernels compute them (Chowdhery et al. 2022, PaLM, appendix B; nanoGPT's `estimate_mfu`).
@@ -122,6 +126,18 @@ def train_flops_per_token(config: ModelConfig, seq_len: int | None = None) -> in
     """6N + 12·L·d·T (PaLM appendix B): forward and backward for one token of a T-token sequence."""
     t = seq_len or config.context_length
     return 6 * matmul_params(config) + 12 * config.n_layer * config.n_embd * t
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation (PaLM appendix B): the model's FLOP/s at this speed over the peak FLOP/s.
+
+    `flops_per_token` is `train_flops_per_token`: recomputation (gradient checkpointing) is not
+    counted, so MFU measures useful work, not what the hardware did.
+
+    >>> mfu(1000.0, 6e6, 1e10)
+    0.6
+    """
+    return tokens_per_second * flops_per_token / peak_flops
 
 
 def inference_flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:

@@ -1,8 +1,10 @@
 """The GPT's building blocks as modules: norms, attention, feed-forward, transformer block.
 
 Each class holds parameters and calls torch's fast kernels (or, for attention="explicit" and where
-"auto" finds it faster, the written-out math of `model.functional`). The book's hand-written
-teaching versions live in `scratchllm.steps` and are tested equal to these.
+"auto" finds it faster, the written-out math of `model.functional`, imported as `ops` so it never
+reads like torch's `F`). `explicit_attention` is the one statement of which attention path runs;
+the training memory estimate (`train.pretrain`) asks it too. The book's hand-written teaching
+versions live in `scratchllm.steps` and are tested equal to these.
 """
 
 from __future__ import annotations
@@ -12,7 +14,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.config.model import ModelConfig
-from scratchllm.model import functional as Fn
+from scratchllm.model import functional as ops
+
+# attention="auto" uses the explicit math for at most this many keys: beyond, its (B, n_head, T, T)
+# weights cost more memory than the speed is worth (see `explicit_attention`).
+AUTO_EXPLICIT_MAX_KEYS = 512
+
+
+def explicit_attention(mode: str, device_type: str, training: bool, bf16: bool, n_keys: int) -> bool:
+    """Whether attention `mode` (ModelConfig.attention) runs the explicit math rather than torch's fused
+    `scaled_dot_product_attention`, for a call on `device_type`, with gradients (`training`), computing
+    in bf16 (autocast or bf16 tensors), over `n_keys` keys.
+
+    "explicit" always, "sdpa" never; "auto" when training in bf16 on a CPU with at most 512 keys.
+    Measured on 2 cores, torch 2.13, forward + backward + AdamW: nanoGPT's tiny Shakespeare model in
+    bf16 23k -> 35k tok/s (the fused CPU backward took a third of the step); GPT-2 124M at context 256
+    in bf16 about 4% faster. In fp32, and for inference, the fused kernel is as fast or faster, and it
+    never holds the (B, n_head, T, T) weights, so it stays the choice there.
+
+    >>> explicit_attention("auto", "cpu", training=True, bf16=True, n_keys=256)
+    True
+    >>> explicit_attention("auto", "cpu", training=False, bf16=True, n_keys=256)
+    False
+    """
+    if mode != "auto":
+        return mode == "explicit"
+    return device_type == "cpu" and training and bf16 and n_keys <= AUTO_EXPLICIT_MAX_KEYS
 
 
 class RMSNorm(nn.Module):
@@ -22,9 +49,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(F, "rms_norm"):  # torch >= 2.4: one fused kernel, equal to Fn.rms_norm (tested)
+        if hasattr(F, "rms_norm"):  # torch >= 2.4: one fused kernel, equal to ops.rms_norm (tested)
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return Fn.rms_norm(x, self.weight, self.eps)
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -51,19 +78,12 @@ class Attention(nn.Module):
 
     @staticmethod
     def explicit_is_faster(x: torch.Tensor, n_keys: int) -> bool:
-        """attention="auto": whether the explicit math beats torch's fused kernel for this call.
-
-        True when training (grad enabled) in bf16 (autocast or bf16 tensors) on a CPU with at most 512
-        keys. Measured on 2 cores, torch 2.13, forward + backward + AdamW: nanoGPT's tiny Shakespeare
-        model in bf16 23k -> 35k tok/s (the fused CPU backward took a third of the step); GPT-2 124M at
-        context 256 in bf16 about 4% faster. In fp32, and for inference, the fused kernel is as fast or
-        faster, and it never holds the (B, n_head, T, T) weights, so it stays the choice there.
-        """
-        if x.device.type != "cpu" or not torch.is_grad_enabled() or n_keys > 512:
-            return False
-        if x.dtype == torch.bfloat16:
-            return True
-        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        """attention="auto" for this call: `explicit_attention` asked about the input `x` and the state
+        of torch (gradients on, bf16 tensors or a bf16 CPU autocast)."""
+        grad = torch.is_grad_enabled()
+        bf16 = grad and (x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                                        and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+        return explicit_attention("auto", x.device.type, grad, bf16, n_keys)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None, kv_cache=None, layer: int = 0) -> torch.Tensor:
@@ -73,23 +93,23 @@ class Attention(nn.Module):
         k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         if rope is not None:
-            q, k = Fn.apply_rope(q, *rope), Fn.apply_rope(k, *rope)
+            q, k = ops.apply_rope(q, *rope), ops.apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, T_past + T, head_dim)
         rep = self.n_head // self.n_kv_head
         if rep > 1:
-            k, v = Fn.repeat_kv(k, rep), Fn.repeat_kv(v, rep)  # (B, n_head, T_k, head_dim)
+            k, v = ops.repeat_kv(k, rep), ops.repeat_kv(v, rep)  # (B, n_head, T_k, head_dim)
         p = self.dropout if self.training else 0.0
         # mask: None means "plain causal" when T_q == T_k, "attend to everything" for one new query
         causal = mask is None and t > 1
         if self.mode == "explicit" or (self.mode == "auto" and self.explicit_is_faster(x, k.shape[2])):
-            m = Fn.causal_mask(t, k.shape[2], device=x.device) if causal else mask
-            y = Fn.attention(q, k, v, m, dropout=p, training=self.training)
+            m = ops.causal_mask(t, k.shape[2], device=x.device) if causal else mask
+            y = ops.attention(q, k, v, m, dropout=p, training=self.training)
         else:
             if causal and k.shape[2] != t:  # new queries after cached keys: offset causal mask
-                mask, causal = Fn.causal_mask(t, k.shape[2], device=x.device), False
+                mask, causal = ops.causal_mask(t, k.shape[2], device=x.device), False
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        y = Fn.merge_heads(y)  # (B, T, n_embd)
+        y = ops.merge_heads(y)  # (B, T, n_embd)
         return self.proj(y)
 
 
