@@ -33,7 +33,7 @@ def median_step_time(step: Callable[[], None], warmup: int, steps: int) -> float
 
 def matmul_peaks(n: int = 2048) -> dict[str, float]:
     """Measured FLOP/s of an n x n matmul in fp32 and bf16 (the peaks MFU is reported against)."""
-    from scratchllm.train.loop import measure_peak_flops
+    from scratchllm.runtime import measure_peak_flops
 
     return {p: measure_peak_flops("cpu", p, n=n, reps=5) for p in ("fp32", "bf16")}
 

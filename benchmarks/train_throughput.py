@@ -50,7 +50,7 @@ def ours(c, *, precision="fp32", compile=False, checkpointing=False, keep_memory
     from scratchllm.config.train import TrainConfig
     from scratchllm.model import GPT
     from scratchllm.runtime import autocast
-    from scratchllm.train.loop import loss_for
+    from scratchllm.train.losses import loss_for
     from scratchllm.train.optim import build_optimizer
 
     cfg = ModelConfig(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], context_length=c["context_length"],
@@ -134,7 +134,7 @@ def tokens_per_second(make, c, warmup, steps):
     t = median_step_time(step, warmup, steps)
     flops = None
     if hasattr(model, "config") and hasattr(model.config, "context_length"):
-        from scratchllm.train.loop import flops_per_token
+        from scratchllm.train.loop import model_flops_per_token as flops_per_token
 
         flops = flops_per_token(model, c["context_length"])
     return c["batch"] * c["context_length"] / t, flops

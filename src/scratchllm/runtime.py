@@ -1,18 +1,25 @@
-"""Runtime helpers: device and dtype choice, autocast, seeding, threads, the allocator, rank-0 printing.
+"""Runtime helpers: device and dtype choice, autocast, seeding, threads, the allocator, the machine's
+peak FLOP/s, rank-0 printing.
 
-Nothing happens on import; torch is imported inside the functions that need it so that
-`scratchllm --help` stays instant. Not here: anything about models or data.
+Process-wide settings (threads, the allocator, TF32, seeds) are made by the job that owns the
+process (`setup_process`, called by `train.pretrain`), never by library functions such as the
+training loop. Nothing happens on import; torch is imported inside the functions that need it so
+that `scratchllm --help` stays instant. Not here: anything about models or data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import random
+import time
 from contextlib import nullcontext
 from typing import Any
 
 from scratchllm.errors import UserError
+from scratchllm.files import cache_dir, write_json_atomic
 
 
 def pick_device(name: str = "auto") -> Any:
@@ -117,6 +124,106 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def setup_process(threads: int | None = None, keep_freed: bool = False, device: Any = "cpu") -> None:
+    """The process-wide settings of a training job, made once by the job that owns the process.
+
+    - `threads`: intra-op threads (`set_threads`; None leaves torch's default);
+    - `keep_freed`: keep freed memory in the process (`keep_freed_memory`, glibc only);
+    - on a CUDA `device`, TF32 matmuls for the fp32 parts (`torch.set_float32_matmul_precision("high")`).
+    Seeds are the job's too (`seed_everything` before it builds its model). The training loop calls
+    none of these: a library user calling `train.loop.train` keeps the process as it was.
+    """
+    import torch
+
+    set_threads(threads)
+    if keep_freed:
+        keep_freed_memory()
+    if torch.device(device).type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def measure_peak_flops(device: str = "cpu", precision: str = "fp32", n: int = 2048, reps: int = 3) -> float:
+    """Measured FLOP/s of a large n x n matmul in `precision` on `device` (best of `reps`).
+
+    Uses its own generator: the global RNG (and so exact resume) is untouched.
+    """
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# Where measured peaks are kept, in `files.cache_dir()`: {key: FLOP/s}, one entry per machine setting.
+PEAK_FLOPS_FILE = "peak_flops.json"
+
+
+def cpu_signature() -> str:
+    """The CPU's model name and feature flags (Linux /proc/cpuinfo), else the platform's processor name."""
+    model = flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not model and line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith(("flags", "Features")):  # x86, ARM
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()} | {flags}"
+
+
+def peak_flops_key(device: Any, precision: str) -> str:
+    """What a measured peak depends on: the CPU (model and flags, hashed), torch's version, the device
+    (with the GPU's name), the precision and the intra-op thread count."""
+    import torch
+
+    dev = str(device)
+    if torch.device(device).type == "cuda":
+        dev += f" ({torch.cuda.get_device_name(torch.device(device))})"
+    cpu = hashlib.sha256(cpu_signature().encode("utf-8")).hexdigest()[:16]
+    return f"cpu {cpu} | torch {torch.__version__} | {dev} | {precision} | {torch.get_num_threads()} threads"
+
+
+def peak_flops(device: Any = "cpu", precision: str = "fp32") -> float:
+    """The peak FLOP/s that model FLOPs utilisation is measured against: a large matmul
+    (`measure_peak_flops`) measured once per machine setting (`peak_flops_key`) and kept in
+    `cache_dir()/peak_flops.json`; later calls read it. A cache that cannot be read is measured
+    again, one that cannot be written is skipped.
+    """
+    key = peak_flops_key(device, precision)
+    path = cache_dir() / PEAK_FLOPS_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    value = known.get(key)
+    if isinstance(value, (int, float)) and value > 0:
+        return float(value)
+    value = measure_peak_flops(str(device), precision)
+    try:
+        write_json_atomic(path, {**known, key: value}, indent=1)
+    except OSError:
+        pass
+    return value
 
 
 def is_rank_zero() -> bool:

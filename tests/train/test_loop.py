@@ -7,7 +7,7 @@ from train_helpers import ListBatches, tiny_model, tiny_tokens
 from scratchllm.config.train import TrainConfig
 from scratchllm.data.datasets import EvalBatches, RandomWindowBatches
 from scratchllm.train import TrainingDiverged, lm_loss, train
-from scratchllm.train.loop import batch_eval_fn, count_tokens, flops_per_token
+from scratchllm.train.loop import batch_eval_fn, count_tokens, model_flops_per_token
 
 
 def quick(**kw) -> TrainConfig:
@@ -108,12 +108,13 @@ def test_dropout_run_is_deterministic_for_a_seed():
 def test_helpers():
     assert count_tokens({"input_ids": torch.zeros(2, 5)}) == 10
     m = tiny_model()
-    n = sum(p.numel() for p in m.parameters()) - m.pos_emb.weight.numel()
-    assert flops_per_token(m, 32) == 6 * n + 12 * 2 * 32 * 32
+    n = sum(p.numel() for p in m.parameters()) - m.pos_emb.weight.numel()  # tied: the token table is the head
+    assert model_flops_per_token(m, 32) == 6 * n + 12 * 2 * 32 * 32
+    assert model_flops_per_token(torch.nn.Linear(4, 4), 32) is None  # not a GPT: FLOPs unknown, no MFU logged
 
 
 def test_chunked_loss_equals_the_plain_loss_and_its_gradients():
-    from scratchllm.train.loop import chunked_lm_loss
+    from scratchllm.train.losses import chunked_lm_loss
 
     tokens = tiny_tokens()
     x, y = next(RandomWindowBatches(tokens, 4, 32, seed=0))
@@ -129,16 +130,42 @@ def test_chunked_loss_equals_the_plain_loss_and_its_gradients():
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_freed_memory_is_kept_unless_activations_are_checkpointed(monkeypatch, checkpointing):
-    import scratchllm.train.loop as loop
+    """The pretraining job makes the process-wide settings (train.pretrain.configure_process)."""
+    import scratchllm.runtime as runtime
+    from scratchllm.config.train import RunConfig
+    from scratchllm.train.pretrain import configure_process
 
     calls = []
-    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(1) or True)
-    model = tiny_model(gradient_checkpointing=checkpointing)
-    train(model, RandomWindowBatches(tiny_tokens(), 4, 32, seed=0), lm_loss, quick(max_steps=1))
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    run = RunConfig.from_dict({"model": {"gradient_checkpointing": checkpointing}, "train": {"device": "cpu"}})
+    configure_process(run)
     assert calls == ([] if checkpointing else [1])
-    train(tiny_model(), RandomWindowBatches(tiny_tokens(), 4, 32, seed=0), lm_loss,
-          quick(max_steps=1, keep_freed_memory=False))
+    configure_process(run.override({"train.keep_freed_memory": "false"}))
     assert calls == ([] if checkpointing else [1])  # switched off: never called
+
+
+def test_train_sets_nothing_process_wide(monkeypatch):
+    """A library caller keeps its threads, allocator and RNG states; the run is still seeded by config.seed."""
+    import random
+
+    import scratchllm.runtime as runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append("malloc") or True)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append("threads"))
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda p: calls.append("tf32"))
+    losses = []
+    for caller_seed in (1, 2):
+        model, rec = tiny_model(dropout=0.1), []
+        torch.manual_seed(caller_seed)  # whatever the caller's RNG holds, config.seed decides the dropout masks
+        random.seed(caller_seed)
+        before_torch, before_py = torch.get_rng_state(), random.getstate()
+        train(model, RandomWindowBatches(tiny_tokens(), 4, 32, seed=0), lm_loss, quick(max_steps=3, threads=1),
+              hooks=[lambda e, s, info, rec=rec: rec.append(info["loss"]) if e == "log" else None])
+        assert torch.equal(torch.get_rng_state(), before_torch) and random.getstate() == before_py
+        losses.append(rec)
+    assert calls == []
+    assert losses[0] == losses[1] and len(losses[0]) == 3
 
 
 def test_tensorboard_gets_the_logged_scalars(tmp_path):

@@ -57,6 +57,10 @@ class TrainConfig(Config):
     warmup_steps: int = 100
     # Step at which the decay reaches min_lr; None means max_steps.
     decay_steps: int | None = None
+    # What the decay runs over: "steps" (to decay_steps) or "seconds": progress is elapsed/max_seconds,
+    # so the rate reaches min_lr when the time budget ends (warmup still counts steps). A time-based
+    # schedule depends on the machine's speed, so a resumed run is not bit-exact.
+    decay_over: Literal["steps", "seconds"] = "steps"
     # None means lr / 10 (Chinchilla's and nanoGPT's rule of thumb).
     min_lr: float | None = None
     # --- batches and length ------------------------------------------------------------
@@ -124,6 +128,8 @@ class TrainConfig(Config):
         check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.decay_steps is not None:
             check(self.decay_steps > 0, f"train.decay_steps must be positive or none, got {self.decay_steps}")
+        check(self.decay_over == "steps" or (self.decay_over == "seconds" and self.max_seconds is not None),
+              f"train.decay_over {self.decay_over!r}: choose steps, or seconds together with train.max_seconds")
         if self.min_lr is not None:
             check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         check(self.batch_size > 0, f"train.batch_size must be a positive integer, got {self.batch_size}")

@@ -6,7 +6,8 @@ folder (run), metrics/plots/model card (logging), and the pretraining main job (
 """
 
 from scratchllm.train.checkpoint import CheckpointError, Checkpoints, latest_run, load_model
-from scratchllm.train.loop import TrainingDiverged, TrainState, lm_loss, train
+from scratchllm.train.loop import TrainingDiverged, TrainState, train
+from scratchllm.train.losses import lm_loss
 from scratchllm.train.optim import build_optimizer, lr_at, param_groups
 from scratchllm.train.run import Run
 

@@ -2,25 +2,40 @@
 
 `train(model, batches, loss_fn, config, eval_fn=..., hooks=..., run=...)` does the book's chapter 5
 loop (`train_model_simple`) with what a real run needs: AdamW with decay on matrices only, warmup
-and cosine/linear/constant schedules, gradient accumulation and clipping, bf16 autocast with fp32
-master weights, optional torch.compile, periodic evaluation (loss and perplexity), tokens/s and
-model FLOPs utilisation, a progress bar, JSONL metrics and a loss plot, checkpoints, exact resume,
-Ctrl-C that saves, a time budget, and a clear stop on a NaN or infinite loss.
+and cosine/linear/constant schedules over steps or a time budget (`train.optim`), gradient
+accumulation and clipping, bf16 autocast with fp32 master weights, optional torch.compile, periodic
+evaluation (loss and perplexity), tokens/s and model FLOPs utilisation, a progress bar, JSONL
+metrics and a loss plot, checkpoints, exact resume, Ctrl-C and SIGTERM that save, a time budget,
+and a clear stop on a NaN or infinite loss.
 
-Pretraining passes `lm_loss` and random windows of tokens; classification, instruction and
-preference finetuning pass their own `loss_fn(model, batch) -> scalar loss` and batches.
+It reads as one story, in phases (the methods of `_Training`): restore (or start fresh), then each
+step (forward and backward over `grad_accum` micro-batches, clip, optimizer step), log, eval and
+checkpoint when due, until a stop; then the end (a last evaluation and checkpoint).
+
+The loop knows nothing about the objective: `pretrain` passes `lm_loss` (`train.losses`) and random
+windows of tokens; any other objective passes its own `loss_fn(model, batch) -> scalar loss` and
+batches.
 
 Exact resume: a checkpoint holds the weights, AdamW's moments, the step, the torch and Python RNG
 states and the batch iterator's position (`batches.state_dict()`), and the learning rate is a pure
-function of the step, so on CPU a resumed run computes the same losses, bit for bit.
+function of the step (unless it decays over seconds), so on CPU a resumed run computes the same
+losses, bit for bit.
 
-Not here: the run folder (`train.run`), what to train on (`train.pretrain`).
+Nothing process-wide is set here: threads, the allocator, TF32 and the global seeds are the job's
+(`runtime.setup_process`, called by `train.pretrain`). The one RNG the steps draw from (torch's, for
+dropout) is seeded with `config.seed` at step 0 (or restored from the checkpoint) in a fork of the
+caller's: two fresh runs draw the same dropout masks, and the caller's RNG states are as they were
+when `train` returns. The peak FLOP/s for MFU is measured once per machine (`runtime.peak_flops`).
+
+Not here: the losses (`train.losses`), the FLOPs formula (`model.info`), the run folder
+(`train.run`), what to train on (`train.pretrain`).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
+import random
 import signal
 import threading
 import time
@@ -30,7 +45,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from scratchllm.errors import UserError
-from scratchllm.runtime import autocast, keep_freed_memory, pick_device, set_threads
+from scratchllm.runtime import autocast, eval_mode, peak_flops, pick_device
+from scratchllm.train.losses import lm_loss
 from scratchllm.train.optim import build_optimizer, lr_at, set_lr
 
 Hook = Callable[[str, "TrainState", dict], None]
@@ -51,7 +67,8 @@ class TrainState:
     last_eval: dict[str, Any] = field(default_factory=dict)
     # the step `last_eval` was measured at (-1: never)
     eval_step: int = -1
-    # why the loop ended: "max_steps", "max_seconds", "interrupted", "data", "hook"
+    # why the loop ended: "max_steps", "max_seconds", "data", "hook", or a signal: "interrupted"
+    # (SIGINT, Ctrl-C) or "terminated" (SIGTERM: timeout, Docker, Slurm); a checkpoint is saved for each
     stop_reason: str = ""
     # folder of the last checkpoint saved or restored
     checkpoint: str | None = None
@@ -60,7 +77,8 @@ class TrainState:
     # a hook sets this to end training after the current step
     should_stop: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The fields a checkpoint keeps, as a JSON-ready dict (what `restore` reads back)."""
         d = asdict(self)
         for k in ("history", "stop_reason", "should_stop", "checkpoint"):
             d.pop(k)
@@ -68,47 +86,6 @@ class TrainState:
 
 
 # --- pieces the loop uses, small and testable -----------------------------------------------------
-def lm_loss(model: Any, batch: Any) -> Any:
-    """Next-token cross-entropy of a GPT on an (inputs, targets) batch: the pretraining loss."""
-    x, y = batch
-    _, loss = model(x, y)
-    return loss
-
-
-def _head_loss_sum(model: Any, h: Any, y: Any) -> Any:
-    """Summed cross-entropy of the LM head on hidden states h (N, C) against targets y (N,)."""
-    import torch.nn.functional as F
-
-    logits = model.lm_head(h)  # (N, vocab)
-    return F.cross_entropy(logits.float(), y, ignore_index=-100, reduction="sum")
-
-
-def chunked_lm_loss(model: Any, batch: Any, chunk_tokens: int = 1024) -> Any:
-    """`lm_loss` without ever holding all the logits: the head and the loss run on `chunk_tokens`
-    positions at a time under activation checkpointing, so only one chunk's (N, vocab) logits exist
-    at once, in the forward and in the backward pass (the head is recomputed per chunk).
-
-    With GPT-2's 50,257-token vocabulary the logits, their log-softmax and their gradient are three
-    (B*T, vocab) fp32 tensors: 4.9 GB at batch 8 x 1,024; this keeps them to a few hundred MB. Equal
-    to `lm_loss` up to float rounding (tested). Needs a model with `features` and `lm_head` (GPT).
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    x, y = batch
-    h = model.features(x).flatten(0, 1)  # (B*T, n_embd)
-    y = y.flatten()  # (B*T,)
-    total = None
-    for i in range(0, h.shape[0], chunk_tokens):
-        part = checkpoint(_head_loss_sum, model, h[i:i + chunk_tokens], y[i:i + chunk_tokens], use_reentrant=False)
-        total = part if total is None else total + part
-    return total / (y != -100).sum().clamp(min=1)
-
-
-def loss_for(model_config: Any) -> Callable[[Any, Any], Any]:
-    """The pretraining loss for a model config: chunked when memory matters (gradient checkpointing on)."""
-    return chunked_lm_loss if getattr(model_config, "gradient_checkpointing", False) else lm_loss
-
-
 def to_device(batch: Any, device: Any) -> Any:
     """Move every tensor in a (nested) tuple/list/dict batch to `device`."""
     if hasattr(batch, "to"):
@@ -132,49 +109,6 @@ def count_tokens(batch: Any) -> int:
     if isinstance(batch, (list, tuple)):
         batch = batch[0]
     return int(batch.numel()) if hasattr(batch, "numel") else 0
-
-
-def flops_per_token(model: Any, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N plus attention 12 L d T (PaLM appendix B; nanoGPT's estimate_mfu).
-
-    N counts parameters without the position embedding; forward and backward, no recomputation.
-
-    >>> from types import SimpleNamespace as C
-    >>> import torch
-    >>> m = torch.nn.Linear(10, 10, bias=False); m.config = C(n_layer=2, n_embd=10)
-    >>> flops_per_token(m, 4)
-    1560.0
-    """
-    n = sum(p.numel() for p in model.parameters())
-    for name in ("pos_emb", "wpe"):  # learned position embeddings are lookups, not matmuls
-        emb = getattr(getattr(model, name, None), "weight", None)
-        if emb is not None:
-            n -= emb.numel()
-    cfg = getattr(model, "config", None)
-    attn = 12 * cfg.n_layer * cfg.n_embd * seq_len if cfg is not None and hasattr(cfg, "n_layer") else 0
-    return float(6 * n + attn)
-
-
-@functools.lru_cache(maxsize=8)
-def measure_peak_flops(device: str = "cpu", precision: str = "fp32", n: int = 2048, reps: int = 3) -> float:
-    """Measured FLOP/s of a large n x n matmul in `precision` on `device` (best of `reps`)."""
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    g = torch.Generator().manual_seed(0)  # private: must not move the global RNG (exact resume)
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def resolve_precision(precision: str, device: Any) -> str:
@@ -205,13 +139,8 @@ def run_eval(model: Any, eval_fn: Callable, amp: Any) -> dict[str, float]:
     """Call `eval_fn` in eval mode without gradients; add perplexity for every loss."""
     import torch
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), amp:
-            out = dict(eval_fn(model))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), amp:
+        out = dict(eval_fn(model))
     for k in list(out):
         if k.endswith("_loss"):
             v = float(out[k])
@@ -220,29 +149,60 @@ def run_eval(model: Any, eval_fn: Callable, amp: Any) -> dict[str, float]:
     return out
 
 
-class _Interrupt:
-    """First Ctrl-C: finish the step, save, stop. Second: abort at once."""
+def model_flops_per_token(model: Any, seq_len: int) -> float | None:
+    """`model.info.train_flops_per_token` of a model built from a `ModelConfig` (None for any other
+    model: its FLOPs are unknown, and no MFU is logged)."""
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.model.info import train_flops_per_token
+
+    config = getattr(model, "config", None)
+    return float(train_flops_per_token(config, seq_len)) if isinstance(config, ModelConfig) else None
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (timeout, Docker, Slurm, systemd) ask the loop to stop: it finishes
+    the step, saves a checkpoint and returns with `stop_reason` "interrupted" or "terminated".
+    A second signal of either kind aborts at once (KeyboardInterrupt). Handlers are installed only
+    in the main thread, and the previous ones are put back on exit."""
+
+    REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
     def __init__(self) -> None:
-        self.flag = False
-        self.old: Any = None
+        self.reason = ""
+        self.old: dict[int, Any] = {}
 
-    def __enter__(self) -> _Interrupt:
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.REASONS:
+                self.old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag:
+        if self.reason:
             raise KeyboardInterrupt
-        self.flag = True
+        self.reason = self.REASONS[signum]
         from tqdm import tqdm
 
-        tqdm.write("interrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        tqdm.write(f"{self.reason}: finishing this step and saving a checkpoint ({again} again to abort)")
 
     def __exit__(self, *exc: Any) -> None:
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _own_rng(device: Any) -> Iterator[None]:
+    """Torch's and Python's global RNG states are given back on exit as they were on entry: what the
+    loop seeds, draws (dropout) and restores from a checkpoint stays inside."""
+    import torch
+
+    python_state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=None if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python_state)
 
 
 # --- the loop ---------------------------------------------------------------------------------------
@@ -257,156 +217,217 @@ def train(model: Any, batches: Iterable[Any], loss_fn: Callable[[Any, Any], Any]
     - `hooks`: callables `hook(event, state, info)` for events "start", "log", "eval", "end".
     - `run`: a `train.run.Run` for checkpoints and metrics; with `config.resume` training continues
       from its newest good checkpoint.
-    Returns the final `TrainState`; raises `TrainingDiverged` on a NaN or infinite loss.
+    Returns the final `TrainState` (its `stop_reason` says why it ended); raises `TrainingDiverged`
+    on a NaN or infinite loss.
     """
-    import torch
-    from tqdm import tqdm
+    t = _Training(model, batches, loss_fn, config, eval_fn, hooks, run, optimizer)
+    with _own_rng(t.device):
+        t.restore()
+        t.begin()
+        try:
+            with StopSignals() as signals:
+                if eval_fn is not None and t.state.step == 0:
+                    t.evaluate()
+                while not t.limit_reached():
+                    if not t.step():
+                        break  # the data ran out
+                    t.log()
+                    val = t.evaluate().get("val_loss") if t.eval_due() else None
+                    if t.checkpoint_due():
+                        t.checkpoint(val)
+                    if signals.reason or t.state.should_stop:
+                        t.state.stop_reason = signals.reason or "hook"
+                        break
+                t.end()
+        finally:
+            t.pbar.close()
+    return t.finish()
 
-    set_threads(config.threads)
-    if config.keep_freed_memory and not getattr(getattr(model, "config", None), "gradient_checkpointing", False):
-        keep_freed_memory()  # speed for memory; a run that checkpoints activations chose memory
-    device = pick_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    model.to(device)
-    model.train()
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts on GPUs that have them
-    if optimizer is None:
-        optimizer = build_optimizer(model, config, device)
-    state = TrainState()
-    if run is not None and config.resume:
-        restored = run.restore(model, optimizer)
-        if restored is not None:
-            state = TrainState(step=int(restored["step"]), tokens=int(restored.get("tokens", 0)),
-                               elapsed=float(restored.get("elapsed", 0.0)), best_val=restored.get("best_val"),
-                               last_eval=restored.get("last_eval") or {}, checkpoint=restored["checkpoint"],
-                               eval_step=int(restored.get("eval_step", -1)))
-            if restored.get("data") is not None and hasattr(batches, "load_state_dict"):
-                batches.load_state_dict(restored["data"])
-            elif hasattr(batches, "state_dict"):
-                warnings.warn("the checkpoint has no data position; batches restart from the beginning",
-                              stacklevel=2)
-            tqdm.write(f"resumed from {restored['checkpoint']} at step {state.step}")
-    if state.step == 0:
-        torch.manual_seed(config.seed)  # dropout's randomness; a resumed run restores the RNG instead
-    amp = autocast(device, precision)
-    fwd_model = torch.compile(model) if config.compile else model
-    it: Iterator[Any] = iter(batches)
-    peak = config.peak_flops
-    if peak is None:
-        peak = measure_peak_flops(str(device), precision)
-    fpt: float | None = None
 
-    def emit(event: str, info: dict[str, Any]) -> None:
-        for h in hooks:
-            h(event, state, info)
+class _Training:
+    """One call of `train`: what its phases share, and the phases, in the order they run."""
 
-    def save(val_loss: float | None = None) -> None:
-        if run is None:
+    def __init__(self, model: Any, batches: Iterable[Any], loss_fn: Callable[[Any, Any], Any], config: Any,
+                 eval_fn: Callable | None, hooks: Sequence[Hook], run: Any, optimizer: Any) -> None:
+        self.batches, self.loss_fn, self.config = batches, loss_fn, config
+        self.eval_fn, self.hooks, self.run = eval_fn, hooks, run
+        self.device = pick_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        model.to(self.device)
+        model.train()
+        self.model = model
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(model, config, self.device)
+        self.amp = autocast(self.device, self.precision)
+        self.state = TrainState()
+
+    # --- restore ----------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Continue from the run's newest good checkpoint (with `config.resume`), or start fresh:
+        step 0, and torch's RNG seeded for the dropout masks."""
+        import torch
+        from tqdm import tqdm
+
+        restored = self.run.restore(self.model, self.optimizer) if self.run is not None and self.config.resume \
+            else None
+        if restored is None:
+            torch.manual_seed(self.config.seed)  # a resumed run has its RNG state from the checkpoint instead
             return
-        data_pos = batches.state_dict() if hasattr(batches, "state_dict") else None
-        folder = run.save(state.step, model, optimizer, {**state.to_json(), "data": data_pos}, val_loss=val_loss)
-        state.checkpoint = str(folder)
+        self.state = TrainState(step=int(restored["step"]), tokens=int(restored.get("tokens", 0)),
+                                elapsed=float(restored.get("elapsed", 0.0)), best_val=restored.get("best_val"),
+                                last_eval=restored.get("last_eval") or {}, checkpoint=restored["checkpoint"],
+                                eval_step=int(restored.get("eval_step", -1)))
+        if restored.get("data") is not None and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(restored["data"])
+        elif hasattr(self.batches, "state_dict"):
+            warnings.warn("the checkpoint has no data position; batches restart from the beginning", stacklevel=3)
+        tqdm.write(f"resumed from {restored['checkpoint']} at step {self.state.step}")
 
-    def evaluate() -> dict[str, Any]:
-        metrics = run_eval(fwd_model, eval_fn, amp)
+    def begin(self) -> None:
+        """What the steps need: the (compiled) model, the batch iterator, the peak FLOP/s, the clock."""
+        import torch
+        from tqdm import tqdm
+
+        c = self.config
+        self.fwd_model = torch.compile(self.model) if c.compile else self.model
+        self.it: Iterator[Any] = iter(self.batches)
+        self.peak = c.peak_flops if c.peak_flops is not None else peak_flops(self.device, self.precision)
+        self.flops_per_token: float | None = None  # from the first batch's length, at the first log
+        self.pbar = tqdm(total=c.max_steps, initial=self.state.step, disable=not c.progress, unit="step",
+                         dynamic_ncols=True, leave=False)
+        self.emit("start", {})
+        self.t_start = time.perf_counter()
+        self.elapsed0 = self.state.elapsed
+        self.window_t, self.window_tokens = self.t_start, self.state.tokens
+
+    def emit(self, event: str, info: dict[str, Any]) -> None:
+        for h in self.hooks:
+            h(event, self.state, info)
+
+    def clock(self) -> float:
+        """Seconds of training: this process's and those of the runs it resumed."""
+        self.state.elapsed = self.elapsed0 + time.perf_counter() - self.t_start
+        return self.state.elapsed
+
+    def limit_reached(self) -> bool:
+        """Whether `max_steps` or `max_seconds` is reached (and `stop_reason` says which)."""
+        elapsed = self.clock()
+        if self.state.step >= self.config.max_steps:
+            self.state.stop_reason = "max_steps"
+        elif self.config.max_seconds is not None and elapsed >= self.config.max_seconds:
+            self.state.stop_reason = "max_seconds"
+        return bool(self.state.stop_reason)
+
+    # --- step -------------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """One optimizer step over `grad_accum` micro-batches; False (and no step) when the data ran out."""
+        import torch
+
+        c, state = self.config, self.state
+        self.lr = lr_at(state.step, c, state.elapsed)
+        set_lr(self.optimizer, self.lr)
+        loss_sum = 0.0
+        try:
+            for _ in range(c.grad_accum):
+                batch = to_device(next(self.it), self.device)
+                state.tokens += count_tokens(batch)
+                with self.amp:
+                    loss = self.loss_fn(self.fwd_model, batch)
+                (loss / c.grad_accum).backward()
+                loss_sum += loss.detach().float()
+        except StopIteration:
+            self.optimizer.zero_grad(set_to_none=True)
+            state.stop_reason = "data"
+            return False
+        self.loss = float(loss_sum) / c.grad_accum
+        if not math.isfinite(self.loss):
+            where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was saved"
+            raise TrainingDiverged(
+                f"loss became {self.loss} at step {state.step + 1}: training diverged; {where}. "
+                f"Lower train.lr (now {c.lr}), keep train.grad_clip on, or use precision fp32")
+        self.grad_norm = None
+        if c.grad_clip > 0:
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        self.pbar.update(1)
+        self.clock()
+        self.seq_len = batch[0].shape[-1] if isinstance(batch, (list, tuple)) else 1
+        return True
+
+    # --- log --------------------------------------------------------------------------------------
+    def log(self) -> None:
+        """Every `log_interval` steps (and after the first): loss, lr, tokens/s, MFU, gradient norm."""
+        from scratchllm.model.info import mfu
+
+        state = self.state
+        if state.step % self.config.log_interval != 0 and state.step != 1:
+            return
+        now = time.perf_counter()
+        tok_s = (state.tokens - self.window_tokens) / max(now - self.window_t, 1e-9)
+        self.window_t, self.window_tokens = now, state.tokens
+        if self.flops_per_token is None:
+            self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
+        rec = {"step": state.step, "loss": self.loss, "lr": self.lr, "tokens": state.tokens, "tok_s": round(tok_s, 1)}
+        if self.flops_per_token is not None:
+            rec["mfu"] = round(mfu(tok_s, self.flops_per_token, self.peak), 5)
+        rec["elapsed"] = round(state.elapsed, 3)
+        if self.grad_norm is not None:
+            rec["grad_norm"] = self.grad_norm
+        if self.run is not None:
+            self.run.log(rec)
+        self.pbar.set_postfix(loss=f"{self.loss:.4f}", lr=f"{self.lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        self.emit("log", rec)
+
+    # --- eval -------------------------------------------------------------------------------------
+    def eval_due(self) -> bool:
+        return self.eval_fn is not None and self.state.step % self.config.eval_interval == 0
+
+    def evaluate(self) -> dict[str, Any]:
+        """Run `eval_fn` (eval mode, no gradients), track the best validation loss, log and report it."""
+        from tqdm import tqdm
+
+        state = self.state
+        metrics = run_eval(self.fwd_model, self.eval_fn, self.amp)
         if "val_loss" in metrics and (state.best_val is None or metrics["val_loss"] < state.best_val):
             state.best_val = metrics["val_loss"]
         state.last_eval = metrics
         state.eval_step = state.step
         rec = {"step": state.step, "tokens": state.tokens, "elapsed": round(state.elapsed, 3), **metrics}
         state.history.append(rec)
-        if run is not None:
-            run.log(rec)
-            run.plot()
+        if self.run is not None:
+            self.run.log(rec)
+            self.run.plot()
         parts = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("_loss"))
         tqdm.write(f"step {state.step}: {parts}")
-        emit("eval", rec)
+        self.emit("eval", rec)
         return metrics
 
-    pbar = tqdm(total=config.max_steps, initial=state.step, disable=not config.progress, unit="step",
-                dynamic_ncols=True, leave=False)
-    emit("start", {})
-    t_start = time.perf_counter()
-    elapsed0 = state.elapsed
-    window_t, window_tokens = t_start, state.tokens
-    try:
-        with _Interrupt() as interrupt:
-            if eval_fn is not None and state.step == 0:
-                evaluate()
-            while True:
-                state.elapsed = elapsed0 + time.perf_counter() - t_start
-                if state.step >= config.max_steps:
-                    state.stop_reason = "max_steps"
-                    break
-                if config.max_seconds is not None and state.elapsed >= config.max_seconds:
-                    state.stop_reason = "max_seconds"
-                    break
-                lr = lr_at(state.step, config)
-                set_lr(optimizer, lr)
-                loss_sum = 0.0
-                try:
-                    for _ in range(config.grad_accum):
-                        batch = to_device(next(it), device)
-                        state.tokens += count_tokens(batch)
-                        with amp:
-                            loss = loss_fn(fwd_model, batch)
-                        (loss / config.grad_accum).backward()
-                        loss_sum += loss.detach().float()
-                except StopIteration:
-                    optimizer.zero_grad(set_to_none=True)
-                    state.stop_reason = "data"
-                    break
-                loss_val = float(loss_sum) / config.grad_accum
-                if not math.isfinite(loss_val):
-                    where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else \
-                        "no checkpoint was saved"
-                    raise TrainingDiverged(
-                        f"loss became {loss_val} at step {state.step + 1}: training diverged; {where}. "
-                        f"Lower train.lr (now {config.lr}), keep train.grad_clip on, or use precision fp32")
-                grad_norm = None
-                if config.grad_clip > 0:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                pbar.update(1)
-                state.elapsed = elapsed0 + time.perf_counter() - t_start
-                if state.step % config.log_interval == 0 or state.step == 1:
-                    now = time.perf_counter()
-                    tok_s = (state.tokens - window_tokens) / max(now - window_t, 1e-9)
-                    window_t, window_tokens = now, state.tokens
-                    if fpt is None:
-                        fpt = flops_per_token(model, batch[0].shape[-1] if isinstance(batch, (list, tuple)) else 1)
-                    rec = {"step": state.step, "loss": loss_val, "lr": lr, "tokens": state.tokens,
-                           "tok_s": round(tok_s, 1), "mfu": round(tok_s * fpt / peak, 5),
-                           "elapsed": round(state.elapsed, 3)}
-                    if grad_norm is not None:
-                        rec["grad_norm"] = grad_norm
-                    if run is not None:
-                        run.log(rec)
-                    pbar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-                    emit("log", rec)
-                val = None
-                if eval_fn is not None and state.step % config.eval_interval == 0:
-                    val = evaluate().get("val_loss")
-                every = config.checkpoint_interval or config.eval_interval
-                if state.step % every == 0:
-                    save(val)
-                if interrupt.flag:
-                    state.stop_reason = "interrupted"
-                    break
-                if state.should_stop:
-                    state.stop_reason = "hook"
-                    break
-            # the end (any reason but a divergence): a final evaluation and checkpoint
-            if eval_fn is not None and state.eval_step != state.step and state.step > 0 \
-                    and state.stop_reason != "interrupted":
-                evaluate()
-            if state.step > 0:
-                save(state.last_eval.get("val_loss") if state.eval_step == state.step else None)
-    finally:
-        pbar.close()
-    state.elapsed = elapsed0 + time.perf_counter() - t_start
-    emit("end", {"stop_reason": state.stop_reason})
-    return state
+    # --- checkpoint -------------------------------------------------------------------------------
+    def checkpoint_due(self) -> bool:
+        return self.state.step % (self.config.checkpoint_interval or self.config.eval_interval) == 0
+
+    def checkpoint(self, val_loss: float | None = None) -> None:
+        """Save weights, optimizer, state and the data position to the run folder (if there is one)."""
+        if self.run is None:
+            return
+        data_pos = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        folder = self.run.save(self.state.step, self.model, self.optimizer,
+                               {**self.state.checkpoint_state(), "data": data_pos}, val_loss=val_loss)
+        self.state.checkpoint = str(folder)
+
+    # --- end --------------------------------------------------------------------------------------
+    def end(self) -> None:
+        """Any stop but a divergence: a last evaluation (skipped when a signal asks to stop quickly) and
+        a last checkpoint."""
+        state = self.state
+        if self.eval_fn is not None and state.eval_step != state.step and state.step > 0 \
+                and state.stop_reason not in ("interrupted", "terminated"):
+            self.evaluate()
+        if state.step > 0:
+            self.checkpoint(state.last_eval.get("val_loss") if state.eval_step == state.step else None)
+
+    def finish(self) -> TrainState:
+        self.clock()
+        self.emit("end", {"stop_reason": self.state.stop_reason})
+        return self.state

@@ -4,11 +4,12 @@
   weights and embeddings) and none on biases and norm gains, as GPT-2 and nanoGPT do.
 - `build_optimizer`: AdamW (Loshchilov & Hutter 2019), fused where torch has the kernel; or Muon
   (`train.muon`) for the matrices inside the transformer blocks with AdamW for the rest.
-- `lr_at(step, config)`: a pure function from step to learning rate: linear warmup, then cosine
-  (Loshchilov & Hutter 2017), linear or constant, down to `min_lr`.
+- `lr_at(step, config, elapsed)`: the learning rate of a step: linear warmup, then cosine
+  (Loshchilov & Hutter 2017), linear or constant, down to `min_lr`; the decay runs over the steps
+  (a pure function of the step) or over the time budget (`decay_over="seconds"`).
 
-Frozen parameters (`requires_grad=False`, used by finetuning) are left out of every group.
-Not here: the loop that calls these (`train.loop`).
+Frozen parameters (`requires_grad=False`) are left out of every group. Optimizer and schedule
+names are checked once, by `TrainConfig`. Not here: the loop that calls these (`train.loop`).
 """
 
 from __future__ import annotations
@@ -19,36 +20,46 @@ from typing import Any
 from scratchllm.errors import ConfigError
 
 
-def lr_at(step: int, config: Any) -> float:
+def lr_at(step: int, config: Any, elapsed: float | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based) under `config` (a `TrainConfig`).
 
     Warmup rises linearly over `warmup_steps` to `lr` ((step + 1) / (warmup + 1), as nanoGPT), then the
-    schedule decays to `min_lr` at `decay_steps` (default `max_steps`) and stays there.
+    schedule decays to `min_lr` and stays there. The decay's progress runs from 0 to 1:
+    - `decay_over="steps"`: over the steps from warmup to `decay_steps` (default `max_steps`);
+    - `decay_over="seconds"`: as `elapsed / max_seconds`, `elapsed` being the seconds of training so far
+      (counted across resumes), so the decay ends when the time budget does, however fast the steps
+      run. Warmup still counts steps. The rate then depends on when each step ran, so a resumed run
+      is not bit-exact (a step-based schedule is).
 
     >>> from types import SimpleNamespace as C
-    >>> c = C(lr=1.0, final_lr=0.1, warmup_steps=9, decay_steps=None, max_steps=109, schedule="cosine")
+    >>> c = C(lr=1.0, final_lr=0.1, warmup_steps=9, decay_steps=None, max_steps=109, schedule="cosine",
+    ...       decay_over="steps", max_seconds=None)
     >>> [round(lr_at(s, c), 3) for s in (0, 4, 9, 59, 109, 500)]
     [0.1, 0.5, 1.0, 0.55, 0.1, 0.1]
     >>> round(lr_at(59, C(**{**vars(c), "schedule": "linear"})), 3)
     0.55
     >>> lr_at(80, C(**{**vars(c), "schedule": "constant"}))
     1.0
+    >>> timed = C(**{**vars(c), "decay_over": "seconds", "max_seconds": 60.0})
+    >>> [round(lr_at(20, timed, elapsed=t), 3) for t in (0.0, 30.0, 60.0, 90.0)]
+    [1.0, 0.55, 0.1, 0.1]
     """
     lr, low, warmup = config.lr, config.final_lr, config.warmup_steps
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
     if config.schedule == "constant":
         return lr
-    end = config.decay_steps if config.decay_steps is not None else config.max_steps
-    if step >= end or end <= warmup:
-        return low
-    ratio = (step - warmup) / (end - warmup)  # 0 -> 1 over the decay
-    if config.schedule == "cosine":
-        coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
-    elif config.schedule == "linear":
-        coeff = 1.0 - ratio
+    if config.decay_over == "seconds":
+        if elapsed is None:
+            raise ValueError("lr_at: decay_over='seconds' needs the elapsed seconds")
+        ratio = min(1.0, elapsed / config.max_seconds)  # 0 -> 1 over the time budget
     else:
-        raise ConfigError(f"train.schedule {config.schedule!r} is unknown; choose cosine, linear or constant")
+        end = config.decay_steps if config.decay_steps is not None else config.max_steps
+        if step >= end or end <= warmup:
+            return low
+        ratio = (step - warmup) / (end - warmup)  # 0 -> 1 over the decay
+    # the schedule is "cosine" or "linear" (TrainConfig checks the name)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio)) if config.schedule == "cosine" else 1.0 - ratio
     return low + coeff * (lr - low)
 
 
@@ -67,7 +78,8 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: Any, config: Any, device: Any = "cpu") -> Any:
-    """The optimizer named by `config.optimizer`, over `param_groups(model, config.weight_decay)`."""
+    """The optimizer named by `config.optimizer` ("adamw", "muon" or "sgd"), over
+    `param_groups(model, config.weight_decay)`."""
     import torch
 
     groups = param_groups(model, config.weight_decay)
@@ -87,9 +99,7 @@ def build_optimizer(model: Any, config: Any, device: Any = "cpu") -> Any:
 
         return Muon(muon_groups(model, config), lr=config.lr, momentum=config.muon_momentum,
                     ns_bf16=fast_bf16_matmul(device), betas=(config.beta1, config.beta2), eps=config.eps)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.beta1)
-    raise ConfigError(f"train.optimizer {config.optimizer!r} is unknown; choose adamw, muon or sgd")
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.beta1)  # "sgd" (TrainConfig checks the name)
 
 
 def muon_groups(model: Any, config: Any) -> list[dict[str, Any]]:

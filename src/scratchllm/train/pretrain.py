@@ -7,7 +7,9 @@ before and after training, the loss plot, the model card and the `runs/latest` p
 `scratchllm generate` follows. `scratchllm train` is a thin layer over this.
 
 Checks that fail early, before anything is written: the run folder must be writable, the data
-long enough for the context, and the batch's activations must fit in the free memory.
+long enough for the context, and the batch's activations must fit in the free memory. As the job
+that owns the process it also makes the process-wide settings (`configure_process`: threads, the
+allocator, TF32) and seeds the model's initialisation; the loop itself sets none of them.
 
 Not here: the loop (`train.loop`), checkpoints (`train.checkpoint`), the data pipeline (`data`).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,11 @@ from typing import Any
 from scratchllm.config.train import RunConfig
 from scratchllm.errors import UserError
 from scratchllm.files import write_atomic
-from scratchllm.runtime import machine_summary, pick_device, seed_everything, set_threads
+from scratchllm.runtime import machine_summary, pick_device, seed_everything, setup_process
 from scratchllm.train.checkpoint import Checkpoints, unwrap
 from scratchllm.train.logging import write_model_card
-from scratchllm.train.loop import TrainState, batch_eval_fn, loss_for, resolve_precision, train
+from scratchllm.train.loop import TrainState, batch_eval_fn, resolve_precision, train
+from scratchllm.train.losses import loss_for
 from scratchllm.train.run import Run, ensure_writable
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -45,35 +49,39 @@ def available_memory() -> int:
     return 0
 
 
-def estimate_training_memory(model_config: Any, batch_size: int, precision: str = "fp32") -> int:
+def estimate_training_memory(model_config: Any, batch_size: int, precision: str = "fp32", device: str = "cpu") -> int:
     """Rough bytes one training step needs: weights, gradients, AdamW moments and saved activations.
 
     Per layer and token a pre-norm block keeps about 16 n_embd values (norm inputs, q/k/v, attention
     output, projections, the 4x MLP before and after the activation) plus, when attention is
-    materialised (attention "explicit", or "auto" in bf16 up to 512 keys), n_head x T scores; the
-    head keeps the logits and their softmax (2 x vocab).
+    materialised (`model.layers.explicit_attention`: "explicit", or "auto" training in bf16 on a CPU
+    up to 512 keys), n_head x T scores; the head keeps the logits and their softmax (2 x vocab).
+    Weights, gradients and AdamW's two moments are 16 bytes per parameter (`model.info.num_params`).
     With gradient checkpointing only each block's input is kept, plus one block recomputed.
     (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", sec. 4.)
 
     >>> from scratchllm.config.model import ModelConfig
     >>> round(estimate_training_memory(ModelConfig.preset("gpt2-small"), 8) / 2**30, 1)
-    13.2
+    13.3
     """
+    from scratchllm.model.info import num_params
+    from scratchllm.model.layers import explicit_attention
+
     c = model_config
     t, h = c.context_length, c.n_embd
-    explicit = c.attention == "explicit" or (c.attention == "auto" and precision == "bf16" and t <= 512)
+    explicit = explicit_attention(c.attention, str(device).split(":")[0], training=True, bf16=precision == "bf16",
+                                  n_keys=t)
     per_layer = 16 * h + (2 * c.n_head * t if explicit else 0) + 2 * c.hidden_dim
     layers = (c.n_layer * h + per_layer) if c.gradient_checkpointing else c.n_layer * per_layer
     act_values = batch_size * t * (layers + 3 * c.vocab_size + 2 * h)
     act_bytes = act_values * (2 if precision == "bf16" else 4)
-    params = c.vocab_size * h + c.n_layer * (4 * h * h + 2 * h * c.hidden_dim + (h * c.hidden_dim if c.mlp == "swiglu"
-                                                                                  else 0))
-    return int(act_bytes + 16 * params)
+    return int(act_bytes + 16 * num_params(c))
 
 
 def check_memory(run: RunConfig) -> None:
-    need = estimate_training_memory(run.model, run.train.batch_size,
-                                    resolve_precision(run.train.precision, pick_device(run.train.device)))
+    device = pick_device(run.train.device)
+    need = estimate_training_memory(run.model, run.train.batch_size, resolve_precision(run.train.precision, device),
+                                    device.type)
     have = available_memory()
     if have and need > 0.9 * have:
         hint = "" if run.model.gradient_checkpointing else ", or set model.gradient_checkpointing=true"
@@ -81,6 +89,25 @@ def check_memory(run: RunConfig) -> None:
             f"train.batch_size {run.train.batch_size} at context {run.model.context_length} needs about "
             f"{need / 2**30:.1f} GiB to train, more than the {have / 2**30:.1f} GiB available; lower "
             f"train.batch_size (use train.grad_accum for the same effective batch) or model.context_length{hint}")
+
+
+def configure_process(run: RunConfig) -> None:
+    """The process-wide settings of a pretraining run (`runtime.setup_process`): `train.threads`,
+    TF32 on CUDA, and freed memory kept in the process (`train.keep_freed_memory`) unless the model
+    checkpoints activations: that run chose memory over speed."""
+    keep = run.train.keep_freed_memory and not run.model.gradient_checkpointing
+    setup_process(run.train.threads, keep_freed=keep, device=pick_device(run.train.device))
+
+
+def resume_command(run: RunConfig, folder: Path, source: str | None = None) -> str:
+    """The command that continues this run: `source` is how the settings were given (e.g.
+    "--config configs/x.toml" or "--preset shakespeare-char"), when the caller knows it.
+
+    >>> resume_command(RunConfig(runs_dir="/tmp/my runs"), Path("/tmp/my runs/demo-2"), "--preset shakespeare-char")
+    "scratchllm train --preset shakespeare-char --runs_dir '/tmp/my runs' --name demo-2 --resume"
+    """
+    given = source or "--config <recipe>"
+    return f"scratchllm train {given} --runs_dir {shlex.quote(run.runs_dir)} --name {shlex.quote(folder.name)} --resume"
 
 
 def pick_run_folder(run: RunConfig) -> Path:
@@ -128,8 +155,12 @@ def _show(title: str, prompt: str, text: str) -> None:
 
 
 # --- the job ----------------------------------------------------------------------------------------
-def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
-    """Prepare the data, build the model, train, sample, and leave everything in the run folder."""
+def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None) -> TrainState:
+    """Prepare the data, build the model, train, sample, and leave everything in the run folder.
+
+    `source`: how the settings were given on the command line ("--config PATH" or "--preset NAME"),
+    for the command that continues a stopped run (`resume_command`).
+    """
     from scratchllm.data.datasets import EvalBatches, RandomWindowBatches, need_tokens
     from scratchllm.data.prepare import prepare
     from scratchllm.model import GPT
@@ -137,7 +168,6 @@ def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
     t0 = time.perf_counter()
     folder = pick_run_folder(run)
     ensure_writable(Path(run.runs_dir))
-    set_threads(run.train.threads)
 
     prepared = prepare(run.data, data_folder(run), progress=progress)
     tok = prepared.tokenizer
@@ -152,6 +182,7 @@ def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
         run = run.override({"train.max_steps": steps})
         print(f"{run.train.epochs:g} epochs of {len(prepared.train):,} training tokens = {steps:,} steps")
     check_memory(run)
+    configure_process(run)
 
     ensure_writable(folder)
     write_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
@@ -188,15 +219,15 @@ def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
     out.plot()
     write_atomic(Path(run.runs_dir) / "latest", folder.name + "\n")
 
-    if run.sample.max_new_tokens:
+    if run.sample.max_new_tokens and state.stop_reason != "terminated":  # SIGTERM: the grace period is short
         _show("sample after training", run.prompt, sample_text(model, tok, run.prompt, run.sample))
     write_model_card(folder, card_info(run, folder, prepared, model, state, time.perf_counter() - t0))
     final = state.last_eval
     losses = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.endswith("_loss"))
     print(f"{state.stop_reason}: step {state.step}, {state.tokens:,} tokens, {state.elapsed:.0f} s of training; "
           f"{losses}\nsaved {state.checkpoint}; plot {folder / 'loss.png'}; card {folder / 'MODEL_CARD.md'}")
-    if state.stop_reason == "interrupted":
-        print(f"continue with: scratchllm train --config <recipe> --name {folder.name} --resume")
+    if state.stop_reason in ("interrupted", "terminated"):
+        print(f"continue with: {resume_command(run, folder, source)}")
     return state
 
 
