@@ -1,5 +1,6 @@
 """runtime.keep_freed_memory: large blocks freed and allocated again, as every training step does,
-stop costing page faults once the heap has settled; by default each one is faulted in anew."""
+stop costing page faults once the heap has settled; by default each one is faulted in anew.
+runtime.peak_flops: the matmul peak for MFU is measured once per machine setting and cached."""
 
 import json
 import platform
@@ -38,3 +39,38 @@ def test_keep_freed_memory_stops_page_faults_on_reallocation():
     assert kept["kept"] is True
     assert all(f > pages // 2 for f in default["faults"])  # by default every step faults its pages in again
     assert all(f < pages // 50 for f in kept["faults"][-2:])  # kept: the freed pages are reused
+
+
+def test_peak_flops_is_measured_once_and_cached(monkeypatch, tmp_path):
+    """The peak FLOP/s for MFU: measured on the first call, read from the cache file afterwards."""
+    from scratchllm import runtime
+
+    monkeypatch.setenv("SCRATCHLLM_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake_measure(device, precision, n=2048, reps=3):
+        calls.append((device, precision))
+        return 1.5e11 if precision == "bf16" else 7.0e10
+
+    monkeypatch.setattr(runtime, "measure_peak_flops", fake_measure)
+    assert runtime.peak_flops("cpu", "fp32") == 7.0e10
+    assert calls == [("cpu", "fp32")]
+    cached = json.loads((tmp_path / runtime.PEAK_FLOPS_FILE).read_text())
+    assert cached == {runtime.peak_flops_key("cpu", "fp32"): 7.0e10}
+    assert runtime.peak_flops("cpu", "fp32") == 7.0e10  # read back: not measured again
+    assert calls == [("cpu", "fp32")]
+    assert runtime.peak_flops("cpu", "bf16") == 1.5e11  # another precision is another entry
+    assert len(calls) == 2 and len(json.loads((tmp_path / runtime.PEAK_FLOPS_FILE).read_text())) == 2
+    (tmp_path / runtime.PEAK_FLOPS_FILE).write_text("not json")  # a damaged cache is measured again
+    assert runtime.peak_flops("cpu", "fp32") == 7.0e10 and len(calls) == 3
+
+
+def test_peak_flops_key_names_the_machine_setting():
+    import torch
+
+    from scratchllm import runtime
+
+    key = runtime.peak_flops_key("cpu", "bf16")
+    assert torch.__version__ in key and "| cpu |" in key and "bf16" in key
+    assert key != runtime.peak_flops_key("cpu", "fp32")
+    assert runtime.cpu_signature().strip(" |")  # names something

@@ -94,6 +94,19 @@ def test_time_budget_and_exhausted_data_stop_the_loop():
     assert state.stop_reason == "data" and state.step == 4
 
 
+def test_a_schedule_over_seconds_decays_with_the_clock():
+    seen = []
+    state = train(tiny_model(), RandomWindowBatches(tiny_tokens(), 4, 32, seed=0), lm_loss,
+                  quick(max_steps=10**6, max_seconds=1.0, decay_over="seconds", warmup_steps=0, schedule="linear",
+                        lr=1e-3, min_lr=0.0),
+                  hooks=[lambda e, s, info: seen.append((info["lr"], info["elapsed"])) if e == "log" else None])
+    assert state.stop_reason == "max_seconds" and len(seen) > 2
+    lrs = [lr for lr, _ in seen]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and 0 < lrs[-1] < lrs[0] <= 1e-3
+    # each step's rate is the budget left when it began: at most what is left when it is logged
+    assert all(lr >= 1e-3 * (1 - elapsed) - 1e-12 for lr, elapsed in seen)
+
+
 def test_dropout_run_is_deterministic_for_a_seed():
     tokens = tiny_tokens()
     losses = []

@@ -65,3 +65,18 @@ def test_adamw_fused_and_unknown_optimizer():
 def test_unknown_precision_is_one_clear_line():
     with pytest.raises(ConfigError, match="train.precision 'fp16' is unknown"):
         TrainConfig(precision="fp16")
+
+
+def test_decay_over_seconds_follows_the_time_budget():
+    c = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=10**6, max_seconds=100.0, decay_over="seconds",
+                    schedule="linear")
+    assert lr_at(4, c, elapsed=50.0) == pytest.approx(5 / 11)  # warmup still counts steps
+    # after warmup the step does not matter, the clock does: progress = elapsed / max_seconds
+    assert lr_at(20, c, elapsed=25.0) == lr_at(5000, c, elapsed=25.0) == pytest.approx(0.75)
+    assert lr_at(20, c, elapsed=100.0) == 0.0 and lr_at(20, c, elapsed=250.0) == 0.0
+    cos = c.replace(schedule="cosine")
+    assert lr_at(20, cos, elapsed=50.0) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="train.max_seconds"):
+        TrainConfig(decay_over="seconds")
+    with pytest.raises(ConfigError, match="train.decay_over"):
+        TrainConfig(decay_over="tokens", max_seconds=10.0)

@@ -1,7 +1,7 @@
 """A tiny training run in its own process, for the SIGKILL/SIGINT resume tests.
 
 usage: python tiny_run.py RUN_DIR [--resume] [--steps N] [--sleep S]
-Exits 0 when done, 130 when stopped by Ctrl-C (after saving).
+Exits 0 when done, 130 when stopped by Ctrl-C (SIGINT), 143 by SIGTERM (after saving).
 """
 
 import argparse
@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--sleep", type=float, default=0.0)
     args = ap.parse_args()
     reason = run_tiny(args.run_dir, args.steps, args.resume, args.sleep)
-    return 130 if reason == "interrupted" else 0
+    return {"interrupted": 130, "terminated": 143}.get(reason, 0)
 
 
 if __name__ == "__main__":
