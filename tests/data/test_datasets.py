@@ -90,6 +90,8 @@ def test_short_corpus_says_how_many_tokens_and_how_many_are_needed():
                                         "least 17"):
         RandomWindowBatches(list(range(10)), 2, 16, seed=0)
     with pytest.raises(UserError, match="the validation split has 5 tokens"):
+        EvalBatches(np.arange(5), 2, 8, 1, what="the validation split")
+    with pytest.raises(UserError, match="the evaluation split has 5 tokens"):  # any split: no name assumed
         EvalBatches(np.arange(5), 2, 8, 1)
     with pytest.raises(UserError, match="the text has 3 tokens"):
         SlidingWindowDataset([1, 2, 3], 4, 1)

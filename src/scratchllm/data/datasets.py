@@ -8,7 +8,8 @@
 - `RandomWindowBatches`: nanoGPT's `get_batch`: `batch_size` windows at random offsets of a token
   array (a memmap of a shard), forever. Batch k depends only on (seed, k), so the state is two
   integers and a restored iterator yields exactly the batches the original would have next.
-- `EvalBatches`: a fixed set of evenly spaced windows, so every evaluation sees the same tokens.
+- `EvalBatches`: a fixed set of evenly spaced windows over any split (pretraining evaluates both the
+  training and the validation split), so every evaluation sees the same tokens.
 
 Not here: tokenising a corpus into shards (`shards`).
 """
@@ -160,13 +161,17 @@ class RandomWindowBatches:
 
 
 class EvalBatches:
-    """`n_batches` fixed batches of evenly spaced windows over `tokens`, the same on every pass."""
+    """`n_batches` fixed batches of evenly spaced windows over `tokens`, the same on every pass.
 
-    def __init__(self, tokens: Any, batch_size: int, context_length: int, n_batches: int) -> None:
+    `tokens` may be any split; `what` names it in the error when it is too short for one window.
+    """
+
+    def __init__(self, tokens: Any, batch_size: int, context_length: int, n_batches: int,
+                 what: str = "the evaluation split") -> None:
         if batch_size < 1 or n_batches < 1:
             raise UserError(f"batch_size and n_batches must be at least 1, got {batch_size} and {n_batches}")
         self.tokens = _as_1d_array(tokens)
-        need_tokens(len(self.tokens), context_length, "the validation split")
+        need_tokens(len(self.tokens), context_length, what)
         self.batch_size, self.context_length, self.n_batches = batch_size, context_length, n_batches
         count = batch_size * n_batches
         last = len(self.tokens) - context_length - 1  # the last start with a full target

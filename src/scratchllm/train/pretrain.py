@@ -197,8 +197,8 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
 
     batches = RandomWindowBatches(prepared.train, tc.batch_size, ctx, seed=tc.seed)
     eval_fn = batch_eval_fn({
-        "train": list(EvalBatches(prepared.train, tc.batch_size, ctx, tc.eval_batches)),
-        "val": list(EvalBatches(prepared.val, tc.batch_size, ctx, tc.eval_batches)),
+        "train": list(EvalBatches(prepared.train, tc.batch_size, ctx, tc.eval_batches, "the training split")),
+        "val": list(EvalBatches(prepared.val, tc.batch_size, ctx, tc.eval_batches, "the validation split")),
     })
     hooks = []
     if tc.sample_interval and run.sample.max_new_tokens:
