@@ -85,8 +85,8 @@ class GPT(nn.Module):
                 last_only: bool = False):
         """Logits (B, T, vocab), or (logits, loss) when `targets` (B, T) is given.
 
-        The loss is the mean cross-entropy over target positions that are not -100 (the ignore
-        index the finetuning data uses for padding and prompt tokens). `last_only` computes the
+        The loss is the mean cross-entropy over target positions that are not -100 (torch's ignore
+        index: a batch marks padding or prompt tokens so to leave them out). `last_only` computes the
         head for the last position only (B, 1, vocab): what generation needs.
         """
         h = self.features(idx, kv_cache, position_ids=position_ids, attention_mask=attention_mask)

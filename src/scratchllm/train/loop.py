@@ -183,7 +183,7 @@ class StopSignals:
         self.reason = self.REASONS[signum]
         from tqdm import tqdm
 
-        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         tqdm.write(f"{self.reason}: finishing this step and saving a checkpoint ({again} again to abort)")
 
     def __exit__(self, *exc: Any) -> None:

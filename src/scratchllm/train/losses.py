@@ -5,7 +5,7 @@
 - `chunked_lm_loss`: the same number without ever holding all the logits, for large vocabularies.
 - `loss_for(model_config)`: which of the two a pretraining run uses.
 
-Targets equal to -100 are ignored (the index finetuning data uses for padding and prompt tokens).
+Targets equal to -100 are ignored (torch's ignore index: a batch marks padding or prompt tokens so).
 Not here: the loop that calls them (`train.loop`), the evaluation that averages them
 (`train.loop.batch_eval_fn`).
 """
