@@ -222,13 +222,13 @@ def train(model: Any, batches: Iterable[Any], loss_fn: Callable[[Any, Any], Any]
     """
     t = _Training(model, batches, loss_fn, config, eval_fn, hooks, run, optimizer)
     with _own_rng(t.device):
-        t.restore()
+        t.restore()  # from the newest good checkpoint, or a fresh start seeded with config.seed
         t.begin()
         try:
-            with StopSignals() as signals:
+            with StopSignals() as signals:  # Ctrl-C or SIGTERM: finish the step, save, stop
                 if eval_fn is not None and t.state.step == 0:
-                    t.evaluate()
-                while not t.limit_reached():
+                    t.evaluate()  # the untrained model: the first point of the loss curve
+                while not t.limit_reached():  # max_steps, max_seconds
                     if not t.step():
                         break  # the data ran out
                     t.log()
@@ -238,7 +238,7 @@ def train(model: Any, batches: Iterable[Any], loss_fn: Callable[[Any, Any], Any]
                     if signals.reason or t.state.should_stop:
                         t.state.stop_reason = signals.reason or "hook"
                         break
-                t.end()
+                t.end()  # a last evaluation and checkpoint
         finally:
             t.pbar.close()
     return t.finish()
