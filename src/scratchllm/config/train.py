@@ -99,7 +99,7 @@ class TrainConfig(Config):
     sample_interval: int = 0
     # Metrics line (JSONL) every this many steps.
     log_interval: int = 10
-    # Peak FLOP/s for model FLOPs utilisation; None measures a large matmul once at start.
+    # Peak FLOP/s for model FLOPs utilisation; None: a large matmul measured once per machine (runtime.peak_flops).
     peak_flops: float | None = None
     progress: bool = True
     tensorboard: bool = False
