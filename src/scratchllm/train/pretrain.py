@@ -2,9 +2,10 @@
 
 `pretrain(config)` wires the pieces: the text pipeline (`data.prepare`: fetch, clean, train the
 tokenizer, write token shards), the model (`model.GPT`), the one loop (`train.loop.train` with
-`lm_loss` on random windows, evaluation on fixed windows of both splits), and around them a sample
-before and after training, the loss plot, the model card and the `runs/latest` pointer that
-`scratchllm generate` follows. `scratchllm train` is a thin layer over this.
+`train.losses.loss_for` on random windows, evaluation on fixed windows of both splits), and around
+them a sample before and after training (not after a SIGTERM: its grace period is short), the loss
+plot, the model card and the `runs/latest` pointer that `scratchllm generate` follows.
+`scratchllm train` is a thin layer over this.
 
 Checks that fail early, before anything is written: the run folder must be writable, the data
 long enough for the context, and the batch's activations must fit in the free memory. As the job
