@@ -5,18 +5,13 @@ import pytest
 import torch
 from train_helpers import tiny_model, tiny_tokens
 
+from scratchllm.checkpoint import CheckpointError, checkpoints, latest_run, load_model, step_name, verify_checkpoint
 from scratchllm.config.train import TrainConfig
 from scratchllm.data.datasets import EvalBatches, RandomWindowBatches
 from scratchllm.errors import UserError
 from scratchllm.tokenizer.char import CharTokenizer
-from scratchllm.train import CheckpointError, Checkpoints, Run, latest_run, lm_loss, load_model, train
-from scratchllm.train.checkpoint import (
-    checkpoints,
-    optimizer_from_safe,
-    optimizer_to_safe,
-    step_name,
-    verify_checkpoint,
-)
+from scratchllm.train import Checkpoints, Run, lm_loss, train
+from scratchllm.train.checkpoint import optimizer_from_safe, optimizer_to_safe
 from scratchllm.train.logging import read_metrics
 from scratchllm.train.loop import batch_eval_fn
 from scratchllm.train.optim import build_optimizer

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tiny_run import run_tiny
 
-from scratchllm.train.checkpoint import Checkpoints, verify_checkpoint
+from scratchllm.checkpoint import verify_checkpoint
+from scratchllm.train.checkpoint import Checkpoints
 from scratchllm.train.logging import read_metrics
 
 SCRIPT = Path(__file__).with_name("tiny_run.py")

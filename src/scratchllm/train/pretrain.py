@@ -9,7 +9,7 @@ before and after training, the loss plot, the model card and the `runs/latest` p
 Checks that fail early, before anything is written: the run folder must be writable, the data
 long enough for the context, and the batch's activations must fit in the free memory.
 
-Not here: the loop (`train.loop`), checkpoints (`train.checkpoint`), the data pipeline (`data`).
+Not here: the loop (`train.loop`), checkpoints (`checkpoint`, `train.checkpoint`), the data pipeline (`data`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scratchllm.checkpoint import unwrap
 from scratchllm.config.train import RunConfig
 from scratchllm.errors import UserError
 from scratchllm.files import write_atomic
 from scratchllm.runtime import machine_summary, pick_device, seed_everything, set_threads
-from scratchllm.train.checkpoint import Checkpoints, unwrap
+from scratchllm.train.checkpoint import Checkpoints
 from scratchllm.train.logging import write_model_card
 from scratchllm.train.loop import TrainState, batch_eval_fn, loss_for, resolve_precision, train
-from scratchllm.train.run import Run, ensure_writable
-
-RUN_CONFIG_FILE = "run_config.json"
+from scratchllm.train.run import RUN_CONFIG_FILE, Run, RunLock, claim_fresh_folder, ensure_writable
 
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -83,20 +82,18 @@ def check_memory(run: RunConfig) -> None:
             f"train.batch_size (use train.grad_accum for the same effective batch) or model.context_length{hint}")
 
 
-def pick_run_folder(run: RunConfig) -> Path:
-    """runs_dir/name; a new run never overwrites an old one (it becomes name-2, name-3, ...)."""
+def pick_run_folder(run: RunConfig) -> RunLock:
+    """runs_dir/name, locked: `with pick_run_folder(run) as folder:` holds it for the life of the job.
+
+    A new run never overwrites an old one (it becomes name-2, name-3, ...) and never shares a folder
+    with a run in progress; `--resume` takes the named run's folder or says which pid holds it.
+    """
     base = Path(run.runs_dir) / (run.name or "run")
     if run.train.resume:
-        if not Checkpoints(base).candidates():
+        if not (base.is_dir() and Checkpoints(base).candidates()):
             raise UserError(f"nothing to resume: {base} has no checkpoint; start the run without --resume")
-        return base
-    folder, k = base, 1
-    while folder.exists() and (any(folder.iterdir()) if folder.is_dir() else True):
-        k += 1
-        folder = base.with_name(f"{run.name}-{k}")
-    if folder != base:
-        print(f"{base} already holds a run; this one is {folder} (continue the old one with --resume)")
-    return folder
+        return RunLock.acquire(base)
+    return claim_fresh_folder(base)
 
 
 def data_folder(run: RunConfig) -> Path:
@@ -130,12 +127,17 @@ def _show(title: str, prompt: str, text: str) -> None:
 # --- the job ----------------------------------------------------------------------------------------
 def pretrain(run: RunConfig, *, progress: bool = True) -> TrainState:
     """Prepare the data, build the model, train, sample, and leave everything in the run folder."""
+    with pick_run_folder(run) as folder:  # locked until the job ends, however it ends
+        return pretrain_in(folder, run, progress=progress)
+
+
+def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True) -> TrainState:
+    """`pretrain` in a run folder this process has locked."""
     from scratchllm.data.datasets import EvalBatches, RandomWindowBatches, need_tokens
     from scratchllm.data.prepare import prepare
     from scratchllm.model import GPT
 
     t0 = time.perf_counter()
-    folder = pick_run_folder(run)
     ensure_writable(Path(run.runs_dir))
     set_threads(run.train.threads)
 
