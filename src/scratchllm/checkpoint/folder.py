@@ -122,7 +122,7 @@ def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, A
 # --- reading --------------------------------------------------------------------------------------------
 def bad_field(path: Path, field: str, value: Any, expected: str) -> CheckpointError:
     """The one error for an edited or damaged JSON field: file, field, what it holds, what it should."""
-    shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    shown = json.dumps(value) if not isinstance(value, (dict, list)) else f"a JSON {type(value).__name__}"
     if len(shown) > 40:
         shown = shown[:37] + "..."
     return CheckpointError(f"checkpoint file {path}: field {field!r} is {shown}, expected {expected}; "
