@@ -94,3 +94,7 @@ def test_a_file_an_empty_folder_and_a_run_without_checkpoints(tmp_path):
         find_checkpoints(tmp_path / "fresh")
     with pytest.raises(UserError, match="does not exist"):
         find_checkpoints(tmp_path / "nope")
+    (tmp_path / "gutted").mkdir()  # a run whose checkpoints/ was deleted: its pointer says so
+    (tmp_path / "gutted" / LATEST).write_text("step-0000003\n")
+    with pytest.raises(CheckpointError, match="gutted/latest names step-0000003, which is not a checkpoint folder"):
+        find_checkpoints(tmp_path / "gutted")

@@ -26,6 +26,7 @@ from scratchllm.checkpoint.folder import (
     CONFIG_FILE,
     MODEL_FILE,
     STATE_FILE,
+    STEP_RE,
     TOKENIZER_FILE,
     CheckpointError,
     CheckpointMismatch,
@@ -70,7 +71,14 @@ def first_good(cands: list[Path], attempt: Callable[[Path], T], *, where: Path,
 
 # --- what a folder holds ----------------------------------------------------------------------------
 def _is_run_folder(p: Path) -> bool:
-    return (p / CHECKPOINTS).is_dir()
+    """A run folder has checkpoints/ or a `latest` pointer naming a step (a runs folder's names a run)."""
+    if (p / CHECKPOINTS).is_dir():
+        return True
+    try:
+        name = read_name(p / LATEST)
+    except CheckpointError:
+        return False
+    return name is not None and STEP_RE.match(name) is not None
 
 
 def runs_in(folder: Path) -> list[Path]:

@@ -179,9 +179,14 @@ def failed_run_leftovers(folder: Path) -> list[Path] | None:
     if checkpoints(folder) or (folder / LATEST).exists() or (folder / BEST).exists():
         return None
     entries = [p for p in folder.iterdir() if p.name != LOCK_FILE]
-    if all(p.name in RUN_FILES or p.name.startswith(".") for p in entries):
+    if all(p.name in RUN_FILES or _is_temporary(p) for p in entries):
         return entries
     return None
+
+
+def _is_temporary(p: Path) -> bool:
+    """A file a run writes for a moment: the writability probe, an atomic write's temp file."""
+    return p.is_file() and (p.name.startswith(".write-test-") or (p.name.startswith(".") and p.name.endswith(".part")))
 
 
 def claim_fresh_folder(base: Path) -> RunLock:
