@@ -220,11 +220,12 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
     except Exception as e:  # safetensors raises several types for a bad header
         raise CheckpointError(f"checkpoint file {p} is corrupted or truncated ({e})") from None
     ours = m.state_dict()
-    for name, shape in shapes.items():
-        if name in ours and tuple(ours[name].shape) != shape:
+    for name, tensor in ours.items():  # in the model's order: the first difference is the telling one
+        shape = shapes.get(name)
+        if shape is not None and tuple(tensor.shape) != shape:
             raise CheckpointMismatch(
                 f"the model shapes differ: {name} has shape {_shape(shape)} in the checkpoint {p}, "
-                f"{_shape(ours[name].shape)} in this model; use the model settings the checkpoint was made "
+                f"{_shape(tensor.shape)} in this model; use the model settings the checkpoint was made "
                 f"with (its {CONFIG_FILE})")
     try:
         missing, unexpected = st_load_model(m, str(p), strict=False)
