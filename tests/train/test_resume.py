@@ -19,8 +19,9 @@ from scratchllm.cli import main
 from scratchllm.config.model import ModelConfig
 from scratchllm.model import GPT
 from scratchllm.train.checkpoint import Checkpoints
+from scratchllm.train.lock import RunBusy, RunLock
 from scratchllm.train.logging import read_metrics
-from scratchllm.train.run import Run, RunBusy, RunLock
+from scratchllm.train.run import Run
 
 SCRIPT = Path(__file__).with_name("tiny_run.py")
 STEPS = 30
@@ -91,7 +92,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 # --- one run folder, one writer: the lock ------------------------------------------------------------------
-HOLD = ("import sys, time; from scratchllm.train.run import RunLock; RunLock.acquire(sys.argv[1]); "
+HOLD = ("import sys, time; from scratchllm.train.lock import RunLock; RunLock.acquire(sys.argv[1]); "
         "print('locked', flush=True); time.sleep(120)")
 CLI = "import sys; from scratchllm.cli import main; sys.exit(main(sys.argv[1:]))"
 

@@ -26,9 +26,10 @@ from scratchllm.errors import UserError
 from scratchllm.files import write_atomic
 from scratchllm.runtime import machine_summary, pick_device, seed_everything, set_threads
 from scratchllm.train.checkpoint import Checkpoints
+from scratchllm.train.lock import RUN_CONFIG_FILE, RunLock, claim_fresh_folder
 from scratchllm.train.logging import write_model_card
 from scratchllm.train.loop import TrainState, batch_eval_fn, loss_for, resolve_precision, train
-from scratchllm.train.run import RUN_CONFIG_FILE, Run, RunLock, claim_fresh_folder, ensure_writable
+from scratchllm.train.run import Run, ensure_writable
 
 
 # --- checks -----------------------------------------------------------------------------------------
