@@ -1,7 +1,9 @@
 """The import layering of DESIGN.md: a module imports only from its own layer or lower ones.
 
-0 config runtime errors files; 1 tokenizer model; 2 data generate steps; 3 train evaluate compress
-interop; 4 finetune serve; 5 cli. `steps` (the book's teaching modules) imports only
+0 config runtime errors files; 1 tokenizer model; 2 checkpoint data generate steps; 3 train evaluate
+compress interop; 4 finetune serve; 5 cli. Reading a checkpoint never needs training: `checkpoint`
+imports only layers 0-1, and the commands that read models (generate, checkpoint, evaluate, serve,
+interop) never import `train`. `steps` (the book's teaching modules) imports only
 `model.functional`, `config` and `errors`, and nothing in the package imports `steps`.
 """
 
@@ -15,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "scratchllm"
 LAYERS = {
     "__init__": 0, "config": 0, "runtime": 0, "errors": 0, "files": 0,
     "tokenizer": 1, "model": 1,
-    "data": 2, "generate": 2, "steps": 2,
+    "checkpoint": 2, "data": 2, "generate": 2, "steps": 2,
     "train": 3, "evaluate": 3, "compress": 3, "interop": 3,
     "finetune": 4, "serve": 4,
     "cli": 5,
@@ -100,6 +102,22 @@ def test_nothing_in_the_package_imports_steps():
 def test_model_never_imports_training_or_generation():
     bad = [f"{name} imports {imp}" for name, path in _modules() if _top(name) == "model"
            for imp in _imports(path) if _top(imp) in ("train", "generate", "cli", "data")]
+    assert not bad, "\n".join(bad)
+
+
+def test_checkpoint_reading_never_imports_training():
+    readers = ("generate", "checkpoint", "evaluate", "serve", "interop")
+    bad = [f"{name} imports {imp}" for name, path in _modules() if _top(name) in readers
+           for imp in _imports(path) if _top(imp) == "train"]
+    assert not bad, "\n".join(bad)
+
+
+def test_checkpoint_uses_only_the_layers_below():
+    allowed = ("checkpoint", "errors", "files", "config", "runtime", "tokenizer", "model")
+    names = [name for name, _ in _modules() if _top(name) == "checkpoint"]
+    assert "scratchllm.checkpoint.load" in names  # the package exists and is scanned
+    bad = [f"{name} imports {imp}" for name, path in _modules() if _top(name) == "checkpoint"
+           for imp in _imports(path) if _top(imp) not in allowed]
     assert not bad, "\n".join(bad)
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from gen_helpers import tiny_model
 
+from scratchllm.checkpoint import save_checkpoint
 from scratchllm.cli import main
 from scratchllm.tokenizer.char import CharTokenizer
-from scratchllm.train.checkpoint import save_checkpoint
 
 TEXT = "to be or not to be, that is the question\n"
 

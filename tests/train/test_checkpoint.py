@@ -1,22 +1,27 @@
 import errno
 import json
+import re
+import warnings
 
 import pytest
 import torch
 from train_helpers import tiny_model, tiny_tokens
 
+from scratchllm.checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
+    checkpoints,
+    latest_run,
+    load_model,
+    step_name,
+    verify_checkpoint,
+)
 from scratchllm.config.train import TrainConfig
 from scratchllm.data.datasets import EvalBatches, RandomWindowBatches
 from scratchllm.errors import UserError
 from scratchllm.tokenizer.char import CharTokenizer
-from scratchllm.train import CheckpointError, Checkpoints, Run, latest_run, lm_loss, load_model, train
-from scratchllm.train.checkpoint import (
-    checkpoints,
-    optimizer_from_safe,
-    optimizer_to_safe,
-    step_name,
-    verify_checkpoint,
-)
+from scratchllm.train import Checkpoints, Run, lm_loss, train
+from scratchllm.train.checkpoint import optimizer_from_safe, optimizer_to_safe
 from scratchllm.train.logging import read_metrics
 from scratchllm.train.loop import batch_eval_fn
 from scratchllm.train.optim import build_optimizer
@@ -167,3 +172,107 @@ def test_unwritable_run_folder_is_one_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UserError, match="not writable"):
         Run(blocker / "run")
+
+
+# --- restore: damaged, edited and mismatched checkpoints ------------------------------------------------
+def damage(folder, how):
+    """Damage one checkpoint as a crash, a bad disk or a hand edit would; returns the file and its fault."""
+    if how == "truncated":
+        p = folder / "model.safetensors"
+        p.write_bytes(p.read_bytes()[:100])
+        return p, "is truncated"
+    if how == "missing":
+        p = folder / "optimizer.safetensors"
+        p.unlink()
+        return p, "is missing"
+    p = folder / "state.json"
+    state = json.loads(p.read_text())
+    field = {"step": "step", "rng-torch": "rng.torch", "rng-python": "rng.python", "tokens": "tokens",
+             "data": "data", "optimizer": "optimizer.param_groups"}[how]
+    if how == "step":
+        state["step"] = "abc"
+    elif how == "rng-torch":
+        state["rng"]["torch"] = state["rng"]["torch"][:-8] + "!!!!!!!!"
+    elif how == "rng-python":
+        state["rng"]["python"][1] = state["rng"]["python"][1][:10]
+    elif how == "tokens":
+        state["tokens"] = -1
+    elif how == "data":
+        state["data"] = {"batches_drawn": "many"}
+    else:
+        state["optimizer"]["param_groups"] = "adam"
+    p.write_text(json.dumps(state))
+    return p, f"field '{field}'"
+
+
+@pytest.mark.parametrize("how", ["step", "rng-torch", "rng-python", "tokens", "data", "optimizer"])
+def test_edited_state_json_is_skipped_with_a_message_naming_file_and_field(tmp_path, how):
+    run_tiny(tmp_path / "r", steps=8, eval_interval=4)
+    ck = Checkpoints(tmp_path / "r")
+    path, fault = damage(ck.latest, how)
+    m = tiny_model()
+    with pytest.warns(UserWarning, match=f"{path}: {fault}") as rec:
+        folder, state = ck.restore(m, build_optimizer(m, cfg()))
+    assert folder.name == step_name(4) and state["step"] == 4
+    assert "edited or damaged" in str(rec[0].message)
+
+
+@pytest.mark.parametrize("hows", [("truncated", "rng-torch"), ("missing", "step"), ("step", "truncated")])
+def test_every_checkpoint_bad_is_one_message_naming_each_file(tmp_path, hows):
+    run_tiny(tmp_path / "r", steps=8, eval_interval=4)
+    ck = Checkpoints(tmp_path / "r")
+    faults = [damage(folder, how) for folder, how in zip(ck.candidates(), hows)]
+    assert len(faults) == 2
+    m = tiny_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one message, no warning per file
+        with pytest.raises(CheckpointError) as e:
+            ck.restore(m, build_optimizer(m, cfg()))
+    msg = str(e.value)
+    assert msg.startswith(f"no good checkpoint in {tmp_path / 'r' / 'checkpoints'}") and "\n" not in msg
+    for i, (path, fault) in enumerate(faults, 1):
+        assert f"({i}) checkpoint file {path}" in msg and fault in msg
+    # the training loop's --resume says the same
+    with pytest.raises(CheckpointError, match="no good checkpoint in") as e2:
+        run_tiny(tmp_path / "r", steps=12, eval_interval=4, resume=True)
+    assert str(e2.value) == msg
+
+
+def test_resume_with_another_model_shape_says_the_shapes_differ(tmp_path):
+    run_tiny(tmp_path / "r", steps=8, eval_interval=4)
+    other = tiny_model(n_embd=48)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not a damaged checkpoint: no falling back
+        with pytest.raises(CheckpointMismatch) as e:
+            Checkpoints(tmp_path / "r").restore(other, build_optimizer(other, cfg()))
+    msg = str(e.value)
+    assert "shapes differ" in msg and "corrupt" not in msg and "damaged" not in msg
+    assert re.search(r"the model shapes differ: \S+ has shape \[(\d+, )?32\] in the checkpoint \S+, "
+                     r"\[(\d+, )?48\] in this model", msg), msg
+    assert str(tmp_path / "r" / "checkpoints" / step_name(8) / "model.safetensors") in msg
+
+
+def test_resume_with_other_optimizer_settings_is_a_mismatch(tmp_path):
+    run_tiny(tmp_path / "r", steps=4, eval_interval=4)
+    m = tiny_model()
+    opt = torch.optim.SGD([p for p in m.parameters()][:3], lr=0.1)
+    with pytest.raises(CheckpointMismatch, match="optimizer state in .* does not fit this model's parameters"):
+        Checkpoints(tmp_path / "r").restore(m, opt)
+
+
+def test_a_bad_latest_pointer_stops_resume_with_the_pointer_named(tmp_path):
+    run_tiny(tmp_path / "r", steps=4, eval_interval=4)
+    (tmp_path / "r" / "latest").write_text("../../../../etc\n")
+    with pytest.raises(CheckpointError, match=f"pointer file {tmp_path / 'r' / 'latest'} holds '../../../../etc'"):
+        run_tiny(tmp_path / "r", steps=8, eval_interval=4, resume=True)
+
+
+def test_a_nan_validation_loss_is_never_the_best(tmp_path):
+    ck = Checkpoints(tmp_path / "r", keep_last=5)
+    m = tiny_model()
+    ck.save(1, m, val_loss=float("nan"))
+    assert ck.best is None and ck.latest.name == step_name(1)
+    ck.save(2, m, val_loss=2.0)
+    ck.save(3, m, val_loss=float("nan"))
+    ck.save(4, m, val_loss=3.0)
+    assert ck.best.name == step_name(2) and ck.latest.name == step_name(4)

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
+from scratchllm.checkpoint import latest_run, load_model
 from scratchllm.cli import main
 from scratchllm.config.train import RunConfig
 from scratchllm.errors import ConfigError
-from scratchllm.train import latest_run, load_model
 from scratchllm.train.logging import read_metrics
 
 TINY = """name = "tiny"

@@ -102,9 +102,9 @@ def load(args):
     """(model, tokenizer, description) for --model (folder or preset) or the latest run."""
     from pathlib import Path
 
+    from scratchllm.checkpoint import latest_run, load_model
     from scratchllm.config.model import PRESET_ALIASES, PRESETS
     from scratchllm.errors import UserError
-    from scratchllm.train.checkpoint import latest_run, load_model
 
     name = args.model
     if name is not None and not Path(name).exists() and (name in PRESETS or name in PRESET_ALIASES):

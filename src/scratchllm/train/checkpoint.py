@@ -1,70 +1,59 @@
-"""Checkpoints that never lose work: folders of safetensors + JSON, written atomically.
+"""Training's side of checkpoints: optimizer and RNG state, which checkpoints to keep, restore for resume.
 
-A run folder (`runs/<name>/`) holds:
+A checkpoint folder and its integrity checks are `scratchllm.checkpoint` (below training, so that
+generation and the other commands read checkpoints without importing training). Here training adds
+to each checkpoint:
 
-    checkpoints/step-0000500/   model.safetensors   weights (safetensors: loading runs no code)
-                                config.json         the ModelConfig, enough to rebuild the model
-                                optimizer.safetensors   AdamW moments as plain tensors
-                                state.json          step, tokens seen, RNG states, data position,
-                                                    optimizer scalars, run config, sizes and sha256
-                                                    of every file above
-                                tokenizer.scratchllm.json
-    latest                      name of the newest good checkpoint (one line)
-    best                        name of the checkpoint with the lowest validation loss
+    optimizer.safetensors   the optimizer's per-parameter tensors (AdamW moments), as plain tensors
+    state.json              + step, tokens seen, elapsed time, losses, data position, the Python and
+                              torch RNG states (JSON, base64), the optimizer's scalars and groups
 
-`runs/latest` names the most recent run, so `scratchllm generate` finds it without flags.
+and decides which to keep: the last `keep_last` plus the best by validation loss (`Checkpoints`).
+`Checkpoints.restore` loads the newest good checkpoint for `--resume`: a damaged one is skipped
+with a warning naming its file, and if none is good ONE error names each file tried. Every
+training field of state.json is checked before use, so an edited value is a clear error naming
+the file and field, never a traceback. A model of another shape is named as such, with the tensor.
 
-How a save stays atomic: every file is written into a hidden temporary folder beside the
-checkpoints and fsynced, the folder is renamed into place, and only then is the `latest` pointer
-replaced (temp file, fsync, rename). A crash, SIGKILL or full disk at any moment leaves `latest`
-naming a complete checkpoint. Loading checks each file's size and sha256 against state.json and
-names the file that is wrong; `restore` falls back to the previous good checkpoint.
-
-Not here: when to save (the loop decides), metrics and plots (`train.logging`).
+Not here: when to save (the loop decides), the folder format and pointers (`checkpoint`),
+metrics and plots (`train.logging`).
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import binascii
+import math
 import os
 import random
-import re
 import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import UserError
-from scratchllm.files import fsync_dir, sha256_file, write_atomic
-from scratchllm.tokenizer.base import TOKENIZER_FILE
+from scratchllm.checkpoint.folder import (
+    STATE_FILE,
+    CheckpointError,
+    CheckpointMismatch,
+    bad_field,
+    is_int,
+    is_number,
+    load_weights,
+    read_state,
+    save_checkpoint,
+    step_name,
+    verify_checkpoint,
+)
+from scratchllm.checkpoint.load import first_good
+from scratchllm.checkpoint.pointers import (
+    BEST,
+    CHECKPOINTS,
+    LATEST,
+    candidates,
+    checkpoints,
+    read_pointer,
+    write_pointer,
+)
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "state.json"
-CHECKPOINTS = "checkpoints"
-STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(UserError):
-    """A checkpoint file is missing, truncated or corrupted (the message names it)."""
-
-
-# --- small file helpers -----------------------------------------------------------------------
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def step_name(step: int) -> str:
-    """Folder name of the checkpoint after `step` optimizer steps.
-
-    >>> step_name(500)
-    'step-0000500'
-    """
-    return f"step-{step:07d}"
 
 
 # --- optimizer and RNG state as tensors + JSON (never pickle) ---------------------------------
@@ -118,127 +107,96 @@ def rng_state() -> dict[str, Any]:
     return out
 
 
-def set_rng_state(d: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(_py_state_from_json(d["python"]))
-    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(d["torch"]), dtype=np.uint8).copy()))
-    if "cuda" in d and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(
-            [torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy()) for s in d["cuda"]])
-
-
 def _py_state_to_json(s: tuple) -> list:
     return [s[0], list(s[1]), s[2]]
 
 
-def _py_state_from_json(s: list) -> tuple:
+def _py_state_from_json(s: Any) -> tuple:
+    if not (isinstance(s, list) and len(s) == 3 and isinstance(s[1], list)):
+        raise TypeError("not [version, [numbers], gauss]")
     return (s[0], tuple(s[1]), s[2])
 
 
-# --- saving -------------------------------------------------------------------------------------
-def unwrap(model: Any) -> Any:
-    """The plain module under torch.compile's wrapper."""
-    return getattr(model, "_orig_mod", model)
+# --- checks on training's fields of state.json (it is not in the manifest: a hand edit shows only here) ---
+def _rng_bytes(value: Any, path: Path, field: str) -> Any:
+    import numpy as np
+    import torch
 
-
-def save_checkpoint(folder: Path, model: Any, *, optimizer: Any = None, state: dict[str, Any] | None = None,
-                    tokenizer: Any = None) -> Path:
-    """Write a complete checkpoint at `folder` atomically (temp folder, fsync, rename).
-
-    `state` is any JSON-serialisable dict (step, tokens, data position...); RNG states, optimizer
-    scalars and a manifest of file sizes and sha256 are added. Raises OSError (e.g. disk full) with
-    nothing left behind; `folder` must not exist yet.
-    """
-    from safetensors.torch import save_file, save_model
-
-    folder = Path(folder)
-    parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=parent))
+    if not isinstance(value, str):
+        raise bad_field(path, field, value, "the RNG state's bytes in base64")
     try:
-        m = unwrap(model)
-        save_model(m, str(tmp / MODEL_FILE))
-        cfg = getattr(m, "config", None)
-        cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
-        (tmp / CONFIG_FILE).write_text(json.dumps(cfg_dict, indent=2), encoding="utf-8")
-        full_state = dict(state or {})
-        full_state["rng"] = rng_state()
-        if optimizer is not None:
-            tensors, scalars = optimizer_to_safe(optimizer)
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
-            full_state["optimizer"] = scalars
-        if tokenizer is not None:
-            tokenizer.save(tmp / TOKENIZER_FILE)
-        files = {}
-        for p in sorted(tmp.iterdir()):
-            if p.name.startswith("."):
-                p.unlink()
-                continue
-            fsync_file(p)
-            files[p.name] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
-        full_state["files"] = files
-        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
-            json.dump(full_state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        os.rename(tmp, folder)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_field(path, field, value, "the RNG state's bytes in base64") from None
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy())
 
 
-# --- loading ------------------------------------------------------------------------------------
-def read_state(folder: Path) -> dict[str, Any]:
-    """state.json of a checkpoint (a clear CheckpointError naming the file if it is bad)."""
-    p = Path(folder) / STATE_FILE
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint file {p} is missing; the checkpoint is incomplete")
+def check_rng_state(d: Any, path: Path) -> dict[str, Any]:
+    """The RNG states of state.json, each tried on a fresh generator: {"python": tuple, "torch": tensor, ...}."""
+    import torch
+
+    if not isinstance(d, dict):
+        raise bad_field(path, "rng", d, "an object with the python and torch RNG states")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
-
-
-def verify_checkpoint(folder: Path, deep: bool = True, only: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Check the files of a checkpoint (all, or `only` these) against state.json; return the state.
-
-    `deep=False` checks sizes only (fast); `deep=True` also checks sha256.
-    """
-    folder = Path(folder)
-    state = read_state(folder)
-    for name, info in state.get("files", {}).items():
-        if only is not None and name not in only:
-            continue
-        p = folder / name
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file {p} is missing")
-        if p.stat().st_size != info["size"]:
-            raise CheckpointError(f"checkpoint file {p} is truncated or corrupted "
-                                  f"({p.stat().st_size} bytes, expected {info['size']})")
-        if deep and sha256_file(p) != info["sha256"]:
-            raise CheckpointError(f"checkpoint file {p} is corrupted (its sha256 does not match state.json)")
-    return state
-
-
-def load_weights(model: Any, folder: Path) -> None:
-    """Load model.safetensors into `model` (strict), errors naming the file."""
-    from safetensors.torch import load_model as st_load_model
-
-    p = Path(folder) / MODEL_FILE
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint file {p} is missing")
+        py = _py_state_from_json(d.get("python"))
+        random.Random().setstate(py)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise bad_field(path, "rng.python", d.get("python"),
+                        "Python's random state [version, [625 whole numbers], null]") from None
+    t = _rng_bytes(d.get("torch"), path, "rng.torch")
     try:
-        st_load_model(unwrap(model), str(p), strict=True)
-    except Exception as e:  # safetensors raises several types for a bad header or data
-        raise CheckpointError(f"checkpoint file {p} cannot be loaded into this model ({e})") from None
+        torch.Generator().set_state(t)
+    except RuntimeError:
+        raise bad_field(path, "rng.torch", d.get("torch"), "torch's CPU RNG state in base64") from None
+    out: dict[str, Any] = {"python": py, "torch": t}
+    if "cuda" in d:
+        if not isinstance(d["cuda"], list):
+            raise bad_field(path, "rng.cuda", d["cuda"], "a list of CUDA RNG states in base64")
+        out["cuda"] = [_rng_bytes(s, path, f"rng.cuda.{i}") for i, s in enumerate(d["cuda"])]
+    return out
+
+
+def set_rng_state(d: dict[str, Any]) -> None:
+    """Set the global RNGs from `check_rng_state`'s result."""
+    import torch
+
+    random.setstate(d["python"])
+    torch.set_rng_state(d["torch"])
+    if "cuda" in d and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(d["cuda"])
+
+
+def check_training_state(state: dict[str, Any], path: Path, *, optimizer: bool) -> None:
+    """Each training field of state.json has the type resume needs, else one error naming file and field."""
+    if "step" not in state:
+        raise CheckpointError(f"checkpoint file {path} has no field 'step'; the file was edited or damaged")
+    checks = {
+        "tokens": (lambda v: is_int(v) and v >= 0, "a whole number >= 0"),
+        "eval_step": (is_int, "a whole number"),
+        "elapsed": (lambda v: is_number(v) and v >= 0, "a number of seconds >= 0"),
+        "best_val": (lambda v: v is None or is_number(v), "a number or null"),
+        "last_eval": (lambda v: v is None or isinstance(v, dict), "an object of metrics"),
+        "data": (lambda v: v is None or (isinstance(v, dict) and all(is_int(x) for x in v.values())),
+                 "null or an object of whole numbers (the data position)"),
+    }
+    for name, (ok, expected) in checks.items():
+        if name in state and not ok(state[name]):
+            raise bad_field(path, name, state[name], expected)
+    if optimizer:
+        meta = state.get("optimizer")
+        if not isinstance(meta, dict):
+            raise bad_field(path, "optimizer", meta, "an object with the optimizer's param_groups and scalars")
+        groups = meta.get("param_groups")
+        if not (isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                 and all(is_int(i) for i in g["params"]) for g in groups)):
+            raise bad_field(path, "optimizer.param_groups", groups, "a list of groups, each with a list of params")
+        scalars = meta.get("scalars", {})
+        if not (isinstance(scalars, dict) and all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items())):
+            raise bad_field(path, "optimizer.scalars", scalars, "an object of parameter index -> values")
 
 
 def load_optimizer(optimizer: Any, folder: Path, state: dict[str, Any]) -> None:
+    """Load optimizer.safetensors and state.json's optimizer scalars into `optimizer`."""
     from safetensors.torch import load_file
 
     p = Path(folder) / OPTIMIZER_FILE
@@ -246,34 +204,20 @@ def load_optimizer(optimizer: Any, folder: Path, state: dict[str, Any]) -> None:
         raise CheckpointError(f"checkpoint file {p} is missing (a weights-only checkpoint cannot resume training)")
     try:
         tensors = load_file(str(p))
-    except Exception as e:
+    except Exception as e:  # safetensors raises several types for a bad header or data
         raise CheckpointError(f"checkpoint file {p} is corrupted or truncated ({e})") from None
+    bad = [k for k in tensors if len(k.split(".", 2)) != 3 or not k.split(".", 2)[1].isdigit()]
+    if bad:
+        raise CheckpointError(f"checkpoint file {p} holds {bad[0]!r}, not an optimizer state tensor "
+                              f"(state.<index>.<name>); the file is damaged")
     try:
         optimizer.load_state_dict(optimizer_from_safe(tensors, state["optimizer"]))
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"optimizer state in {p} does not fit this model's parameters ({e}); "
-                              f"resume with the same model and optimizer settings") from None
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointMismatch(f"the optimizer state in {p} does not fit this model's parameters ({e}); "
+                                 f"resume with the same model and optimizer settings") from None
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint folders of a run, newest (highest step) first."""
-    d = Path(run_dir) / CHECKPOINTS
-    if not d.is_dir():
-        return []
-    found = [p for p in d.iterdir() if p.is_dir() and STEP_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(STEP_RE.match(p.name).group(1)), reverse=True)
-
-
-def read_pointer(run_dir: Path, name: str = "latest") -> Path | None:
-    p = Path(run_dir) / name
-    if not p.is_file():
-        return None
-    target = p.read_text(encoding="utf-8").strip()
-    if not target:
-        return None
-    return Path(run_dir) / CHECKPOINTS / target
-
-
+# --- the checkpoints of one run: save, keep, restore -------------------------------------------------------
 class Checkpoints:
     """The checkpoints of one run folder: save (keep last K + best), find, restore with fallback."""
 
@@ -284,11 +228,18 @@ class Checkpoints:
 
     @property
     def latest(self) -> Path | None:
-        return read_pointer(self.run_dir, "latest")
+        return read_pointer(self.run_dir, LATEST)
 
     @property
     def best(self) -> Path | None:
-        return read_pointer(self.run_dir, "best")
+        return read_pointer(self.run_dir, BEST)
+
+    def _pointer_or_none(self, name: str) -> Path | None:
+        """A pointer while saving: a damaged one is about to be replaced, so it counts as none."""
+        try:
+            return read_pointer(self.run_dir, name)
+        except CheckpointError:
+            return None
 
     def save(self, step: int, model: Any, *, optimizer: Any = None, state: dict[str, Any] | None = None,
              tokenizer: Any = None, val_loss: float | None = None) -> Path:
@@ -297,7 +248,18 @@ class Checkpoints:
         state = dict(state or {})
         state.setdefault("step", step)
         state["val_loss"] = val_loss
-        previous = self.latest
+        state["rng"] = rng_state()
+        extra = {}
+        if optimizer is not None:
+            tensors, state["optimizer"] = optimizer_to_safe(optimizer)
+
+            def write_optimizer(path: Path) -> None:
+                from safetensors.torch import save_file
+
+                save_file(tensors, str(path))
+
+            extra[OPTIMIZER_FILE] = write_optimizer
+        previous = self._pointer_or_none(LATEST)
         try:
             if folder.name in self.saved and folder.exists():
                 pass  # saved at this step already (e.g. an evaluation step that is also the last)
@@ -306,19 +268,19 @@ class Checkpoints:
                     trash = folder.with_name(f".trash-{folder.name}")
                     shutil.rmtree(trash, ignore_errors=True)
                     os.rename(folder, trash)
-                save_checkpoint(folder, model, optimizer=optimizer, state=state, tokenizer=tokenizer)
+                save_checkpoint(folder, model, state=state, tokenizer=tokenizer, extra_files=extra)
                 self.saved.add(folder.name)
-            write_atomic(self.run_dir / "latest", folder.name + "\n")
-            if val_loss is not None and val_loss == val_loss:
-                best = self.best
+            write_pointer(self.run_dir, LATEST, folder)
+            if val_loss is not None and not math.isnan(val_loss):
+                best = self._pointer_or_none(BEST)
                 best_val = None
-                if best is not None and best.is_dir():
+                if best is not None:
                     try:
                         best_val = read_state(best).get("val_loss")
                     except CheckpointError:
                         best_val = None
-                if best_val is None or val_loss < best_val:
-                    write_atomic(self.run_dir / "best", folder.name + "\n")
+                if best_val is None or math.isnan(best_val) or val_loss < best_val:
+                    write_pointer(self.run_dir, BEST, folder)
         except OSError as e:
             still = f"{previous} is still the latest good checkpoint" if previous else "no checkpoint was kept"
             raise CheckpointError(f"could not save checkpoint {folder} ({e.strerror or e}); {still}; "
@@ -329,7 +291,8 @@ class Checkpoints:
     def prune(self) -> None:
         """Delete all but the newest `keep_last` checkpoints, keeping `best` and `latest`."""
         keep = {p.name for p in checkpoints(self.run_dir)[: self.keep_last]}
-        for ptr in (self.latest, self.best):
+        for name in (LATEST, BEST):
+            ptr = self._pointer_or_none(name)
             if ptr is not None:
                 keep.add(ptr.name)
         for p in checkpoints(self.run_dir):
@@ -346,108 +309,33 @@ class Checkpoints:
 
     def candidates(self) -> list[Path]:
         """`latest` first, then older checkpoints newest first (the order to try on resume)."""
-        out = []
-        latest = self.latest
-        if latest is not None:
-            out.append(latest)
-        for p in checkpoints(self.run_dir):
-            if latest is None or int(STEP_RE.match(p.name).group(1)) < int(STEP_RE.match(latest.name).group(1)):
-                out.append(p)
-        return out
+        return candidates(self.run_dir)
 
     def restore(self, model: Any, optimizer: Any = None) -> tuple[Path, dict[str, Any]] | None:
-        """Load the newest good checkpoint into `model` (and `optimizer`) and set RNG states.
+        """Load the newest good checkpoint into `model` (and `optimizer`) and set the RNG states.
 
-        A bad checkpoint gives a warning naming the file and the next older one is tried.
-        Returns (folder, state), or None if the run has no checkpoint.
+        A damaged checkpoint is skipped (a warning names its file) and the next older one tried; if
+        none is good, one CheckpointError names each file tried. A model or optimizer of another
+        shape is a CheckpointMismatch at once. Returns (folder, state), or None if the run has no
+        checkpoint.
         """
-        for folder in self.candidates():
-            try:
-                state = verify_checkpoint(folder)
-                load_weights(model, folder)
-                if optimizer is not None:
-                    load_optimizer(optimizer, folder, state)
-            except CheckpointError as e:
-                warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
-                continue
-            if "rng" in state:
-                set_rng_state(state["rng"])
-            if self.latest is None or self.latest.name != folder.name:
-                write_atomic(self.run_dir / "latest", folder.name + "\n")  # point past the bad one
-            return folder, state
-        if checkpoints(self.run_dir):
-            raise CheckpointError(f"no good checkpoint in {self.run_dir / CHECKPOINTS}: every one is corrupted")
-        return None
+        cands = self.candidates()
+        if not cands:
+            return None
 
+        def attempt(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            state = verify_checkpoint(folder)
+            path = folder / STATE_FILE
+            check_training_state(state, path, optimizer=optimizer is not None)
+            rng = check_rng_state(state["rng"], path) if "rng" in state else None
+            load_weights(model, folder)
+            if optimizer is not None:
+                load_optimizer(optimizer, folder, state)
+            return state, rng
 
-# --- for other commands: find and load a trained model -------------------------------------------
-def latest_run(runs_dir: str | os.PathLike = "runs") -> Path:
-    """The run folder `runs_dir/latest` names (the most recent `scratchllm train`)."""
-    runs = Path(runs_dir)
-    ptr = runs / "latest"
-    if ptr.is_file():
-        name = ptr.read_text(encoding="utf-8").strip()
-        if name and (runs / name).is_dir():
-            return runs / name
-    found = sorted((p for p in runs.glob("*/latest") if p.is_file()), key=lambda p: p.stat().st_mtime)
-    if found:
-        return found[-1].parent
-    raise UserError(f"no trained run in {runs}/; train one first with "
-                    f"`scratchllm train --config configs/shakespeare-bpe.toml`, or pass a checkpoint folder")
-
-
-def resolve_checkpoint(folder: str | os.PathLike) -> Path:
-    """A checkpoint folder from a checkpoint folder or a run folder (its `latest`)."""
-    p = Path(folder)
-    if (p / MODEL_FILE).is_file():
-        return p
-    if (p / "latest").is_file() or (p / CHECKPOINTS).is_dir():
-        cands = Checkpoints(p).candidates()
-        if cands:
-            return cands[0]
-    if not p.exists():
-        raise UserError(f"{p} does not exist; pass a run folder (runs/<name>) or a checkpoint folder")
-    raise UserError(f"{p} holds no checkpoint (no {MODEL_FILE}, no latest pointer)")
-
-
-def load_model(folder: str | os.PathLike, device: Any = "cpu") -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, meta) from a run or checkpoint folder: config.json + model.safetensors + tokenizer.
-
-    For a run folder, a corrupted latest checkpoint falls back to the previous good one (with a
-    warning). `meta` is state.json (step, tokens seen, losses, run config) or {} if absent.
-    The model is in eval mode. The tokenizer is None if the folder has none.
-    """
-    from scratchllm.config.model import ModelConfig
-    from scratchllm.model import GPT
-    from scratchllm.tokenizer import load as load_tokenizer
-
-    p = Path(folder)
-    if any((p / f).is_file() for f in (MODEL_FILE, STATE_FILE, CONFIG_FILE)) and not (p / "latest").exists():
-        cands = [p]  # a checkpoint folder
-    else:
-        cands = Checkpoints(p).candidates() or [resolve_checkpoint(p)]
-    last_error: CheckpointError | None = None
-    for ck in cands:
-        try:
-            meta = (verify_checkpoint(ck, only=(MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE))
-                    if (ck / STATE_FILE).exists() else {})
-            cfg_path = ck / CONFIG_FILE
-            try:
-                cfg = ModelConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
-            except FileNotFoundError:
-                raise CheckpointError(f"checkpoint file {cfg_path} is missing") from None
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise CheckpointError(f"checkpoint file {cfg_path} is corrupted (not valid JSON)") from None
-            model = GPT(cfg)
-            load_weights(model, ck)
-            tok = load_tokenizer(ck) if (ck / TOKENIZER_FILE).is_file() else None
-        except CheckpointError as e:
-            last_error = e
-            if len(cands) > 1:
-                warnings.warn(f"{e}; trying the previous checkpoint", stacklevel=2)
-            continue
-        meta = {k: v for k, v in meta.items() if k not in ("rng", "optimizer")}
-        meta["checkpoint"] = str(ck)
-        return model.to(device).eval(), tok, meta
-    assert last_error is not None
-    raise last_error
+        folder, (state, rng) = first_good(cands, attempt, where=self.run_dir / CHECKPOINTS, stop_on_mismatch=True)
+        if rng is not None:
+            set_rng_state(rng)
+        if self._pointer_or_none(LATEST) != folder:
+            write_pointer(self.run_dir, LATEST, folder)  # point past the damaged one
+        return folder, state

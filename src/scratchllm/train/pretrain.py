@@ -12,7 +12,7 @@ long enough for the context, and the batch's activations must fit in the free me
 that owns the process it also makes the process-wide settings (`configure_process`: threads, the
 allocator, TF32) and seeds the model's initialisation; the loop itself sets none of them.
 
-Not here: the loop (`train.loop`), checkpoints (`train.checkpoint`), the data pipeline (`data`).
+Not here: the loop (`train.loop`), checkpoints (`checkpoint`, `train.checkpoint`), the data pipeline (`data`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scratchllm.checkpoint import unwrap
 from scratchllm.config.train import RunConfig
 from scratchllm.errors import UserError
 from scratchllm.files import write_atomic
 from scratchllm.runtime import machine_summary, pick_device, seed_everything, setup_process
-from scratchllm.train.checkpoint import Checkpoints, unwrap
+from scratchllm.train.checkpoint import Checkpoints
+from scratchllm.train.lock import RUN_CONFIG_FILE, RunLock, claim_fresh_folder
 from scratchllm.train.logging import write_model_card
 from scratchllm.train.loop import TrainState, batch_eval_fn, resolve_precision, train
 from scratchllm.train.losses import loss_for
 from scratchllm.train.run import Run, ensure_writable
-
-RUN_CONFIG_FILE = "run_config.json"
 
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -111,20 +111,18 @@ def resume_command(run: RunConfig, folder: Path, source: str | None = None) -> s
     return f"scratchllm train {given} --runs_dir {shlex.quote(run.runs_dir)} --name {shlex.quote(folder.name)} --resume"
 
 
-def pick_run_folder(run: RunConfig) -> Path:
-    """runs_dir/name; a new run never overwrites an old one (it becomes name-2, name-3, ...)."""
+def pick_run_folder(run: RunConfig) -> RunLock:
+    """runs_dir/name, locked: `with pick_run_folder(run) as folder:` holds it for the life of the job.
+
+    A new run never overwrites an old one (it becomes name-2, name-3, ...) and never shares a folder
+    with a run in progress; `--resume` takes the named run's folder or says which pid holds it.
+    """
     base = Path(run.runs_dir) / (run.name or "run")
     if run.train.resume:
-        if not Checkpoints(base).candidates():
+        if not (base.is_dir() and Checkpoints(base).candidates()):
             raise UserError(f"nothing to resume: {base} has no checkpoint; start the run without --resume")
-        return base
-    folder, k = base, 1
-    while folder.exists() and (any(folder.iterdir()) if folder.is_dir() else True):
-        k += 1
-        folder = base.with_name(f"{run.name}-{k}")
-    if folder != base:
-        print(f"{base} already holds a run; this one is {folder} (continue the old one with --resume)")
-    return folder
+        return RunLock.acquire(base)
+    return claim_fresh_folder(base)
 
 
 def data_folder(run: RunConfig) -> Path:
@@ -162,12 +160,17 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
     `source`: how the settings were given on the command line ("--config PATH" or "--preset NAME"),
     for the command that continues a stopped run (`resume_command`).
     """
+    with pick_run_folder(run) as folder:  # locked until the job ends, however it ends
+        return pretrain_in(folder, run, progress=progress, source=source)
+
+
+def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: str | None = None) -> TrainState:
+    """`pretrain` in a run folder this process has locked."""
     from scratchllm.data.datasets import EvalBatches, RandomWindowBatches, need_tokens
     from scratchllm.data.prepare import prepare
     from scratchllm.model import GPT
 
     t0 = time.perf_counter()
-    folder = pick_run_folder(run)
     ensure_writable(Path(run.runs_dir))
 
     prepared = prepare(run.data, data_folder(run), progress=progress)
@@ -186,7 +189,6 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
     configure_process(run)
 
     ensure_writable(folder)
-    write_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
     tc = run.train
     seed_everything(tc.seed)
     model = GPT(run.model)
@@ -201,7 +203,12 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
         "train": list(EvalBatches(prepared.train, tc.batch_size, ctx, tc.eval_batches, "the training split")),
         "val": list(EvalBatches(prepared.val, tc.batch_size, ctx, tc.eval_batches, "the validation split")),
     })
-    hooks = []
+    def record_config(event: str, state: TrainState, info: dict) -> None:
+        # at "start", after a resume's checkpoint is restored: a resume that fails leaves the old config
+        if event == "start":
+            write_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
+
+    hooks = [record_config]
     if tc.sample_interval and run.sample.max_new_tokens:
         def sample_hook(event: str, state: TrainState, info: dict) -> None:
             if event == "eval" and state.step and state.step % tc.sample_interval == 0:

@@ -1,8 +1,9 @@
 """A run folder as the training loop sees it: checkpoints, metrics, plot, TensorBoard, in one object.
 
-`Run(folder)` is what `train.loop.train(..., run=...)` writes to. Without a run the loop trains
-in memory only (tests, notebooks). Not here: what goes in a checkpoint (`train.checkpoint`) or how
-metrics are drawn (`train.logging`).
+`Run(folder)` is what `train.loop.train(..., run=...)` writes to; it holds the folder's lock
+(`train.lock`) until `close()`, so one folder has one writer. Without a run the loop trains in
+memory only (tests, notebooks). Not here: what goes in a checkpoint (`checkpoint`,
+`train.checkpoint`) or how metrics are drawn (`train.logging`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from scratchllm.errors import UserError
 from scratchllm.train.checkpoint import Checkpoints
+from scratchllm.train.lock import TENSORBOARD, RunLock, not_writable
 from scratchllm.train.logging import METRICS_FILE, PLOT_FILE, MetricsLog, TensorBoard, plot_losses, read_metrics
 
 
@@ -25,24 +26,28 @@ def ensure_writable(folder: Path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise UserError(f"run folder {folder} is not writable ({e.strerror or e}); "
-                        f"choose another place with --runs_dir or fix its permissions") from None
+        raise not_writable(folder, e) from None
 
 
 class Run:
-    """Checkpoints + metrics.jsonl + loss.png (+ TensorBoard) of one training run."""
+    """Checkpoints + metrics.jsonl + loss.png (+ TensorBoard) of one training run, its folder locked."""
 
     def __init__(self, folder: str | os.PathLike, *, keep_last: int = 2, tokenizer: Any = None,
                  meta: dict[str, Any] | None = None, tensorboard: bool = False, title: str = "") -> None:
         self.folder = Path(folder)
         ensure_writable(self.folder)
+        self.lock = RunLock.acquire(self.folder)  # released by close()
         self.checkpoints = Checkpoints(self.folder, keep_last=keep_last)
         self.metrics = MetricsLog(self.folder / METRICS_FILE)
         self.tokenizer = tokenizer
         # extra JSON saved in every checkpoint's state.json (e.g. the run config)
         self.meta = dict(meta or {})
         self.title = title or self.folder.name
-        self.tb = TensorBoard(self.folder / "tensorboard") if tensorboard else None
+        try:
+            self.tb = TensorBoard(self.folder / TENSORBOARD) if tensorboard else None
+        except BaseException:
+            self.lock.release()
+            raise
 
     def log(self, record: dict[str, Any]) -> None:
         self.metrics.write(record)
@@ -71,3 +76,12 @@ class Run:
         self.metrics.close()
         if self.tb is not None:
             self.tb.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,241 @@
+"""One checkpoint folder: its files, how it is written atomically, and the checks on reading it.
+
+    step-0000500/   model.safetensors          weights (safetensors: loading runs no code)
+                    config.json                the ModelConfig, enough to rebuild the model
+                    tokenizer.scratchllm.json  the tokenizer (if the run has one)
+                    optimizer.safetensors      training's extra files (written by `train.checkpoint`)
+                    state.json                 step and any JSON the writer adds, plus `files`: the size
+                                               and sha256 of every file above (the manifest)
+
+How a save stays atomic: every file is written into a hidden temporary folder beside the target
+and fsynced, then the folder is renamed into place. A crash, SIGKILL or full disk at any moment
+leaves either no folder or a complete one. Reading checks each file's size and sha256 against the
+manifest, checks state.json's own fields (it is not in the manifest, so a hand edit shows only
+there), and checks every weight's shape against the model before loading; each error is one
+`CheckpointError` line naming the file (and field or tensor).
+
+Not here: the run folder's pointers and list of checkpoints (`checkpoint.pointers`), finding and
+loading a model for other commands (`checkpoint.load`), optimizer and RNG state, retention and
+resume (`train.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scratchllm.errors import UserError
+from scratchllm.files import fsync_dir, sha256_file
+from scratchllm.tokenizer.base import TOKENIZER_FILE
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+STEP_RE = re.compile(r"^step-([0-9]+)\Z")  # a checkpoint folder's name; ASCII digits only
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+__all__ = ["CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "STEP_RE", "TOKENIZER_FILE", "CheckpointError",
+           "CheckpointMismatch", "load_weights", "read_state", "save_checkpoint", "step_name", "unwrap",
+           "verify_checkpoint"]
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, truncated, corrupted or edited (the message names it)."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A sound checkpoint that does not fit the model it is loaded into (the message names the tensor)."""
+
+
+def step_name(step: int) -> str:
+    """Folder name of the checkpoint after `step` optimizer steps.
+
+    >>> step_name(500)
+    'step-0000500'
+    """
+    return f"step-{step:07d}"
+
+
+def unwrap(model: Any) -> Any:
+    """The plain module under torch.compile's wrapper."""
+    return getattr(model, "_orig_mod", model)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, Any] | None = None,
+                    tokenizer: Any = None, extra_files: dict[str, Callable[[Path], None]] | None = None) -> Path:
+    """Write a complete checkpoint at `folder` atomically (temp folder, fsync, rename).
+
+    `state` is any JSON-serialisable dict (step, tokens, data position...); the manifest of file
+    sizes and sha256 is added as `files`. `extra_files` maps a file name to a function that writes
+    that file at the path it is given (training's optimizer state). Raises OSError (e.g. disk full)
+    with nothing left behind; `folder` must not exist yet.
+    """
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=parent))
+    try:
+        m = unwrap(model)
+        save_model(m, str(tmp / MODEL_FILE))
+        cfg = getattr(m, "config", None)
+        cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg_dict, indent=2), encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_FILE)
+        for name, write in (extra_files or {}).items():
+            write(tmp / name)
+        files = {}
+        for p in sorted(tmp.iterdir()):
+            if p.name.startswith("."):  # a writer's own temporary file
+                p.unlink()
+                continue
+            _fsync_file(p)
+            files[p.name] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        full_state = {**(state or {}), "files": files}
+        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
+            json.dump(full_state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        os.rename(tmp, folder)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# --- reading --------------------------------------------------------------------------------------------
+def bad_field(path: Path, field: str, value: Any, expected: str) -> CheckpointError:
+    """The one error for an edited or damaged JSON field: file, field, what it holds, what it should."""
+    shown = json.dumps(value) if not isinstance(value, (dict, list)) else f"a JSON {type(value).__name__}"
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return CheckpointError(f"checkpoint file {path}: field {field!r} is {shown}, expected {expected}; "
+                           f"the file was edited or damaged")
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A JSON number (NaN and infinities are allowed: a loss can be either)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_state(state: Any, path: Path) -> dict[str, Any]:
+    """The checks on the fields the format defines: the manifest, `step`, `val_loss`."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint file {path} holds a JSON {type(state).__name__}, expected an object; "
+                              f"the file was edited or damaged")
+    if "step" in state and not (is_int(state["step"]) and state["step"] >= 0):
+        raise bad_field(path, "step", state["step"], "a whole number >= 0")
+    if state.get("val_loss") is not None and not is_number(state["val_loss"]):
+        raise bad_field(path, "val_loss", state["val_loss"], "a number or null")
+    files = state.get("files", {})
+    if not isinstance(files, dict):
+        raise bad_field(path, "files", files, "an object of file name -> {size, sha256}")
+    for name, info in files.items():
+        field = f"files.{name}"
+        if name != Path(name).name or name in (".", "..", STATE_FILE):
+            raise bad_field(path, field, name, "a file name inside the checkpoint folder")
+        if not isinstance(info, dict):
+            raise bad_field(path, field, info, "an object {size, sha256}")
+        if not (is_int(info.get("size")) and info["size"] >= 0):
+            raise bad_field(path, f"{field}.size", info.get("size"), "a whole number of bytes")
+        if not (isinstance(info.get("sha256"), str) and SHA256_RE.match(info["sha256"])):
+            raise bad_field(path, f"{field}.sha256", info.get("sha256"), "64 hex digits")
+    return state
+
+
+def read_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """state.json of a checkpoint, its format fields checked (a clear CheckpointError naming the file)."""
+    p = Path(folder) / STATE_FILE
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file {p} is missing; the checkpoint is incomplete")
+    try:
+        state = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
+    return validate_state(state, p)
+
+
+def verify_checkpoint(folder: str | os.PathLike, deep: bool = True,
+                      only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Check the files of a checkpoint (all, or `only` these) against state.json; return the state.
+
+    `deep=False` checks sizes only (fast); `deep=True` also checks sha256.
+    """
+    folder = Path(folder)
+    state = read_state(folder)
+    for name, info in state.get("files", {}).items():
+        if only is not None and name not in only:
+            continue
+        p = folder / name
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file {p} is missing")
+        if p.stat().st_size != info["size"]:
+            raise CheckpointError(f"checkpoint file {p} is truncated or corrupted "
+                                  f"({p.stat().st_size} bytes, expected {info['size']})")
+        if deep and sha256_file(p) != info["sha256"]:
+            raise CheckpointError(f"checkpoint file {p} is corrupted (its sha256 does not match state.json)")
+    return state
+
+
+def _shape(shape: Any) -> str:
+    return "[" + ", ".join(str(int(n)) for n in shape) + "]"
+
+
+def load_weights(model: Any, folder: str | os.PathLike) -> None:
+    """Load model.safetensors into `model`: every tensor present, every shape equal, else one clear error.
+
+    A damaged file is a `CheckpointError`; a sound file for a differently shaped model is a
+    `CheckpointMismatch` naming the first tensor that differs and both shapes.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_model as st_load_model
+
+    p = Path(folder) / MODEL_FILE
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file {p} is missing")
+    m = unwrap(model)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated ({e})") from None
+    ours = m.state_dict()
+    for name, tensor in ours.items():  # in the model's order: the first difference is the telling one
+        shape = shapes.get(name)
+        if shape is not None and tuple(tensor.shape) != shape:
+            raise CheckpointMismatch(
+                f"the model shapes differ: {name} has shape {_shape(shape)} in the checkpoint {p}, "
+                f"{_shape(tensor.shape)} in this model; use the model settings the checkpoint was made "
+                f"with (its {CONFIG_FILE})")
+    try:
+        missing, unexpected = st_load_model(m, str(p), strict=False)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint file {p} cannot be loaded ({e})") from None
+    if missing or unexpected:
+        what = [f"{len(missing)} tensors this model has are not in it (first {sorted(missing)[0]})"] if missing else []
+        what += ([f"{len(unexpected)} tensors in it are not in this model (first {sorted(unexpected)[0]})"]
+                 if unexpected else [])
+        raise CheckpointMismatch(f"the model shapes differ: checkpoint {p} does not fit this model: "
+                                 f"{'; '.join(what)}; use the model settings the checkpoint was made with "
+                                 f"(its {CONFIG_FILE})")
+
