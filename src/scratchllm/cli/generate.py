@@ -154,7 +154,7 @@ def run(args) -> int:
     model = model.to(device=pick_device(args.device), dtype=torch_dtype(args.dtype))
     print(f"[{what}]", file=sys.stderr)
 
-    from scratchllm.generate.engine import stream
+    from scratchllm.generate.text import stream
 
     out = sys.stdout
     if not args.no_echo:
