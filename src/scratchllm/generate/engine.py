@@ -192,6 +192,7 @@ class Decoder:
         c = self.config
         if c.max_new_tokens == 0:
             return
+        speculate = self.speculate
         logits = self._prefill(self.rows)
         emitted = 0
         while True:
@@ -206,7 +207,7 @@ class Decoder:
             if all(self.done) or emitted == c.max_new_tokens:
                 return
             checked = None
-            if self.speculate:
+            if speculate:
                 checked = verify_draft(self.model, self.cache, self.rows[0], out[0],
                                        min(c.prompt_lookup, c.max_new_tokens - emitted), self.device)
             if checked is None:
