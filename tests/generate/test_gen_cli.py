@@ -1,4 +1,5 @@
-"""`scratchllm generate`: checkpoint folders, presets, prompts from argument/file/stdin, bad input."""
+"""`scratchllm generate`: checkpoint folders, presets, prompts from argument/file/stdin, --batch JSONL,
+the one UTF-8 rule (cli.inputs, shared with `tokenizer encode`), stop strings as given, bad input."""
 
 import io
 import json
@@ -161,11 +162,24 @@ def test_non_utf8_file_and_stdin_are_one_error_line(checkpoint, capsys, tmp_path
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(LATIN1)))
     rc, out, err = run_cli(["--model", str(checkpoint)], capsys)
     assert rc == 2 and err.startswith("error: standard input is not UTF-8 text: byte offset 9") and err.count("\n") == 1
+    bad_arg = LATIN1.decode("utf-8", errors="surrogateescape")  # how Python passes such bytes in argv
+    rc, out, err = run_cli(["--model", str(checkpoint), bad_arg], capsys)
+    assert rc == 2 and err.startswith("error: the prompt argument is not UTF-8 text: byte offset 9 (0xe9)")
+    assert err.count("\n") == 1
     # --errors replace opts in to U+FFFD, as for the tokenizer command
     rc, out, err = run_cli(["--model", "tiny", "--file", str(f), "--errors", "replace", "--max-new-tokens", "2"],
                            capsys)
     assert rc == 0, err
     assert out.startswith("to be caf\ufffd or not")
+
+
+def test_inputs_docstring_examples():
+    import doctest
+
+    from scratchllm.cli import inputs
+
+    result = doctest.testmod(inputs)
+    assert result.failed == 0 and result.attempted > 0
 
 
 def test_tokenizer_encode_follows_the_same_rule(capsys, tmp_path, monkeypatch):

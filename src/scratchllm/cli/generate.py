@@ -53,8 +53,8 @@ def register(subparsers) -> None:
                         "(eos, stop or length), prompt_tokens, completion_tokens}. With temperature 0 each "
                         "completion equals that prompt generated alone")
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
-                   help="--batch: prompts generated together (default 8: padding and rows that finished early "
-                        "cost little up to about this many)")
+                   help="--batch: prompts generated together (default 8); a batch shares each read of the "
+                        "weights and runs until its longest completion ends")
     from scratchllm.cli.inputs import add_errors_option
 
     add_errors_option(p)
@@ -97,10 +97,10 @@ def unescape(s: str) -> str:
 
 def read_prompt(args) -> str:
     """The prompt: the argument, else --file, else stdin when it is piped, else "" (UTF-8, see cli.inputs)."""
-    from scratchllm.cli.inputs import read_file, read_stdin
+    from scratchllm.cli.inputs import read_argument, read_file, read_stdin
 
     if args.prompt is not None:
-        return args.prompt
+        return read_argument(args.prompt, "the prompt argument", args.errors)
     if args.file is not None:
         return read_file(args.file, args.errors, what="prompt file")
     if not sys.stdin.isatty():

@@ -10,6 +10,7 @@ Not here: what a command does with the text (its own module), tokenizing it (`to
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -59,3 +60,15 @@ def read_stdin(errors: str = "strict") -> str:
     if stream is None:  # a text stream without bytes underneath (e.g. replaced in tests): already text
         return sys.stdin.read()
     return decode_utf8(stream.read(), "standard input", errors)
+
+
+def read_argument(text: str, source: str, errors: str = "strict") -> str:
+    """A command-line argument as UTF-8 text. Python hands over bytes that are not UTF-8 as lone
+    surrogates; they are the same error here as in a file.
+
+    >>> read_argument("café", "the prompt")
+    'café'
+    """
+    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+        return text
+    return decode_utf8(os.fsencode(text), source, errors)
