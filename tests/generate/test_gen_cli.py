@@ -240,13 +240,15 @@ SCRIPT = b"Hi there.  User: no\n\nmore  text"
     ("\nmore", "Hi there.  User: no\n"),  # and a leading newline
 ])
 def test_stop_strings_are_taken_as_given(scripted, capsys, stop, want):
-    rc, out, err = run_cli(["x", "--no-echo", "--max-new-tokens", str(len(SCRIPT)), "--stop", stop], capsys)
+    rc, out, err = run_cli(["x", "--no-echo", "--temperature", "0", "--max-new-tokens", str(len(SCRIPT)),
+                            "--stop", stop], capsys)
     assert rc == 0, err
     assert out == want + "\n"
 
 
 def test_several_stop_strings_and_an_empty_one(scripted, capsys):
-    rc, out, err = run_cli(["x", "--no-echo", "--max-new-tokens", "40", "--stop", "\n\n", "--stop", " User:"], capsys)
+    rc, out, err = run_cli(["x", "--no-echo", "--temperature", "0", "--max-new-tokens", "40", "--stop", "\n\n",
+                            "--stop", " User:"], capsys)
     assert rc == 0 and out == "Hi there. \n", err
     rc, out, err = run_cli(["x", "--no-echo", "--stop", ""], capsys)
     assert rc == 2 and err.startswith("error: ") and "stop" in err and err.count("\n") == 1
