@@ -1,18 +1,18 @@
-"""The cached engine against the book's uncached loop, batching, stops, streaming, overflow."""
+"""The cached engine on token ids against the book's uncached loop: batching, stops by id, overflow.
+
+Text, stop strings and streaming (generate.text) are in test_gen_text.py."""
 
 import warnings
 
 import pytest
 import torch
-from gen_helpers import ScriptedModel, byte_tokenizer, tiny_model
+from gen_helpers import ScriptedModel, tiny_model
 
 from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import UserError
-from scratchllm.generate import generate, generate_batch, generate_text, stream
+from scratchllm.generate import TOKENIZER_EOS, generate, generate_batch
 from scratchllm.generate.sampling import make_generator
-from scratchllm.generate.simple import generate as simple_generate
-from scratchllm.generate.simple import generate_text_simple
-from scratchllm.generate.text import TextTracker
+from scratchllm.generate.simple import generate_simple, generate_text_simple
 
 GREEDY = SampleConfig(temperature=0, max_new_tokens=50)
 VARIANTS = {
@@ -62,7 +62,7 @@ def test_sampling_matches_the_books_loop_with_the_same_generator():
     m = tiny_model()
     config = SampleConfig(temperature=0.9, top_k=20, max_new_tokens=30)
     got = generate(m, PROMPT, config, generator=make_generator(11))
-    ref = simple_generate(m, torch.tensor([PROMPT]), 30, 64, temperature=0.9, top_k=20, generator=make_generator(11))
+    ref = generate_simple(m, torch.tensor([PROMPT]), 30, 64, temperature=0.9, top_k=20, generator=make_generator(11))
     assert got == ref[0, len(PROMPT):].tolist()
 
 
@@ -136,104 +136,21 @@ def test_per_row_stop_in_a_batch():
     assert m.calls == 3  # ends when every row stopped
 
 
-def test_stop_string_split_across_tokens():
-    tok = byte_tokenizer()
-    script = list(b"Hello END world")
-    m = ScriptedModel([script])
-    config = GREEDY.replace(stop=("END",))
-    ids = generate(m, [1], config, tokenizer=tok)
-    assert tok.decode(ids) == "Hello "
-    m = ScriptedModel([script])
-    assert generate_text(m, tok, "x", config) == "Hello "
-
-
-def test_stop_string_starting_inside_a_token():
-    tok = byte_tokenizer([b"lo E", b"ND!"])
-    script = [ord("H"), ord("e"), ord("l"), 256, 257, ord("x")]
-    config = GREEDY.replace(stop=("END",))
-    assert generate_text(ScriptedModel([script]), tok, "x", config) == "Hello "
-    ids = generate(ScriptedModel([script]), [1], config, tokenizer=tok)
-    assert ids == [ord("H"), ord("e"), ord("l")]  # the token holding the stop's start is dropped
-
-
 def test_stop_strings_need_a_tokenizer():
     with pytest.raises(UserError, match="tokenizer"):
         generate(ScriptedModel([[1]]), [1], GREEDY.replace(stop=("a",)))
+    with pytest.raises(UserError, match="tokenizer"):
+        generate_batch(ScriptedModel([[1]]), [[1]], GREEDY.replace(stop=("a",)))
 
 
-def test_stream_holds_back_possible_stop_prefixes():
-    tok = byte_tokenizer()
-    m = ScriptedModel([list(b"a#b##c###d")])
-    pieces = list(stream(m, tok, "x", GREEDY.replace(stop=("###",))))
-    assert "".join(pieces) == "a#b##c"
-    assert all("###" not in p for p in pieces)
-    # without a stop, held text is flushed at the end
-    pieces = list(stream(ScriptedModel([list(b"ab##")]), tok, "x", GREEDY.replace(max_new_tokens=4, stop=("###",))))
-    assert "".join(pieces) == "ab##"
-
-
-def test_stream_stops_at_eos_of_the_tokenizer():
-    tok = byte_tokenizer()
-    eot = tok.eot_id
-    m = ScriptedModel([list(b"hi") + [eot] + list(b"there")], vocab_size=tok.vocab_size)
-    assert list(stream(m, tok, "x", GREEDY)) == ["h", "i"]
-
-
-EMOJI_TEXT = "a🙂b中文🎉!"
-
-
-def test_stream_never_yields_half_a_character():
-    tok = byte_tokenizer()
-    m = ScriptedModel([list(EMOJI_TEXT.encode())])
-    config = GREEDY.replace(max_new_tokens=len(EMOJI_TEXT.encode()))
-    pieces = list(stream(m, tok, "x", config))
-    assert "".join(pieces) == EMOJI_TEXT
-    assert all("\ufffd" not in p for p in pieces)
-    assert "🙂" in pieces and "🎉" in pieces  # each 4-byte emoji came out whole, in one piece
-
-
-def test_tracker_on_every_split_of_an_emoji():
-    data = "x🙂y".encode()
-    for cut1 in range(1, len(data)):
-        for cut2 in range(cut1, len(data)):
-            parts = [data[:cut1], data[cut1:cut2], data[cut2:]]
-            # build a tokenizer that has exactly these parts as tokens
-            extra = [p for p in parts if len(p) > 1]
-            t = byte_tokenizer(extra)
-            ids = [t.ranks[p] for p in parts if p]
-            tr = TextTracker(t)
-            pieces = [tr.push(i) for i in ids] + [tr.finish()]
-            assert "".join(pieces) == "x🙂y"
-            assert all("\ufffd" not in p for p in pieces)
-
-
-def test_tracker_with_gpt2_bpe(shared_data):
-    from scratchllm.tokenizer.bpe import BPETokenizer
-
-    tok = BPETokenizer.from_gpt2_files(shared_data / "gpt2" / "encoder.json", shared_data / "gpt2" / "vocab.bpe")
-    text = "Emoji 🙂🎉 and 日本語 text"
-    ids = tok.encode(text)
-    partial = [i for i in ids if not _valid_utf8(tok.decode_bytes([i]))]
-    assert partial, "GPT-2 splits these characters across byte-level tokens"
-    tr = TextTracker(tok, stops=["text"])
-    pieces = [tr.push(i) for i in ids] + [tr.finish()]
-    assert all("\ufffd" not in p for p in pieces)
-    assert "".join(pieces) == "Emoji 🙂🎉 and 日本語 "
-
-
-def _valid_utf8(b: bytes) -> bool:
-    try:
-        b.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-def test_empty_text_prompt_starts_from_a_boundary():
-    from scratchllm.tokenizer.char import CharTokenizer
-
-    tok = CharTokenizer.train("\nabc")  # no <|endoftext|>: starts from id 0, "\n"
-    m = ScriptedModel([[1, 2, 3]], vocab_size=tok.vocab_size)
-    assert generate_text(m, tok, "", GREEDY.replace(max_new_tokens=3)) == "abc"
-    tok = byte_tokenizer()
-    assert generate_text(ScriptedModel([list(b"hey")]), tok, "", GREEDY.replace(max_new_tokens=3)) == "hey"
+def test_eos_convention_on_ids():
+    # the engine has no tokenizer: an id or None; "the tokenizer's" (TOKENIZER_EOS) and -1 are clear errors
+    script = [[10, 99, 11, 12]]
+    assert generate(ScriptedModel(script), [1], GREEDY.replace(max_new_tokens=4)) == [10, 99, 11, 12]  # default None
+    assert generate(ScriptedModel(script), [1], GREEDY.replace(max_new_tokens=4), eos_id=None) == [10, 99, 11, 12]
+    assert generate(ScriptedModel(script), [1], GREEDY.replace(max_new_tokens=4), eos_id=99) == [10]
+    with pytest.raises(UserError, match="needs a tokenizer"):
+        generate(ScriptedModel(script), [1], GREEDY, eos_id=TOKENIZER_EOS)
+    for bad in (-1, True, "99"):
+        with pytest.raises(UserError, match="eos_id must be a token id"):
+            generate(ScriptedModel(script), [1], GREEDY, eos_id=bad)

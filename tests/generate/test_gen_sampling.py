@@ -5,7 +5,7 @@ import doctest
 import pytest
 import torch
 
-from scratchllm.generate import sampling, simple, text
+from scratchllm.generate import engine, sampling, simple, speculative, text
 from scratchllm.generate.sampling import (
     apply_repetition_penalty,
     make_generator,
@@ -15,7 +15,7 @@ from scratchllm.generate.sampling import (
 )
 
 
-@pytest.mark.parametrize("module", [sampling, text, simple])
+@pytest.mark.parametrize("module", [sampling, text, simple, speculative, engine])
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.failed == 0

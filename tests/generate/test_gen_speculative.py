@@ -7,7 +7,7 @@ from gen_helpers import byte_tokenizer, tiny_model
 from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import ConfigError
 from scratchllm.generate import generate, generate_batch, generate_text
-from scratchllm.generate.engine import lookup_draft
+from scratchllm.generate.speculative import lookup_draft
 from scratchllm.model import KVCache
 
 VARIANTS = {

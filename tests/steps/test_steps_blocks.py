@@ -9,6 +9,7 @@ from torch import nn
 
 from scratchllm.config.model import ModelConfig
 from scratchllm.errors import ConfigError
+from scratchllm.generate.simple import generate_text_simple
 from scratchllm.model import GPT
 from scratchllm.model.layers import MLP, Block
 from scratchllm.model.weights import from_book_gpt
@@ -20,7 +21,7 @@ from scratchllm.steps.blocks import (
     TransformerBlock,
     layer_gradient_means,
 )
-from scratchllm.steps.gpt import GPTModel, generate_text_simple
+from scratchllm.steps.gpt import GPTModel
 
 ch04 = importlib.import_module("llms_from_scratch.ch04")
 

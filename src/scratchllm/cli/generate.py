@@ -4,6 +4,7 @@
     scratchllm generate --model runs/shakespeare "ROMEO:" --temperature 0.8 --top-k 50 --stream
     scratchllm generate --model gpt2-small "Hello" --max-new-tokens 20   # random weights
     echo "Once upon" | scratchllm generate --stop "\\n\\n" --seed 1
+    scratchllm generate --file prompts.txt --batch --temperature 0 > out.jsonl   # one prompt a line
 
 Sampling options are SampleConfig's fields (flags here, or `--key value` overrides). The wiring
 lives here because loading a checkpoint belongs to training (layer 3), which the generation
@@ -46,6 +47,19 @@ def register(subparsers) -> None:
                    help="folder holding gpt2/encoder.json and gpt2/vocab.bpe, for presets (default: "
                         "SCRATCHLLM_DATA_DIR, then the cache)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default fp32)")
+    p.add_argument("--batch", action="store_true",
+                   help="each line of --file (or stdin) is a prompt (empty lines are skipped); generate them "
+                        "in batches and print one JSON object a line: {line, prompt, completion, finish_reason "
+                        "(eos, stop or length), prompt_tokens, completion_tokens}. With temperature 0 each "
+                        "completion equals that prompt generated alone")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="--batch: prompts generated together (default 8); a batch shares each read of the "
+                        "weights and runs until its longest completion ends")
+    from scratchllm.cli.inputs import add_errors_option
+
+    add_errors_option(p)
+    # `train` spells it runs_dir (a config field); accept that spelling here too, documented as --runs-dir
+    p.add_argument("--runs_dir", dest="runs_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -82,20 +96,42 @@ def unescape(s: str) -> str:
 
 
 def read_prompt(args) -> str:
-    from pathlib import Path
+    """The prompt: the argument, else --file, else stdin when it is piped, else "" (UTF-8, see cli.inputs)."""
+    from scratchllm.cli.inputs import read_argument, read_file, read_stdin
 
+    if args.prompt is not None:
+        return read_argument(args.prompt, "the prompt argument", args.errors)
+    if args.file is not None:
+        return read_file(args.file, args.errors, what="prompt file")
+    if not sys.stdin.isatty():
+        return read_stdin(args.errors)
+    return ""
+
+
+def read_batch(args) -> list[tuple[int, str]]:
+    """--batch: (line number, prompt) for each non-empty line of --file or stdin; a "\\r" before
+    the newline (Windows line ends) is not part of the prompt."""
+    from scratchllm.cli.inputs import read_file, read_stdin
     from scratchllm.errors import UserError
 
     if args.prompt is not None:
-        return args.prompt
+        raise UserError("--batch reads one prompt a line from --file or standard input, not from an argument")
+    if args.stream:
+        raise UserError("--batch prints one JSON object a line when each batch is done; drop --stream")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.file is not None:
-        p = Path(args.file)
-        if not p.is_file():
-            raise UserError(f"prompt file {p} not found")
-        return p.read_text(encoding="utf-8")
-    if not sys.stdin.isatty():
-        return sys.stdin.read()
-    return ""
+        text = read_file(args.file, args.errors, what="prompt file")
+        source = args.file
+    elif not sys.stdin.isatty():
+        text, source = read_stdin(args.errors), "standard input"
+    else:
+        raise UserError("--batch needs prompts: give --file PROMPTS.txt (one prompt a line) or pipe them in")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    prompts = [(n, line) for n, line in enumerate(lines, start=1) if line]
+    if not prompts:
+        raise UserError(f"{source} has no prompts: give one prompt a line")
+    return prompts
 
 
 def load(args):
@@ -149,12 +185,15 @@ def run(args) -> int:
     from scratchllm.runtime import pick_device, torch_dtype
 
     config = sample_config(args)  # validate options before loading anything
-    prompt = read_prompt(args)
+    batch = read_batch(args) if args.batch else None
+    prompt = read_prompt(args) if batch is None else ""
     model, tokenizer, what = load(args)
     model = model.to(device=pick_device(args.device), dtype=torch_dtype(args.dtype))
     print(f"[{what}]", file=sys.stderr)
+    if batch is not None:
+        return run_batch(model, tokenizer, batch, config, args.batch_size)
 
-    from scratchllm.generate.engine import stream
+    from scratchllm.generate.text import stream
 
     out = sys.stdout
     if not args.no_echo:
@@ -169,4 +208,23 @@ def run(args) -> int:
         out.write("".join(pieces))
     out.write("\n")
     out.flush()
+    return 0
+
+
+def run_batch(model, tokenizer, prompts: list[tuple[int, str]], config, batch_size: int) -> int:
+    """Generate `prompts` (line number, text) `batch_size` at a time; one JSON line per prompt, in order."""
+    import json
+
+    from scratchllm.generate.sampling import make_generator
+    from scratchllm.generate.text import complete_batch, prompt_ids
+
+    generator = make_generator(config.seed, model.lm_head.weight.device)  # one stream of draws for the whole file
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start: start + batch_size]
+        done = complete_batch(model, tokenizer, [p for _, p in chunk], config, generator=generator)
+        for (line, prompt), c in zip(chunk, done):
+            record = {"line": line, "prompt": prompt, "completion": c.text, "finish_reason": c.finish_reason,
+                      "prompt_tokens": len(prompt_ids(tokenizer, prompt)), "completion_tokens": len(c.ids)}
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
     return 0

@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scratchllm.cli.inputs import decode_utf8  # the one UTF-8 rule of every command
+
 KINDS = ("char", "words", "bpe", "wordpiece")
 
 
@@ -77,21 +79,6 @@ def _add_errors(p) -> None:
 
 
 # --- reading input -----------------------------------------------------------------------------
-def decode_utf8(data: bytes, name: str, errors: str = "strict") -> str:
-    """UTF-8 bytes -> str; with errors="strict" a bad byte is one clear error naming file and offset.
-
-    >>> decode_utf8(b"caf\\xc3\\xa9", "x.txt")
-    'café'
-    """
-    from scratchllm.errors import UserError
-
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{name} is not UTF-8 text: byte offset {e.start} (0x{data[e.start]:02x}); "
-                        f"convert it to UTF-8 or pass --errors replace") from None
-
-
 def text_files(inputs: list[str]) -> list[Path]:
     """Files named, plus the .txt files inside named folders (sorted, recursive)."""
     from scratchllm.errors import UserError

@@ -1,9 +1,12 @@
-"""Text generation: sampling (sampling.py), the KV-cached engine with batching, stops and streaming
-(engine.py), incremental UTF-8 text and stop strings (text.py), and the book's uncached reference
-loops (simple.py). Loading checkpoints is training's job (`scratchllm.train.checkpoint.load_model`);
-the `scratchllm generate` command wires the two together."""
+"""Text generation: sampling (sampling.py), the KV-cached engine on token ids with batching and
+stops by id (engine.py), prompt-lookup speculative decoding (speculative.py), the text API with
+incremental UTF-8 text, stop strings and streaming (text.py), and the book's uncached reference
+loops (simple.py). Loading checkpoints is not generation's job; the `scratchllm generate` command
+wires the two together."""
 
-from scratchllm.generate.engine import generate, generate_batch, generate_text, stream
+from scratchllm.generate.engine import TOKENIZER_EOS, Decoder, generate, generate_batch
 from scratchllm.generate.sampling import make_generator, sample_next
+from scratchllm.generate.text import Completion, complete_batch, generate_text, stream
 
-__all__ = ["generate", "generate_batch", "generate_text", "make_generator", "sample_next", "stream"]
+__all__ = ["TOKENIZER_EOS", "Completion", "Decoder", "complete_batch", "generate", "generate_batch", "generate_text",
+           "make_generator", "sample_next", "stream"]

@@ -1,11 +1,10 @@
-"""The generation engine: KV-cached prefill then decode, batched, with stops and streaming.
+"""The generation engine on token ids: KV-cached prefill then decode, batched, stopping by id.
 
-`generate(model, prompt_ids, config)` returns the new token ids of one prompt;
-`generate_batch(model, prompts, config)` does several prompts at once, left-padded so they end
-together (each row stops on its own; finished rows stop changing, and the loop ends when every
-row has stopped); `stream(model, tokenizer, prompt, config)` yields text as it is produced and
-`generate_text(...)` returns it whole. The engine works on token ids and knows text only through
-the tokenizer passed in (for stop strings and streaming).
+`Decoder(model, prompts, config)` is the decode loop over a batch of prompts (the thing a server's
+batching drives): used as a context manager, iterating it yields each step's new token per row.
+`generate(model, prompt_ids, config)` returns the new ids of one prompt and
+`generate_batch(model, prompts, config)` those of several, left-padded so they end together (each
+row stops on its own; finished rows stop changing, and the loop ends when every row has stopped).
 
 How one generation runs:
 1. Prompts longer than the context keep their most recent `context_length` tokens (one warning
@@ -15,16 +14,14 @@ How one generation runs:
    logits are computed. Padded batches pass an attention mask and position ids that count real
    tokens only, so each row sees exactly what it would see alone.
 4. Decode: sample a token per row (`sampling.sample_next`), feed it as a single query.
-5. Stop a row on EOS (not returned), on a stop string (`text.TextTracker`; not returned), or after
-   max_new_tokens.
+5. Stop a row on its end-of-text id (not returned), when the caller says so (`Decoder.done`, as
+   the text API does for stop strings), or after max_new_tokens.
+With `config.prompt_lookup` (greedy, one prompt), step 4 also checks draft tokens copied from the
+text in the same forward pass (`generate.speculative`): same tokens, fewer passes.
 
-Speculative decoding by prompt lookup (`config.prompt_lookup`, greedy, one prompt): after each
-token, `lookup_draft` copies the tokens that followed the latest earlier occurrence of the text's
-last 1-3 tokens; one forward pass over the drafts gives greedy's choice at every draft position,
-the drafts that agree are kept (plus greedy's next token after them, for free), and the cache is
-rolled back past the others. The tokens are the ones plain greedy decoding gives (up to float
-rounding between a one-token and a many-token forward pass, which can only matter for exact ties);
-a step reads the weights once, so every accepted draft saves a whole weight read.
+End of text: `eos_id` is an id (the row stops when it draws it) or None (no end-of-text id).
+Functions that have a tokenizer (the text API, `generate.text`) also take `TOKENIZER_EOS`, the
+tokenizer's `<|endoftext|>`, and default to it; `end_of_text` resolves the three, once for all.
 
 Context overflow (the cache is full and generation goes on): the window slides. The cache is
 reset and re-prefilled with each row's most recent context_length // 2 tokens, then decoding
@@ -33,42 +30,76 @@ step. This is the same for learned positions and RoPE (positions restart at 0 in
 The book's uncached loop instead re-reads the last context_length tokens at every step; outputs
 are identical until the first slide and differ (slightly shorter memory) after it.
 
-Speed (benchmarks/generate.py): at batch 1 a decode step reads every weight once (GPT-2 124M in
-fp32 is ~500 MB), so the step is memory-bandwidth bound. Generation runs the model's large fp32
-linears through `model.fast_linear`: one row through scratchllm's C matrix-vector kernel, a few
-rows through oneDNN's packed layout, both reading weights far faster than `F.linear` (124M greedy
-decode at batch 1: 26 tok/s with F.linear, 56-77 here). The engine's own work per step (sampling,
-one `.tolist()`, no mask or position tensors unless the batch is padded, logits for the last
-position only, `torch.inference_mode`) is a few percent of it. torch.compile of the model was
-measured and not adopted: on the 2-core CPU it compiled for minutes (recompiling per layer and
-per cache length) and the compiled step was slower than eager.
+Speed: at batch 1 a decode step reads every weight once, so the step is memory-bandwidth bound.
+The Decoder therefore runs the model's large linears through `model.fast_linear` for its duration
+(a C matrix-vector kernel for one row, oneDNN's packed layout for a few), and keeps its own work
+per step small: sampling, one `.tolist()`, no mask or position tensors unless the batch is padded,
+logits for the last position only, `torch.inference_mode`. torch.compile of the model is not used:
+on a small CPU it recompiles per layer and per cache length, and the compiled step was not faster.
+`benchmarks/generate.py` measures it against HF transformers and the book's loop.
 
-Not here: the sampling math (`generate.sampling`), UTF-8/stop-string text handling
-(`generate.text`), the uncached reference loop (`generate.simple`).
+Not here: the sampling math (`generate.sampling`), speculative drafts (`generate.speculative`),
+text, UTF-8 and stop strings (`generate.text`), the uncached reference loops (`generate.simple`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from typing import Literal
 
 import torch
 
 from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import UserError
 from scratchllm.generate.sampling import make_generator, sample_next
-from scratchllm.generate.text import TextTracker
+from scratchllm.generate.speculative import rows_per_step, verify_draft
 from scratchllm.model.fast_linear import fast_linears
+from scratchllm.runtime import eval_mode
 
 PAD_ID = 0  # id placed in padding slots; masked out, so any valid id works
 
+# The one end-of-text convention (`eos_id` of every generation function): an id, None for no
+# end-of-text id, or TOKENIZER_EOS for the tokenizer's <|endoftext|> where a tokenizer is given.
+TOKENIZER_EOS = "tokenizer"
+EosId = int | None | Literal["tokenizer"]
 
-class _Decoder:
-    """The cached decode loop over a batch; iterating yields each step's tokens (None for rows that
-    already stopped). Callers may set `done[row] = True` between steps (e.g. on a stop string)."""
 
-    def __init__(self, model, prompts: Sequence[Sequence[int]], config: SampleConfig, *, eos_id: int | None,
-                 generator: torch.Generator | None) -> None:
+def end_of_text(eos_id: EosId, tokenizer=None) -> int | None:
+    """The id that ends a row, or None: `eos_id` itself, or the tokenizer's `<|endoftext|>` for
+    TOKENIZER_EOS (None when the tokenizer has none, e.g. a character vocabulary).
+
+    >>> end_of_text(50256), end_of_text(None)
+    (50256, None)
+    """
+    if eos_id == TOKENIZER_EOS:
+        if tokenizer is None:
+            raise UserError("eos_id=TOKENIZER_EOS needs a tokenizer; pass the id itself (tokenizer.eot_id) "
+                            "or None for no end-of-text id")
+        return tokenizer.eot_id
+    if eos_id is None:
+        return None
+    if isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0:
+        raise UserError(f"eos_id must be a token id (>= 0), None (no end-of-text id) or TOKENIZER_EOS "
+                        f"(the tokenizer's <|endoftext|>), got {eos_id!r}")
+    return eos_id
+
+
+class Decoder:
+    """The cached decode loop over a batch of prompts (lists of token ids).
+
+        with Decoder(model, prompts, config, eos_id=eos) as dec:
+            for step in dec:  # one list per step: each row's new token, None once the row stopped
+                ...           # set dec.done[row] = True to stop a row (e.g. on a stop string)
+
+    Within the `with`, the model is in eval mode with its large linears swapped for the fast
+    few-row readers; both are put back on exit. `generator` overrides `config.seed`; `eos_id` is
+    an id or None (see `end_of_text`).
+    """
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], config: SampleConfig, *,
+                 eos_id: int | None = None, generator: torch.Generator | None = None) -> None:
         if not prompts:
             raise UserError("no prompts given")
         ctx = model.config.context_length
@@ -78,15 +109,16 @@ class _Decoder:
         if any(len(r) > ctx for r in rows):
             longest = max(len(r) for r in rows)
             warnings.warn(f"a prompt of {longest} tokens is longer than the model's context of {ctx}; "
-                          f"keeping its last {ctx} tokens", stacklevel=4)
+                          f"keeping its last {ctx} tokens", stacklevel=3)
             rows = [r[-ctx:] for r in rows]
-        self.model, self.config, self.eos_id = model, config, eos_id
+        self.model, self.config, self.eos_id = model, config, end_of_text(eos_id)
         self.device = model.lm_head.weight.device
         self.generator = generator if generator is not None else make_generator(config.seed, self.device)
-        self.rows = rows  # every row's tokens so far (prompt + generated), for sliding
+        self.rows = rows  # every row's tokens so far (prompt + generated), for sliding and drafts
         self.done = [False] * len(rows)
         self.ctx = ctx
         self.keep = max(1, ctx // 2)  # tokens kept when the window slides
+        self.speculate = config.prompt_lookup > 0 and len(rows) == 1
         b = len(rows)
         cache_len = min(ctx, max(len(r) for r in rows) + max(config.max_new_tokens, 1))
         self.cache = model.new_kv_cache(b, cache_len)
@@ -98,6 +130,19 @@ class _Decoder:
                 self.seen[i, torch.tensor(r, device=self.device)] = True
         self.mask = None  # (B, cache_len) bool, True = real token; only for padded batches
         self.next_pos = None  # (B, 1) position of each row's next token; only for padded batches
+        self._contexts: ExitStack | None = None
+
+    def __enter__(self) -> Decoder:
+        with ExitStack() as stack:
+            stack.enter_context(eval_mode(self.model))
+            stack.enter_context(fast_linears(self.model, rows_per_step(len(self.rows), self.config.prompt_lookup)))
+            self._contexts = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._contexts is not None:
+            self._contexts.close()
+            self._contexts = None
 
     def _prefill(self, seqs: list[list[int]]) -> torch.Tensor:
         """Reset the cache and run the (left-padded) sequences through it; last logits (B, V)."""
@@ -133,7 +178,7 @@ class _Decoder:
         return logits[:, -1]  # (B, V)
 
     def _accept(self, out: list[int | None]) -> list[int | None]:
-        """Record one step's tokens (B,): EOS ends a row (None), others join the row's text."""
+        """Record one step's tokens (B,): the end-of-text id ends a row (None), others join the row."""
         for i, t in enumerate(out):
             if self.done[i] or t == self.eos_id:
                 self.done[i] = True
@@ -142,33 +187,12 @@ class _Decoder:
                 self.rows[i].append(t)
         return out
 
-    def _speculate(self, last: int, room: int) -> tuple[list[int], torch.Tensor] | None:
-        """Prompt-lookup speculation for one row: draft tokens, checked in one forward pass.
-
-        Feeds [last, d1 .. dn] after the cache, keeps the drafts greedy decoding would also have
-        chosen (d_i == argmax after d_(i-1)), rolls the cache back past the rest, and returns the
-        accepted drafts and the logits (1, V) that follow them. None when there is no draft.
-        """
-        free = self.cache.max_len - self.cache.pos - 1  # cache slots left after `last`
-        draft = lookup_draft(self.rows[0], min(self.config.prompt_lookup, room, free))
-        if not draft:
-            return None
-        start = self.cache.pos
-        ids = torch.tensor([[last] + draft], device=self.device)  # (1, 1 + n)
-        logits = self.model(ids, kv_cache=self.cache)[0]  # (1 + n, V)
-        best = logits.argmax(dim=-1).tolist()
-        n_ok = 0
-        while n_ok < len(draft) and draft[n_ok] == best[n_ok]:
-            n_ok += 1
-        self.cache.truncate(start + 1 + n_ok)
-        return draft[:n_ok], logits[n_ok: n_ok + 1]
-
     @torch.inference_mode()
     def __iter__(self) -> Iterator[list[int | None]]:
         c = self.config
         if c.max_new_tokens == 0:
             return
-        speculate = c.prompt_lookup > 0 and len(self.rows) == 1
+        speculate = self.speculate
         logits = self._prefill(self.rows)
         emitted = 0
         while True:
@@ -182,7 +206,10 @@ class _Decoder:
             emitted += 1
             if all(self.done) or emitted == c.max_new_tokens:
                 return
-            checked = self._speculate(out[0], c.max_new_tokens - emitted) if speculate else None
+            checked = None
+            if speculate:
+                checked = verify_draft(self.model, self.cache, self.rows[0], out[0],
+                                       min(c.prompt_lookup, c.max_new_tokens - emitted), self.device)
             if checked is None:
                 logits = self._decode(nxt)
                 continue
@@ -194,117 +221,27 @@ class _Decoder:
                     return
 
 
-def lookup_draft(ids: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
-    """Up to `k` tokens that followed the latest earlier occurrence of the last n tokens of `ids`,
-    trying n = max_ngram down to 1 (prompt lookup, Saxena 2023); [] when none occurred before.
-
-    The copy may run on into the tokens it is producing, as an LZ77 back-reference does, so a loop
-    of period p yields k tokens, not just the p that follow its latest occurrence.
-
-    >>> lookup_draft([5, 1, 2, 3, 9, 7, 1, 2], k=2)  # [1, 2] occurred at 1: then came 3, 9
-    [3, 9]
-    >>> lookup_draft([8, 4, 6, 4, 6], k=5), lookup_draft([1, 2, 3], k=5)  # [4, 6] two back: repeat it
-    ([4, 6, 4, 6, 4], [])
-    """
-    if k <= 0:
-        return []
-    end = len(ids)
-    for n in range(min(max_ngram, end - 1), 0, -1):
-        tail = list(ids[end - n:])
-        for start in range(end - n - 1, -1, -1):  # latest occurrence first, not the tail itself
-            if ids[start] == tail[0] and list(ids[start: start + n]) == tail:
-                src = start + n
-                out = list(ids[src: src + k])
-                while len(out) < k:  # the copy overlaps its own output: continue the period
-                    out.append(out[len(out) - (end - src)])
-                return out
-    return []
-
-
-class _eval_mode:
-    """Put the model in eval mode for the duration, then restore its previous mode."""
-
-    def __init__(self, model) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
-
-
-def _decode_rows(batch: int, config: SampleConfig) -> int:
-    """The most rows one decode step passes through the model: the batch, or 1 + drafts when speculating."""
-    return 1 + config.prompt_lookup if batch == 1 and config.prompt_lookup > 0 else batch
-
-
 def generate_batch(model, prompts: Sequence[Sequence[int]], config: SampleConfig, *, eos_id: int | None = None,
-                   generator: torch.Generator | None = None, tokenizer=None) -> list[list[int]]:
+                   generator: torch.Generator | None = None) -> list[list[int]]:
     """New token ids for each prompt (prompts may differ in length; they are left-padded).
 
-    A row stops at `eos_id` (not included), at a stop string of `config.stop` (needs `tokenizer`;
-    the tokens from the one where the stop string starts on are dropped), or after
-    `config.max_new_tokens`. `generator` overrides `config.seed`.
+    A row stops at `eos_id` (not included; None: no end-of-text id) or after
+    `config.max_new_tokens`. `generator` overrides `config.seed`. Stop strings are text: use
+    `generate.text.complete_batch` (ids and text) with a tokenizer.
     """
-    if config.stop and tokenizer is None:
-        raise UserError("stop strings need a tokenizer: pass tokenizer=... (or drop config.stop)")
+    if config.stop:
+        raise UserError("stop strings are text and need a tokenizer: use scratchllm.generate.text.complete_batch "
+                        "(or generate_text) with the tokenizer, or drop config.stop")
     out: list[list[int]] = [[] for _ in prompts]
-    trackers = [TextTracker(tokenizer, config.stop) for _ in prompts] if config.stop else None
-    with _eval_mode(model), fast_linears(model, _decode_rows(len(prompts), config)):
-        dec = _Decoder(model, prompts, config, eos_id=eos_id, generator=generator)
+    with Decoder(model, prompts, config, eos_id=eos_id, generator=generator) as dec:
         for step in dec:
             for i, t in enumerate(step):
-                if t is None:
-                    continue
-                out[i].append(t)
-                if trackers is not None:
-                    trackers[i].push(t)
-                    if trackers[i].stopped:
-                        dec.done[i] = True
-    if trackers is not None:
-        out = [ids[: tr.keep_tokens] for ids, tr in zip(out, trackers)]
+                if t is not None:
+                    out[i].append(t)
     return out
 
 
 def generate(model, prompt_ids: Sequence[int], config: SampleConfig, *, eos_id: int | None = None,
-             generator: torch.Generator | None = None, tokenizer=None) -> list[int]:
+             generator: torch.Generator | None = None) -> list[int]:
     """New token ids after `prompt_ids` (the prompt is not included); see `generate_batch`."""
-    return generate_batch(model, [prompt_ids], config, eos_id=eos_id, generator=generator, tokenizer=tokenizer)[0]
-
-
-def stream(model, tokenizer, prompt: str | Sequence[int], config: SampleConfig, *, eos_id: int | None = -1,
-           generator: torch.Generator | None = None) -> Iterator[str]:
-    """Yield the generated text piece by piece as it is produced.
-
-    Never yields half a UTF-8 character; holds back text that may be the start of a stop string;
-    the stop string and anything after it are never yielded. `prompt` is text (encoded with
-    `tokenizer`, special tokens allowed) or ids; an empty prompt starts from `<|endoftext|>` (or
-    id 0 when the tokenizer has none). `eos_id` defaults to the tokenizer's `<|endoftext|>` (pass
-    None for no EOS).
-    """
-    ids = tokenizer.encode(prompt, allowed_special="all") if isinstance(prompt, str) else list(prompt)
-    if not ids:  # start from a document boundary, else from id 0 (a char vocabulary's "\n", as nanoGPT)
-        ids = [tokenizer.eot_id if tokenizer.eot_id is not None else 0]
-    eos = tokenizer.eot_id if eos_id == -1 else eos_id
-    tracker = TextTracker(tokenizer, config.stop)
-    with _eval_mode(model), fast_linears(model, _decode_rows(1, config)):
-        dec = _Decoder(model, [ids], config, eos_id=eos, generator=generator)
-        for (t,) in dec:
-            if t is None:
-                break
-            piece = tracker.push(t)
-            if piece:
-                yield piece
-            if tracker.stopped:
-                dec.done[0] = True
-                break
-    rest = tracker.finish()
-    if rest:
-        yield rest
-
-
-def generate_text(model, tokenizer, prompt: str | Sequence[int], config: SampleConfig, *, eos_id: int | None = -1,
-                  generator: torch.Generator | None = None) -> str:
-    """The generated text (without the prompt, cut before any stop string); see `stream`."""
-    return "".join(stream(model, tokenizer, prompt, config, eos_id=eos_id, generator=generator))
+    return generate_batch(model, [prompt_ids], config, eos_id=eos_id, generator=generator)[0]

@@ -1,12 +1,14 @@
 """The book's uncached generation loops: the reference the KV-cached engine is tested against.
 
-`generate_text_simple` is chapter 4's greedy loop and `generate` chapter 5's loop with temperature
-and top-k (Raschka 2024, listings 4.8 and 5.4): at every step the model re-reads the last
-`context_size` tokens from scratch, with no cache. Slow (each new token costs a full forward over
-the window) but obviously right. Additions to the book: an explicit `torch.Generator` for
-reproducible sampling, and the EOS check works per batch of one as in the book.
+`generate_text_simple` is chapter 4's greedy loop and `generate_simple` chapter 5's loop with
+temperature and top-k (Raschka 2024, listings 4.8 and 5.4; the book calls the latter `generate`):
+at every step the model re-reads the last `context_size` tokens from scratch, with no cache. Slow
+(each new token costs a full forward over the window) but obviously right. Additions to the book:
+an explicit `torch.Generator` for reproducible sampling, and the EOS check works per batch of one
+as in the book. These are the package's one copy of the book's loops: the teaching models of
+`steps` are tested with them.
 
-Not for real use: see `generate.engine` (cache, batching, stops, streaming).
+Not for real use: see `generate.engine` (cache, batching, stops) and `generate.text` (streaming).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def generate_text_simple(model, idx: torch.Tensor, max_new_tokens: int, context_
 
 
 @torch.no_grad()
-def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int, temperature: float = 0.0,
+def generate_simple(model, idx: torch.Tensor, max_new_tokens: int, context_size: int, temperature: float = 0.0,
              top_k: int | None = None, eos_id: int | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """The book's sampling loop: top-k filter, temperature, multinomial draw (argmax at temperature 0).

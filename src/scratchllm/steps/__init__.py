@@ -4,7 +4,8 @@
   MultiHeadAttentionWrapper, MultiHeadAttention.
 - `steps.blocks` (ch. 4): LayerNorm, GELU, FeedForward, shortcut connections
   (ExampleDeepNeuralNetwork), TransformerBlock.
-- `steps.gpt` (ch. 4): GPTModel built from those blocks, and generate_text_simple.
+- `steps.gpt` (ch. 4): GPTModel built from those blocks (its greedy loop, generate_text_simple, is
+  `generate.simple`'s).
 
 These are for reading and for pictures (attention modules keep their weights when asked:
 `keep_attn_weights=True` fills `last_attn_weights`). They are tested equal to the production model

@@ -3,8 +3,9 @@
 Parameter names follow the book (`tok_emb`, `pos_emb`, `trf_blocks`, `final_norm`, `out_head`), so
 weights of `llms_from_scratch.ch04.GPTModel` load directly (drop its `att.mask` buffers);
 `scratchllm.model.weights.from_book_gpt` maps them to the production GPT. The head is untied, as in
-the book. `generate_text_simple` is the book's greedy loop, which re-reads the whole context for
-every new token (the production engine keeps a KV cache instead).
+the book. The book's greedy loop for it, `generate_text_simple`, is
+`scratchllm.generate.simple.generate_text_simple` (one copy in the package; it re-reads the whole
+context for every new token, where the production engine keeps a KV cache).
 
 Reference: Raschka 2024, ch. 4.
 """
@@ -44,16 +45,3 @@ class GPTModel(nn.Module):
         """Each block's last attention weights (B, n_head, T, T), when built with keep_attn_weights."""
         return [block.att.last_attn_weights for block in self.trf_blocks]
 
-
-def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int) -> torch.Tensor:
-    """Greedy decoding: append argmax(logits of the last position) max_new_tokens times.
-
-    idx: (B, T) -> (B, T + max_new_tokens). Only the last `context_size` tokens are fed back.
-    """
-    for _ in range(max_new_tokens):
-        idx_cond = idx[:, -context_size:]  # (B, <= context_size)
-        with torch.no_grad():
-            logits = model(idx_cond)[:, -1, :]  # (B, vocab_size)
-        idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
-        idx = torch.cat([idx, idx_next], dim=1)  # (B, T + 1)
-    return idx
