@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from scratchllm.config.base import Config, check
+from scratchllm.config.base import Config, check, check_finite
 from scratchllm.errors import ConfigError
 
 
@@ -65,6 +65,7 @@ class ModelConfig(Config):
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        check_finite(self, "model.")
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             check(getattr(self, name) > 0, f"model.{name} must be a positive integer, got {getattr(self, name)}")
         check(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from scratchllm.config.base import Config, check, load_toml
+from scratchllm.config.base import Config, check, check_finite, load_toml
 from scratchllm.config.data import DataConfig
 from scratchllm.config.model import ModelConfig
 from scratchllm.config.sample import SampleConfig
@@ -108,6 +108,7 @@ class TrainConfig(Config):
     resume: bool = False
 
     def __post_init__(self) -> None:
+        check_finite(self, "train.")
         check(self.optimizer in OPTIMIZERS,
               f"train.optimizer {self.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
         check(self.schedule in SCHEDULES,
