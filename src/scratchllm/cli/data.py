@@ -10,6 +10,9 @@ import sys
 
 
 def register(subparsers) -> None:
+    from scratchllm.cli.settings import add_settings_help
+    from scratchllm.config.data import DataConfig
+
     p = subparsers.add_parser("data", help="datasets: list, fetch, statistics, cleaning, token shards",
                               description="Corpora and the text pipeline.")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -55,16 +58,15 @@ def register(subparsers) -> None:
     q.set_defaults(func=cmd_clean)
 
     q = sub.add_parser("prepare", help="the text pipeline: fetch, clean, train a tokenizer, write token shards",
-                       description="Fetch, clean, train the tokenizer, write train/val token shards. Any "
-                                   "DataConfig setting can be given as --key value (e.g. --tokenizer.kind char).")
+                       description="Fetch, clean, train the tokenizer, write train/val token shards. Every "
+                                   "setting below can be given as --key value (e.g. --dataset the-verdict, "
+                                   "--tokenizer.vocab_size 1024, --data-dir DIR, --offline).")
     q.add_argument("--config", help="TOML file with the settings (its [data] table, or the whole file)")
-    q.add_argument("--dataset", help="dataset name or path (default shakespeare)")
-    q.add_argument("--vocab-size", type=int, help="tokenizer vocabulary size (default 4096)")
-    q.add_argument("--tokenizer", dest="tokenizer_kind", help="tokenizer kind: bpe (default), char, words, wordpiece")
+    q.add_argument("--tokenizer", dest="tokenizer_kind", metavar="KIND",
+                   help="the same as --tokenizer.kind KIND")
     q.add_argument("--out", help="output folder (default runs/data/DATASET-KINDVOCAB)")
     q.add_argument("--quiet", action="store_true", help="no progress bars or statistics")
-    q.add_argument("--data-dir", help="folder searched before the cache (else $SCRATCHLLM_DATA_DIR)")
-    q.add_argument("--offline", action="store_true", help="never download; use local copies only")
+    add_settings_help(q, DataConfig(), "settings (TOML [data] table, or --key value)")
     q.set_defaults(func=cmd_prepare, accepts_overrides=True)
 
 
@@ -158,14 +160,9 @@ def cmd_prepare(args) -> int:
         raw = load_toml(args.config)
         settings = raw.get("data", raw) if isinstance(raw.get("data"), dict) else raw
     config = DataConfig.from_dict(settings)
-    flags = {}
-    for key, value in (("dataset", args.dataset), ("data_dir", args.data_dir),
-                       ("tokenizer.vocab_size", args.vocab_size), ("tokenizer.kind", args.tokenizer_kind)):
-        if value is not None:
-            flags[key] = value
-    if args.offline:
-        flags["offline"] = True
-    flags.update(parse_overrides(args.overrides))
+    flags = parse_overrides(args.overrides)
+    if args.tokenizer_kind is not None:
+        flags["tokenizer.kind"] = args.tokenizer_kind
     if "separator" in flags:
         flags["separator"] = unescape(flags["separator"])
     if flags:

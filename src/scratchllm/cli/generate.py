@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 # SampleConfig's fields that are flags of their own (the rest are `--key value` overrides).
 SAMPLE_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed",
                 "prompt_lookup")

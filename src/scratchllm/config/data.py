@@ -42,6 +42,7 @@ class DataConfig(Config):
     near_dedup: bool = True
     # 0.8 on 5-word shingles flags copies with light edits while keeping different works apart.
     near_threshold: float = 0.8
+    # Near-duplicate shingles of words (text that was lightly edited) or of characters (no word breaks).
     shingle: Literal["word", "char"] = "word"
     # 5 words (or characters) per shingle: common phrases rarely repeat at this length by chance.
     shingle_size: int = 5
