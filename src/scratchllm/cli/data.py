@@ -10,13 +10,14 @@ import sys
 
 
 def register(subparsers) -> None:
+    from scratchllm.cli import needs_action
     from scratchllm.cli.settings import add_settings_help
     from scratchllm.config.data import DataConfig
 
     p = subparsers.add_parser("data", help="datasets: list, fetch, statistics, cleaning, token shards",
                               description="Corpora and the text pipeline.")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
-    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    p.set_defaults(func=needs_action(p))
 
     def common(q: argparse.ArgumentParser, reading: bool = True) -> None:
         q.add_argument("--data-dir", help="folder searched before the cache (else $SCRATCHLLM_DATA_DIR)")

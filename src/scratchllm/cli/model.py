@@ -15,6 +15,7 @@ import json
 
 
 def register(subparsers) -> None:
+    from scratchllm.cli import needs_action
     from scratchllm.cli.settings import add_settings_help
     from scratchllm.config.model import ModelConfig
 
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
     presets = sub.add_parser("presets", help="list the model presets with their sizes")
     presets.add_argument("--json", action="store_true", help="print machine-readable JSON")
     presets.set_defaults(func=cmd_presets)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=needs_action(p))
 
 
 def load_model_config(preset: str | None, config_file: str | None, overrides: list[str]):

@@ -19,10 +19,11 @@ KINDS = ("char", "words", "bpe", "wordpiece")
 
 
 def register(subparsers) -> None:
+    from scratchllm.cli import needs_action
     p = subparsers.add_parser("tokenizer", help="train, run and compare tokenizers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=needs_action(p))
 
     t = sub.add_parser("train", help="learn a tokenizer from text files")
     t.add_argument("inputs", nargs="+", help="text files or folders of .txt files (each file is one document)")
@@ -139,8 +140,11 @@ def _read_input(arg: str | None, file: str | None, errors: str = "strict") -> st
 
 
 def _load_tokenizer(spec: str, data_dir: str | None):
+    from scratchllm.files import check_data_dir
     from scratchllm.tokenizer import gpt2, load
 
+    if data_dir is not None:
+        check_data_dir(data_dir)
     if spec == "gpt2":
         return gpt2(data_dir)
     return load(spec)

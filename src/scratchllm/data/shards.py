@@ -20,7 +20,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from scratchllm.errors import UserError
-from scratchllm.files import write_json_atomic
+from scratchllm.files import temp_file, write_json_atomic
 from scratchllm.tokenizer.base import FORMAT, TOKENIZER_FILE, VERSION
 
 META_FILE = "meta.json"
@@ -151,7 +150,7 @@ class _AtomicBin:
 
     def __init__(self, folder: Path, name: str) -> None:
         self.path = folder / name
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+        fd, self.tmp = temp_file(self.path)
         self.f = os.fdopen(fd, "wb")
         self.count = 0
 
