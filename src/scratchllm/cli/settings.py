@@ -81,11 +81,13 @@ def add_settings_help(parser: argparse.ArgumentParser, config: Config, title: st
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, config: Config, names: tuple[str, ...],
-                      title: str, metavars: dict[str, str] | None = None) -> None:
+                      title: str, metavars: dict[str, str] | None = None,
+                      aliases: dict[str, list[str]] | None = None) -> None:
     """A flag for each field in `names` (`top_k` -> `--top-k` and `--top_k`), documented from the config.
 
     A tuple field's flag is repeatable (each use one item, taken whole); a bool field gets
-    `--name/--no-name`. Unset flags stay None, so only the typed ones reach `given_settings`.
+    `--name/--no-name`. `aliases` adds older spellings. Unset flags stay None, so only the typed ones
+    reach `given_settings`.
     """
     group = parser.add_argument_group(title)
     cls = type(config)
@@ -95,10 +97,11 @@ def add_setting_flags(parser: argparse.ArgumentParser, config: Config, names: tu
         kind = describe_type(tp).replace(",...", ", repeatable")
         help_ = f"{kind}, default {_show(getattr(config, name))}. {docs.get(name, '')}".strip()
         flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        flags += (aliases or {}).get(name, [])
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_.replace("%", "%%")}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-            flags = flags[:1]
+            flags = [f for f in flags if "_" not in f]
         elif dataclasses.is_dataclass(tp):  # pragma: no cover - nested configs are not flags
             raise TypeError(f"{name} is a nested config")
         else:
