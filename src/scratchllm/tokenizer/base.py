@@ -189,8 +189,8 @@ def from_dict(d: dict[str, Any], source: str = "tokenizer file") -> Tokenizer:
     body = {k: v for k, v in d.items() if k not in ("format", "version", "kind")}
     try:
         return cls.from_dict(body)
-    except UserError:
-        raise
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         # valid JSON with the header but not the body a `kind` tokenizer saves (edited or damaged)
         raise UserError(f"{source} has a {kind} tokenizer header but the wrong content "
