@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+KINDS = ("char", "words", "bpe", "wordpiece")
+
 # TokenizerConfig's fields that `tokenizer train` takes as flags (path, a file to load, is not training).
 TRAIN_FLAGS = ("kind", "vocab_size", "pattern", "special_tokens", "min_frequency", "lowercase")
 
@@ -156,9 +158,9 @@ def cmd_train(args) -> int:
     from scratchllm.tokenizer import build
 
     config = TokenizerConfig.from_dict(given_settings(args, TRAIN_FLAGS), prefix="tokenizer.")
-    if config.kind == "gpt2":
-        raise UserError("gpt2 is GPT-2's released vocabulary, not trained here; use --tokenizer gpt2 with "
-                        "encode/decode, or --kind bpe to train the same algorithm")
+    if config.kind not in KINDS:  # gpt2: a released vocabulary
+        raise UserError(f"{config.kind} is GPT-2's released vocabulary, not trained here; use --tokenizer gpt2 "
+                        f"with encode/decode, or --kind bpe to train the same algorithm")
     if args.hf_out and config.kind != "bpe":
         raise UserError("--hf-out exports byte-level BPE only; use --kind bpe")
     docs = read_documents(args.inputs, args.errors)
