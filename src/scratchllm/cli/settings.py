@@ -49,7 +49,8 @@ def field_lines(config: Config, prefix: str = "", indent: int = 2) -> list[str]:
         out.append(f"{' ' * indent}--{prefix}{f.name} {describe_type(tp)} (default {_show(getattr(config, f.name))})")
         if docs.get(f.name):
             out += textwrap.wrap(docs[f.name], WIDTH, initial_indent=" " * (indent + 4),
-                                 subsequent_indent=" " * (indent + 4))
+                                 subsequent_indent=" " * (indent + 4), break_on_hyphens=False,
+                                 break_long_words=False)
     return out
 
 
