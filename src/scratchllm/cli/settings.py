@@ -78,7 +78,7 @@ def add_settings_help(parser: argparse.ArgumentParser, config: Config, title: st
     """Append `settings_help` to the parser's help (as its epilog, kept verbatim)."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     text = settings_help(config, title, prefix)
-    parser.epilog = (note + "\n\n" if note else "") + text
+    parser.epilog = (textwrap.fill(note, WIDTH) + "\n\n" if note else "") + text
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, config: Config, names: tuple[str, ...],

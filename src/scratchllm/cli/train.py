@@ -37,7 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_help(p, RunConfig(), "run settings (top level of the TOML)",
                       note="Settings (TOML table, or --table.key value; undotted --key works when the name is "
-                           "unique). Each with its type, default and what it does:")
+                           "unique). Each with its type, default and what it does. Text is taken as typed (\\n "
+                           "is not a newline here: write it in the TOML); a list (STR,...) on the command line "
+                           "is its items separated by commas, spaces kept (an item with a comma goes in the TOML).")
     p.set_defaults(func=run, accepts_overrides=True)
 
 

@@ -246,8 +246,14 @@ def read_meta(out_dir: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p} is not valid JSON ({e}); run `scratchllm data prepare` again") from None
-    if meta.get("format") != SHARDS_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != SHARDS_FORMAT:
         raise UserError(f"{p} is not a scratchllm shards meta file")
+    try:  # the fields readers use, so that an edited or damaged file is one clear line
+        np.dtype(meta["dtype"])
+        int(meta["tokens"]["train"]), int(meta["tokens"]["val"])
+        Path(meta["tokenizer"]["file"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{p} is damaged ({type(e).__name__}: {e}); run `scratchllm data prepare` again") from None
     return meta
 
 
