@@ -330,10 +330,14 @@ def test_written_files_respect_the_umask(tmp_path, capsys):
     try:
         assert main(["tokenizer", "train", str(good), "--kind", "char", "--out", str(tmp_path / "t.json")]) == 0
         assert main(["data", "clean", str(good), "--out", str(tmp_path / "c.jsonl")]) == 0
+        assert main(["data", "prepare", "--dataset", str(good), "--tokenizer", "char", "--val_fraction", "0",
+                     "--dedup", "false", "--near_dedup", "false", "--out", str(tmp_path / "prep"), "--quiet"]) == 0
         os.umask(0o002)
         assert main(["data", "clean", str(good), "--out", str(tmp_path / "d.txt")]) == 0
     finally:
         os.umask(old)
+    for name in ("train.bin", "meta.json", "tokenizer.scratchllm.json"):
+        assert (tmp_path / "prep" / name).stat().st_mode & 0o777 == 0o640, name
     assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "c.jsonl").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "d.txt").stat().st_mode & 0o777 == 0o664
