@@ -2,7 +2,10 @@
 
 A config is a dataclass that subclasses `Config`. Its fields have simple types (int, float, bool,
 str, Literal, Optional, tuple of those) or are nested configs. Validation lives in each class's
-`__post_init__` and raises `ConfigError` with a message that names the field and what to do.
+`__post_init__` (first `check_finite`: no inf or nan in any float) and raises `ConfigError` with a
+message that names the field and what to do. The `#` comment above a field is its documentation
+(`field_docs`): the CLI's `--help` shows it with the field's type and default, so it is written once.
+Strings are taken as given (never stripped).
 
 What this is not: a general schema library. No exec, no globals, no magic beyond dataclasses.
 """
