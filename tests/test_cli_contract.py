@@ -399,3 +399,19 @@ def test_help_lists_each_field_with_its_type_default_and_comment(argv, config, f
         assert "".join(describe_type(tp).replace(",...", "").split()) in "".join(text.split()), name
         if docs.get(f.name):  # compared without whitespace: the help wraps lines (argparse also at hyphens)
             assert "".join(docs[f.name].split()) in "".join(text.split()), name
+
+
+def test_other_spellings_work_and_only_one_is_listed(tmp_path, capsys):
+    from scratchllm.tokenizer import load
+
+    good = tmp_path / "good.txt"
+    good.write_text("a b c d e f g\n")
+    assert main(["tokenizer", "train", str(good), "--kind", "char", "--special-token", "<|x|>", "--special_tokens",
+                 "<|y|>", "--out", str(tmp_path / "t.json")]) == 0
+    assert set(load(tmp_path / "t.json").special_tokens) == {"<|x|>", "<|y|>"}
+    assert main(["data", "clean", str(good), "--no-gutenberg", "--near_threshold", "0.5"]) == 0
+    for argv, listed, hidden in [(["tokenizer", "train"], "--special-tokens", "--special-token "),
+                                 (["data", "clean"], "--no-strip-gutenberg", "--no-gutenberg"),
+                                 (["train"], "--runs-dir", "--runs_dir "), (["generate"], "--top-k", "--top_k")]:
+        text = _help(argv, capsys)
+        assert listed in text and hidden not in text, argv

@@ -37,14 +37,15 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def field_lines(config: Config, prefix: str = "", indent: int = 2) -> list[str]:
-    """`--prefix.name TYPE (default X)` and the field's comment, for each non-nested field of `config`."""
+def field_lines(config: Config, prefix: str = "", indent: int = 2, skip: tuple[str, ...] = ()) -> list[str]:
+    """`--prefix.name TYPE (default X)` and the field's comment, for each non-nested field of `config`
+    (but those in `skip`)."""
     cls = type(config)
     types_, docs = cls.field_types(), field_docs(cls)
     out: list[str] = []
     for f in dataclasses.fields(config):  # type: ignore[arg-type]
         tp = types_[f.name]
-        if isinstance(tp, type) and issubclass(tp, Config):
+        if (isinstance(tp, type) and issubclass(tp, Config)) or f.name in skip:
             continue
         out.append(f"{' ' * indent}--{prefix}{f.name} {describe_type(tp)} (default {_show(getattr(config, f.name))})")
         if docs.get(f.name):
@@ -54,12 +55,13 @@ def field_lines(config: Config, prefix: str = "", indent: int = 2) -> list[str]:
     return out
 
 
-def settings_help(config: Config, title: str, prefix: str = "") -> str:
-    """Every setting of `config` and of its nested configs, one section each (TOML table and flag)."""
+def settings_help(config: Config, title: str, prefix: str = "", skip: tuple[str, ...] = ()) -> str:
+    """Every setting of `config` and of its nested configs, one section each (TOML table and flag);
+    top-level fields in `skip` are left out (they are flags of their own, see `add_setting_flags`)."""
     sections: list[str] = []
 
     def walk(c: Config, path: str) -> None:
-        lines = field_lines(c, f"{path}." if path else prefix)
+        lines = field_lines(c, f"{path}." if path else prefix, skip=skip if c is config else ())
         if lines:
             head = f"[{path}] settings" if path else title
             sections.append(f"{head}:\n" + "\n".join(lines))
@@ -74,44 +76,45 @@ def settings_help(config: Config, title: str, prefix: str = "") -> str:
 
 
 def add_settings_help(parser: argparse.ArgumentParser, config: Config, title: str, prefix: str = "",
-                      note: str = "") -> None:
+                      note: str = "", skip: tuple[str, ...] = ()) -> None:
     """Append `settings_help` to the parser's help (as its epilog, kept verbatim)."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    text = settings_help(config, title, prefix)
+    text = settings_help(config, title, prefix, skip)
     parser.epilog = (textwrap.fill(note, WIDTH) + "\n\n" if note else "") + text
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, config: Config, names: tuple[str, ...],
                       title: str, metavars: dict[str, str] | None = None,
                       aliases: dict[str, list[str]] | None = None) -> None:
-    """A flag for each field in `names` (`top_k` -> `--top-k` and `--top_k`), documented from the config.
+    """A flag for each field in `names`, documented from the config: `top_k` -> `--top-k`.
 
     A tuple field's flag is repeatable (each use one item, taken whole); a bool field gets
-    `--name/--no-name`. `aliases` adds older spellings. Unset flags stay None, so only the typed ones
-    reach `given_settings`.
+    `--name/--no-name`. The field's own spelling (`--top_k`) and `aliases` (older spellings) work too
+    but are not listed. Unset flags stay None, so only the typed ones reach `given_settings`.
     """
     group = parser.add_argument_group(title)
     cls = type(config)
     types_, docs = cls.field_types(), field_docs(cls)
     for name in names:
         tp = types_[name]
+        if dataclasses.is_dataclass(tp):  # pragma: no cover - nested configs are not flags
+            raise TypeError(f"{name} is a nested config")
         kind = describe_type(tp).replace(",...", ", repeatable")
         help_ = f"{kind}, default {_show(getattr(config, name))}. {docs.get(name, '')}".strip()
-        flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
-        flags += (aliases or {}).get(name, [])
-        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_.replace("%", "%%")}
+        kwargs: dict[str, Any] = {"dest": name}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-            flags = [f for f in flags if "_" not in f]
-        elif dataclasses.is_dataclass(tp):  # pragma: no cover - nested configs are not flags
-            raise TypeError(f"{name} is a nested config")
         else:
             text = describe_type(tp)
             kwargs["metavar"] = (metavars or {}).get(name, text if text.startswith("{") else text.split(" ")[0])
             if text.endswith(",..."):
                 kwargs["action"] = "append"
                 kwargs["metavar"] = kwargs["metavar"].removesuffix(",...")
-        group.add_argument(*flags, **kwargs)
+        flag = f"--{name.replace('_', '-')}"
+        group.add_argument(flag, default=None, help=help_.replace("%", "%%"), **kwargs)
+        hidden = ([f"--{name}"] if "_" in name and tp is not bool else []) + (aliases or {}).get(name, [])
+        if hidden:
+            group.add_argument(*hidden, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 def given_settings(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:

@@ -14,9 +14,12 @@ SIGTERM (timeout, Docker, Slurm) the same with 143; `--resume` continues exactly
 
 from __future__ import annotations
 
+# RunConfig's fields that are flags of their own here (the rest are --key value settings).
+RUN_FLAGS = ("name", "runs_dir")
+
 
 def register(subparsers) -> None:
-    from scratchllm.cli.settings import add_settings_help
+    from scratchllm.cli.settings import add_setting_flags, add_settings_help
     from scratchllm.config.train import RunConfig
 
     p = subparsers.add_parser(
@@ -30,12 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default=None, help="a shipped recipe by name (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list the shipped recipes and exit")
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> from its latest checkpoint")
-    p.add_argument("--name", default=None, help="run folder name under runs_dir (default: the recipe's name)")
-    p.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default=None,
-                   help="folder that holds the run folders (default: runs)")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_settings_help(p, RunConfig(), "run settings (top level of the TOML)",
+    add_setting_flags(p, RunConfig(), RUN_FLAGS, "where the run goes (RunConfig)")
+    add_settings_help(p, RunConfig(), "run settings (top level of the TOML)", skip=RUN_FLAGS,
                       note="Settings (TOML table, or --table.key value; undotted --key works when the name is "
                            "unique). Each with its type, default and what it does. Text is taken as typed (\\n "
                            "is not a newline here: write it in the TOML); a list (STR,...) on the command line "
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import json
 
+    from scratchllm.cli.settings import given_settings
     from scratchllm.config.base import parse_overrides
     from scratchllm.config.train import RunConfig, recipes
     from scratchllm.errors import UserError
@@ -62,10 +64,7 @@ def run(args) -> int:
     overrides = parse_overrides(args.overrides)
     if args.resume:
         overrides["train.resume"] = "true"
-    if args.name:
-        overrides["name"] = args.name
-    if args.runs_dir is not None:
-        overrides["runs_dir"] = args.runs_dir
+    overrides.update(given_settings(args, RUN_FLAGS))
     if args.quiet:
         overrides["train.progress"] = "false"
     config = RunConfig.load(args.config, args.preset, overrides)
