@@ -1,9 +1,13 @@
 """Errors a user can cause and fix.
 
 `UserError` carries one line that says what went wrong and what to do. The CLI prints it as
-`error: <message>` and exits with code 2; library callers can catch it. Anything else that
-escapes is a bug in scratchllm and keeps its traceback.
+`error: <message>` and exits with code 2; library callers can catch it. An `OSError` that the
+machine causes (no permission, read-only or full disk, a file where a folder should be) is a user
+error too: `os_error_message` says it in one line. Anything else that escapes is a bug in
+scratchllm and keeps its traceback.
 """
+
+import errno
 
 
 class UserError(Exception):
@@ -12,3 +16,35 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """An invalid configuration value; the message names the field."""
+
+
+# What to do about each OSError the machine (not scratchllm) causes, by errno.
+OS_ERROR_HINTS = {
+    errno.EACCES: "choose a folder you may write to (or a file you may read)",
+    errno.EPERM: "choose a folder you may write to (or a file you may read)",
+    errno.EROFS: "write somewhere else",
+    errno.ENOSPC: "free some space or write somewhere else",
+    errno.EDQUOT: "free some space or write somewhere else",
+    errno.EFBIG: "write somewhere else",
+    errno.EEXIST: "a file stands where a folder is needed; remove it or choose another path",
+    errno.ENOTDIR: "a file stands where a folder is needed; remove it or choose another path",
+    errno.EISDIR: "a folder stands where a file is needed; give a file path",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def os_error_message(e: OSError) -> str | None:
+    """One line for an OSError the user can fix (see OS_ERROR_HINTS), or None for any other.
+
+    >>> os_error_message(PermissionError(errno.EACCES, "Permission denied", "/x/y"))
+    '/x/y: permission denied; choose a folder you may write to (or a file you may read)'
+    """
+    hint = OS_ERROR_HINTS.get(e.errno)  # type: ignore[arg-type]
+    if hint is None:
+        return None
+    where = str(e.filename) if e.filename is not None else "a file"
+    if getattr(e, "filename2", None) is not None:
+        where += f" -> {e.filename2}"
+    reason = (e.strerror or type(e).__name__).lower()
+    return f"{where}: {reason}; {hint}"

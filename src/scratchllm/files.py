@@ -3,7 +3,8 @@
 A reader sees either the old file or the new one, never a torn mix, even if the process is killed
 or the disk fills up mid-write (the temp file is removed and the error raised). Used by tokenizers,
 data shards and downloads, checkpoints and logs. Also where scratchllm keeps files it can make
-again (`cache_dir`: downloads, compiled kernels). Not here: what goes into the files.
+again (`cache_dir`: downloads, compiled kernels), and the check that a data folder the user named
+exists (`check_data_dir`). Not here: what goes into the files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ def cache_dir() -> Path:
     return base / "scratchllm"
 
 
+def check_data_dir(data_dir: str | os.PathLike) -> Path:
+    """An explicit data folder (`--data-dir`) must exist: a typo is an error, never silently ignored."""
+    from scratchllm.errors import UserError
+
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"data folder {folder} (--data-dir) does not exist or is not a folder; "
+                        f"give an existing folder or leave it out")
+    return folder
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside folder `path` durable (a no-op where folders cannot be opened)."""
     try:
@@ -42,6 +54,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_file(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temp file beside `path`, with the permissions a plainly created file gets.
+
+    `tempfile.mkstemp` makes files readable by their owner only (0600), whatever the umask; a file
+    renamed from it into place keeps that. Here it gets 0666 minus the umask, as `open(path, "w")` would.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` (bytes, or text as UTF-8) to `path` atomically; returns the path.
 
@@ -53,7 +88,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)

@@ -38,6 +38,13 @@ def pick_device(name: str = "auto") -> Any:
         raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("device mps was asked for but this torch has no MPS (Apple GPU) support here; "
+                            "use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device {name!r} is not supported; use auto, cpu, cuda or mps")
     return dev
 
 

@@ -50,3 +50,62 @@ def test_presets_have_gpt2_shapes():
     assert ModelConfig.preset("gpt2-medium").n_layer == 24
     assert ModelConfig.preset("gpt2-xl").n_embd == 1600
     assert ModelConfig.preset("gpt2").n_head == 12
+
+
+def test_strings_are_taken_as_given(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text('stop = ["\\n\\n", " User:"]\n')
+    assert SampleConfig.from_toml(p).stop == ("\n\n", " User:")
+    # from the command line, list items are separated by commas and kept whole, spaces included
+    assert SampleConfig().override({"stop": "\n\n, User:"}).stop == ("\n\n", " User:")
+    assert SampleConfig().override({"stop": ""}).stop == ()
+
+
+@pytest.mark.parametrize("stop", [("",), ("\n", "")])
+def test_an_empty_stop_string_is_an_error(stop):
+    with pytest.raises(ConfigError, match="stop string is empty"):
+        SampleConfig(stop=stop)
+
+
+@pytest.mark.parametrize("cls, key", [(SampleConfig, "temperature"), (SampleConfig, "top_p"),
+                                      (ModelConfig, "dropout"), (ModelConfig, "rope_base")])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_rejected(cls, key, value):
+    with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
+        cls.from_dict({key: value})
+
+
+def test_every_float_setting_rejects_inf():
+    import dataclasses
+
+    from scratchllm.config.data import DataConfig
+    from scratchllm.config.train import TrainConfig
+
+    for cls, prefix in ((TrainConfig, "train."), (DataConfig, "data."), (ModelConfig, "model."), (SampleConfig, "")):
+        floats = [n for n, tp in cls.field_types().items() if "float" in str(tp)]
+        assert floats, cls
+        for name in floats:
+            with pytest.raises(ConfigError, match=f"{prefix}{name} must be a finite number"):
+                cls.from_dict({name: "inf"})
+        assert dataclasses.is_dataclass(cls)
+
+
+def test_field_docs_are_the_comments_above_each_field():
+    from scratchllm.config.base import field_docs
+    from scratchllm.config.train import TrainConfig
+
+    docs = field_docs(TrainConfig)
+    assert docs["lr"] == "Peak learning rate; 6e-4 is GPT-3 small's (and nanoGPT's default for 124M)."
+    # a section ruler above a field is not part of its comment
+    assert docs["optimizer"].startswith('"adamw" (Loshchilov')
+    assert docs["schedule"].startswith('"cosine": linear warmup')
+    assert field_docs(SampleConfig)["stop"].startswith("Stop strings:")
+
+
+def test_config_file_that_is_binary_is_one_line(tmp_path):
+    from scratchllm.config.base import load_toml
+
+    p = tmp_path / "x.toml"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(ConfigError, match="is not TOML"):
+        load_toml(p)

@@ -95,3 +95,13 @@ def test_literal_special_token_in_a_document_is_refused_with_a_hint(tmp_path, pl
     with pytest.raises(UserError, match=r"document 3: .*special token '<\|endoftext\|>'.*--separator"):
         write_shards(docs, char_tok, tmp_path, workers=workers, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("meta", ['[1, 2]', '{"format": "scratchllm.shards"}',
+                                  '{"format": "scratchllm.shards", "dtype": "uint16", "tokens": {"train": "x"}}'])
+def test_meta_file_of_the_wrong_shape_is_one_clear_error(tmp_path, plays, char_tok, meta):
+    write_shards(plays, char_tok, tmp_path, 0.2, "document")
+    fmt = json.loads((tmp_path / "meta.json").read_text())["format"]
+    (tmp_path / "meta.json").write_text(meta.replace("scratchllm.shards", fmt))
+    with pytest.raises(UserError, match="meta"):
+        read_meta(tmp_path)

@@ -84,3 +84,21 @@ def test_gpt2_from_data_dir(shared_data, monkeypatch):
     with pytest.raises(UserError, match="SCRATCHLLM_DATA_DIR") as e:
         gpt2()
     assert "https://openaipublic.blob.core.windows.net/gpt-2/models/124M/vocab.bpe" in str(e.value)
+
+
+def test_gpt2_files_are_found_where_data_get_puts_them(shared_data, monkeypatch, tmp_path):
+    """The tokenizer layer's lookup and the data layer's fetch agree: what `data get gpt2` caches is found."""
+    import shutil
+
+    from scratchllm.data.sources import gpt2_tokenizer
+    from scratchllm.tokenizer import gpt2_files
+
+    monkeypatch.delenv("SCRATCHLLM_DATA_DIR", raising=False)
+    monkeypatch.setenv("SCRATCHLLM_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "gpt2").mkdir(parents=True)
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(shared_data / "gpt2" / name, tmp_path / "cache" / "gpt2" / name)
+    assert gpt2_files() == (tmp_path / "cache" / "gpt2" / "encoder.json", tmp_path / "cache" / "gpt2" / "vocab.bpe")
+    assert gpt2_tokenizer(offline=True).encode("Hello world") == [15496, 995]
+    with pytest.raises(UserError, match="does not exist"):
+        gpt2_files(tmp_path / "typo")

@@ -35,3 +35,13 @@ def test_build(shared_data, tmp_path):
     assert build(TokenizerConfig(kind="char"), [text]).eot_id is not None
     assert build(TokenizerConfig(kind="words"), [text]).vocab_size == 1132
     assert "[CLS]" in build(TokenizerConfig(kind="wordpiece", vocab_size=300), [text]).special_tokens
+
+
+def test_train_rejects_a_vocab_size_that_is_not_positive():
+    from scratchllm.errors import UserError
+    from scratchllm.tokenizer import train
+
+    for kind in ("bpe", "wordpiece", "words"):
+        with pytest.raises(UserError, match="vocab_size must be a positive number of tokens, got 0") as e:
+            train(kind, ["some text"], 0)
+        assert "4096" not in str(e.value)

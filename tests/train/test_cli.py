@@ -2,15 +2,17 @@
 on a tiny config (a small local text file, a small BPE trained in-process); `load_model` on its run."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from scratchllm.checkpoint import latest_run, load_model
 from scratchllm.cli import main
-from scratchllm.config.train import RunConfig
+from scratchllm.config.train import RunConfig, recipes
 from scratchllm.errors import ConfigError
 from scratchllm.train.logging import read_metrics
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = """name = "tiny"
 prompt = "The"
 [data]
@@ -109,3 +111,53 @@ def test_shipped_recipes_load_and_match_their_sources():
     assert demo.data.dataset == "shakespeare" and demo.train.lr == 3e-4 and demo.model.n_layer == 2
     with pytest.raises(ConfigError, match="unknown preset"):
         RunConfig.load(preset="nope")
+
+
+@pytest.mark.parametrize("name", sorted(recipes()))
+def test_a_preset_is_exactly_its_recipe(name):
+    assert RunConfig.load(preset=name) == RunConfig.load(f"configs/{name}.toml")
+    shipped = ROOT / "src" / "scratchllm" / "recipes" / f"{name}.toml"
+    assert (ROOT / "configs" / f"{name}.toml").read_bytes() == shipped.read_bytes()
+
+
+def test_a_recipe_can_name_a_preset_to_start_from(tmp_path):
+    p = tmp_path / "mine.toml"
+    p.write_text('preset = "shakespeare-char"\n[train]\nmax_steps = 10\n')
+    run = RunConfig.load(p)
+    assert run.name == "mine" and run.train.max_steps == 10
+    assert run.model == RunConfig.load(preset="shakespeare-char").model
+
+
+def test_bare_train_asks_for_a_recipe_and_lists_them(capsys):
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: name a recipe") and "\n" not in err
+    for name in recipes():
+        assert name in err
+    assert main(["train", "--list-presets"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == sorted(recipes())
+    assert any("nanoGPT's character-level Shakespeare" in line for line in out)
+
+
+@pytest.mark.parametrize("flag", ["--runs-dir", "--runs_dir"])
+def test_both_spellings_of_runs_dir(flag, capsys):
+    assert main(["train", "--preset", "verdict", flag, "elsewhere", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs_dir"] == "elsewhere"
+
+
+def test_help_lists_every_setting_with_type_default_and_comment(capsys):
+    import dataclasses
+
+    from scratchllm.config.base import field_docs
+    from scratchllm.config.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--train.{f.name} " in out, f.name
+    assert "--train.lr FLOAT (default 0.0006)" in out and "--model.n_kv_head INT or none (default none)" in out
+    assert " ".join(field_docs(TrainConfig)["lr"].split()) in " ".join(out.split())
+    assert "--data.tokenizer.vocab_size INT or none (default none)" in out
+    assert "--sample.max_new_tokens INT (default 200)" in out  # RunConfig's own sampling defaults

@@ -16,6 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+# SampleConfig's fields that are flags of their own (the rest are `--key value` overrides).
+SAMPLE_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed",
+                "prompt_lookup")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -30,16 +34,11 @@ def register(subparsers) -> None:
                    help="run folder, checkpoint folder, or preset name (random weights); default: latest run")
     p.add_argument("--runs-dir", default="runs", help="where to look for the latest run (default: runs)")
     p.add_argument("--file", "-f", default=None, help="read the prompt from this file")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 1.0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default 1.0)")
-    p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL penalty, 1.0 = off")
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable); not printed")
-    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
-    p.add_argument("--prompt-lookup", type=int, default=None, metavar="N",
-                   help="greedy only: speculate up to N tokens copied from earlier text, verified in one pass "
-                        "(same tokens, faster when the text repeats)")
+    from scratchllm.cli.settings import add_setting_flags
+    from scratchllm.config.sample import SampleConfig
+
+    add_setting_flags(p, SampleConfig(), SAMPLE_FLAGS, "sampling (SampleConfig; --stop is repeatable, \\n and "
+                      "\\t in it are newline and tab)", metavars={"prompt_lookup": "N"})
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
@@ -65,13 +64,13 @@ def register(subparsers) -> None:
 
 def sample_config(args):
     """SampleConfig from the flags that were given, then `--key value` overrides (validated)."""
+    from scratchllm.cli.settings import given_settings
     from scratchllm.config.base import parse_overrides
     from scratchllm.config.sample import SampleConfig
 
-    names = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "prompt_lookup")
-    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if args.stop:
-        given["stop"] = tuple(unescape(s) for s in args.stop)
+    given = given_settings(args, SAMPLE_FLAGS)
+    if "stop" in given:
+        given["stop"] = tuple(unescape(s) for s in given["stop"])
     config = SampleConfig.from_dict(given)
     if args.overrides:
         config = config.override(parse_overrides(args.overrides))

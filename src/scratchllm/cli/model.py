@@ -15,6 +15,10 @@ import json
 
 
 def register(subparsers) -> None:
+    from scratchllm.cli import needs_action
+    from scratchllm.cli.settings import add_settings_help
+    from scratchllm.config.model import ModelConfig
+
     p = subparsers.add_parser("model", help="model sizes, memory and FLOPs; list presets",
                               description="Inspect model configurations (no weights needed).")
     sub = p.add_subparsers(dest="model_command", metavar="ACTION")
@@ -27,11 +31,12 @@ def register(subparsers) -> None:
     info.add_argument("--seq-len", type=int, default=None, metavar="T",
                       help="sequence length for the FLOP estimates (default: the context length)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_settings_help(info, ModelConfig(), "settings (--key value, or TOML; defaults are gpt2-small's)")
     info.set_defaults(func=cmd_info, accepts_overrides=True)
     presets = sub.add_parser("presets", help="list the model presets with their sizes")
     presets.add_argument("--json", action="store_true", help="print machine-readable JSON")
     presets.set_defaults(func=cmd_presets)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=needs_action(p))
 
 
 def load_model_config(preset: str | None, config_file: str | None, overrides: list[str]):

@@ -19,22 +19,23 @@ from scratchllm.cli.inputs import decode_utf8  # the one UTF-8 rule of every com
 
 KINDS = ("char", "words", "bpe", "wordpiece")
 
+# TokenizerConfig's fields that `tokenizer train` takes as flags (path, a file to load, is not training).
+TRAIN_FLAGS = ("kind", "vocab_size", "pattern", "special_tokens", "min_frequency", "lowercase")
+
 
 def register(subparsers) -> None:
+    from scratchllm.cli import needs_action
+    from scratchllm.cli.settings import add_setting_flags
+    from scratchllm.config.tokenizer import TokenizerConfig
     p = subparsers.add_parser("tokenizer", help="train, run and compare tokenizers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=needs_action(p))
 
     t = sub.add_parser("train", help="learn a tokenizer from text files")
     t.add_argument("inputs", nargs="+", help="text files or folders of .txt files (each file is one document)")
-    t.add_argument("--kind", choices=KINDS, default="bpe", help="tokenizer kind (default: bpe)")
-    t.add_argument("--vocab-size", type=int, default=None,
-                   help="total ids incl. special tokens (default: bpe/wordpiece 4096, char/words all seen)")
-    t.add_argument("--pattern", default="gpt2", help="bpe pre-tokenisation: gpt2, gpt4 or a regex (default gpt2)")
-    t.add_argument("--special-token", action="append", dest="special_tokens", default=None,
-                   help="a special token (repeatable; default <|endoftext|>, for wordpiece BERT's)")
-    t.add_argument("--min-frequency", type=int, default=1, help="bpe: merge only pairs seen this often")
+    add_setting_flags(t, TokenizerConfig(), TRAIN_FLAGS, "settings (TokenizerConfig)",
+                      aliases={"special_tokens": ["--special-token"]})
     t.add_argument("--out", default="tokenizer.scratchllm.json", help="where to save (file or folder)")
     t.add_argument("--hf-out", default=None, help="bpe: also write a Hugging Face tokenizer.json here")
     _add_errors(t)
@@ -126,8 +127,11 @@ def _read_input(arg: str | None, file: str | None, errors: str = "strict") -> st
 
 
 def _load_tokenizer(spec: str, data_dir: str | None):
+    from scratchllm.files import check_data_dir
     from scratchllm.tokenizer import gpt2, load
 
+    if data_dir is not None:
+        check_data_dir(data_dir)
     if spec == "gpt2":
         return gpt2(data_dir)
     return load(spec)
@@ -135,29 +139,25 @@ def _load_tokenizer(spec: str, data_dir: str | None):
 
 # --- commands ------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    from scratchllm.cli.settings import given_settings
+    from scratchllm.config.tokenizer import TokenizerConfig
     from scratchllm.errors import UserError
-    from scratchllm.tokenizer import train
+    from scratchllm.tokenizer import build
 
-    docs = read_documents(args.inputs, args.errors)
-    opts: dict = {}
-    if args.special_tokens is not None:
-        opts["special_tokens"] = tuple(args.special_tokens)
-    if args.kind == "bpe":
-        opts.update(pattern=args.pattern, min_frequency=args.min_frequency, progress=not args.no_progress)
-    elif args.kind == "wordpiece":
-        opts["progress"] = not args.no_progress
-    elif args.kind == "words" and "special_tokens" in opts:
-        from scratchllm.tokenizer.words import UNK
-
-        opts["special_tokens"] += (UNK,) if UNK not in opts["special_tokens"] else ()
-    if args.hf_out and args.kind != "bpe":
+    config = TokenizerConfig.from_dict(given_settings(args, TRAIN_FLAGS), prefix="tokenizer.")
+    if config.kind not in KINDS:  # gpt2: a released vocabulary
+        raise UserError(f"{config.kind} is GPT-2's released vocabulary, not trained here; use --tokenizer gpt2 "
+                        f"with encode/decode, or --kind bpe to train the same algorithm")
+    if args.hf_out and config.kind != "bpe":
         raise UserError("--hf-out exports byte-level BPE only; use --kind bpe")
-    tok = train(args.kind, docs, args.vocab_size, **opts)
+    docs = read_documents(args.inputs, args.errors)
+    tok = build(config, docs, progress=not args.no_progress)
     if args.out.endswith(("/", "\\")):  # a folder that may not exist yet
         Path(args.out).mkdir(parents=True, exist_ok=True)
     path = tok.save(args.out)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    print(f"trained {args.kind} tokenizer: {tok.vocab_size} ids from {len(docs)} file(s), {n_bytes:,} bytes -> {path}")
+    print(f"trained {config.kind} tokenizer: {tok.vocab_size} ids from {len(docs)} file(s), {n_bytes:,} bytes -> "
+          f"{path}")
     if args.hf_out:
         from scratchllm.tokenizer.hf import export_hf
 

@@ -2,7 +2,10 @@
 
 A config is a dataclass that subclasses `Config`. Its fields have simple types (int, float, bool,
 str, Literal, Optional, tuple of those) or are nested configs. Validation lives in each class's
-`__post_init__` and raises `ConfigError` with a message that names the field and what to do.
+`__post_init__` (first `check_finite`: no inf or nan in any float) and raises `ConfigError` with a
+message that names the field and what to do. The `#` comment above a field is its documentation
+(`field_docs`): the CLI's `--help` shows it with the field's type and default, so it is written once.
+Strings are taken as given (never stripped).
 
 What this is not: a general schema library. No exec, no globals, no magic beyond dataclasses.
 """
@@ -10,6 +13,9 @@ What this is not: a general schema library. No exec, no globals, no magic beyond
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import re
 import sys
 import types
 import typing
@@ -54,10 +60,13 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if origin in (tuple, list):
         inner = get_args(tp)[0] if get_args(tp) else str
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip() != ""]
+            # From the command line: items separated by commas, taken as typed (no stripping); ""
+            # is the empty list. An item holding a comma is written in TOML (or, for generate's
+            # stop strings, as a repeated --stop).
+            value = value.split(",") if value != "" else []
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
-        out = [_coerce(v.strip() if isinstance(v, str) else v, inner, name) for v in value]
+        out = [_coerce(v, inner, name) for v in value]
         return tuple(out) if origin is tuple else out
     if tp is bool:
         if isinstance(value, bool):
@@ -205,6 +214,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not TOML (not UTF-8 text: byte offset {e.start}); "
+                          f"give a .toml recipe") from None
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
@@ -233,6 +245,66 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
             i += 1
         out[key.replace("-", "_")] = value
     return out
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's explanation: the `#` comment lines right above it in the class's source.
+
+    The one source of a setting's documentation (the CLI's `--help` reads it from here). Section
+    rulers (`# --- name ---`) are not part of a field's comment.
+
+    >>> from scratchllm.config.sample import SampleConfig
+    >>> field_docs(SampleConfig)["top_k"]
+    'Keep only the k most likely tokens; None keeps all.'
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):  # pragma: no cover - no source (frozen app)
+            continue
+        comment: list[str] = []
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                text = stripped.lstrip("#").strip()
+                if not re.fullmatch(r"-+ .* -+|-+", text):
+                    comment.append(text)
+                continue
+            m = re.match(r"    (\w+)\s*:", line)
+            if m and m.group(1) in names:
+                docs[m.group(1)] = " ".join(comment)
+            comment = []
+    return docs
+
+
+def describe_type(tp: Any) -> str:
+    """A field type as the help shows it.
+
+    >>> describe_type(int | None), describe_type(Literal["a", "b"]), describe_type(tuple[str, ...])
+    ('INT or none', '{a,b}', 'STR,...')
+    """
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        text = " or ".join(describe_type(a) for a in args)
+        return text + " or none" if type(None) in get_args(tp) else text
+    if origin is Literal:
+        return "{" + ",".join(map(str, get_args(tp))) + "}"
+    if origin in (tuple, list):
+        return describe_type(get_args(tp)[0] if get_args(tp) else str) + ",..."
+    if tp is bool:
+        return "true|false"
+    return getattr(tp, "__name__", str(tp)).upper()
+
+
+def check_finite(config: Any, prefix: str = "") -> None:
+    """Reject inf and nan in every float setting of `config` (called first in each `__post_init__`)."""
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number, got {v}")
 
 
 def check(condition: bool, message: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scratchllm.config.base import Config, check
+from scratchllm.config.base import Config, check, check_finite
 from scratchllm.config.tokenizer import TokenizerConfig
 
 
@@ -42,6 +42,7 @@ class DataConfig(Config):
     near_dedup: bool = True
     # 0.8 on 5-word shingles flags copies with light edits while keeping different works apart.
     near_threshold: float = 0.8
+    # Near-duplicate shingles of words (text that was lightly edited) or of characters (no word breaks).
     shingle: Literal["word", "char"] = "word"
     # 5 words (or characters) per shingle: common phrases rarely repeat at this length by chance.
     shingle_size: int = 5
@@ -63,6 +64,7 @@ class DataConfig(Config):
     offline: bool = False
 
     def __post_init__(self) -> None:
+        check_finite(self, "data.")
         check(bool(self.dataset), "data.dataset must name a dataset or a path; see `scratchllm data list`")
         check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         check(0.0 < self.near_threshold <= 1.0, f"data.near_threshold must be in (0, 1], got {self.near_threshold}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from scratchllm.config.base import Config, check
+from scratchllm.config.base import Config, check, check_finite
 from scratchllm.errors import ConfigError
 
 
@@ -23,8 +23,11 @@ class ModelConfig(Config):
     vocab_size: int = 50257
     # Longest sequence the model attends over; GPT-2 used 1,024.
     context_length: int = 1024
+    # Transformer blocks; 12 (with 12 heads and 768 dims) is GPT-2 small.
     n_layer: int = 12
+    # Attention heads per block; n_embd must be a multiple of it (each head gets n_embd / n_head dims).
     n_head: int = 12
+    # Width of the residual stream (the embedding size).
     n_embd: int = 768
     # Key/value heads for grouped-query attention; None means n_head (plain multi-head attention).
     n_kv_head: int | None = None
@@ -41,6 +44,7 @@ class ModelConfig(Config):
     qkv_bias: bool = True
     # Share the token embedding matrix with the output head (GPT-2 does; saves vocab*n_embd params).
     tie_weights: bool = True
+    # "layernorm": GPT-2's LayerNorm (centre and scale); "rmsnorm": Llama's RMSNorm (scale only).
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     # 1e-5 is GPT-2's LayerNorm epsilon (and PyTorch's default).
     norm_eps: float = 1e-5
@@ -65,6 +69,7 @@ class ModelConfig(Config):
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        check_finite(self, "model.")
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             check(getattr(self, name) > 0, f"model.{name} must be a positive integer, got {getattr(self, name)}")
         check(

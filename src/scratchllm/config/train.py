@@ -5,8 +5,9 @@ schedule, precision, evaluation, checkpoints, stopping. Every kind of training (
 classification, instruction and preference finetuning) reuses it.
 
 `RunConfig` composes a pretraining run from TOML tables `[model] [data] [train] [sample]` plus a
-few top-level keys (`name`, `runs_dir`, `preset`, `prompt`). A `preset` names one of
-`RUN_PRESETS` below; the TOML and `--key value` flags are applied on top of it.
+few top-level keys (`name`, `runs_dir`, `preset`, `prompt`). A `preset` names one of the shipped
+recipes (`scratchllm/recipes/*.toml`, also reachable as `configs/`); the TOML and `--key value`
+flags are applied on top of it.
 
 Defaults follow nanoGPT's `train.py` (AdamW betas 0.9/0.95, weight decay 0.1, clip 1.0,
 warmup then cosine to lr/10) unless a comment says otherwise. Not here: the loop itself.
@@ -14,11 +15,12 @@ warmup then cosine to lr/10) unless a comment says otherwise. Not here: the loop
 
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from scratchllm.config.base import Config, check, load_toml
+from scratchllm.config.base import Config, check, check_finite, load_toml, tomllib
 from scratchllm.config.data import DataConfig
 from scratchllm.config.model import ModelConfig
 from scratchllm.config.sample import SampleConfig
@@ -112,6 +114,7 @@ class TrainConfig(Config):
     resume: bool = False
 
     def __post_init__(self) -> None:
+        check_finite(self, "train.")
         check(self.optimizer in OPTIMIZERS,
               f"train.optimizer {self.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
         check(self.schedule in SCHEDULES,
@@ -161,6 +164,7 @@ class RunConfig(Config):
 
     # Folder name under runs_dir; "" means the recipe's file name or the preset name.
     name: str = ""
+    # Folder that holds the run folders (and the prepared data, runs_dir/data); `latest` names the last run.
     runs_dir: str = "runs"
     # Text the before/after samples start from ("" starts from the end-of-text token or a newline).
     prompt: str = "\n"
@@ -177,7 +181,8 @@ class RunConfig(Config):
     @classmethod
     def load(cls, config: str | Path | None = None, preset: str | None = None,
              overrides: dict[str, Any] | None = None) -> RunConfig:
-        """Preset, then the TOML recipe (which may name its own `preset`), then flag overrides."""
+        """The recipe `preset` (a shipped TOML, `recipes()`), then the TOML file `config` (which may
+        name its own `preset`), then flag overrides. `--preset X` is exactly `--config configs/X.toml`."""
         data: dict[str, Any] = {}
         if config is not None:
             data = load_toml(config)
@@ -185,12 +190,12 @@ class RunConfig(Config):
         data.pop("preset", None)
         merged: dict[str, Any] = {}
         if preset is not None:
-            if preset not in RUN_PRESETS:
-                raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(RUN_PRESETS)}")
-            _deep_update(merged, RUN_PRESETS[preset])
+            _deep_update(merged, recipe(preset))
         _deep_update(merged, data)
+        if config is not None and not data.get("name"):
+            merged["name"] = Path(config).stem
         if not merged.get("name"):
-            merged["name"] = Path(config).stem if config is not None else (preset or "run")
+            merged["name"] = preset or "run"
         run = cls.from_dict(merged)
         if overrides:
             run = run.override(overrides)
@@ -210,15 +215,26 @@ def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
             dst[k] = dict(v) if isinstance(v, dict) else v
 
 
-# Whole runs by name (the same settings as the matching configs/*.toml, for `--preset`).
-RUN_PRESETS: dict[str, dict[str, Any]] = {
-    # nanoGPT's train_shakespeare_char.py with the README's CPU overrides (block 64, batch 12,
-    # 4 layers/4 heads/128, 2,000 iterations, eval_iters 20, dropout 0); bias False as nanoGPT's default.
-    "shakespeare-char": {
-        "model": dict(n_layer=4, n_head=4, n_embd=128, context_length=64, dropout=0.0, bias=False,
-                      qkv_bias=False),
-        "train": dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, decay_steps=2000, max_steps=2000, beta2=0.99,
-                      weight_decay=0.1, grad_clip=1.0, batch_size=12, eval_interval=250, eval_batches=20,
-                      precision="fp32"),
-    },
-}
+def _recipe_files() -> dict[str, Any]:
+    """The shipped recipes (package data `scratchllm/recipes/*.toml`, linked as `configs/`) by name."""
+    folder = importlib.resources.files("scratchllm").joinpath("recipes")
+    return {f.name[: -len(".toml")]: f for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".toml")}
+
+
+def recipes() -> dict[str, str]:
+    """Each shipped recipe's name and what it is (its first comment line), for `train --list-presets`."""
+    out = {}
+    for name, f in _recipe_files().items():
+        first = next((ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.startswith("#")), "")
+        out[name] = first.lstrip("#").strip()
+    return out
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """The settings of shipped recipe `name` (what `--preset name` starts from)."""
+    files = _recipe_files()
+    if name not in files:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(files)} (scratchllm train "
+                          f"--list-presets)")
+    return tomllib.loads(files[name].read_text(encoding="utf-8"))

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from scratchllm.errors import UserError
-from scratchllm.files import cache_dir
+from scratchllm.files import cache_dir, check_data_dir, temp_file
 
 DATA_ENV = "SCRATCHLLM_DATA_DIR"
 OFFLINE_ENV = "SCRATCHLLM_OFFLINE"
@@ -34,7 +33,7 @@ def local_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Read-only folders searched before the cache, in order: the explicit one, then $SCRATCHLLM_DATA_DIR."""
     out = []
     if data_dir:
-        out.append(Path(data_dir).expanduser())
+        out.append(check_data_dir(data_dir))
     env = os.environ.get(DATA_ENV)
     if env:
         out.append(Path(env).expanduser())
@@ -102,7 +101,7 @@ def download(url: str, dest: Path, sha256: str | None, *, progress: bool = True,
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = temp_file(dest)
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as f:

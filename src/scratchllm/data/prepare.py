@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,17 +147,23 @@ def prepare(config: DataConfig, out_dir: str | os.PathLike, progress: bool = Tru
     say(report.summary())
     tokenizer = train_tokenizer(config.tokenizer, texts, config.data_dir, progress)
     lap("tokenizer")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / shards.META_FILE).unlink(missing_ok=True)
-    report.save(out / CLEAN_REPORT)
-    meta = shards.write_shards(texts, tokenizer, out, config.val_fraction, config.split_by,
-                               workers=config.workers, seed=config.split_seed, progress=progress)
-    lap("shards")
-    meta["prepare"] = {"config_hash": digest, "config": config.to_dict(), "raw": raw, "timings": timings,
-                       "clean": {k: v for k, v in report.to_dict().items() if not isinstance(v, (list, dict))}}
     from scratchllm.files import write_json_atomic
 
-    write_json_atomic(out / shards.META_FILE, meta)
+    created = not out.exists()  # a folder this call makes is removed again if writing fails
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / shards.META_FILE).unlink(missing_ok=True)
+        report.save(out / CLEAN_REPORT)
+        meta = shards.write_shards(texts, tokenizer, out, config.val_fraction, config.split_by,
+                                   workers=config.workers, seed=config.split_seed, progress=progress)
+        lap("shards")
+        meta["prepare"] = {"config_hash": digest, "config": config.to_dict(), "raw": raw, "timings": timings,
+                           "clean": {k: v for k, v in report.to_dict().items() if not isinstance(v, (list, dict))}}
+        write_json_atomic(out / shards.META_FILE, meta)  # last: a folder without it is never reused
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     prepared = load_prepared(out, meta)
     prepared.timings = timings
     say(summary(meta))

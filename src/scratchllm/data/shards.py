@@ -20,7 +20,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from scratchllm.errors import UserError
-from scratchllm.files import write_json_atomic
+from scratchllm.files import temp_file, write_json_atomic
 from scratchllm.tokenizer.base import FORMAT, TOKENIZER_FILE, VERSION
 
 META_FILE = "meta.json"
@@ -151,7 +150,7 @@ class _AtomicBin:
 
     def __init__(self, folder: Path, name: str) -> None:
         self.path = folder / name
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+        fd, self.tmp = temp_file(self.path)
         self.f = os.fdopen(fd, "wb")
         self.count = 0
 
@@ -247,8 +246,14 @@ def read_meta(out_dir: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p} is not valid JSON ({e}); run `scratchllm data prepare` again") from None
-    if meta.get("format") != SHARDS_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != SHARDS_FORMAT:
         raise UserError(f"{p} is not a scratchllm shards meta file")
+    try:  # the fields readers use, so that an edited or damaged file is one clear line
+        np.dtype(meta["dtype"])
+        int(meta["tokens"]["train"]), int(meta["tokens"]["val"])
+        Path(meta["tokenizer"]["file"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{p} is damaged ({type(e).__name__}: {e}); run `scratchllm data prepare` again") from None
     return meta
 
 

@@ -30,7 +30,7 @@ from scratchllm.data import readers
 from scratchllm.data.cache import download, fetch_file, verify
 from scratchllm.data.readers import Document
 from scratchllm.errors import UserError
-from scratchllm.files import write_atomic
+from scratchllm.files import check_data_dir, write_atomic
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,8 @@ def load_corpus(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | N
                 text_field: str = "text", *, separator: str | None = None, errors: str = "strict",
                 offline: bool = False, progress: bool = True) -> list[Document]:
     """Named documents of a registry dataset or a local path."""
+    if data_dir:
+        check_data_dir(data_dir)
     if is_path(name_or_path):
         p = Path(name_or_path).expanduser()
         if not p.exists():
@@ -255,14 +257,12 @@ def load_records(name: str, data_dir: str | os.PathLike | None = None, offline: 
     raise UserError(f"{name} has no structured records; use load_documents for its text")
 
 
-def gpt2_files(data_dir: str | os.PathLike | None = None, offline: bool = False) -> tuple[Path, Path]:
-    """Checked local copies of GPT-2's encoder.json and vocab.bpe."""
-    return (fetch("gpt2-encoder", data_dir, offline), fetch("gpt2-vocab", data_dir, offline))
-
-
 def gpt2_tokenizer(data_dir: str | os.PathLike | None = None, offline: bool = False):
-    """GPT-2's tokenizer, built by `BPETokenizer.from_gpt2_files` from the fetched vocabulary files."""
+    """GPT-2's tokenizer from its two vocabulary files, fetched and checked (`fetch`) if not at hand.
+
+    (`scratchllm.tokenizer.gpt2` finds the same files but never downloads: the tokenizer layer has no network.)
+    """
     from scratchllm.tokenizer.bpe import BPETokenizer
 
-    encoder, vocab = gpt2_files(data_dir, offline)
+    encoder, vocab = fetch("gpt2-encoder", data_dir, offline), fetch("gpt2-vocab", data_dir, offline)
     return BPETokenizer.from_gpt2_files(encoder, vocab)

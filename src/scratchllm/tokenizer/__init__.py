@@ -4,9 +4,7 @@
 `gpt2(data_dir)` is GPT-2's own; `build(config, texts)` follows a TokenizerConfig.
 """
 
-from scratchllm.tokenizer.base import TOKENIZER_FILE, Tokenizer, from_dict, load_file
+from scratchllm.tokenizer.base import TOKENIZER_FILE, Tokenizer, from_dict, load
 from scratchllm.tokenizer.factory import build, gpt2, gpt2_files, train
 
-load = load_file
-
-__all__ = ["TOKENIZER_FILE", "Tokenizer", "build", "from_dict", "gpt2", "gpt2_files", "load", "load_file", "train"]
+__all__ = ["TOKENIZER_FILE", "Tokenizer", "build", "from_dict", "gpt2", "gpt2_files", "load", "train"]

@@ -174,17 +174,30 @@ def tokenizer_class(kind: str) -> type[Tokenizer]:
     return getattr(importlib.import_module(module), cls)
 
 
-def from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild any tokenizer from its saved dict (checks format and version)."""
-    if d.get("format") != FORMAT:
-        raise UserError("not a scratchllm tokenizer file (no 'format': 'scratchllm.tokenizer' header)")
-    if d.get("version") != VERSION:
-        raise UserError(f"tokenizer file version {d.get('version')} is not supported (this scratchllm reads {VERSION})")
+def from_dict(d: dict[str, Any], source: str = "tokenizer file") -> Tokenizer:
+    """Rebuild any tokenizer from its saved dict (checks format, version and shape); `source` names it."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise UserError(f"{source} is not a scratchllm tokenizer file (no 'format': 'scratchllm.tokenizer' header)")
+    version = d.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"{source}: 'version' must be the integer {VERSION}, got {version!r} "
+                        f"({type(version).__name__})")
+    if version != VERSION:
+        raise UserError(f"{source} has version {version}; this scratchllm reads version {VERSION}")
+    kind = d.get("kind", "")
+    cls = tokenizer_class(kind if isinstance(kind, str) else repr(kind))
     body = {k: v for k, v in d.items() if k not in ("format", "version", "kind")}
-    return tokenizer_class(d.get("kind", "")).from_dict(body)
+    try:
+        return cls.from_dict(body)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        # valid JSON with the header but not the body a `kind` tokenizer saves (edited or damaged)
+        raise UserError(f"{source} has a {kind} tokenizer header but the wrong content "
+                        f"({type(e).__name__}: {e}); save the tokenizer again") from None
 
 
-def load_file(path: str | os.PathLike) -> Tokenizer:
+def load(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer saved by `Tokenizer.save` (a file, or a folder holding TOKENIZER_FILE)."""
     p = Path(path)
     if p.is_dir():
@@ -195,4 +208,4 @@ def load_file(path: str | os.PathLike) -> Tokenizer:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"tokenizer file {p} is not valid JSON ({e}); it may be truncated") from None
-    return from_dict(d)
+    return from_dict(d, f"tokenizer file {p}")

@@ -16,7 +16,7 @@ is lexicographically smallest. If the best pair spells a token that already exis
 reached through a different split), the chunks are merged into that token and no id is added; the
 merge is still recorded (the Hugging Face export lists it next to the first one).
 
-References: Sennrich et al. 2016 (BPE for NMT); Karpathy's minbpe (get_stats/merge);
+References: Sennrich et al. 2016 (BPE for NMT); Karpathy's minbpe (pair counts and merge);
 Hugging Face tokenizers' BpeTrainer (incremental pair counts with a heap). Not here: encoding
 (bpe.py), which applies the merges by rank to new text.
 """
@@ -33,18 +33,6 @@ from scratchllm.errors import UserError
 from scratchllm.tokenizer.patterns import compiled
 
 Merge = tuple[int, int, int]  # (left id, right id, merged id)
-
-
-def get_stats(ids: Sequence[int], counts: dict[tuple[int, int], int] | None = None, weight: int = 1):
-    """Count adjacent pairs (overlapping) in `ids`, adding `weight` each, into `counts`.
-
-    >>> get_stats([1, 2, 3, 1, 2])
-    {(1, 2): 2, (2, 3): 1, (3, 1): 1}
-    """
-    counts = {} if counts is None else counts
-    for pair in zip(ids, ids[1:]):
-        counts[pair] = counts.get(pair, 0) + weight
-    return counts
 
 
 def merge(ids: Sequence[int], a: int, b: int, new: int) -> list[int]:

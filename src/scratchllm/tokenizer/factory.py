@@ -33,6 +33,9 @@ def train(kind: str, texts: Iterable[str], vocab_size: int | None = None, **opti
     3
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
+    if vocab_size is not None and (isinstance(vocab_size, bool) or vocab_size <= 0):
+        raise UserError(f"vocab_size must be a positive number of tokens, got {vocab_size} "
+                        f"(leave it unset for the {kind} default)")
     if not any(texts):
         raise UserError(f"cannot train a {kind} tokenizer on empty text")
     opts = dict(options)
@@ -73,17 +76,22 @@ def _only(kind: str, opts: dict[str, Any], known: set[str]) -> None:
 
 
 def gpt2_files(data_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """(encoder.json, vocab.bpe) under `data_dir`/gpt2 or $SCRATCHLLM_DATA_DIR/gpt2; a clear error if absent."""
-    folder = data_dir if data_dir is not None else os.environ.get("SCRATCHLLM_DATA_DIR")
-    if folder:
-        d = Path(folder)
-        for cand in (d / "gpt2", d):
-            if (cand / "encoder.json").is_file() and (cand / "vocab.bpe").is_file():
-                return cand / "encoder.json", cand / "vocab.bpe"
-    where = f"{Path(folder) / 'gpt2'}" if folder else "no data folder given"
+    """(encoder.json, vocab.bpe) already on disk: in `data_dir`/gpt2 (or `data_dir` itself), then
+    $SCRATCHLLM_DATA_DIR/gpt2, then the cache (where `scratchllm data get gpt2` puts them); a clear error
+    if absent. Never downloads (that is `scratchllm.data.sources.gpt2_tokenizer`)."""
+    from scratchllm.files import cache_dir, check_data_dir
+
+    if data_dir is not None:
+        check_data_dir(data_dir)
+    folders = [Path(f) for f in (data_dir, os.environ.get("SCRATCHLLM_DATA_DIR")) if f]
+    for cand in [c for d in folders for c in (d / "gpt2", d)] + [cache_dir() / "gpt2"]:
+        if (cand / "encoder.json").is_file() and (cand / "vocab.bpe").is_file():
+            return cand / "encoder.json", cand / "vocab.bpe"
+    where = ", ".join(str(d / "gpt2") for d in folders) or "no data folder given"
     raise UserError(f"GPT-2's tokenizer files gpt2/encoder.json and gpt2/vocab.bpe were not found ({where}); "
-                    f"download {GPT2_URLS['encoder.json']} and {GPT2_URLS['vocab.bpe']} into <folder>/gpt2/ "
-                    f"and pass --data-dir <folder> or set SCRATCHLLM_DATA_DIR")
+                    f"run `scratchllm data get gpt2`, or download {GPT2_URLS['encoder.json']} and "
+                    f"{GPT2_URLS['vocab.bpe']} into <folder>/gpt2/ and pass --data-dir <folder> or set "
+                    f"SCRATCHLLM_DATA_DIR")
 
 
 def gpt2(data_dir: str | os.PathLike | None = None, engine: str = "auto"):
@@ -97,10 +105,10 @@ def gpt2(data_dir: str | os.PathLike | None = None, engine: str = "auto"):
 def build(config, texts: Iterable[str] = (), *, data_dir: str | os.PathLike | None = None,
           progress: bool = False) -> Tokenizer:
     """The tokenizer a `TokenizerConfig` describes: loaded (config.path), GPT-2's, or trained on `texts`."""
-    from scratchllm.tokenizer.base import load_file
+    from scratchllm.tokenizer.base import load
 
     if config.path:
-        return load_file(config.path)
+        return load(config.path)
     if config.kind == "gpt2":
         return gpt2(data_dir)
     opts: dict[str, Any] = {}
