@@ -1,4 +1,5 @@
-"""runtime.keep_freed_memory: large blocks freed and allocated again, as every training step does,
+"""runtime: the CPU description (cpu_info, cpu_identity, machine_summary, fast_bf16_matmul) read from
+/proc/cpuinfo; and keep_freed_memory: large blocks freed and allocated again, as every training step does,
 stop costing page faults once the heap has settled; by default each one is faulted in anew."""
 
 import json
@@ -38,3 +39,41 @@ def test_keep_freed_memory_stops_page_faults_on_reallocation():
     assert kept["kept"] is True
     assert all(f > pages // 2 for f in default["faults"])  # by default every step faults its pages in again
     assert all(f < pages // 50 for f in kept["faults"][-2:])  # kept: the freed pages are reused
+
+
+HYBRID = """processor\t: 0
+model name\t: Some CPU 9000
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+processor\t: 1
+model name\t: Some CPU 9000
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16
+"""
+
+
+def test_cpu_info_reads_the_model_and_the_flags_every_core_has(monkeypatch, tmp_path):
+    from scratchllm import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(HYBRID)
+    monkeypatch.setattr(runtime, "CPUINFO", str(cpuinfo))
+    name, flags = runtime.cpu_info()
+    assert name == "Some CPU 9000"
+    assert flags == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"}  # amx_tile: only one core has it
+    assert runtime.cpu_flags_summary() == "avx2 avx512f avx512_bf16, no amx_bf16 amx_tile"
+    assert runtime.machine_summary().startswith("Some CPU 9000 (avx2 avx512f avx512_bf16, no amx_bf16 amx_tile), ")
+    assert runtime.fast_bf16_matmul("cpu") is True
+    ident = runtime.cpu_identity()
+    cpuinfo.write_text(HYBRID.replace(" avx512_bf16", ""))
+    assert runtime.fast_bf16_matmul("cpu") is False
+    assert runtime.cpu_flags_summary() == "avx2 avx512f, no avx512_bf16 amx_bf16 amx_tile"
+    assert runtime.cpu_identity() != ident  # other flags: another CPU for a -march=native build
+
+
+def test_without_cpuinfo_the_cpu_is_named_by_platform(monkeypatch, tmp_path):
+    from scratchllm import runtime
+
+    monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "missing"))
+    name, flags = runtime.cpu_info()
+    assert name == (platform.processor() or platform.machine()) and flags == frozenset()
+    assert runtime.cpu_flags_summary() == "no avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
+    assert runtime.fast_bf16_matmul("cpu") is False
