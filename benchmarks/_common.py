@@ -4,7 +4,7 @@ Every benchmark prints the machine line (CPU model and the flags that matter: AV
 AVX512-BF16, AMX), the precision of each row, and each speed beside the physical bound it is
 measured against, with the fraction reached:
 - memory-bound work (batch-1 decode, one-row matrix-vector products): bytes read / the memory's
-  measured read bandwidth (`read_bandwidth_gbs`);
+  read bandwidth, measured beside each row (`ReadBandwidth`);
 - compute-bound work (training): FLOPs / the measured matmul peak of the precision used
   (`matmul_peaks`), i.e. model FLOPs utilisation (MFU).
 A peer's ratio says who is faster here; the fraction of the bound says how much is left on any machine.
@@ -55,19 +55,32 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def read_bandwidth_gbs() -> float:
-    """The memory's read bandwidth in GB/s: torch summing a 512 MB fp32 tensor (far beyond the caches;
-    a read-only stream, as batch-1 decoding is), best of 5, with torch's threads.
+class ReadBandwidth:
+    """The memory's read bandwidth in GB/s, measured beside each row: torch summing a 512 MB fp32
+    tensor (far beyond the caches; a read-only stream, as batch-1 decoding is), best of 3, with
+    torch's threads.
 
-    The bound of memory-bound rows. A plain sum is a yardstick, not a hard ceiling: a reader with a
-    few long streams per core (scratchllm's kernel) can read a little faster, so a fraction above 100%
-    is possible.
+    The bound of memory-bound rows. On a shared machine it drifts within minutes (other tenants'
+    traffic), so each row is measured against the bandwidth read just before and just after it (the
+    higher of the two: the fraction is not flattered). A plain sum is a yardstick, not a hard
+    ceiling: a reader with a few long streams per core (scratchllm's kernel) can read a little
+    faster, so a fraction above 100% is possible.
     """
-    import torch
 
-    a = torch.empty(128 * 2**20, dtype=torch.float32).fill_(1.0)
-    t, _ = best_time(lambda: a.sum(), 5)
-    return a.numel() * 4 / t / 1e9
+    def __init__(self) -> None:
+        import torch
+
+        self.buffer = torch.empty(128 * 2**20, dtype=torch.float32).fill_(1.0)  # 512 MB, pages touched
+
+    def measure(self) -> float:
+        t, _ = best_time(self.buffer.sum, 3)
+        return self.buffer.numel() * 4 / t / 1e9
+
+    def around(self, fn: Callable[[], object]) -> tuple[object, float]:
+        """`fn()` and the bandwidth around it (the higher of before and after)."""
+        before = self.measure()
+        out = fn()
+        return out, max(before, self.measure())
 
 
 def median_step_time(step: Callable[[], None], warmup: int, steps: int) -> float:

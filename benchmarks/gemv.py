@@ -12,9 +12,10 @@ far beyond the caches) through:
 - a plain `sum` of the same weights: what torch reads when it only reads (a yardstick, not a
   hard ceiling: memory gives more to a few long streams than to 49 short reductions).
 and the same in bf16 (F.linear vs the kernel). Prints, for each reader, the precision, ms per step,
-GB/s and the fraction of the memory's read bandwidth (the bound of a one-row product: it reads
-every weight once; measured as benchmarks/generate.py measures it, before and after the rows, and
-the higher is the bound), and ratios to the kernel. Replaces its section of benchmarks/RESULTS.md.
+GB/s and the fraction reached of the memory's read bandwidth (the bound of a one-row product, which
+reads every weight once; measured just before and after each row, as benchmarks/generate.py does:
+see benchmarks/_common.ReadBandwidth), and ratios to the kernel. Replaces its section of
+benchmarks/RESULTS.md.
 
     python benchmarks/gemv.py [--repeats 10] [--threads N] [--no-record]
 """
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_record_flag, best_time, header, read_bandwidth_gbs, recorded  # noqa: E402
+from _common import ReadBandwidth, add_record_flag, best_time, header, recorded  # noqa: E402
 
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]
 
@@ -58,22 +59,24 @@ def run_all(args) -> None:
     header("matrix-vector products: one decode step's weights of GPT-2 124M, one input row")
     print(f"kernel: {gemv.status()}")
     kernel = gemv.load()
-    bw_before = read_bandwidth_gbs()
+    bandwidth = ReadBandwidth()
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(o, i, generator=g) * 0.02 for o, i in SHAPES]
     biases = [torch.randn(o, generator=g) * 0.02 for o, _ in SHAPES]
     xs = {n: torch.randn(1, n, generator=g) for n in (768, 3072)}
     nbytes = sum(w.numel() * 4 for w in weights)
-    print(f"{len(SHAPES)} matrices, {nbytes / 1e6:.0f} MB in fp32; memory read bandwidth {bw_before:.1f} GB/s")
-    print(f"  {'reader':<48} {'precision':<9} {'ms':>7} {'GB/s':>7}")
+    print(f"{len(SHAPES)} matrices, {nbytes / 1e6:.0f} MB in fp32, {nbytes / 2e6:.0f} MB in bf16")
+    print("bound: the memory's read bandwidth measured around the row (a plain sum of 512 MB: a yardstick, "
+          "so above 100% is possible)")
+    print(f"  {'reader':<48} {'precision':<9} {'ms':>6} {'GB/s':>5}  {'bound GB/s':>10}  reached")
 
-    rows: dict[str, tuple[float, int]] = {}  # name -> (ms, bytes read)
+    ms: dict[str, float] = {}
 
     def run(name, fn, precision="fp32"):
         size = nbytes if precision == "fp32" else nbytes // 2
-        ms = best_ms(fn, args.repeats)
-        rows[name] = (ms, size)
-        print(f"  {name:<48} {precision:<9} {ms:7.2f} {size / ms / 1e6:7.1f}", flush=True)
+        ms[name], bw = bandwidth.around(lambda: best_ms(fn, args.repeats))
+        speed = size / ms[name] / 1e6
+        print(f"  {name:<48} {precision:<9} {ms[name]:6.2f} {speed:5.1f}  {bw:10.1f}  {speed / bw:6.0%}", flush=True)
 
     def x_for(w):
         return xs[w.shape[1]]
@@ -103,17 +106,8 @@ def run_all(args) -> None:
     if kernel is not None:
         run("scratchllm C kernel (bf16)", lambda: [kernel(w, x16[w.shape[1]], b) for w, b in zip(w16, b16)],
             "bf16")
-    bw_after = read_bandwidth_gbs()
-    bw = max(bw_before, bw_after)
-    print(f"memory read bandwidth {bw_before:.1f} GB/s before the rows, {bw_after:.1f} after; the bound is the "
-          f"higher, {bw:.1f} GB/s = {nbytes / bw / 1e6:.2f} ms per step in fp32, {nbytes / 2 / bw / 1e6:.2f} in bf16")
-    print("fraction of the bound reached (a plain sum is a yardstick, not a hard ceiling: above 100% is possible):")
-    for name, (ms, size) in rows.items():
-        print(f"  {name:<48} {size / ms / 1e6 / bw:5.0%}")
-
     print("ratios (time of the other / time of scratchllm's kernel):")
     if kernel is not None:
-        ms = {name: t for name, (t, _) in rows.items()}
         ours = ms["scratchllm C kernel"]
         for name in ("torch F.linear (fp32)", "HF Conv1D layout: torch.addmm, weight (in, out)",
                      "oneDNN packed layout", "numpy W @ x (OpenBLAS)"):

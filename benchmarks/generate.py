@@ -14,9 +14,10 @@ tokens: it is slow). Also checks that greedy tokens are identical to HF's and th
 
 Decode at batch 1 reads every weight once per token (the tied embedding once, as the head; of the
 position embedding one row) and the KV cache so far, so the memory's read bandwidth B caps its
-speed at B / (bytes read per token). The script measures B as benchmarks/gemv.py does (before and
-after the rows; the higher is the bound) and prints for each row its precision, tokens/s, that
-bound and the fraction reached: at batch b a step reads the weights once for b tokens, and with
+speed at B / (bytes read per token). The script measures B as benchmarks/gemv.py does (just before
+and after each row: this shared machine's memory speed drifts within minutes; see
+benchmarks/_common.ReadBandwidth) and prints for each row its precision, tokens/s, that bound and
+the fraction reached: at batch b a step reads the weights once for b tokens, and with
 prompt lookup once for each forward pass (the tokens per pass are counted for scratchllm; HF's are
 not known here, so its row has no bound). Also whether scratchllm's matrix-vector kernel is in use
 (benchmarks/gemv.py compares the kernels alone).
@@ -36,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_record_flag, best_time, header, read_bandwidth_gbs, recorded  # noqa: E402
+from _common import ReadBandwidth, add_record_flag, best_time, header, recorded  # noqa: E402
 
 
 def book_attention_fixed(self, x, use_cache=False, start_pos=0, cache=None):
@@ -127,18 +128,20 @@ def run_all(args) -> None:
     def run_ours(model, ids, n, lookup=0):
         return generate(model, ids[0].tolist(), greedy.replace(max_new_tokens=n, prompt_lookup=lookup))
 
-    # (name, seconds, tokens, precision, (tokens per read of the weights, sequences) or None: not known)
-    rows: list[tuple[str, float, int, str, tuple[float, int] | None]] = []
+    # (name, seconds, tokens, precision, (tokens per read of the weights, sequences) or None: not
+    # known, read bandwidth around the row)
+    rows: list[tuple[str, float, int, str, tuple[float, int] | None, float]] = []
 
     def bench(name, fn, tokens, precision="fp32", step=(1.0, 1)):
-        t, out = best_time(fn, args.repeats + 1)  # the first call also warms up allocators and kernels
-        rows.append((name, t, tokens, precision, step))
+        # the first call also warms up allocators and kernels
+        (t, out), bw = bandwidth.around(lambda: best_time(fn, args.repeats + 1))
+        rows.append((name, t, tokens, precision, step, bw))
         print(f"  {name:<42} {precision:<5} {tokens / t:8.1f} tok/s  ({t:.2f} s)", flush=True)
         return out
 
     header("generation: scratchllm's engine vs HF transformers and the book, GPT-2 124M shape, random weights")
     print(f"matrix-vector kernel: {gemv.status()}")
-    bw_before = read_bandwidth_gbs()
+    bandwidth = ReadBandwidth()
     # bytes a decode step reads per sequence: every weight but the position table (one row of it), and
     # the KV cache, on average over the generation (keys and values of every layer, prompt + half the new)
     weights_read = ours.num_params() - (ours.pos_emb.weight.numel() if ours.pos_emb is not None else 0)
@@ -151,23 +154,25 @@ def run_all(args) -> None:
         per_step, sequences = step
         return per_step * bw * 1e9 / ((weights_read + sequences * kv_read) * elem[precision])
 
-    print(f"memory read bandwidth {bw_before:.1f} GB/s; per token at batch 1: {weights_read * 4 / 1e6:.0f} MB of "
-          f"fp32 weights + {kv_read * 4 / 1e6:.0f} MB of KV cache on average")
+    print(f"read per token at batch 1: {weights_read * 4 / 1e6:.0f} MB of fp32 weights + {kv_read * 4 / 1e6:.0f} MB "
+          f"of KV cache on average")
     print(f"batch 1, prompt {n_prompt}, {n_new} new tokens, greedy")
 
     # the headline pair runs interleaved (ours, HF, ours, HF, ...): this shared machine's memory speed
     # drifts within minutes, and batch-1 decode follows it, so both sides see the same conditions
     pair_times: dict[str, list[float]] = {"scratchllm fp32": [], "HF transformers fp32 (generate, use_cache)": []}
     outs = {}
+    pair_bw = [bandwidth.measure()]
     for _ in range(args.pair_rounds + 1):  # the first round warms up and is not counted
         for name, fn in (("scratchllm fp32", lambda: run_ours(ours, prompt, n_new)),
                          ("HF transformers fp32 (generate, use_cache)", lambda: run_hf(hf, prompt, n_new))):
             t0 = time.perf_counter()
             outs[name] = fn()
             pair_times[name].append(time.perf_counter() - t0)
+        pair_bw.append(bandwidth.measure())
     for name, times in pair_times.items():
         times = sorted(times[1:])
-        rows.append((name, times[0], n_new, "fp32", (1.0, 1)))
+        rows.append((name, times[0], n_new, "fp32", (1.0, 1), max(pair_bw)))
         print(f"  {name:<42} fp32  {n_new / times[0]:8.1f} tok/s  ({times[0]:.2f} s; median of {len(times)} "
               f"interleaved runs {n_new / times[len(times) // 2]:.1f} tok/s)", flush=True)
     medians = {name: sorted(t[1:])[len(t[1:]) // 2] for name, t in pair_times.items()}
@@ -205,7 +210,7 @@ def run_all(args) -> None:
     hook.remove()
     per_run = len(passes) // (args.repeats + 1)
     print(f"    ({per_run} forward passes for {n_new} tokens: {n_new / per_run:.2f} tokens per weight read)")
-    rows[-1] = (*rows[-1][:4], (n_new / per_run, 1))
+    rows[-1] = (*rows[-1][:4], (n_new / per_run, 1), rows[-1][5])
     hf_spec = bench(f"HF transformers fp32, prompt lookup {args.lookup}",
                     lambda: run_hf(hf, prompt, n_new, args.lookup), n_new, step=None)
     same_spec = spec_tokens == ours_tokens and hf_spec[0].tolist() == hf_tokens[0].tolist()
@@ -246,15 +251,14 @@ def run_all(args) -> None:
                      step=(b, b))
     same_batch = batch_out == hf_batch.tolist()
 
-    bw_after = read_bandwidth_gbs()
-    bw = max(bw_before, bw_after)
-    print(f"memory read bandwidth {bw_before:.1f} GB/s before the rows, {bw_after:.1f} after; the bound is the "
-          f"higher, {bw:.1f} GB/s (a plain sum: a yardstick, so above 100% is possible)")
-    print(f"  {'row':<42} {'prec':<5} {'tok/s':>8} {'bound':>8}  reached  (bound: tok/s at that read bandwidth)")
-    for name, t, tokens, precision, step in rows:
+    print("bound: tok/s if every step read its bytes at the memory's read bandwidth, measured around the row "
+          "(a plain sum of 512 MB: a yardstick, so above 100% is possible; the interleaved pair: the highest "
+          "between its rounds)")
+    print(f"  {'row':<42} {'prec':<5} {'tok/s':>8} {'GB/s':>5} {'bound':>8}  reached")
+    for name, t, tokens, precision, step, bw in rows:
         limit = f"{bound(precision, step, bw):8.0f}" if step else f"{'?':>8}"
         reached = f"{tokens / t / bound(precision, step, bw):6.0%}" if step else "  (tokens per pass not known)"
-        print(f"  {name:<42} {precision:<5} {tokens / t:8.1f} {limit}  {reached}")
+        print(f"  {name:<42} {precision:<5} {tokens / t:8.1f} {bw:5.1f} {limit}  {reached}")
 
     speed = {name: tokens / t for name, t, tokens, *_ in rows}
     print("ratios (scratchllm / peer, tokens per second):")
