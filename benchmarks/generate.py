@@ -19,7 +19,8 @@ and after each row: this shared machine's memory speed drifts within minutes; se
 benchmarks/_common.ReadBandwidth) and prints for each row its precision, tokens/s, that bound and
 the fraction reached: at batch b a step reads the weights once for b tokens, and with
 prompt lookup once for each forward pass (the tokens per pass are counted for scratchllm; HF's are
-not known here, so its row has no bound). Also whether scratchllm's matrix-vector kernel is in use
+not known here, so its row has no bound). Times include the prompt's forward pass, which the bound
+leaves out. Also whether scratchllm's matrix-vector kernel is in use
 (benchmarks/gemv.py compares the kernels alone).
 Run it alone: with another process on one of the two cores, two torch threads slow down
 several-fold (use --threads 1 then).
