@@ -11,58 +11,72 @@ far beyond the caches) through:
 - numpy's `W @ x` (OpenBLAS), another BLAS for reference;
 - a plain `sum` of the same weights: what torch reads when it only reads (a yardstick, not a
   hard ceiling: memory gives more to a few long streams than to 49 short reductions).
-and the same in bf16 (F.linear vs the kernel). Prints ms per step, GB/s and ratios.
+and the same in bf16 (F.linear vs the kernel). Prints, for each reader, the precision, ms per step,
+GB/s and the fraction reached of the memory's read bandwidth (the bound of a one-row product, which
+reads every weight once; measured just before and after each row, as benchmarks/generate.py does:
+see benchmarks/_common.ReadBandwidth), and ratios to the kernel. Replaces its section of
+benchmarks/RESULTS.md.
 
-    python benchmarks/gemv.py [--repeats 10] [--threads N]
+    python benchmarks/gemv.py [--repeats 10] [--threads N] [--no-record]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ReadBandwidth, add_record_flag, best_time, header, recorded  # noqa: E402
 
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]
 
 
 def best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+    fn()  # warm-up
+    return best_time(fn, repeats)[0] * 1e3
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=10, help="best of this many steps")
     ap.add_argument("--threads", type=int, default=None)
+    add_record_flag(ap)
     args = ap.parse_args()
+    with recorded("gemv", not args.no_record):
+        run_all(args)
 
+
+def run_all(args) -> None:
     from scratchllm.model import gemv
-    from scratchllm.runtime import machine_summary, set_threads
+    from scratchllm.runtime import set_threads
 
     set_threads(args.threads)
-    print(f"machine: {machine_summary()}")
+    header("matrix-vector products: one decode step's weights of GPT-2 124M, one input row")
     print(f"kernel: {gemv.status()}")
     kernel = gemv.load()
+    bandwidth = ReadBandwidth()
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(o, i, generator=g) * 0.02 for o, i in SHAPES]
     biases = [torch.randn(o, generator=g) * 0.02 for o, _ in SHAPES]
     xs = {n: torch.randn(1, n, generator=g) for n in (768, 3072)}
     nbytes = sum(w.numel() * 4 for w in weights)
-    print(f"one decode step of GPT-2 124M: {len(SHAPES)} matrices, {nbytes / 1e6:.0f} MB in fp32, one input row")
+    print(f"{len(SHAPES)} matrices, {nbytes / 1e6:.0f} MB in fp32, {nbytes / 2e6:.0f} MB in bf16")
+    print("bound: the memory's read bandwidth measured around the row (a plain sum of 512 MB: a yardstick, "
+          "so above 100% is possible)")
+    print(f"  {'reader':<48} {'precision':<9} {'ms':>6} {'GB/s':>5}  {'bound GB/s':>10}  reached")
 
-    rows: dict[str, float] = {}
+    ms: dict[str, float] = {}
 
-    def run(name, fn, size=nbytes):
-        ms = best_ms(fn, args.repeats)
-        rows[name] = ms
-        print(f"  {name:<48} {ms:7.2f} ms  {size / ms / 1e6:6.1f} GB/s", flush=True)
+    def run(name, fn, precision="fp32"):
+        size = nbytes if precision == "fp32" else nbytes // 2
+        ms[name], bw = bandwidth.around(lambda: best_ms(fn, args.repeats))
+        speed = size / ms[name] / 1e6
+        print(f"  {name:<48} {precision:<9} {ms[name]:6.2f} {speed:5.1f}  {bw:10.1f}  {speed / bw:6.0%}", flush=True)
 
     def x_for(w):
         return xs[w.shape[1]]
@@ -88,22 +102,21 @@ def main() -> None:
     w16 = [w.bfloat16() for w in weights]
     b16 = [b.bfloat16() for b in biases]
     x16 = {n: x.bfloat16() for n, x in xs.items()}
-    run("torch F.linear (bf16)", lambda: [F.linear(x16[w.shape[1]], w, b) for w, b in zip(w16, b16)], nbytes // 2)
+    run("torch F.linear (bf16)", lambda: [F.linear(x16[w.shape[1]], w, b) for w, b in zip(w16, b16)], "bf16")
     if kernel is not None:
         run("scratchllm C kernel (bf16)", lambda: [kernel(w, x16[w.shape[1]], b) for w, b in zip(w16, b16)],
-            nbytes // 2)
-
+            "bf16")
     print("ratios (time of the other / time of scratchllm's kernel):")
     if kernel is not None:
-        ours = rows["scratchllm C kernel"]
+        ours = ms["scratchllm C kernel"]
         for name in ("torch F.linear (fp32)", "HF Conv1D layout: torch.addmm, weight (in, out)",
                      "oneDNN packed layout", "numpy W @ x (OpenBLAS)"):
-            if name in rows:
-                print(f"  {name:<48} {rows[name] / ours:5.2f}x")
+            if name in ms:
+                print(f"  {name:<48} {ms[name] / ours:5.2f}x")
         print(f"  {'kernel speed / plain read speed':<48} "
-              f"{rows['torch sum of the weights (a plain read)'] / ours:5.0%}")
+              f"{ms['torch sum of the weights (a plain read)'] / ours:5.0%}")
         print(f"  {'bf16: torch F.linear / kernel':<48} "
-              f"{rows['torch F.linear (bf16)'] / rows['scratchllm C kernel (bf16)']:5.2f}x")
+              f"{ms['torch F.linear (bf16)'] / ms['scratchllm C kernel (bf16)']:5.2f}x")
 
 
 if __name__ == "__main__":

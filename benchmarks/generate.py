@@ -9,12 +9,19 @@ HF `GPT2LMHeadModel.generate(use_cache=True, do_sample=False)`, the book's KV-ca
 tokens: it is slow). Also checks that greedy tokens are identical to HF's and the book's.
 
     python benchmarks/generate.py                   # everything (a few minutes on 2 cores)
-    python benchmarks/generate.py --new-tokens 50 --repeats 1 --pair-rounds 2 --skip-uncached
+    python benchmarks/generate.py --quick           # 50 tokens, fewer repeats, no uncached loop
+    python benchmarks/generate.py --no-record       # do not replace its section of benchmarks/RESULTS.md
 
-Decode at batch 1 reads every weight once per token: 124M fp32 parameters are ~500 MB (the tied
-embedding is read once, as the head), so memory read bandwidth B GB/s caps speed near B / 0.5
-tok/s. The script prints a rough read bandwidth (a sum over 512 MB) and that bound, and whether
-scratchllm's matrix-vector kernel is in use (benchmarks/gemv.py compares the kernels alone).
+Decode at batch 1 reads every weight once per token (the tied embedding once, as the head; of the
+position embedding one row) and the KV cache so far, so the memory's read bandwidth B caps its
+speed at B / (bytes read per token). The script measures B as benchmarks/gemv.py does (just before
+and after each row: this shared machine's memory speed drifts within minutes; see
+benchmarks/_common.ReadBandwidth) and prints for each row its precision, tokens/s, that bound and
+the fraction reached: at batch b a step reads the weights once for b tokens, and with
+prompt lookup once for each forward pass (the tokens per pass are counted for scratchllm; HF's are
+not known here, so its row has no bound). Times include the prompt's forward pass, which the bound
+leaves out. Also whether scratchllm's matrix-vector kernel is in use
+(benchmarks/gemv.py compares the kernels alone).
 Run it alone: with another process on one of the two cores, two torch threads slow down
 several-fold (use --threads 1 then).
 torch.compile of the decode step was tried (see generate.engine) and is not used.
@@ -23,25 +30,15 @@ torch.compile of the decode step was tried (see generate.engine) and is not used
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def read_bandwidth_gbs() -> float:
-    """Rough memory read bandwidth: sum a 512 MB tensor (a read-only stream, as decoding is) a few times."""
-    a = torch.empty(128 * 2**20, dtype=torch.float32).fill_(1.0)
-    t, _ = best_time(lambda: a.sum(), 5)
-    return a.numel() * 4 / t / 1e9
+from _common import ReadBandwidth, add_record_flag, best_time, header, recorded  # noqa: E402
 
 
 def book_attention_fixed(self, x, use_cache=False, start_pos=0, cache=None):
@@ -81,7 +78,17 @@ def main() -> None:
     ap.add_argument("--skip-uncached", action="store_true")
     ap.add_argument("--lookup", type=int, default=10,
                     help="draft tokens of the prompt-lookup (speculative) rows, scratchllm's and HF's")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: --new-tokens 50 --repeats 1 --pair-rounds 2 --skip-uncached")
+    add_record_flag(ap)
     args = ap.parse_args()
+    if args.quick:
+        args.new_tokens, args.repeats, args.pair_rounds, args.skip_uncached = 50, 1, 2, True
+    with recorded("generate", not args.no_record):
+        run_all(args)
+
+
+def run_all(args) -> None:
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -89,8 +96,9 @@ def main() -> None:
     from scratchllm.config.sample import SampleConfig
     from scratchllm.generate import generate, generate_batch
     from scratchllm.model import GPT, gemv
+    from scratchllm.model.info import kv_cache_bytes_per_token
     from scratchllm.model.weights import to_book_gpt, to_hf_gpt2
-    from scratchllm.runtime import machine_summary, set_threads
+    from scratchllm.runtime import set_threads
 
     set_threads(args.threads)
     torch.manual_seed(0)
@@ -121,36 +129,52 @@ def main() -> None:
     def run_ours(model, ids, n, lookup=0):
         return generate(model, ids[0].tolist(), greedy.replace(max_new_tokens=n, prompt_lookup=lookup))
 
-    rows: list[tuple[str, float, int]] = []  # (name, seconds, tokens)
+    # (name, seconds, tokens, precision, (tokens per read of the weights, sequences) or None: not
+    # known, read bandwidth around the row)
+    rows: list[tuple[str, float, int, str, tuple[float, int] | None, float]] = []
 
-    def bench(name, fn, tokens):
-        fn_warm = fn  # the first call also warms up allocators and kernels
-        t, out = best_time(fn_warm, args.repeats + 1)
-        rows.append((name, t, tokens))
-        print(f"  {name:<42} {tokens / t:8.1f} tok/s  ({t:.2f} s)", flush=True)
+    def bench(name, fn, tokens, precision="fp32", step=(1.0, 1)):
+        # the first call also warms up allocators and kernels
+        (t, out), bw = bandwidth.around(lambda: best_time(fn, args.repeats + 1))
+        rows.append((name, t, tokens, precision, step, bw))
+        print(f"  {name:<42} {precision:<5} {tokens / t:8.1f} tok/s  ({t:.2f} s)", flush=True)
         return out
 
-    print(f"machine: {machine_summary()}")
+    header("generation: scratchllm's engine vs HF transformers and the book, GPT-2 124M shape, random weights")
     print(f"matrix-vector kernel: {gemv.status()}")
-    bw = read_bandwidth_gbs()
-    print(f"memory read bandwidth ~{bw:.1f} GB/s -> fp32 124M decode bound ~{bw / (ours.num_params() * 4 / 1e9):.0f} "
-          f"tok/s, bf16 ~{bw / (ours.num_params() * 2 / 1e9):.0f} tok/s")
+    bandwidth = ReadBandwidth()
+    # bytes a decode step reads per sequence: every weight but the position table (one row of it), and
+    # the KV cache, on average over the generation (keys and values of every layer, prompt + half the new)
+    weights_read = ours.num_params() - (ours.pos_emb.weight.numel() if ours.pos_emb is not None else 0)
+    kv_read = kv_cache_bytes_per_token(cfg, "fp32") / 4 * (n_prompt + n_new / 2)  # values, as weights_read
+    elem = {"fp32": 4, "bf16": 2}
+
+    def bound(precision: str, step: tuple[float, int], bw: float) -> float:
+        """tokens/s at read bandwidth `bw` when one decode step makes step[0] tokens (a batch, or a pass
+        whose drafts are accepted) and reads the weights once and step[1] sequences' KV caches."""
+        per_step, sequences = step
+        return per_step * bw * 1e9 / ((weights_read + sequences * kv_read) * elem[precision])
+
+    print(f"read per token at batch 1: {weights_read * 4 / 1e6:.0f} MB of fp32 weights + {kv_read * 4 / 1e6:.0f} MB "
+          f"of KV cache on average")
     print(f"batch 1, prompt {n_prompt}, {n_new} new tokens, greedy")
 
     # the headline pair runs interleaved (ours, HF, ours, HF, ...): this shared machine's memory speed
     # drifts within minutes, and batch-1 decode follows it, so both sides see the same conditions
     pair_times: dict[str, list[float]] = {"scratchllm fp32": [], "HF transformers fp32 (generate, use_cache)": []}
     outs = {}
+    pair_bw = [bandwidth.measure()]
     for _ in range(args.pair_rounds + 1):  # the first round warms up and is not counted
         for name, fn in (("scratchllm fp32", lambda: run_ours(ours, prompt, n_new)),
                          ("HF transformers fp32 (generate, use_cache)", lambda: run_hf(hf, prompt, n_new))):
             t0 = time.perf_counter()
             outs[name] = fn()
             pair_times[name].append(time.perf_counter() - t0)
+        pair_bw.append(bandwidth.measure())
     for name, times in pair_times.items():
         times = sorted(times[1:])
-        rows.append((name, times[0], n_new))
-        print(f"  {name:<42} {n_new / times[0]:8.1f} tok/s  ({times[0]:.2f} s; median of {len(times)} "
+        rows.append((name, times[0], n_new, "fp32", (1.0, 1), max(pair_bw)))
+        print(f"  {name:<42} fp32  {n_new / times[0]:8.1f} tok/s  ({times[0]:.2f} s; median of {len(times)} "
               f"interleaved runs {n_new / times[len(times) // 2]:.1f} tok/s)", flush=True)
     medians = {name: sorted(t[1:])[len(t[1:]) // 2] for name, t in pair_times.items()}
     ours_tokens, hf_tokens = outs["scratchllm fp32"], outs["HF transformers fp32 (generate, use_cache)"]
@@ -187,8 +211,9 @@ def main() -> None:
     hook.remove()
     per_run = len(passes) // (args.repeats + 1)
     print(f"    ({per_run} forward passes for {n_new} tokens: {n_new / per_run:.2f} tokens per weight read)")
+    rows[-1] = (*rows[-1][:4], (n_new / per_run, 1), rows[-1][5])
     hf_spec = bench(f"HF transformers fp32, prompt lookup {args.lookup}",
-                    lambda: run_hf(hf, prompt, n_new, args.lookup), n_new)
+                    lambda: run_hf(hf, prompt, n_new, args.lookup), n_new, step=None)
     same_spec = spec_tokens == ours_tokens and hf_spec[0].tolist() == hf_tokens[0].tolist()
 
     book_tokens = bench("book KV-cache GPTModel fp32", lambda: run_book_kv(prompt, n_new), n_new)
@@ -208,12 +233,13 @@ def main() -> None:
     ours_bf16 = GPT(cfg).eval()
     ours_bf16.load_state_dict(sd)
     ours_bf16 = ours_bf16.to(torch.bfloat16)
-    bf16_tokens = bench("scratchllm bf16", lambda: run_ours(ours_bf16, prompt, n_new), n_new)
+    bf16_tokens = bench("scratchllm bf16", lambda: run_ours(ours_bf16, prompt, n_new), n_new, "bf16")
     hf_bf16 = GPT2LMHeadModel(hf_cfg).eval()
     hf_bf16.load_state_dict(hf.state_dict())
     hf_bf16 = hf_bf16.to(torch.bfloat16)
     hf_bf16.generation_config.eos_token_id, hf_bf16.generation_config.pad_token_id = None, 0
-    hf_bf16_tokens = bench("HF transformers bf16", lambda: run_hf(hf_bf16, prompt, n_new), n_new)[0].tolist()
+    hf_bf16_tokens = bench("HF transformers bf16", lambda: run_hf(hf_bf16, prompt, n_new), n_new,
+                           "bf16")[0].tolist()
     # bf16 sums round differently in every implementation; a random-weight model's logits are close
     # together, so greedy paths may part after a while: report where
     agree = next((i for i, (a, c) in enumerate(zip(bf16_tokens, hf_bf16_tokens)) if a != c), n_new)
@@ -221,11 +247,21 @@ def main() -> None:
     b = args.batch
     print(f"batch {b} throughput (all rows {n_new} tokens)")
     batch_out = bench(f"scratchllm fp32 batch {b}",
-                      lambda: generate_batch(ours, prompts_b.tolist(), greedy), b * n_new)
-    hf_batch = bench(f"HF transformers fp32 batch {b}", lambda: run_hf(hf, prompts_b, n_new), b * n_new)
+                      lambda: generate_batch(ours, prompts_b.tolist(), greedy), b * n_new, step=(b, b))
+    hf_batch = bench(f"HF transformers fp32 batch {b}", lambda: run_hf(hf, prompts_b, n_new), b * n_new,
+                     step=(b, b))
     same_batch = batch_out == hf_batch.tolist()
 
-    speed = {name: tokens / t for name, t, tokens in rows}
+    print("bound: tok/s if every step read its bytes at the memory's read bandwidth, measured around the row "
+          "(a plain sum of 512 MB: a yardstick, so above 100% is possible; the interleaved pair: the highest "
+          "between its rounds)")
+    print(f"  {'row':<42} {'prec':<5} {'tok/s':>8} {'GB/s':>5} {'bound':>8}  reached")
+    for name, t, tokens, precision, step, bw in rows:
+        limit = f"{bound(precision, step, bw):8.0f}" if step else f"{'?':>8}"
+        reached = f"{tokens / t / bound(precision, step, bw):6.0%}" if step else "  (tokens per pass not known)"
+        print(f"  {name:<42} {precision:<5} {tokens / t:8.1f} {bw:5.1f} {limit}  {reached}")
+
+    speed = {name: tokens / t for name, t, tokens, *_ in rows}
     print("ratios (scratchllm / peer, tokens per second):")
     median_ratio = medians["HF transformers fp32 (generate, use_cache)"] / medians["scratchllm fp32"]
     print(f"  fp32 batch 1 vs HF:            {speed['scratchllm fp32'] / speed[rows[1][0]]:.2f}x best, "

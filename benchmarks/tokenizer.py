@@ -12,7 +12,12 @@ the same pre-tokenisation (GPT-2's regex, byte-level alphabet, <|endoftext|>).
 Targets: fast path >= 0.9x tiktoken; pure Python >= ~2 MB/s; training within 10x of Hugging Face
 on tinyshakespeare at 4,096 and under a minute at 16,384 on the default corpus.
 
-    python benchmarks/tokenizer.py [--quick] [--data-dir DIR] [--corpus DIR]
+No physical bound applies here as it does to the model benchmarks: tokenizing is branchy string
+work on one core, far from both the memory's bandwidth and the matmul peak, so speeds are given
+against tiktoken (the fastest known GPT-2 encoder) and training times against Hugging Face's. No
+floating point is involved (precision: none). Replaces its section of benchmarks/RESULTS.md.
+
+    python benchmarks/tokenizer.py [--quick] [--data-dir DIR] [--corpus DIR] [--no-record]
 """
 
 from __future__ import annotations
@@ -26,8 +31,13 @@ import argparse  # noqa: E402
 import glob  # noqa: E402
 import importlib.util  # noqa: E402
 import random  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_record_flag, header, recorded, shared_data_dir  # noqa: E402
 
 
 def mixed_text(n_bytes: int = 1_000_000, seed: int = 0) -> str:
@@ -97,10 +107,16 @@ def load_corpus(corpus: str | None) -> tuple[list[str], str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller training runs")
-    ap.add_argument("--data-dir", default=os.environ.get("SCRATCHLLM_DATA_DIR", "/work/shared/data"),
+    ap.add_argument("--data-dir", default=str(shared_data_dir()),
                     help="folder with tinyshakespeare.txt and gpt2/{encoder.json,vocab.bpe}")
     ap.add_argument("--corpus", default=None, help="folder of the default corpus' *_gut.txt files")
+    add_record_flag(ap)
     args = ap.parse_args()
+    with recorded("tokenizer", not args.no_record):
+        run_all(args)
+
+
+def run_all(args) -> None:
 
     import tiktoken
     import tiktoken.load
@@ -108,13 +124,13 @@ def main() -> None:
     from tiktoken_ext.openai_public import r50k_pat_str
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from scratchllm.runtime import machine_summary
     from scratchllm.tokenizer.bpe import BPETokenizer
 
     data = Path(args.data_dir)
     enc_json, vocab_bpe = data / "gpt2" / "encoder.json", data / "gpt2" / "vocab.bpe"
     repeats = 1 if args.quick else 3
-    print(f"machine: {machine_summary()}")
+    header("tokenizers: GPT-2 encoding speed and BPE training time, scratchllm vs tiktoken and HF tokenizers")
+    print("bound: none physical (one-core string work); speeds against tiktoken, training against HF; precision: none")
     print(f"tiktoken {tiktoken.__version__}, tokenizers {tokenizers.__version__}, single thread "
           f"(RAYON_NUM_THREADS={os.environ['RAYON_NUM_THREADS']}); best of {repeats}")
 

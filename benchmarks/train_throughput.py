@@ -5,8 +5,12 @@ variant in a fresh process; tokens/s is the median after warm-up. Configs: nanoG
 Shakespeare model (4 layers, 4 heads, 128 dims, context 64, batch 12, vocabulary 65; no biases and
 exact GELU, as nanoGPT's model)
 and GPT-2 124M at context 256, batch 4 (GPT-2's tanh GELU and biases for every implementation).
-Also model FLOPs utilisation against measured fp32/bf16 matmul peaks, and the peak memory (RSS) of
-a 124M training step at context 1024, batch 8, with and without activation checkpointing.
+Each row's speed is also given against its physical bound: model FLOPs utilisation (MFU), the
+model's training FLOPs per second (`model.info.train_flops_per_token` of the shape, the same count
+for every implementation) over the measured matmul peak of the precision the row uses (a 2048-cube
+matmul, fp32 or bf16; bf16 is fast only where the CPU has AVX512-BF16 or AMX, which the machine
+line says). Also the peak memory (RSS) of a 124M training step at context 1024, batch 8, with and
+without activation checkpointing.
 
 Each peer gets its best CPU setting: fp32, and for HF also bf16 autocast, with its default (sdpa)
 attention and with eager attention (which, like our "auto" attention, avoids torch's slow bf16 CPU
@@ -19,6 +23,7 @@ the share of the gain that is the allocator's and the share that is the model's 
 
     python benchmarks/train_throughput.py            # everything (~10 minutes on 2 cores)
     python benchmarks/train_throughput.py --quick    # fewer steps, no 124M memory runs
+    python benchmarks/train_throughput.py --no-record  # do not replace its section of benchmarks/RESULTS.md
 
 Targets (issue): tiny >= 1.5x the fastest peer; 124M >= 1.3x HF under bf16 autocast; checkpointing
 cuts peak RSS by >= 40%. Compare only within one run.
@@ -34,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import header, matmul_peaks, median_step_time  # noqa: E402
+from _common import add_record_flag, header, matmul_peaks, median_step_time, recorded  # noqa: E402
 
 TINY = dict(n_layer=4, n_head=4, n_embd=128, context_length=64, vocab_size=65, batch=12)
 # nanoGPT's model options: no biases, exact (erf) GELU. HF's GPT-2 always has biases; it gets exact
@@ -132,12 +137,19 @@ def tokens_per_second(make, c, warmup, steps):
         opt.zero_grad(set_to_none=True)
 
     t = median_step_time(step, warmup, steps)
-    flops = None
-    if hasattr(model, "config") and hasattr(model.config, "context_length"):
-        from scratchllm.train.loop import model_flops_per_token as flops_per_token
+    return c["batch"] * c["context_length"] / t
 
-        flops = flops_per_token(model, c["context_length"])
-    return c["batch"] * c["context_length"] / t, flops
+
+def train_flops_per_token(c, name) -> float:
+    """Training FLOPs per token of config `c`'s shape (model.info's count: the same for every
+    implementation of the shape; biases, which nanoGPT's shape lacks and the peers have, add <0.1%)."""
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.model.info import train_flops_per_token as count
+
+    extra = NANOGPT if name == "tiny" else {}
+    cfg = ModelConfig(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], context_length=c["context_length"],
+                      vocab_size=c["vocab_size"], **extra)
+    return float(count(cfg, c["context_length"]))
 
 
 def variants(c, name):
@@ -169,15 +181,16 @@ CONFIGS = {"tiny": TINY, "124m": GPT2}
 
 
 def variant_child(name: str, label: str, warmup: int, steps: int) -> None:
-    """Time one variant in this (fresh) process; print tokens/s and FLOPs per token as JSON."""
+    """Time one variant in this (fresh) process; print tokens/s as JSON."""
     make, _ = variants(CONFIGS[name], name)[label]
-    tps, fpt = tokens_per_second(make, CONFIGS[name], warmup, steps)
-    print(json.dumps({"tps": tps, "fpt": fpt}))
+    print(json.dumps({"tps": tokens_per_second(make, CONFIGS[name], warmup, steps)}))
 
 
 def compare(name, labels, warmup, steps, peaks):
     c = CONFIGS[name]
-    print(f"\n-- {name}: {c}")
+    fpt = train_flops_per_token(c, name)
+    print(f"\n-- {name}: {c}; {fpt / 1e6:.1f} MFLOP per token trained")
+    print(f"{'variant':40s} {'precision':>9s} {'tok/s':>10s}  MFU (of the measured matmul peak of its precision)")
     table = variants(c, name)
     results = {}
     for label in labels:
@@ -186,11 +199,9 @@ def compare(name, labels, warmup, steps, peaks):
         if r.returncode != 0:  # a peer that cannot run here is reported, not fatal
             print(f"{label:40s} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
             continue
-        d = json.loads(r.stdout.strip().splitlines()[-1])
-        tps, fpt, precision = d["tps"], d["fpt"], table[label][1]
+        tps, precision = json.loads(r.stdout.strip().splitlines()[-1])["tps"], table[label][1]
         results[label] = tps
-        mfu = f"  MFU {tps * fpt / peaks[precision]:.1%} of {precision} peak" if fpt else ""
-        print(f"{label:40s} {tps:10,.0f} tok/s{mfu}", flush=True)
+        print(f"{label:40s} {precision:>9s} {tps:10,.0f}  {tps * fpt / peaks[precision]:6.1%}", flush=True)
     peers = {k: v for k, v in results.items() if not k.startswith("scratchllm") and "kept memory" not in k}
     if peers and results:
         best_peer = max(peers, key=peers.get)
@@ -244,6 +255,7 @@ def main() -> None:
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--variant-child", nargs=4, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help="also time scratchllm under torch.compile")
+    add_record_flag(ap)
     args = ap.parse_args()
     if args.memory_child is not None:
         memory_child(bool(int(args.memory_child)))
@@ -252,9 +264,14 @@ def main() -> None:
         name, label, w, s = args.variant_child
         variant_child(name, label, int(w), int(s))
         return
+    with recorded("train_throughput", not args.no_record):
+        run_all(args)
+
+
+def run_all(args) -> None:
     header("training throughput: scratchllm vs the book's GPTModel vs HF GPT2LMHeadModel")
     peaks = matmul_peaks()
-    print(f"measured matmul peaks (2048^3): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+    print(f"measured matmul peaks (2048^3, the bounds of MFU): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     w, s = (3, 10) if args.quick else (5, 30)
     tiny = [k for k in variants(TINY, "tiny") if args.compile or "compiled" not in k]

@@ -1,6 +1,7 @@
-"""runtime.keep_freed_memory: large blocks freed and allocated again, as every training step does,
-stop costing page faults once the heap has settled; by default each one is faulted in anew.
-runtime.peak_flops: the matmul peak for MFU is measured once per machine setting and cached."""
+"""runtime: the CPU description (cpu_info, cpu_identity, machine_summary, fast_bf16_matmul) read from
+/proc/cpuinfo; keep_freed_memory: large blocks freed and allocated again, as every training step does,
+stop costing page faults once the heap has settled; by default each one is faulted in anew;
+peak_flops: the matmul peak for MFU is measured once per machine setting and cached."""
 
 import json
 import platform
@@ -73,4 +74,42 @@ def test_peak_flops_key_names_the_machine_setting():
     key = runtime.peak_flops_key("cpu", "bf16")
     assert torch.__version__ in key and "| cpu |" in key and "bf16" in key
     assert key != runtime.peak_flops_key("cpu", "fp32")
-    assert runtime.cpu_signature().strip(" |")  # names something
+    assert runtime.cpu_identity().strip()  # names something
+
+
+HYBRID = """processor\t: 0
+model name\t: Some CPU 9000
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+processor\t: 1
+model name\t: Some CPU 9000
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16
+"""
+
+
+def test_cpu_info_reads_the_model_and_the_flags_every_core_has(monkeypatch, tmp_path):
+    from scratchllm import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(HYBRID)
+    monkeypatch.setattr(runtime, "CPUINFO", str(cpuinfo))
+    name, flags = runtime.cpu_info()
+    assert name == "Some CPU 9000"
+    assert flags == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"}  # amx_tile: only one core has it
+    assert runtime.cpu_flags_summary() == "avx2 avx512f avx512_bf16, no amx_bf16 amx_tile"
+    assert runtime.machine_summary().startswith("Some CPU 9000 (avx2 avx512f avx512_bf16, no amx_bf16 amx_tile), ")
+    assert runtime.fast_bf16_matmul("cpu") is True
+    ident = runtime.cpu_identity()
+    cpuinfo.write_text(HYBRID.replace(" avx512_bf16", ""))
+    assert runtime.fast_bf16_matmul("cpu") is False
+    assert runtime.cpu_flags_summary() == "avx2 avx512f, no avx512_bf16 amx_bf16 amx_tile"
+    assert runtime.cpu_identity() != ident  # other flags: another CPU for a -march=native build
+
+
+def test_without_cpuinfo_the_cpu_is_named_by_platform(monkeypatch, tmp_path):
+    from scratchllm import runtime
+
+    monkeypatch.setattr(runtime, "CPUINFO", str(tmp_path / "missing"))
+    name, flags = runtime.cpu_info()
+    assert name == (platform.processor() or platform.machine()) and flags == frozenset()
+    assert runtime.cpu_flags_summary() == "no avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
+    assert runtime.fast_bf16_matmul("cpu") is False

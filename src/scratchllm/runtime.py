@@ -179,23 +179,6 @@ def measure_peak_flops(device: str = "cpu", precision: str = "fp32", n: int = 20
 PEAK_FLOPS_FILE = "peak_flops.json"
 
 
-def cpu_signature() -> str:
-    """The CPU's model name and feature flags (Linux /proc/cpuinfo), else the platform's processor name."""
-    model = flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not model and line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith(("flags", "Features")):  # x86, ARM
-                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return f"{model or platform.processor() or platform.machine()} | {flags}"
-
-
 def peak_flops_key(device: Any, precision: str) -> str:
     """What a measured peak depends on: the CPU (model and flags, hashed), torch's version, the device
     (with the GPU's name), the precision and the intra-op thread count."""
@@ -204,7 +187,7 @@ def peak_flops_key(device: Any, precision: str) -> str:
     dev = str(device)
     if torch.device(device).type == "cuda":
         dev += f" ({torch.cuda.get_device_name(torch.device(device))})"
-    cpu = hashlib.sha256(cpu_signature().encode("utf-8")).hexdigest()[:16]
+    cpu = hashlib.sha256(cpu_identity().encode("utf-8")).hexdigest()[:16]
     return f"cpu {cpu} | torch {torch.__version__} | {dev} | {precision} | {torch.get_num_threads()} threads"
 
 
@@ -244,19 +227,59 @@ def print0(*args: Any, **kwargs: Any) -> None:
         print(*args, **kwargs)
 
 
-def machine_summary() -> str:
-    """One line naming the machine: CPU model, cores, memory, Python and torch versions."""
-    import torch
+# CPU features that decide a benchmark's bounds and our code paths: AVX2 / AVX-512 (vector width of
+# the matrix-vector kernel's sums), AVX512-BF16 and AMX (native bf16 matmuls: runtime.fast_bf16_matmul).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+CPUINFO = "/proc/cpuinfo"  # Linux's description of the CPU; absent elsewhere
 
-    cpu = platform.processor() or platform.machine()
+
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """This CPU's model name and feature flags, from Linux's /proc/cpuinfo.
+
+    The flags are those every core reports (the lines can differ on CPUs with two kinds of cores).
+    Elsewhere: platform's processor name (or the architecture) and no flags.
+    """
+    names, flag_sets = [], []
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(CPUINFO) as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    names.append(value.strip())
+                elif key.strip() in ("flags", "Features"):  # "Features" on ARM
+                    flag_sets.append(frozenset(value.split()))
     except OSError:
         pass
+    name = names[0] if names else platform.processor() or platform.machine()
+    return name, frozenset.intersection(*flag_sets) if flag_sets else frozenset()
+
+
+def cpu_identity() -> str:
+    """What a `-march=native` build depends on: architecture, CPU model name and every flag line of
+    /proc/cpuinfo (hashed by the caller; see model.gemv)."""
+    ident = [platform.machine(), platform.processor()]
+    try:
+        with open(CPUINFO) as f:
+            ident += sorted({line.strip() for line in f if line.startswith(("flags", "Features", "model name"))})
+    except OSError:
+        pass
+    return "\n".join(ident)
+
+
+def cpu_flags_summary() -> str:
+    """The flags of CPU_FLAGS, each present or not: "avx2 avx512f avx512_bf16, no amx_bf16 amx_tile"."""
+    flags = cpu_info()[1]
+    have = [f for f in CPU_FLAGS if f in flags]
+    missing = [f for f in CPU_FLAGS if f not in flags]
+    return ", ".join(part for part in (" ".join(have), "no " + " ".join(missing) if missing else "") if part)
+
+
+def machine_summary() -> str:
+    """One line naming the machine: CPU model and the flags that matter (CPU_FLAGS), cores, memory,
+    Python and torch versions, threads."""
+    import torch
+
+    cpu = cpu_info()[0]
     mem = ""
     try:
         with open("/proc/meminfo") as f:
@@ -264,7 +287,7 @@ def machine_summary() -> str:
             mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}, "
+    return (f"{cpu} ({cpu_flags_summary()}), {os.cpu_count()} cores{mem}, Python {platform.python_version()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
@@ -281,9 +304,5 @@ def fast_bf16_matmul(device: Any = "cpu") -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if kind != "cpu":
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
+    flags = cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags

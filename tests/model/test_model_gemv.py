@@ -94,3 +94,35 @@ def test_a_kernel_that_computes_wrongly_is_not_used(kernel, fresh_build, monkeyp
     monkeypatch.setattr(gemv.Kernel, "__call__", lambda self, w, x, b=None: real_call(self, w, x, b) + 1)
     assert gemv.load() is None
     assert "differs from F.linear" in gemv.status()
+
+
+def test_the_cache_file_is_keyed_by_the_cpu(monkeypatch, tmp_path):
+    """A -march=native library is named by the CPU it was built for (model name and flags), so a home
+    folder shared between machines never loads one built for another CPU."""
+    monkeypatch.setenv("SCRATCHLLM_CACHE_DIR", str(tmp_path))
+    flags = ("-O3", "-march=native")
+    amd = "x86_64\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16"
+    intel = "x86_64\nmodel name\t: Intel Xeon\nflags\t\t: fpu avx2 avx512f"
+    no_bf16 = "x86_64\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f"  # same name, other flags
+    paths = {}
+    for name, ident in [("amd", amd), ("intel", intel), ("no_bf16", no_bf16), ("amd again", amd)]:
+        monkeypatch.setattr(gemv, "cpu_identity", lambda ident=ident: ident)
+        paths[name] = gemv.library_path("cc", flags)
+    assert paths["amd"] == paths["amd again"]
+    assert len({paths["amd"], paths["intel"], paths["no_bf16"]}) == 3
+    assert all(p.parent == tmp_path / "kernels" for p in paths.values())
+    assert gemv.library_path("cc", flags) != gemv.library_path("gcc", flags)  # and by compiler and flags
+    assert gemv.library_path("cc", flags) != gemv.library_path("cc", flags[:1])
+
+
+def test_a_kernel_built_for_another_cpu_is_not_loaded(kernel, fresh_build, monkeypatch):
+    monkeypatch.setattr(gemv, "cpu_identity", lambda: "x86_64\nmodel name\t: Another CPU\nflags\t\t: fpu")
+    other = gemv.load()
+    gemv._build.cache_clear()
+    monkeypatch.setattr(gemv, "cpu_identity", lambda: "x86_64\nmodel name\t: This CPU\nflags\t\t: fpu avx2")
+    built = []
+    real_compile = gemv._compile
+    monkeypatch.setattr(gemv, "_compile", lambda *a: built.append(a[2]) or real_compile(*a))
+    this = gemv.load()
+    assert other is not None and this is not None and this.path != other.path
+    assert built == [this.path]  # built anew for this CPU, not loaded from the other's file

@@ -2,24 +2,24 @@
 
 At batch 1 a decode step multiplies one row by every weight matrix: a matrix-vector product that
 reads each weight once and does two FLOPs per weight, so its speed is the memory's, not the
-arithmetic's. torch's `F.linear` (MKL) reads an (out, in) fp32 weight at ~14 GB/s on our 2-core
-AMD machine, well under half of what the memory gives. Two faster readers, by rows per call:
-- 1 row: scratchllm's C kernel (`model.gemv`), on the layer's own weight, as fast as a plain sum
-  of the weights reads (benchmarks/gemv.py); it also reads bf16 weights (half the bytes), where
-  torch's bf16 matrix-vector product is slow too.
+arithmetic's. torch's `F.linear` (MKL) reads an (out, in) fp32 weight well below what the memory
+gives. Two faster readers, by rows per call:
+- 1 row: scratchllm's C kernel (`model.gemv`), on the layer's own weight, about as fast as a plain
+  sum of the weights reads; it also reads bf16 weights (half the bytes), where torch's bf16
+  matrix-vector product is slow too.
 - up to `MAX_ROWS` rows (a batch, a prompt, speculative drafts): oneDNN's blocked ("packed")
-  weight layout, the one torch.compile's CPU backend uses for frozen linears, ~25-29 GB/s. Packing
-  copies each large weight once per generation (GPT-2 124M: ~0.1 s and +500 MB while it lasts).
+  weight layout, the one torch.compile's CPU backend uses for frozen linears. Packing copies each
+  large weight once per generation (GPT-2 124M fp32: +500 MB while it lasts).
 - more rows, training, autocast, other dtypes or devices: the wrapped `nn.Linear`, unchanged.
-`benchmarks/gemv.py` measures the three readers; on GPT-2 124M greedy fp32 decode at batch 1 goes
-from 26 tok/s (F.linear) to 41 (packed) to 56-77 tok/s (kernel; our shared machine's memory reads
-31-61 GB/s depending on the hour), same tokens (benchmarks/generate.py).
+`benchmarks/gemv.py` measures the readers against the memory's read bandwidth and
+`benchmarks/generate.py` the decode speed they give (same tokens as F.linear); see
+benchmarks/RESULTS.md.
 
 `fast_linears(model, rows)` is a context manager that wraps every large `nn.Linear` of the model
 in a `FastLinear` for its duration (as LoRA wraps `Linear`) and puts the originals back on exit.
 `rows` is the most rows a decode step will pass: at 1, with the kernel built, nothing is packed
 (the prompt's one-off forward pass uses F.linear). Results equal `F.linear`'s to float rounding
-(sums in another order: ~1e-6 relative). Where neither reader exists, nothing is wrapped.
+(sums in another order). Where neither reader exists, nothing is wrapped.
 
 Not here: the model (model.gpt), the decode loop (generate.engine), the C kernel (model.gemv).
 """

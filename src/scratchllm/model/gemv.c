@@ -5,10 +5,8 @@
  * sequential streams per core, which the CPU's prefetchers follow far ahead. So each thread's
  * rows are cut into STREAMS equal parts, and row j of every part is read at the same time, each
  * into its own vector accumulator: rows follow each other in memory, so every part is one long
- * stream. Measured on our 2-core AMD machine over GPT-2 124M's matrices, interleaved runs: 2, 3,
- * 4, 6, 8 streams per thread 32.5, 33.0, 33.1, 33.3, 32.8 GB/s while this kernel's former layout
- * (16 neighbouring rows side by side, each a short 3 KB stream, with the heads of the next 16
- * requested early) read 31.2; in the machine's faster hours 4 streams read ~5% more than it.
+ * stream. (4 streams per thread read a little faster than 2, 3, 6 or 8 and than 16 neighbouring
+ * rows side by side, each a short stream: see benchmarks/RESULTS.md, "gemv.c's design".)
  * Threads (OpenMP) take equal halves (thirds, ...) of the rows.
  *
  * Portable C: `vec` is a GCC/Clang vector type of 16 floats that the compiler maps to the
@@ -40,7 +38,7 @@ typedef float half_vec __attribute__((vector_size(LANES / 2 * sizeof(float))));
 typedef float quarter_vec __attribute__((vector_size(LANES / 4 * sizeof(float))));
 
 /* the sum of v's lanes, folded in halves (16 -> 8 -> 4 lanes, then pairs): four vector or scalar adds
- * in a row, not sixteen; adding lane by lane measured ~6% slower (it sits between the rows' reads) */
+ * in a row, not sixteen (a lane-by-lane sum sits between the rows' reads and measured slower) */
 static inline float lane_sum(vec v) {
     half_vec a, b;
     memcpy(&a, &v, sizeof a);

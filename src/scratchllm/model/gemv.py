@@ -1,21 +1,23 @@
 """A matrix-vector product for batch-1 decoding on the CPU: scratchllm's C kernel, built on first use.
 
 At batch 1 a decode step multiplies one row by every weight matrix, so it runs at the speed at
-which memory delivers the weights. On our 2-core machine (`benchmarks/gemv.py`, GPT-2 124M's
-matrices, one run) torch's CPU `F.linear` (MKL's sgemv) reads them at 14.0 GB/s, HF GPT-2's
-`addmm` layout at 18.9 and oneDNN's packed layout at 29.6; `gemv.c` (portable C, see its header)
-reads each thread's rows as four long streams and reaches 48.6, a little more than torch's plain
-sum of the same weights (45.9). (This shared machine's memory is slower at some hours; then every
-reader slows down, the kernel to ~33 GB/s.) It reads the model's own weights in place: nothing
-is copied or repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32.
+which memory delivers the weights. torch's CPU `F.linear` (MKL's sgemv) reads a one-row product's
+weights well below the memory's speed; `gemv.c` (portable C, see its header) reads each thread's
+rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
+a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
+repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. `benchmarks/gemv.py`
+measures it against torch, HF's layout, oneDNN and the memory's read bandwidth; see
+benchmarks/RESULTS.md.
 
 `load()` builds the kernel once per machine with the system C compiler (`$CC`, else `cc`, `gcc`,
-`clang`; flags `-O3 -march=native -fopenmp -shared -fPIC`, about a second) into
-`<cache>/kernels/gemv-<hash>.so` (the cache folder of `files.cache_dir`, written atomically; the
-hash covers the source, compiler, flags and CPU, so a shared home folder never loads a library
-built for another CPU), loads it with ctypes, checks it against `F.linear` on a small matrix, and
-returns a `Kernel`. Where any step fails (no compiler, no OpenMP, a mismatch) it returns None and
-`status()` says why; callers then use torch's kernels. `SCRATCHLLM_NO_KERNEL=1` turns it off.
+`clang`; flags `-O3 -march=native -fopenmp -shared -fPIC`) into
+`<cache>/kernels/gemv-<cpu>-<build>.so` (the cache folder of `files.cache_dir`, written
+atomically). `<cpu>` hashes the CPU's model name and feature flags (`runtime.cpu_identity`), so a
+home folder shared between machines never loads a library built with `-march=native` for another
+CPU; `<build>` hashes the source, compiler and flags. It loads the library with ctypes, checks it
+against `F.linear` on small matrices that take every code path, and returns a `Kernel`. Where any
+step fails (no compiler, no OpenMP, a mismatch) it returns None and `status()` says why; callers
+then use torch's kernels. `SCRATCHLLM_NO_KERNEL=1` turns it off.
 
 Not here: which layers use it and when (model.fast_linear).
 """
@@ -26,7 +28,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -37,12 +38,13 @@ import torch
 import torch.nn.functional as F
 
 from scratchllm.files import cache_dir
+from scratchllm.runtime import cpu_identity
 
 SOURCE = Path(__file__).with_name("gemv.c")
 DISABLE_ENV = "SCRATCHLLM_NO_KERNEL"
 # Tried in order: tuned for this CPU, then generic (compilers that do not know -march=native).
 FLAG_SETS = (("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"), ("-O3", "-fopenmp", "-shared", "-fPIC"))
-COMPILE_TIMEOUT = 120.0  # seconds; compiling takes about one
+COMPILE_TIMEOUT = 120.0  # seconds; far more than a build takes, short of a hang
 
 
 class Kernel:
@@ -100,20 +102,15 @@ def compiler() -> str | None:
     return next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
 
 
-def _cpu_id() -> str:
-    """What identifies this CPU for a -march=native build: architecture and, on Linux, its feature flags."""
-    ident = [platform.machine(), platform.processor()]
-    try:
-        with open("/proc/cpuinfo") as f:
-            ident += sorted({line for line in f if line.startswith(("flags", "Features", "model name"))})
-    except OSError:
-        pass
-    return "\n".join(ident)
+def _digest(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def library_path(cc: str, flags: tuple[str, ...]) -> Path:
-    key = "\0".join([SOURCE.read_text(), cc, " ".join(flags), _cpu_id()])
-    return cache_dir() / "kernels" / f"gemv-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    """Where the library built by `cc` with `flags` for this CPU lives: one file per CPU identity
+    (model name and flags) and build (source, compiler, flags)."""
+    build = "\0".join([SOURCE.read_text(), cc, " ".join(flags)])
+    return cache_dir() / "kernels" / f"gemv-{_digest(cpu_identity(), 8)}-{_digest(build, 12)}.so"
 
 
 def _compile(cc: str, flags: tuple[str, ...], dest: Path) -> str | None:
