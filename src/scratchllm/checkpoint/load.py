@@ -148,7 +148,7 @@ def read_model(folder: Path, device: Any = "cpu") -> tuple[Any, Any, dict[str, A
     """(model, tokenizer, meta) from one checkpoint folder, its files checked first."""
     from scratchllm.config.model import ModelConfig
     from scratchllm.model import GPT
-    from scratchllm.tokenizer.base import load_file as load_tokenizer
+    from scratchllm.tokenizer.base import load as load_tokenizer
 
     meta = (verify_checkpoint(folder, only=(MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE))
             if (folder / STATE_FILE).exists() else {})

@@ -218,8 +218,8 @@ def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
 def _recipe_files() -> dict[str, Any]:
     """The shipped recipes (package data `scratchllm/recipes/*.toml`, linked as `configs/`) by name."""
     folder = importlib.resources.files("scratchllm").joinpath("recipes")
-    return {f.name[: -len(".toml")]: f for f in sorted(folder.iterdir(), key=lambda f: f.name)
-            if f.name.endswith(".toml")}
+    found = {f.name[: -len(".toml")]: f for f in folder.iterdir() if f.name.endswith(".toml")}
+    return dict(sorted(found.items()))
 
 
 def recipes() -> dict[str, str]:
