@@ -20,9 +20,3 @@ def shared_data() -> Path:
     if not (d / "tinyshakespeare.txt").is_file():
         pytest.fail(f"test data folder {d} is missing; set SCRATCHLLM_DATA_DIR to the shared data folder")
     return d
-
-
-@pytest.fixture(autouse=True)
-def _hermetic_cache(tmp_path_factory, monkeypatch):
-    """Downloads and caches go to a temporary folder, never the user's ~/.cache."""
-    monkeypatch.setenv("SCRATCHLLM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))

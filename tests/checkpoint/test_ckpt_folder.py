@@ -1,8 +1,6 @@
 """One checkpoint folder: atomic layout with a manifest, every file and state.json field checked on
 reading, and a model of another shape named as such (tensor and both shapes), never "corrupted"."""
 
-import doctest
-import importlib
 import json
 
 import pytest
@@ -130,8 +128,3 @@ def test_config_of_the_wrong_shape_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"config.json does not describe a model"):
         load_model(folder)
 
-
-@pytest.mark.parametrize("name", ["scratchllm.checkpoint.folder", "scratchllm.checkpoint.pointers"])
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name))
-    assert result.failed == 0 and result.attempted > 0

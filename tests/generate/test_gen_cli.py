@@ -173,15 +173,6 @@ def test_non_utf8_file_and_stdin_are_one_error_line(checkpoint, capsys, tmp_path
     assert out.startswith("to be caf\ufffd or not")
 
 
-def test_inputs_docstring_examples():
-    import doctest
-
-    from scratchllm.cli import inputs
-
-    result = doctest.testmod(inputs)
-    assert result.failed == 0 and result.attempted > 0
-
-
 def test_tokenizer_encode_follows_the_same_rule(capsys, tmp_path, monkeypatch):
     from scratchllm.tokenizer.char import CharTokenizer
 

@@ -1,11 +1,7 @@
-"""Sampling: greedy, temperature, top-k, top-p, repetition penalty, seeds; and the doctests."""
+"""Sampling: greedy, temperature, top-k, top-p, repetition penalty, seeds."""
 
-import doctest
-
-import pytest
 import torch
 
-from scratchllm.generate import engine, sampling, simple, speculative, text
 from scratchllm.generate.sampling import (
     apply_repetition_penalty,
     make_generator,
@@ -13,12 +9,6 @@ from scratchllm.generate.sampling import (
     top_k_filter,
     top_p_filter,
 )
-
-
-@pytest.mark.parametrize("module", [sampling, text, simple, speculative, engine])
-def test_doctests(module):
-    result = doctest.testmod(module)
-    assert result.failed == 0
 
 
 def test_greedy_is_argmax():
