@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scratchllm.checkpoint import latest_run, load_model
+from scratchllm.checkpoint import latest_run, load_model, read_pointer
 from scratchllm.cli import main
 from scratchllm.config.train import RunConfig, recipes
 from scratchllm.errors import ConfigError
@@ -161,3 +161,34 @@ def test_help_lists_every_setting_with_type_default_and_comment(capsys):
     assert " ".join(field_docs(TrainConfig)["lr"].split()) in " ".join(out.split())
     assert "--data.tokenizer.vocab_size INT or none (default none)" in out
     assert "--sample.max_new_tokens INT (default 200)" in out  # RunConfig's own sampling defaults
+
+
+def test_sigterm_exits_143_and_names_the_command_that_continues(recipe, tmp_path):
+    """`timeout`, Docker and Slurm send SIGTERM: the run saves, exits 143 and prints the exact command
+    (recipe, flags, runs folder, name) that continues it."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "my runs"
+    cmd = [sys.executable, "-m", "scratchllm.cli", "train", "--config", str(recipe), "--runs_dir", str(runs),
+           "--quiet", "--max_steps", "100000", "--eval_interval", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (runs / "tiny" / "latest").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("continue with: "))
+    again = shlex.split(line[len("continue with: "):])
+    assert again[:2] == ["scratchllm", "train"] and again[-1] == "--resume"
+    assert again[again.index("--config") + 1] == str(recipe) and again[again.index("--runs_dir") + 1] == str(runs)
+    assert again[again.index("--name") + 1] == "tiny" and "--max_steps" in again
+    step = json.loads((read_pointer(runs / "tiny", "latest") / "state.json").read_text())["step"]
+    assert main(again[1:] + ["--max_steps", str(step + 2)]) == 0  # the printed command continues the run
+    assert json.loads((read_pointer(runs / "tiny", "latest") / "state.json").read_text())["step"] == step + 2
+

@@ -73,6 +73,10 @@ def run(args) -> int:
         return 0
     from scratchllm.train.pretrain import pretrain
 
-    state = pretrain(config, progress=not args.quiet)
+    import shlex
+
+    # how the settings were given, for the "continue with:" line of a stopped run
+    source = ["--config", args.config] if args.config is not None else ["--preset", args.preset]
+    state = pretrain(config, progress=not args.quiet, source=shlex.join(source + list(args.overrides)))
     # Ctrl-C (SIGINT) and SIGTERM both save a checkpoint and stop; the exit code says which (128 + signal)
     return {"interrupted": 130, "terminated": 143}.get(state.stop_reason, 0)
