@@ -20,3 +20,21 @@ def shared_data() -> Path:
     if not (d / "tinyshakespeare.txt").is_file():
         pytest.fail(f"test data folder {d} is missing; set SCRATCHLLM_DATA_DIR to the shared data folder")
     return d
+
+
+# Tests here run tiny models: one thread is faster than two there (and far faster when the two
+# cores are shared), so the tests in these folders run single-threaded, and the setting is put back.
+ONE_THREAD = {"checkpoint", "generate", "train"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    if Path(str(request.node.fspath)).parent.name not in ONE_THREAD:
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from train_helpers import train_cli
 
 from scratchllm.checkpoint import latest_run, load_model, read_pointer
 from scratchllm.cli import main
@@ -13,37 +14,6 @@ from scratchllm.errors import ConfigError
 from scratchllm.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = """name = "tiny"
-prompt = "The"
-[data]
-dataset = "{data}"
-tokenizer = {{ kind = "bpe", vocab_size = 300 }}
-[model]
-n_layer = 2
-n_head = 2
-n_embd = 32
-context_length = 32
-[train]
-max_steps = 12
-batch_size = 4
-eval_interval = 6
-eval_batches = 2
-peak_flops = 1e9
-threads = 1
-[sample]
-max_new_tokens = 8
-"""
-
-
-@pytest.fixture
-def recipe(tmp_path, shared_data):
-    p = tmp_path / "tiny.toml"
-    p.write_text(TINY.format(data=shared_data / "the-verdict.txt"))
-    return p
-
-
-def train_cli(recipe, runs, *flags):
-    return main(["train", "--config", str(recipe), "--runs_dir", str(runs), "--quiet", *flags])
 
 
 def test_main_job_end_to_end_then_generate_finds_it(recipe, tmp_path, capsys):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from tiny_run import run_tiny
+from train_helpers import train_cli
 
 from scratchllm.checkpoint import verify_checkpoint
-from scratchllm.cli import main
 from scratchllm.config.model import ModelConfig
 from scratchllm.model import GPT
 from scratchllm.train.checkpoint import Checkpoints
@@ -102,19 +102,6 @@ def hold_lock(folder: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
-
-
-@pytest.fixture
-def recipe(tmp_path, shared_data):
-    from test_cli import TINY  # the tiny pretraining recipe of the CLI tests
-
-    p = tmp_path / "tiny.toml"
-    p.write_text(TINY.format(data=shared_data / "the-verdict.txt"))
-    return p
-
-
-def train_cli(recipe, runs, *flags):
-    return main(["train", "--config", str(recipe), "--runs_dir", str(runs), "--quiet", *flags])
 
 
 def test_a_held_run_folder_names_the_holders_pid_and_is_freed_when_it_dies(tmp_path):

@@ -38,3 +38,10 @@ class ListBatches:
 
     def load_state_dict(self, d):
         self.i = d["i"]
+
+
+def train_cli(recipe, runs, *flags) -> int:
+    """`scratchllm train` in-process on a recipe file, into `runs`, without a progress bar."""
+    from scratchllm.cli import main
+
+    return main(["train", "--config", str(recipe), "--runs_dir", str(runs), "--quiet", *flags])
