@@ -102,6 +102,27 @@ def test_field_docs_are_the_comments_above_each_field():
     assert field_docs(SampleConfig)["stop"].startswith("Stop strings:")
 
 
+def test_every_config_field_has_a_comment():
+    """Each default is explained where it is defined (the comment `--help` shows), in every config."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import scratchllm.config
+    from scratchllm.config.base import Config, field_docs
+
+    classes = []
+    for info in pkgutil.iter_modules(scratchllm.config.__path__):
+        module = importlib.import_module(f"scratchllm.config.{info.name}")
+        classes += [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Config)
+                    and dataclasses.is_dataclass(c) and c.__module__ == module.__name__]
+    assert {"TrainConfig", "RunConfig", "ModelConfig", "SampleConfig"} <= {c.__name__ for c in classes}
+    for cls in classes:
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__}: no comment above {', '.join(missing)}"
+
+
 def test_config_file_that_is_binary_is_one_line(tmp_path):
     from scratchllm.config.base import load_toml
 

@@ -1,8 +1,9 @@
 """Training settings (`TrainConfig`) and a whole pretraining run (`RunConfig`).
 
 `TrainConfig` is what the one training loop (`scratchllm.train.loop.train`) reads: optimizer,
-schedule, precision, evaluation, checkpoints, stopping. Every kind of training (pretraining,
-classification, instruction and preference finetuning) reuses it.
+schedule, precision, evaluation, checkpoints, stopping. Today that loop runs pretraining
+(`train.pretrain`); the finetuning trainers planned on top of it (classification, instructions,
+preferences) are to read the same settings rather than a copy.
 
 `RunConfig` composes a pretraining run from TOML tables `[model] [data] [train] [sample]` plus a
 few top-level keys (`name`, `runs_dir`, `preset`, `prompt`). A `preset` names one of the shipped
@@ -40,9 +41,12 @@ class TrainConfig(Config):
     lr: float = 6e-4
     # Decoupled weight decay, applied to matrices (2-D weights) only, as GPT-2/nanoGPT do.
     weight_decay: float = 0.1
+    # AdamW's first-moment (momentum) decay; 0.9 as Adam's paper, GPT-3 and nanoGPT.
     beta1: float = 0.9
     # 0.95 as GPT-3; nanoGPT uses 0.99 when tokens per step are few.
     beta2: float = 0.95
+    # AdamW's denominator term that keeps an update finite where the second moment is ~0; 1e-8 is
+    # torch's default (and nanoGPT's).
     eps: float = 1e-8
     # Clip the global gradient norm to this value; 0 turns clipping off.
     grad_clip: float = 1.0
@@ -56,6 +60,7 @@ class TrainConfig(Config):
     # "cosine": linear warmup then cosine decay to min_lr; "linear": warmup then straight line to
     # min_lr; "constant": warmup then flat at lr (the book's chapter 5 run).
     schedule: str = "cosine"
+    # Steps of linear warmup from 0 to lr; 100 is nanoGPT's Shakespeare recipe (its 124M run uses 2,000).
     warmup_steps: int = 100
     # Step at which the decay reaches min_lr; None means max_steps.
     decay_steps: int | None = None
@@ -66,9 +71,11 @@ class TrainConfig(Config):
     # None means lr / 10 (Chinchilla's and nanoGPT's rule of thumb).
     min_lr: float | None = None
     # --- batches and length ------------------------------------------------------------
+    # Sequences per micro-batch; 12 is nanoGPT's default (its CPU Shakespeare recipe too).
     batch_size: int = 12
     # Micro-batches summed into one optimizer step (effective batch = batch_size * grad_accum).
     grad_accum: int = 1
+    # Optimizer steps to train for; 2,000 is nanoGPT's CPU Shakespeare recipe (max_iters).
     max_steps: int = 2000
     # Instead of max_steps: this many passes over the training split (the book counts epochs); the
     # job that knows the data size (train.pretrain) turns it into max_steps.
@@ -83,6 +90,7 @@ class TrainConfig(Config):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the model; off by default because on CPU it costs minutes and pays little for small models.
     compile: bool = False
+    # "auto": CUDA, then Apple's MPS, then the CPU (runtime.pick_device); or name one: cpu, cuda, mps.
     device: str = "auto"
     # Intra-op threads; None leaves torch's default (one per core).
     threads: int | None = None
@@ -91,6 +99,8 @@ class TrainConfig(Config):
     # Not applied when the model checkpoints activations: that run chose memory over speed (measured:
     # a 124M step at context 1024 with checkpointing peaks at 3.5 GB without it, 4.6-6.6 GB with it).
     keep_freed_memory: bool = True
+    # Seeds the model's initialisation and batch order (train.pretrain) and the dropout masks (the
+    # loop); 1337 is nanoGPT's.
     seed: int = 1337
     # --- evaluation and logging --------------------------------------------------------------
     # Evaluate (train and validation loss over fixed batches) every this many steps, and at the end.
@@ -103,7 +113,10 @@ class TrainConfig(Config):
     log_interval: int = 10
     # Peak FLOP/s for model FLOPs utilisation; None: a large matmul measured once per machine (runtime.peak_flops).
     peak_flops: float | None = None
+    # A progress bar on the terminal (tqdm); the metrics file is written either way.
     progress: bool = True
+    # Also write TensorBoard event files into the run folder (needs the tensorboard package); off
+    # because metrics.jsonl and loss.png are always written and need nothing more.
     tensorboard: bool = False
     # --- checkpoints -----------------------------------------------------------------------
     # Save every this many steps; None means at every evaluation. Always saved at the end and on Ctrl-C.
@@ -168,9 +181,14 @@ class RunConfig(Config):
     runs_dir: str = "runs"
     # Text the before/after samples start from ("" starts from the end-of-text token or a newline).
     prompt: str = "\n"
+    # The model's shape and options (TOML table [model]); defaults: GPT-2 124M's shape (ModelConfig).
     model: ModelConfig = field(default_factory=ModelConfig)
+    # The corpus, its cleaning and the tokenizer (TOML table [data]).
     data: DataConfig = field(default_factory=DataConfig)
+    # How to train (TOML table [train]): TrainConfig above.
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The before/after/interval samples (TOML table [sample]); a run's own defaults: 200 new tokens,
+    # temperature 0.8, top-k 200 (nanoGPT's sample.py), seed 1337, so samples are comparable across runs.
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(max_new_tokens=200, temperature=0.8,
                                                                       top_k=200, seed=1337))
 
