@@ -71,9 +71,9 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
-    from scratchllm.train.pretrain import pretrain
-
     import shlex
+
+    from scratchllm.train.pretrain import pretrain
 
     # how the settings were given, for the "continue with:" line of a stopped run
     source = ["--config", args.config] if args.config is not None else ["--preset", args.preset]
