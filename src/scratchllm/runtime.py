@@ -111,10 +111,10 @@ def keep_freed_memory() -> bool:
 
     A training step frees and re-allocates the same large tensors every step (logits, gradients,
     activations). glibc serves blocks over 32 MB with fresh `mmap`s and gives them back on free, so
-    every step pays a page fault per 4 KiB page of each of them: for GPT-2 124M (context 256, batch 4,
-    bf16 autocast) that was a third of the step (measured here: 272 -> 404 tok/s with this setting;
-    fp32 175 -> 220). With mmap off (M_MMAP_MAX 0) and trimming off (M_TRIM_THRESHOLD at its maximum)
-    the heap keeps those pages mapped and reuses them. The same as running under
+    every step pays a page fault per 4 KiB page of each of them, a large share of a big model's step
+    (`benchmarks/train_throughput.py` measures it: its "+ kept memory" row; earlier figures in
+    benchmarks/RESULTS.md). With mmap off (M_MMAP_MAX 0) and trimming off (M_TRIM_THRESHOLD at its
+    maximum) the heap keeps those pages mapped and reuses them. The same as running under
     `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`, or what jemalloc/tcmalloc give (PyTorch's CPU
     performance guide recommends those). The process's memory then stays at its high-water mark.
 

@@ -49,8 +49,8 @@ class ModelConfig(Config):
     # 1e-5 is GPT-2's LayerNorm epsilon (and PyTorch's default).
     norm_eps: float = 1e-5
     # "gelu": GPT-2's MLP with the tanh approximation of GELU (what GPT-2's weights were trained with);
-    # "gelu_exact": the same MLP with erf GELU (nanoGPT's nn.GELU, BERT; about 2.5x cheaper than the tanh
-    # form on CPU); "swiglu": Llama's gated MLP.
+    # "gelu_exact": the same MLP with erf GELU (nanoGPT's nn.GELU, BERT; cheaper than the tanh form on
+    # the CPU, see benchmarks/RESULTS.md); "swiglu": Llama's gated MLP.
     mlp: Literal["gelu", "gelu_exact", "swiglu"] = "gelu"
     # Where position enters: learned absolute embeddings (GPT-2) or rotary embeddings (RoPE, Llama).
     position: Literal["learned", "rope"] = "learned"
@@ -59,8 +59,8 @@ class ModelConfig(Config):
     # "sdpa": torch's fused scaled_dot_product_attention; "explicit": the written-out math of
     # model.functional, the reference the fused path is tested against. "auto": sdpa, except when
     # training in bf16 on a CPU with at most 512 keys, where the explicit math is faster (torch's CPU
-    # flash-attention backward in bf16 is slow; measured: nanoGPT's tiny model 23k -> 35k tok/s, see
-    # model.layers.Attention.explicit_is_faster). Beyond 512 keys its T x T weights cost too much memory.
+    # flash-attention backward in bf16 is slow; see model.layers.explicit_attention). Beyond 512 keys its
+    # T x T weights cost too much memory.
     attention: Literal["auto", "sdpa", "explicit"] = "auto"
     # Standard deviation of the normal init of weights (GPT-2: 0.02); residual projections are
     # further scaled by 1/sqrt(2 * n_layer) (see model.gpt.init_weights).

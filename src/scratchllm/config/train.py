@@ -84,9 +84,8 @@ class TrainConfig(Config):
     max_seconds: float | None = None
     # --- precision and speed ---------------------------------------------------------------
     # "auto": bf16 autocast where bf16 matmuls are native (CUDA with bf16 support; CPUs with AVX512-BF16
-    # or AMX), fp32 elsewhere. Measured on 2 cores with AVX512-BF16, bf16 over fp32: the main job's model
-    # 1.4x, nanoGPT's tiny model 1.5x, GPT-2 124M 1.9x (benchmarks/train_throughput.py), same losses to
-    # 3 decimals. fp32 master weights always.
+    # or AMX), fp32 elsewhere: there bf16 trains faster with the same losses (benchmarks/train_throughput.py;
+    # figures in benchmarks/RESULTS.md). fp32 master weights always.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch.compile the model; off by default because on CPU it costs minutes and pays little for small models.
     compile: bool = False
@@ -95,9 +94,9 @@ class TrainConfig(Config):
     # Intra-op threads; None leaves torch's default (one per core).
     threads: int | None = None
     # Keep freed memory in the process (glibc malloc settings, runtime.keep_freed_memory): large tensors
-    # re-allocated every step then skip the page faults (measured: GPT-2 124M bf16 1.5x faster on CPU).
-    # Not applied when the model checkpoints activations: that run chose memory over speed (measured:
-    # a 124M step at context 1024 with checkpointing peaks at 3.5 GB without it, 4.6-6.6 GB with it).
+    # re-allocated every step then skip the page faults, which is faster for large models but keeps the
+    # process at its high-water mark. Not applied when the model checkpoints activations: that run chose
+    # memory over speed (both measured by benchmarks/train_throughput.py; figures in benchmarks/RESULTS.md).
     keep_freed_memory: bool = True
     # Seeds the model's initialisation and batch order (train.pretrain) and the dropout masks (the
     # loop); 1337 is nanoGPT's.

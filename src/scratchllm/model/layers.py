@@ -26,11 +26,11 @@ def explicit_attention(mode: str, device_type: str, training: bool, bf16: bool, 
     `scaled_dot_product_attention`, for a call on `device_type`, with gradients (`training`), computing
     in bf16 (autocast or bf16 tensors), over `n_keys` keys.
 
-    "explicit" always, "sdpa" never; "auto" when training in bf16 on a CPU with at most 512 keys.
-    Measured on 2 cores, torch 2.13, forward + backward + AdamW: nanoGPT's tiny Shakespeare model in
-    bf16 23k -> 35k tok/s (the fused CPU backward took a third of the step); GPT-2 124M at context 256
-    in bf16 about 4% faster. In fp32, and for inference, the fused kernel is as fast or faster, and it
-    never holds the (B, n_head, T, T) weights, so it stays the choice there.
+    "explicit" always, "sdpa" never; "auto" when training in bf16 on a CPU with at most 512 keys:
+    there torch's fused CPU backward in bf16 is slow and the explicit math trains faster
+    (`benchmarks/train_throughput.py`, its bf16 rows; figures in benchmarks/RESULTS.md). In fp32, and
+    for inference, the fused kernel is as fast or faster, and it never holds the (B, n_head, T, T)
+    weights, so it stays the choice there.
 
     >>> explicit_attention("auto", "cpu", training=True, bf16=True, n_keys=256)
     True

@@ -30,8 +30,9 @@ from scratchllm.tokenizer.base import ENDOFTEXT, AllowedSpecial, Tokenizer, reso
 from scratchllm.tokenizer.bpe_train import Merge
 from scratchllm.tokenizer.patterns import GPT2_PATTERN, compiled, resolve_pattern
 
-# The reference encoder remembers this many chunks (words) it has encoded; text repeats its words
-# so much that a cache of this size makes the pure-Python path ~10x faster on English prose.
+# The reference encoder remembers this many chunks (words) it has encoded: text repeats its words so
+# much that most chunks are then looked up, not merged again (benchmarks/tokenizer.py times the path
+# cold and warm; figures in benchmarks/RESULTS.md).
 CACHE_SIZE = 200_000
 
 _SINGLE_BYTES = [bytes([b]) for b in range(256)]
