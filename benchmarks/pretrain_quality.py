@@ -139,12 +139,12 @@ def main() -> None:
 
 
 def run_all(args) -> None:
-    import torch
-
     from scratchllm.config.train import RunConfig
+    from scratchllm.runtime import setup_process
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # The process-wide settings the pretrain job makes (train.pretrain.configure_process): the loop
+    # sets none. Freed memory is kept, as with the recipes' train.keep_freed_memory (the default).
+    setup_process(args.threads, keep_freed=True, device="cpu")
     header("pretraining quality: nanoGPT's CPU Shakespeare recipe, then the tuned recipe in the same time")
     train_ids, val_ids, vocab = char_shakespeare()
     peak = matmul_peaks(precisions=("fp32",))["fp32"]

@@ -16,10 +16,11 @@ Each peer gets its best CPU setting: fp32, and for HF also bf16 autocast, with i
 attention and with eager attention (which, like our "auto" attention, avoids torch's slow bf16 CPU
 flash-attention backward). scratchllm's attention is "auto" (see model.layers.Attention).
 
-Each variant runs in its own process: scratchllm's trainer keeps freed memory in the process
-(`runtime.keep_freed_memory`, a process-wide malloc setting, on by default in `train.keep_freed_memory`),
-and a peer must not inherit it unasked. The row "HF ... + kept memory" gives HF the same setting, so
-the share of the gain that is the allocator's and the share that is the model's can be read apart.
+Each variant runs in its own process: scratchllm's pretrain job keeps freed memory in the process
+(`runtime.setup_process` -> `runtime.keep_freed_memory`, a process-wide malloc setting, on by default
+in `train.keep_freed_memory`), and a peer must not inherit it unasked. The row "HF ... + kept
+memory" gives HF the same setting, so the share of the gain that is the allocator's and the share
+that is the model's can be read apart.
 
     python benchmarks/train_throughput.py            # everything (~10 minutes on 2 cores)
     python benchmarks/train_throughput.py --quick    # fewer steps, no 124M memory runs
@@ -60,7 +61,7 @@ def ours(c, *, precision="fp32", compile=False, checkpointing=False, keep_memory
 
     cfg = ModelConfig(n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"], context_length=c["context_length"],
                       vocab_size=c["vocab_size"], dropout=0.0, gradient_checkpointing=checkpointing, **model_kw)
-    if keep_memory:  # as train.loop does with train.keep_freed_memory (the default)
+    if keep_memory:  # as the pretrain job does (runtime.setup_process) with train.keep_freed_memory, the default
         from scratchllm.runtime import keep_freed_memory
 
         keep_freed_memory()
@@ -223,7 +224,7 @@ def memory_child(checkpointing: bool) -> None:
     import torch
 
     c = dict(GPT2, context_length=1024, batch=8)
-    # as the trainer does: freed memory kept without checkpointing, returned with it (train.keep_freed_memory)
+    # as the pretrain job does: freed memory kept without checkpointing, returned with it (train.keep_freed_memory)
     model, opt, loss_fn = ours(c, checkpointing=checkpointing, keep_memory=not checkpointing)
     x = torch.randint(0, c["vocab_size"], (c["batch"], c["context_length"]))
     loss = loss_fn(x, x)
