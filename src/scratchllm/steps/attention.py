@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import scratchllm.model.functional as Fn
+import scratchllm.model.functional as ops
 from scratchllm.errors import ConfigError
 
 
@@ -71,7 +71,7 @@ class SelfAttentionV1(_KeepsWeights):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = x @ self.W_query, x @ self.W_key, x @ self.W_value  # (..., T, d_out) each
-        w = Fn.attention_weights(q, k)  # (..., T, T)
+        w = ops.attention_weights(q, k)  # (..., T, T)
         self._keep(w)
         return w @ v  # (..., T, d_out)
 
@@ -88,7 +88,7 @@ class SelfAttentionV2(_KeepsWeights):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)  # (..., T, d_out) each
-        w = Fn.attention_weights(q, k)  # (..., T, T)
+        w = ops.attention_weights(q, k)  # (..., T, T)
         self._keep(w)
         return w @ v
 
@@ -112,8 +112,8 @@ class CausalAttention(_KeepsWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[-2]
         q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)  # (B, T, d_out) each
-        mask = Fn.causal_mask(t, device=x.device)  # (T, T), True = may attend
-        w = Fn.attention_weights(q, k, mask)  # (B, T, T), zero above the diagonal
+        mask = ops.causal_mask(t, device=x.device)  # (T, T), True = may attend
+        w = ops.attention_weights(q, k, mask)  # (B, T, T), zero above the diagonal
         self._keep(w)
         return self.dropout(w) @ v  # (B, T, d_out)
 
@@ -162,10 +162,10 @@ class MultiHeadAttention(_KeepsWeights):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
-        q = Fn.split_heads(self.W_query(x), self.num_heads)  # (B, num_heads, T, head_dim)
-        k = Fn.split_heads(self.W_key(x), self.num_heads)  # (B, num_heads, T, head_dim)
-        v = Fn.split_heads(self.W_value(x), self.num_heads)  # (B, num_heads, T, head_dim)
-        w = Fn.attention_weights(q, k, Fn.causal_mask(t, device=x.device))  # (B, num_heads, T, T)
+        q = ops.split_heads(self.W_query(x), self.num_heads)  # (B, num_heads, T, head_dim)
+        k = ops.split_heads(self.W_key(x), self.num_heads)  # (B, num_heads, T, head_dim)
+        v = ops.split_heads(self.W_value(x), self.num_heads)  # (B, num_heads, T, head_dim)
+        w = ops.attention_weights(q, k, ops.causal_mask(t, device=x.device))  # (B, num_heads, T, T)
         self._keep(w)
         context = self.dropout(w) @ v  # (B, num_heads, T, head_dim)
-        return self.out_proj(Fn.merge_heads(context))  # (B, T, d_out)
+        return self.out_proj(ops.merge_heads(context))  # (B, T, d_out)

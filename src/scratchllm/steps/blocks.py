@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import scratchllm.model.functional as Fn
+import scratchllm.model.functional as ops
 from scratchllm.config.model import ModelConfig
 from scratchllm.errors import ConfigError
 from scratchllm.steps.attention import MultiHeadAttention
@@ -31,12 +31,12 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Fn.layer_norm(x, self.scale, self.shift, self.eps)
+        return ops.layer_norm(x, self.scale, self.shift, self.eps)
 
 
 class GELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return Fn.gelu_tanh(x)
+        return ops.gelu_tanh(x)
 
 
 class FeedForward(nn.Module):
