@@ -6,9 +6,10 @@
     echo "Once upon" | scratchllm generate --stop "\\n\\n" --seed 1
     scratchllm generate --file prompts.txt --batch --temperature 0 > out.jsonl   # one prompt a line
 
-Sampling options are SampleConfig's fields (flags here, or `--key value` overrides). The wiring
-lives here because loading a checkpoint belongs to training (layer 3), which the generation
-engine (layer 2) must not import.
+Sampling options are SampleConfig's fields (flags here, or `--key value` overrides). This command
+wires two layer-2 packages together: `scratchllm.checkpoint` reads the model and its tokenizer
+(`load_model`), `scratchllm.generate` samples from it; neither needs the other, and neither needs
+training.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Text generation: sampling (sampling.py), the KV-cached engine on token ids with batching and
 stops by id (engine.py), prompt-lookup speculative decoding (speculative.py), the text API with
 incremental UTF-8 text, stop strings and streaming (text.py), and the book's uncached reference
-loops (simple.py). Loading checkpoints is not generation's job; the `scratchllm generate` command
+loops (simple.py). Generation takes a model; reading one from a checkpoint is
+`scratchllm.checkpoint.load_model` (layer 2, beside generation), and the `scratchllm generate` command
 wires the two together."""
 
 from scratchllm.generate.engine import TOKENIZER_EOS, Decoder, generate, generate_batch
