@@ -187,6 +187,15 @@ def test_tokenizer_encode_follows_the_same_rule(capsys, tmp_path, monkeypatch):
     rc = main(["tokenizer", "encode", "--tokenizer", str(tok_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: standard input is not UTF-8 text: byte offset 9") and err.count("\n") == 1
+    bad_arg = LATIN1.decode("utf-8", errors="surrogateescape")  # how Python passes such bytes in argv
+    rc = main(["tokenizer", "encode", "--tokenizer", str(tok_path), bad_arg])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: the text argument is not UTF-8 text: byte offset 9 (0xe9)")
+    assert err.count("\n") == 1
+    rc = main(["tokenizer", "encode", "--tokenizer", str(tok_path), "--errors", "replace", bad_arg])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert [int(i) for i in out.split()] == CharTokenizer.train("to be caf or nt\ufffd").encode("to be caf\ufffd or not")
 
 
 # --- --runs-dir, also spelled --runs_dir as train spells it --------------------------------------------------

@@ -93,19 +93,9 @@ def cmd_get(args) -> int:
     return 0
 
 
-def unescape(text: str | None) -> str | None:
-    r"""Backslash escapes typed on a command line as real characters: `\n\n` -> two newlines.
-
-    >>> unescape(r"\n\n"), unescape(r"a\tb"), unescape(None)
-    ('\n\n', 'a\tb', None)
-    """
-    if text is None:
-        return None
-    return text.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r")
-
-
 def data_config(args, names: tuple[str, ...]):
     """DataConfig from the flags given (validated there: a bad value is the config's one line)."""
+    from scratchllm.cli.inputs import unescape
     from scratchllm.cli.settings import given_settings
     from scratchllm.config.data import DataConfig
 
@@ -186,6 +176,7 @@ def cleaned_file_text(texts: list[str], out: Path, separator: str | None) -> str
 def cmd_prepare(args) -> int:
     from pathlib import Path
 
+    from scratchllm.cli.inputs import unescape
     from scratchllm.config.base import load_toml, parse_overrides
     from scratchllm.config.data import DataConfig
     from scratchllm.data.prepare import prepare

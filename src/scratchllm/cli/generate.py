@@ -65,6 +65,7 @@ def register(subparsers) -> None:
 
 def sample_config(args):
     """SampleConfig from the flags that were given, then `--key value` overrides (validated)."""
+    from scratchllm.cli.inputs import unescape
     from scratchllm.cli.settings import given_settings
     from scratchllm.config.base import parse_overrides
     from scratchllm.config.sample import SampleConfig
@@ -76,23 +77,6 @@ def sample_config(args):
     if args.overrides:
         config = config.override(parse_overrides(args.overrides))
     return config
-
-
-def unescape(s: str) -> str:
-    r"""Let `--stop '\n\n'` typed in a shell mean two newlines.
-
-    >>> unescape(r"a\nb\t\\")
-    'a\nb\t\\'
-    """
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in "nt\\":
-            out.append({"n": "\n", "t": "\t", "\\": "\\"}[s[i + 1]])
-            i += 2
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
 
 
 def read_prompt(args) -> str:

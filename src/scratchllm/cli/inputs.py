@@ -3,7 +3,8 @@
 Text comes from a file (`--file`), from standard input, or from an argument. It must be UTF-8:
 a byte that is not is one `error:` line naming the source and the byte offset (never a
 traceback, never a silent U+FFFD), unless the user asks for `--errors replace`. `generate` and
-`tokenizer encode/decode/train/inspect` read through here.
+`tokenizer encode/decode/train/inspect` read through here. Backslash escapes typed in an option
+(generate's `--stop`, the data commands' `--separator`) mean the same everywhere (`unescape`).
 
 Not here: what a command does with the text (its own module), tokenizing it (`tokenizer`).
 """
@@ -60,6 +61,34 @@ def read_stdin(errors: str = "strict") -> str:
     if stream is None:  # a text stream without bytes underneath (e.g. replaced in tests): already text
         return sys.stdin.read()
     return decode_utf8(stream.read(), "standard input", errors)
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}  # what `\n`, `\t`, `\r`, `\\` typed in a shell mean
+
+
+def unescape(text: str | None) -> str | None:
+    r"""Backslash escapes typed on a command line as the characters they name: `\n` newline, `\t` tab,
+    `\r` carriage return, `\\` one backslash (so `--stop '\n\n'` is two newlines). Any other backslash
+    stays as typed; None stays None.
+
+    >>> unescape(r"\n\n"), unescape(r"a\tb"), unescape(None)
+    ('\n\n', 'a\tb', None)
+    >>> unescape(r"a\nb\t\\")
+    'a\nb\t\\'
+    >>> unescape(r"\\n"), unescape(r"C:\x\r")  # an escaped backslash then a plain n; an unknown escape stays
+    ('\\n', 'C:\\x\r')
+    """
+    if text is None:
+        return None
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in ESCAPES:
+            out.append(ESCAPES[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def read_argument(text: str, source: str, errors: str = "strict") -> str:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchllm.cli.inputs import decode_utf8  # the one UTF-8 rule of every command
+from scratchllm.cli.inputs import add_errors_option, decode_utf8, read_argument, read_file, read_stdin
 
 KINDS = ("char", "words", "bpe", "wordpiece")
 
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                       aliases={"special_tokens": ["--special-token"]})
     t.add_argument("--out", default="tokenizer.scratchllm.json", help="where to save (file or folder)")
     t.add_argument("--hf-out", default=None, help="bpe: also write a Hugging Face tokenizer.json here")
-    _add_errors(t)
+    add_errors_option(t)
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     e.add_argument("--allow-special", action="store_true", help="encode special tokens in the text as themselves")
     e.add_argument("--engine", choices=("auto", "tiktoken", "python"), default="auto",
                    help="bpe: tiktoken (fast) or python (reference); same ids")
-    _add_errors(e)
+    add_errors_option(e)
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="ids -> text")
@@ -65,18 +65,13 @@ def register(subparsers) -> None:
     i.add_argument("--data-dir", default=None, help="folder with gpt2/encoder.json and gpt2/vocab.bpe")
     i.add_argument("--vocab-size", type=int, default=1024, help="vocab size for BPE and WordPiece (default 1024)")
     i.add_argument("--sample", default=None, help="text whose token boundaries to show (default: first line)")
-    _add_errors(i)
+    add_errors_option(i)
     i.set_defaults(func=cmd_inspect)
 
 
 def _add_tokenizer(p) -> None:
     p.add_argument("--tokenizer", required=True, help="saved tokenizer file/folder, or gpt2")
     p.add_argument("--data-dir", default=None, help="folder with gpt2/encoder.json and gpt2/vocab.bpe")
-
-
-def _add_errors(p) -> None:
-    p.add_argument("--errors", choices=("strict", "replace"), default="strict",
-                   help="bytes that are not UTF-8: strict = stop with an error, replace = use U+FFFD")
 
 
 # --- reading input -----------------------------------------------------------------------------
@@ -112,18 +107,16 @@ def read_documents(inputs: list[str], errors: str = "strict") -> list[str]:
 
 
 def _read_input(arg: str | None, file: str | None, errors: str = "strict") -> str:
+    """The input text: the argument, else --file, else standard input (the one UTF-8 rule, cli.inputs)."""
     from scratchllm.errors import UserError
 
     if arg is not None and file is not None:
         raise UserError("give the input either as an argument or with --file, not both")
     if arg is not None:
-        return arg
+        return read_argument(arg, "the text argument", errors)
     if file is not None:
-        p = Path(file)
-        if not p.is_file():
-            raise UserError(f"file {p} not found")
-        return decode_utf8(p.read_bytes(), str(p), errors)
-    return decode_utf8(sys.stdin.buffer.read(), "standard input", errors)
+        return read_file(file, errors)
+    return read_stdin(errors)
 
 
 def _load_tokenizer(spec: str, data_dir: str | None):
@@ -207,6 +200,8 @@ def cmd_inspect(args) -> int:
     from scratchllm.tokenizer import train
 
     docs = read_documents(args.inputs, args.errors) if args.inputs else []
+    if args.sample is not None:
+        args.sample = read_argument(args.sample, "--sample", args.errors)
     if args.tokenizers:
         toks = [(spec, _load_tokenizer(spec, args.data_dir)) for spec in args.tokenizers]
     else:
