@@ -195,7 +195,8 @@ def test_tokenizer_encode_follows_the_same_rule(capsys, tmp_path, monkeypatch):
     rc = main(["tokenizer", "encode", "--tokenizer", str(tok_path), "--errors", "replace", bad_arg])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert [int(i) for i in out.split()] == CharTokenizer.train("to be caf or nt\ufffd").encode("to be caf\ufffd or not")
+    replaced = CharTokenizer.train("to be caf or nt\ufffd").encode("to be caf\ufffd or not")
+    assert [int(i) for i in out.split()] == replaced
 
 
 # --- --runs-dir, also spelled --runs_dir as train spells it --------------------------------------------------
