@@ -227,6 +227,7 @@ ROWS = [
     (["generate", "--model", "tiny", "hi", "--max-new-tokens", "-1"], "max_new_tokens must be >= 0", "", None),
     (["generate", "--model", "tiny", "hi", "--device", "mps"], "mps", "", None),
     (["generate", "--model", "tiny", "hi", "--device", "tpu9"], "device", "", None),
+    (["generate", "--model", "tiny", "hi", "--data-dir", "{nodir}"], "does not exist", "", None),
     # --- train ---------------------------------------------------------------------------------------
     (["train"], "name a recipe", "", None),
     (["train", "--config", "{missing}"], "not found", "", None),

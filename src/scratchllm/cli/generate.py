@@ -166,9 +166,12 @@ def preset_model(name: str, data_dir=None):
 
 
 def run(args) -> int:
+    from scratchllm.files import check_data_dir
     from scratchllm.runtime import pick_device, torch_dtype
 
     config = sample_config(args)  # validate options before loading anything
+    if args.data_dir is not None:
+        check_data_dir(args.data_dir)  # a mistyped folder is an error, never a silent fallback to byte tokens
     batch = read_batch(args) if args.batch else None
     prompt = read_prompt(args) if batch is None else ""
     model, tokenizer, what = load(args)
