@@ -307,6 +307,25 @@ def test_a_warning_is_one_line(monkeypatch, capsys):
     assert err == "warning: something to know over two lines\n"
 
 
+@pytest.mark.parametrize("raised, code, line", [(KeyboardInterrupt(), 130, "interrupted"),
+                                               ("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_an_abort_exits_with_its_signals_code(raised, code, line, monkeypatch, capsys):
+    """Ctrl-C is 130; a second stop signal during training (errors.Aborted) exits 128 + that signal."""
+    import signal
+
+    import scratchllm.cli.model as model_cli
+    from scratchllm.errors import Aborted
+
+    error = Aborted(getattr(signal, raised)) if isinstance(raised, str) else raised
+
+    def presets(args):
+        raise error
+
+    monkeypatch.setattr(model_cli, "cmd_presets", presets)
+    assert main(["model", "presets"]) == code
+    assert capsys.readouterr().err == line + "\n"
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path):
     from scratchllm.tokenizer.char import CharTokenizer
 

@@ -3,8 +3,9 @@
 `UserError` carries one line that says what went wrong and what to do. The CLI prints it as
 `error: <message>` and exits with code 2; library callers can catch it. An `OSError` that the
 machine causes (no permission, read-only or full disk, a file where a folder should be) is a user
-error too: `os_error_message` says it in one line. Anything else that escapes is a bug in
-scratchllm and keeps its traceback.
+error too: `os_error_message` says it in one line. `Aborted` is not an error but a stop the
+user asked for twice (a second Ctrl-C or SIGTERM while training saves). Anything else that escapes
+is a bug in scratchllm and keeps its traceback.
 """
 
 import errno
@@ -16,6 +17,24 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """An invalid configuration value; the message names the field."""
+
+
+class Aborted(KeyboardInterrupt):
+    """A second stop signal while training finishes its step and saves: stop at once. `signum` is the
+    signal, so the CLI exits as a shell reports a process it killed: 128 + signum (130 for SIGINT,
+    143 for SIGTERM). A KeyboardInterrupt, so code that catches Ctrl-C catches it too.
+
+    >>> Aborted(15).exit_code  # SIGTERM
+    143
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
 
 
 # What to do about each OSError the machine (not scratchllm) causes, by errno.

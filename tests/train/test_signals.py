@@ -3,6 +3,7 @@ finishes its step, saves a checkpoint and exits; the run then resumes exactly.""
 
 import signal
 
+import pytest
 from test_resume import STEPS, losses, start, wait_for_step
 from tiny_run import run_tiny
 
@@ -30,3 +31,23 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     assert resumed.returncode == 0, err
     assert "resumed from" in out + err
     assert losses(run) == expected  # every step's loss, bit for bit
+
+
+INT, TERM = signal.SIGINT, signal.SIGTERM
+
+
+@pytest.mark.parametrize("first, second, code", [(TERM, TERM, 143), (INT, TERM, 143), (TERM, INT, 130),
+                                                 (INT, INT, 130)])
+def test_a_second_signal_aborts_with_its_own_exit_code(first, second, code):
+    """The first signal asks the loop to finish its step and save; a second aborts at once, as
+    `errors.Aborted` (a KeyboardInterrupt) naming that signal, so the exit code follows it."""
+    from scratchllm.errors import Aborted
+    from scratchllm.train.loop import StopSignals
+
+    signals = StopSignals()
+    signals._handle(first, None)
+    assert signals.reason == {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}[first]
+    with pytest.raises(Aborted) as caught:
+        signals._handle(second, None)
+    assert isinstance(caught.value, KeyboardInterrupt)
+    assert caught.value.signum == second and caught.value.exit_code == code

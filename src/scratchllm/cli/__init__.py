@@ -6,7 +6,8 @@ arguments. Modules import torch and the rest of the package inside `func`, never
 `scratchllm --help` is instant. A `UserError` (or an OSError the machine caused: no permission,
 a full disk) becomes one `error: ...` line on stderr and exit code 2; a Python warning one
 `warning: ...` line. A command given without its action prints its help and exits 2. Exit codes:
-0 done, 2 bad input, 130 Ctrl-C, 143 SIGTERM (train), 141 when the reader of a pipe went away.
+0 done, 2 bad input, 130 Ctrl-C, 143 SIGTERM (train; a second signal there too: 128 + the signal),
+141 when the reader of a pipe went away.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -56,7 +58,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scratchllm.errors import UserError, os_error_message
+    from scratchllm.errors import Aborted, UserError, os_error_message
 
     parser = build_parser()
     parser.set_defaults(func=needs_action(parser))
@@ -82,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or a second stop signal during training (Aborted: its own code)
+        terminated = isinstance(e, Aborted) and e.signum == signal.SIGTERM
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return e.exit_code if isinstance(e, Aborted) else 130
     finally:
         warnings.showwarning = shown
     return int(rc or 0)

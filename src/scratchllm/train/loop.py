@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from scratchllm.errors import UserError
+from scratchllm.errors import Aborted, UserError
 from scratchllm.runtime import autocast, eval_mode, peak_flops, pick_device
 from scratchllm.train.losses import lm_loss
 from scratchllm.train.optim import build_optimizer, lr_at, set_lr
@@ -162,7 +162,8 @@ def model_flops_per_token(model: Any, seq_len: int) -> float | None:
 class StopSignals:
     """SIGINT (Ctrl-C) and SIGTERM (timeout, Docker, Slurm, systemd) ask the loop to stop: it finishes
     the step, saves a checkpoint and returns with `stop_reason` "interrupted" or "terminated".
-    A second signal of either kind aborts at once (KeyboardInterrupt). Handlers are installed only
+    A second signal of either kind aborts at once (`errors.Aborted`, a KeyboardInterrupt that names
+    the signal, so the exit code follows it). Handlers are installed only
     in the main thread, and the previous ones are put back on exit."""
 
     REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
@@ -179,7 +180,7 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.reason:
-            raise KeyboardInterrupt
+            raise Aborted(signum)
         self.reason = self.REASONS[signum]
         from tqdm import tqdm
 
