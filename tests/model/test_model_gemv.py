@@ -126,3 +126,42 @@ def test_a_kernel_built_for_another_cpu_is_not_loaded(kernel, fresh_build, monke
     this = gemv.load()
     assert other is not None and this is not None and this.path != other.path
     assert built == [this.path]  # built anew for this CPU, not loaded from the other's file
+
+
+def test_a_new_build_removes_this_cpus_older_builds_only(kernel, fresh_build, monkeypatch):
+    """Kernels of older builds (another source or compiler) of this CPU do not pile up in the cache;
+    another CPU's kernels (a home folder shared between machines) and temp files are left alone."""
+    fresh_build.mkdir(parents=True)
+    mine = gemv.cpu_key()
+    other_cpu = "0" * 8 if mine != "0" * 8 else "1" * 8
+    older = fresh_build / f"gemv-{mine}-000000000000.so"
+    another = fresh_build / f"gemv-{other_cpu}-000000000000.so"
+    temp = fresh_build / ".gemv-abc123.so"
+    for f in (older, another, temp):
+        f.write_bytes(b"not a library")
+    k = gemv.load()
+    assert k is not None and k.path.exists()
+    assert not older.exists() and another.exists() and temp.exists()
+    assert sorted(p.name for p in fresh_build.iterdir()) == sorted([k.path.name, another.name, temp.name])
+    # loaded from the cache (nothing built): nothing is removed
+    older.write_bytes(b"not a library")
+    gemv._build.cache_clear()
+    monkeypatch.setattr(gemv, "_compile", lambda *a: pytest.fail("compiled again"))
+    assert gemv.load().path == k.path and older.exists()
+
+
+def test_prune_keeps_the_files_asked_for_and_other_cpus(monkeypatch, tmp_path):
+    monkeypatch.setattr(gemv, "cpu_identity", lambda: "x86_64\nmodel name\t: This CPU\nflags\t\t: fpu avx2")
+    mine = gemv.cpu_key()
+    monkeypatch.setattr(gemv, "cpu_identity", lambda: "x86_64\nmodel name\t: Another CPU\nflags\t\t: fpu")
+    theirs = gemv.cpu_key()
+    monkeypatch.setattr(gemv, "cpu_identity", lambda: "x86_64\nmodel name\t: This CPU\nflags\t\t: fpu avx2")
+    assert mine != theirs
+    names = [f"gemv-{mine}-aaaaaaaaaaaa.so", f"gemv-{mine}-bbbbbbbbbbbb.so", f"gemv-{mine}-cccccccccccc.so",
+             f"gemv-{theirs}-cccccccccccc.so"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    in_use, other_flags = tmp_path / names[0], tmp_path / names[1]
+    assert gemv.prune([in_use, other_flags]) == [tmp_path / names[2]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[0], names[1], names[3]])
+    assert gemv.prune([]) == []

@@ -15,7 +15,9 @@ benchmarks/RESULTS.md.
 atomically). `<cpu>` hashes the CPU's model name and feature flags (`runtime.cpu_identity`), so a
 home folder shared between machines never loads a library built with `-march=native` for another
 CPU; `<build>` hashes the source, compiler and flags. It loads the library with ctypes, checks it
-against `F.linear` on small matrices that take every code path, and returns a `Kernel`. Where any
+against `F.linear` on small matrices that take every code path, and returns a `Kernel`. When it has
+built a new library that passes, it removes this CPU's libraries of other builds (older sources or
+compilers: `prune`), so they do not pile up; other CPUs' files are never touched. Where any
 step fails (no compiler, no OpenMP, a mismatch) it returns None and `status()` says why; callers
 then use torch's kernels. `SCRATCHLLM_NO_KERNEL=1` turns it off.
 
@@ -106,11 +108,36 @@ def _digest(text: str, n: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+def cpu_key() -> str:
+    """This CPU's part of a library's name: its identity (model name and flags), hashed."""
+    return _digest(cpu_identity(), 8)
+
+
 def library_path(cc: str, flags: tuple[str, ...]) -> Path:
     """Where the library built by `cc` with `flags` for this CPU lives: one file per CPU identity
     (model name and flags) and build (source, compiler, flags)."""
     build = "\0".join([SOURCE.read_text(), cc, " ".join(flags)])
-    return cache_dir() / "kernels" / f"gemv-{_digest(cpu_identity(), 8)}-{_digest(build, 12)}.so"
+    return cache_dir() / "kernels" / f"gemv-{cpu_key()}-{_digest(build, 12)}.so"
+
+
+def prune(keep: list[Path]) -> list[Path]:
+    """Remove this CPU's libraries (`gemv-<this cpu>-*.so`) beside `keep` other than those in `keep`
+    (the one in use and the other flag sets' of the same build); returns the files removed. Another
+    CPU's libraries are never touched, and a file that cannot be removed is left (a process that has
+    one loaded keeps its copy: removing only unlinks the name)."""
+    if not keep:
+        return []
+    folder = keep[0].parent
+    removed = []
+    for path in sorted(folder.glob(f"gemv-{cpu_key()}-*.so")):
+        if path in keep:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def _compile(cc: str, flags: tuple[str, ...], dest: Path) -> str | None:
@@ -165,7 +192,8 @@ def _build() -> tuple[Kernel | None, str]:
             path = library_path(cc, flags)
         except OSError as e:  # the source file missing from an installation
             return None, f"cannot read {SOURCE}: {e}"
-        if not path.exists():
+        built = not path.exists()
+        if built:
             err = _compile(cc, flags, path)
             if err:
                 errors.append(err)
@@ -179,6 +207,8 @@ def _build() -> tuple[Kernel | None, str]:
         if err:
             errors.append(err)
             continue
+        if built:  # a new build: this CPU's libraries of older builds are no longer used
+            prune([library_path(cc, f) for f in FLAG_SETS])
         return kernel, f"compiled C kernel {path}"
     return None, "; ".join(errors)
 
