@@ -131,6 +131,11 @@ def test_help_lists_every_setting_with_type_default_and_comment(capsys):
     assert " ".join(field_docs(TrainConfig)["lr"].split()) in " ".join(out.split())
     assert "--data.tokenizer.vocab_size INT or none (default none)" in out
     assert "--sample.max_new_tokens INT (default 200)" in out  # RunConfig's own sampling defaults
+    from scratchllm.config.train import RunConfig
+
+    for table in ("model", "data", "train", "sample"):  # each table's heading, then its comment
+        doc = " ".join(field_docs(RunConfig)[table].split())
+        assert f"[{table}] settings: {doc}" in " ".join(out.split()), table
 
 
 def test_sigterm_exits_143_and_names_the_command_that_continues(recipe, tmp_path):

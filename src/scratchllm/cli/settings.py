@@ -56,20 +56,23 @@ def field_lines(config: Config, prefix: str = "", indent: int = 2, skip: tuple[s
 
 
 def settings_help(config: Config, title: str, prefix: str = "", skip: tuple[str, ...] = ()) -> str:
-    """Every setting of `config` and of its nested configs, one section each (TOML table and flag);
-    top-level fields in `skip` are left out (they are flags of their own, see `add_setting_flags`)."""
+    """Every setting of `config` and of its nested configs, one section each (TOML table and flag),
+    a nested table's own comment under its heading; top-level fields in `skip` are left out (they
+    are flags of their own, see `add_setting_flags`)."""
     sections: list[str] = []
 
-    def walk(c: Config, path: str) -> None:
+    def walk(c: Config, path: str, doc: str = "") -> None:
         lines = field_lines(c, f"{path}." if path else prefix, skip=skip if c is config else ())
         if lines:
             head = f"[{path}] settings" if path else title
-            sections.append(f"{head}:\n" + "\n".join(lines))
-        types_ = type(c).field_types()
+            about = textwrap.wrap(doc, WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False,
+                                  break_long_words=False)
+            sections.append(f"{head}:\n" + "\n".join(about + lines))
+        types_, docs = type(c).field_types(), field_docs(type(c))
         for f in dataclasses.fields(c):  # type: ignore[arg-type]
             tp = types_[f.name]
             if isinstance(tp, type) and issubclass(tp, Config):
-                walk(getattr(c, f.name), f"{path}.{f.name}" if path else f.name)
+                walk(getattr(c, f.name), f"{path}.{f.name}" if path else f.name, docs.get(f.name, ""))
 
     walk(config, prefix.rstrip("."))
     return "\n\n".join(sections)

@@ -180,14 +180,15 @@ class RunConfig(Config):
     runs_dir: str = "runs"
     # Text the before/after samples start from ("" starts from the end-of-text token or a newline).
     prompt: str = "\n"
-    # The model's shape and options (TOML table [model]); defaults: GPT-2 124M's shape (ModelConfig).
+    # The model's shape and options (ModelConfig); its defaults are GPT-2 124M's shape.
     model: ModelConfig = field(default_factory=ModelConfig)
-    # The corpus, its cleaning and the tokenizer (TOML table [data]).
+    # The corpus, its cleaning and the tokenizer (DataConfig).
     data: DataConfig = field(default_factory=DataConfig)
-    # How to train (TOML table [train]): TrainConfig above.
+    # How to train: optimizer, schedule, precision, evaluation, checkpoints, stopping (TrainConfig).
     train: TrainConfig = field(default_factory=TrainConfig)
-    # The before/after/interval samples (TOML table [sample]); a run's own defaults: 200 new tokens,
-    # temperature 0.8, top-k 200 (nanoGPT's sample.py), seed 1337, so samples are comparable across runs.
+    # The samples printed before, during and after training (SampleConfig), with a run's own defaults:
+    # 200 new tokens at temperature 0.8 with top-k 200 (nanoGPT's sample.py), seed 1337 so that samples
+    # compare across runs.
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(max_new_tokens=200, temperature=0.8,
                                                                       top_k=200, seed=1337))
 
