@@ -231,3 +231,26 @@ def test_head_size_lifts_the_divisibility_rule():
     assert GPT(config)(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, config.vocab_size)
     with pytest.raises(ConfigError, match="head_size"):
         ModelConfig(**{**QWEN3, "n_embd": 50, "head_size": None})
+
+
+@pytest.mark.parametrize("case", ["llama-untied", "qwen3-untied", "gpt2-tiny"])
+def test_missing_head_of_an_untied_model_is_named(case):
+    config = ModelConfig(**{**CASES[case], "tie_weights": False})
+    model_type = model_type_for(config)
+    hf = to_hf(GPT(config).state_dict(), model_type)
+    del hf["lm_head.weight"]
+    with pytest.raises(UserError, match="no 'lm_head.weight'.*untied"):
+        from_hf(hf, model_type, tied=False)
+    ours = from_hf(hf, model_type)  # not known: a missing head is the tied one (hub GPT-2 files)
+    assert ours["lm_head.weight"] is ours["tok_emb.weight"]
+    hf["lm_head.weight"] = torch.zeros_like(ours["tok_emb.weight"])
+    assert from_hf(hf, model_type, tied=True)["lm_head.weight"] is ours["tok_emb.weight"]
+
+
+def test_book_layout_refuses_options_it_lacks():
+    from scratchllm.model.weights import to_book_gpt
+
+    with pytest.raises(UserError, match="attn_proj_bias"):
+        to_book_gpt(GPT(ModelConfig.preset("tiny", attn_proj_bias=False, tie_weights=False)).state_dict())
+    with pytest.raises(UserError, match="head_size"):
+        to_book_gpt(GPT(ModelConfig.preset("tiny", head_size=8, tie_weights=False)).state_dict())

@@ -125,6 +125,17 @@ def _no_leftovers(sd: Mapping[str, torch.Tensor], source: str, target: str) -> N
                         f"the checkpoint uses options {target} does not support")
 
 
+def _head(sd: dict[str, torch.Tensor], embedding: torch.Tensor, source: str, tied: bool | None) -> torch.Tensor:
+    """The output head from `lm_head.weight`, taken out of `sd`. `tied`: the config's
+    tie_word_embeddings; None (not known) takes a missing head for a tied one, True always uses the
+    embedding (a tied checkpoint may list the head too), False needs the head in the file."""
+    head = sd.pop("lm_head.weight", None)
+    if head is None and tied is False:
+        raise UserError(f"the {source} weights have no 'lm_head.weight', and the config says the head is untied "
+                        f"(tie_word_embeddings false); the checkpoint is incomplete")
+    return embedding if head is None or tied else head
+
+
 def _qkv_sizes(ours: Mapping[str, torch.Tensor], i: int) -> tuple[int, int]:
     """Rows of q and of k (= v) in block i's fused qkv: q has n_head * head_dim rows, the output
     projection's input width."""
@@ -135,11 +146,12 @@ def _qkv_sizes(ours: Mapping[str, torch.Tensor], i: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------------------------
 # Hugging Face GPT-2
-def from_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
+def from_hf_gpt2(state_dict: StateDict, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
     """HF GPT-2 weights (`GPT2LMHeadModel` or hub `GPT2Model` names) -> our GPT's state dict.
 
     Conv1D (in, out) weights are transposed to nn.Linear's (out, in). A missing `lm_head.weight`
-    (hub checkpoints) means the tied head: we give it the token embedding.
+    (hub checkpoints) means the tied head: we give it the token embedding. `tied`: the config's
+    tie_word_embeddings when known (False: a missing head is an error).
     """
     sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
     sd = {k: v for k, v in sd.items() if not re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", k)}
@@ -157,7 +169,7 @@ def from_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
                 out[f"blocks.{i}.{ours}"] = w.t().contiguous() if transposed else w
             elif not ours.endswith("bias"):
                 raise UserError(f"the GPT-2 weights have no {name!r}; the checkpoint is incomplete")
-    out["lm_head.weight"] = sd.pop("lm_head.weight", out["tok_emb.weight"])
+    out["lm_head.weight"] = _head(sd, out["tok_emb.weight"], "GPT-2", tied)
     _no_leftovers(sd, "GPT-2", "scratchllm's GPT")
     return out
 
@@ -186,7 +198,8 @@ def to_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------------------------
 # Hugging Face Llama and Qwen3 (one layout; Qwen3 adds the QK-norm weights)
-def _from_llama_layout(state_dict: StateDict, source: str, extra: Mapping[str, str]) -> dict[str, torch.Tensor]:
+def _from_llama_layout(state_dict: StateDict, source: str, extra: Mapping[str, str],
+                       tied: bool | None) -> dict[str, torch.Tensor]:
     """Llama-layout weights -> ours; `extra`: further required block weights (ours -> theirs)."""
     sd = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
     out: dict[str, torch.Tensor] = {}
@@ -202,7 +215,7 @@ def _from_llama_layout(state_dict: StateDict, source: str, extra: Mapping[str, s
                 out[f"blocks.{i}.{ours}"] = sd.pop(p + theirs)
         for ours, theirs in extra.items():
             out[f"blocks.{i}.{ours}"] = _take(sd, p + theirs, source)
-    out["lm_head.weight"] = sd.pop("lm_head.weight", out["tok_emb.weight"])
+    out["lm_head.weight"] = _head(sd, out["tok_emb.weight"], source, tied)
     _no_leftovers(sd, source, "scratchllm's GPT")
     return out
 
@@ -229,12 +242,12 @@ def _to_llama_layout(state_dict: StateDict, target: str, extra: Mapping[str, str
     return out
 
 
-def from_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
+def from_hf_llama(state_dict: StateDict, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
     """`LlamaForCausalLM.state_dict()` -> our GPT's state dict (config: `config_from_hf_llama`).
 
     q_proj, k_proj and v_proj rows are stacked into our fused qkv in that order; a missing
-    `lm_head.weight` means the tied head."""
-    return _from_llama_layout(state_dict, "Llama", {})
+    `lm_head.weight` means the tied head (`tied`: as in `from_hf_gpt2`)."""
+    return _from_llama_layout(state_dict, "Llama", {}, tied)
 
 
 def to_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
@@ -242,10 +255,10 @@ def to_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
     return _to_llama_layout(state_dict, "Llama's layout", {})
 
 
-def from_hf_qwen3(state_dict: StateDict) -> dict[str, torch.Tensor]:
+def from_hf_qwen3(state_dict: StateDict, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
     """`Qwen3ForCausalLM.state_dict()` -> our GPT's state dict (config: `config_from_hf_qwen3`):
     Llama's map plus each block's `self_attn.q_norm`/`k_norm` -> `attn.q_norm`/`k_norm`."""
-    return _from_llama_layout(state_dict, "Qwen3", _QWEN3_QK_NORM)
+    return _from_llama_layout(state_dict, "Qwen3", _QWEN3_QK_NORM, tied)
 
 
 def to_hf_qwen3(state_dict: StateDict) -> dict[str, torch.Tensor]:
@@ -286,6 +299,9 @@ def to_book_gpt(state_dict: StateDict) -> dict[str, torch.Tensor]:
     with `strict=False` or add them). Needs the book's options: learned positions, LayerNorm with
     bias, GELU MLP with bias, plain multi-head attention."""
     sd = dict(state_dict)
+    if "blocks.0.attn.proj.bias" not in sd or "blocks.0.mlp.fc.bias" not in sd:
+        raise UserError("the book's GPTModel has biases in its output projections and MLP; use bias=true and "
+                        "leave attn_proj_bias unset")
     out: dict[str, torch.Tensor] = {}
     for ours, theirs in _BOOK_TOP.items():
         out[theirs] = _take(sd, ours, "scratchllm")
@@ -294,6 +310,8 @@ def to_book_gpt(state_dict: StateDict) -> dict[str, torch.Tensor]:
         q, kv = _qkv_sizes(sd, i)
         if q != kv:
             raise UserError("the book's GPTModel has no grouped-query attention; use n_kv_head = n_head")
+        if q != out["tok_emb.weight"].shape[1]:
+            raise UserError("the book's GPTModel has heads of n_embd / n_head dims; leave head_size unset")
         for kind in ("weight", "bias"):
             if f"blocks.{i}.attn.qkv.{kind}" in sd:
                 parts = sd.pop(f"blocks.{i}.attn.qkv.{kind}").split([q, kv, kv])
@@ -525,11 +543,13 @@ def hf_config(config: ModelConfig) -> dict:
             **_WRITE[model_type][0](config)}
 
 
-def from_hf(state_dict: StateDict, model_type: str) -> dict[str, torch.Tensor]:
-    """A Hugging Face state dict of `model_type` (gpt2, llama, qwen3) -> our GPT's state dict."""
+def from_hf(state_dict: StateDict, model_type: str, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
+    """A Hugging Face state dict of `model_type` (gpt2, llama, qwen3) -> our GPT's state dict.
+    `tied`: the config's tie_word_embeddings (ModelConfig.tie_weights), so that an untied checkpoint
+    without its head is an error rather than a tied model; None when not known."""
     if model_type not in _READ:
         raise UserError(f"unsupported Hugging Face architecture {model_type!r}; scratchllm reads {_SUPPORTED}")
-    return _READ[model_type][1](state_dict)
+    return _READ[model_type][1](state_dict, tied=tied)
 
 
 def to_hf(state_dict: StateDict, model_type: str) -> dict[str, torch.Tensor]:
