@@ -254,3 +254,29 @@ def test_book_layout_refuses_options_it_lacks():
         to_book_gpt(GPT(ModelConfig.preset("tiny", attn_proj_bias=False, tie_weights=False)).state_dict())
     with pytest.raises(UserError, match="head_size"):
         to_book_gpt(GPT(ModelConfig.preset("tiny", head_size=8, tie_weights=False)).state_dict())
+
+
+def test_qwen3_shape_decodes_the_same_through_every_engine_path(monkeypatch):
+    """QK-norm and a head size of its own through the engine's fast linears (its qkv and MLP are large
+    enough to be wrapped), a padded batch and prompt lookup: the tokens of plain greedy decoding."""
+    from scratchllm.generate.engine import generate_batch
+    from scratchllm.model import fast_linear
+
+    config = ModelConfig(**{**QWEN3, "n_embd": 512, "head_size": 128, "mlp_hidden": 1024, "vocab_size": 256,
+                            "rope_scaling": "llama3", "rope_original_context": 32, "rope_base": 10000.0})
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    assert fast_linear.worth_wrapping(model)
+    prompt = torch.randint(0, config.vocab_size, (24,)).tolist()
+    sample = SampleConfig(temperature=0.0, max_new_tokens=20)
+    fast = generate(model, prompt, sample, eos_id=None)
+    batch = generate_batch(model, [prompt, prompt[:9]], sample, eos_id=None)
+    lookup = generate(model, prompt, sample.replace(prompt_lookup=4), eos_id=None)
+    monkeypatch.setattr(fast_linear, "MIN_WEIGHTS", 2**62)  # nothing wrapped
+    assert generate(model, prompt, sample, eos_id=None) == fast == batch[0] == lookup
+    assert generate(model, prompt[:9], sample, eos_id=None) == batch[1]
+    seq = list(prompt)  # and the engine's cached steps are the uncached model's argmax
+    with torch.no_grad():
+        for _ in range(20):
+            seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
+    assert seq[24:] == fast

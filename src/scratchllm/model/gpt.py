@@ -2,7 +2,8 @@
 
 One model serves training, evaluation and generation through one entry point,
 `forward(idx, targets=None, kv_cache=None, ...)`. With the default config it is GPT-2
-(Radford et al. 2019) and loads its weights; config switches turn on the Llama-style options.
+(Radford et al. 2019) and loads its weights; config switches turn on the Llama-style options
+(Llama 3.x, SmolLM2) and Qwen3's (QK-norm, a head size of its own).
 
 Not here: training, sampling, weight-name translation (model.weights), the teaching versions
 (scratchllm.steps).
