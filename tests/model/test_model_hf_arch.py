@@ -280,3 +280,15 @@ def test_qwen3_shape_decodes_the_same_through_every_engine_path(monkeypatch):
         for _ in range(20):
             seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
     assert seq[24:] == fast
+
+
+@pytest.mark.parametrize("case", ["qwen3-untied", "llama-biases"])
+def test_explicit_attention_equals_fused_with_new_options(case):
+    config = ModelConfig(**CASES[case])
+    torch.manual_seed(0)
+    fused = GPT(config.replace(attention="sdpa")).eval()
+    explicit = GPT(config.replace(attention="explicit")).eval()
+    explicit.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, config.vocab_size, (2, 40))
+    with torch.no_grad():
+        assert torch.allclose(fused(idx), explicit(idx), atol=1e-5, rtol=1e-5)
