@@ -13,6 +13,9 @@ CONFIGS = [
     ModelConfig.preset("tiny", bias=False, qkv_bias=True, tie_weights=False),
     ModelConfig.preset("tiny", mlp="swiglu", mlp_hidden=40, n_kv_head=1, position="rope"),
     ModelConfig.preset("tiny", norm="rmsnorm", bias=True, qkv_bias=False),
+    # Qwen3's options: a head size apart from n_embd / n_head, QK-norm weights, an output-projection bias
+    ModelConfig.preset("tiny", norm="rmsnorm", mlp="swiglu", position="rope", head_size=24, n_kv_head=1,
+                       qk_norm=True, bias=False, qkv_bias=True, attn_proj_bias=True),
 ]
 
 
@@ -30,7 +33,7 @@ def test_counts_equal_the_real_model(config):
     assert info.param_bytes(config, "bf16") * 2 == info.param_bytes(config, "fp32")
 
 
-@pytest.mark.parametrize("config", CONFIGS[:3])
+@pytest.mark.parametrize("config", CONFIGS[:3] + CONFIGS[-1:])
 def test_kv_cache_bytes_equal_the_real_cache(config):
     model = GPT(config)
     for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
@@ -126,3 +129,14 @@ def test_unknown_dtype():
 
     with pytest.raises(UserError, match="fp8"):
         info.param_bytes(ModelConfig.preset("tiny"), "fp8")
+
+
+def test_attention_flops_follow_the_head_size():
+    """The attention term counts q.k and weights.v over n_head heads of head_size dims each; with
+    head_size = n_embd / n_head it is the usual 12·L·n_embd·T."""
+    base = ModelConfig.preset("tiny", position="rope")
+    wide = base.replace(head_size=32)  # 2 heads of 32: twice the attention width of 2 x 16
+    attn = lambda c: info.train_flops_per_token(c, 8) - 6 * info.matmul_params(c)  # noqa: E731
+    assert attn(base) == 12 * base.n_layer * base.n_embd * 8
+    assert attn(wide) == 2 * attn(base)
+    assert info.inference_flops_per_token(wide, 8) - 2 * info.matmul_params(wide) == attn(wide) // 6

@@ -50,12 +50,22 @@ def test_llama_config_refusals():
     from scratchllm.errors import UserError
 
     good = hf_llama_config(ModelConfig(**LLAMA))
-    with pytest.raises(UserError, match="llama3"):
+    # RoPE scalings other than Llama 3's are refused, naming both it and the supported ones
+    with pytest.raises(UserError, match="'yarn' is not supported.*llama3"):
+        config_from_hf_llama({**good, "rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5}})
+    # llama3 scaling without its factors: the missing key is named
+    with pytest.raises(UserError, match="'factor'"):
         config_from_hf_llama({**good, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}})
-    with pytest.raises(UserError, match="mlp_bias"):
-        config_from_hf_llama({**good, "mlp_bias": True})
+    with pytest.raises(UserError, match="'gelu' is not supported"):
+        config_from_hf_llama({**good, "hidden_act": "gelu"})
     with pytest.raises(UserError, match="model.qkv_bias"):
         hf_llama_config(ModelConfig(**{**LLAMA, "qkv_bias": True}))
+    with pytest.raises(UserError, match="qk_norm"):
+        hf_llama_config(ModelConfig(**{**LLAMA, "qk_norm": True}))
+    # mlp_bias apart from attention_bias: the MLP's biases are `bias`, attention's output `attn_proj_bias`
+    mixed = config_from_hf_llama({**good, "mlp_bias": True})
+    assert (mixed.bias, mixed.qkv_bias, mixed.attn_out_bias) == (True, False, False)
+    assert hf_llama_config(mixed)["mlp_bias"] and not hf_llama_config(mixed)["attention_bias"]
 
 
 def test_llama_kv_cache_matches_transformers_step_by_step():

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from scratchllm.config.model import ModelConfig
+from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import UserError
+from scratchllm.generate.engine import generate
 from scratchllm.model import GPT
 from scratchllm.model.weights import (
     config_from_hf_gpt2,
@@ -80,6 +82,12 @@ def test_124m_logits_equal_transformers():
     with torch.no_grad():
         diff = (model(idx) - ref(idx).logits).abs().max().item()
     assert diff <= 1e-4
+    # greedy decoding: our engine (KV cache, fast linears) against transformers' generate, 20 tokens
+    ours = generate(model, idx[0].tolist(), SampleConfig(temperature=0.0, max_new_tokens=20), eos_id=None)
+    with torch.no_grad():
+        theirs = ref.generate(idx[:1], attention_mask=torch.ones(1, 16, dtype=torch.long), max_new_tokens=20,
+                              min_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 16:]
+    assert ours == theirs.tolist()
 
 
 def test_config_round_trip():

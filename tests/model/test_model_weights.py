@@ -6,7 +6,16 @@ from hypothesis import strategies as st
 
 from scratchllm.config.model import ModelConfig
 from scratchllm.model import GPT
-from scratchllm.model.weights import from_book_gpt, from_hf_gpt2, from_hf_llama, to_book_gpt, to_hf_gpt2, to_hf_llama
+from scratchllm.model.weights import (
+    from_book_gpt,
+    from_hf_gpt2,
+    from_hf_llama,
+    from_hf_qwen3,
+    to_book_gpt,
+    to_hf_gpt2,
+    to_hf_llama,
+    to_hf_qwen3,
+)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -21,13 +30,14 @@ def configs(draw, **fixed):
              vocab_size=draw(st.integers(5, 40)), context_length=8, n_kv_head=n_kv,
              bias=draw(st.booleans()), qkv_bias=draw(st.booleans()), tie_weights=draw(st.booleans()),
              norm=draw(st.sampled_from(["layernorm", "rmsnorm"])), mlp=draw(st.sampled_from(["gelu", "swiglu"])),
-             position=draw(st.sampled_from(["learned", "rope"])))
+             position=draw(st.sampled_from(["learned", "rope"])),
+             attn_proj_bias=draw(st.sampled_from([None, False, True])), head_size=draw(st.sampled_from([None, 2, 6])))
     d.update(fixed)
     return ModelConfig(**d)
 
 
 @settings(max_examples=25, deadline=None)
-@given(config=configs(mlp="gelu", position="learned", n_kv_head=None))
+@given(config=configs(mlp="gelu", position="learned", n_kv_head=None, head_size=None))
 def test_gpt2_map_round_trips(config):
     sd = GPT(config).state_dict()
     hf = to_hf_gpt2(sd)
@@ -46,7 +56,18 @@ def test_llama_map_round_trips(config):
 
 
 @settings(max_examples=25, deadline=None)
-@given(config=configs(norm="layernorm", mlp="gelu", position="learned", bias=True, n_kv_head=None))
+@given(config=configs(norm="rmsnorm", mlp="swiglu", position="rope", qk_norm=True, bias=False))
+def test_qwen3_map_round_trips(config):
+    sd = GPT(config).state_dict()
+    hf = to_hf_qwen3(sd)
+    assert hf["model.layers.0.self_attn.q_norm.weight"].shape == (config.head_dim,)
+    assert hf["model.layers.0.self_attn.o_proj.weight"].shape == (config.n_embd, config.n_head * config.head_dim)
+    assert _same(from_hf_qwen3(hf), sd)
+
+
+@settings(max_examples=25, deadline=None)
+@given(config=configs(norm="layernorm", mlp="gelu", position="learned", bias=True, n_kv_head=None, head_size=None,
+                        attn_proj_bias=None))
 def test_book_map_round_trips(config):
     sd = GPT(config).state_dict()
     book = to_book_gpt(sd)

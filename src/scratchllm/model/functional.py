@@ -6,7 +6,8 @@ reference that torch's fused `scaled_dot_product_attention` is tested against. N
 holds parameters or state.
 
 References: Vaswani et al. 2017 (attention), Ba et al. 2016 (LayerNorm), Zhang & Sennrich 2019
-(RMSNorm), Hendrycks & Gimpel 2016 (GELU), Su et al. 2021 (RoPE), Raschka 2024 ch. 3-4.
+(RMSNorm), Hendrycks & Gimpel 2016 (GELU), Su et al. 2021 (RoPE), Meta's Llama 3.1 (RoPE frequency
+scaling), Raschka 2024 ch. 3-4.
 """
 
 from __future__ import annotations
@@ -108,12 +109,50 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def rope_tables(head_dim: int, max_len: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_frequencies(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """RoPE's head_dim/2 angular frequencies (radians per position): frequency i is base^(-2i/head_dim).
+
+    >>> rope_frequencies(4, base=100.0).tolist()
+    [1.0, 0.10000000149011612]
+    """
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def llama3_rope_frequencies(inv_freq: torch.Tensor, factor: float, low_freq_factor: float,
+                            high_freq_factor: float, original_context: int) -> torch.Tensor:
+    """Llama 3.1's rescaled RoPE frequencies, which stretch a model pretrained on `original_context`
+    tokens to a longer context (Meta's Llama 3.1 reference code; transformers'
+    `_compute_llama3_parameters`).
+
+    By wavelength 2*pi / frequency, against the pretraining context L:
+    - shorter than L / high_freq_factor (turns many times within L): kept;
+    - longer than L / low_freq_factor (less than about one turn within L): divided by `factor`;
+    - between: a blend, s * f + (1 - s) * f / factor with s = (L / wavelength - low) / (high - low),
+      which runs from 0 at the long end to 1 at the short end.
+
+    >>> f = torch.tensor([1.0, 0.1, 0.001])  # wavelengths 6.3, 63 and 6283 positions
+    >>> [round(x, 6) for x in llama3_rope_frequencies(f, 8.0, 1.0, 4.0, 100).tolist()]
+    [1.0, 0.029754, 0.000125]
+    """
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = original_context / low_freq_factor
+    high_freq_wavelen = original_context / high_freq_factor
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_tables(head_dim: int, max_len: int, base: float = 10000.0,
+                inv_freq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables (max_len, head_dim) for rotary embeddings, "rotate half" layout (as Llama).
 
-    Frequency i (of head_dim/2) is base^(-2i/head_dim); the two halves of each head share it.
+    `inv_freq`: the head_dim/2 frequencies, by default `rope_frequencies(head_dim, base)` (pass
+    rescaled ones, e.g. `llama3_rope_frequencies`); the two halves of each head share them.
     """
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if inv_freq is None:
+        inv_freq = rope_frequencies(head_dim, base)
     angles = torch.arange(max_len, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (max_len, head_dim/2)
     angles = torch.cat([angles, angles], dim=-1)  # (max_len, head_dim)
     return angles.cos(), angles.sin()

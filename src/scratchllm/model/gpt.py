@@ -2,7 +2,8 @@
 
 One model serves training, evaluation and generation through one entry point,
 `forward(idx, targets=None, kv_cache=None, ...)`. With the default config it is GPT-2
-(Radford et al. 2019) and loads its weights; config switches turn on the Llama-style options.
+(Radford et al. 2019) and loads its weights; config switches turn on the Llama-style options
+(Llama 3.x, SmolLM2) and Qwen3's (QK-norm, a head size of its own).
 
 Not here: training, sampling, weight-name translation (model.weights), the teaching versions
 (scratchllm.steps).
@@ -37,7 +38,7 @@ class GPT(nn.Module):
         if config.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
-            cos, sin = ops.rope_tables(config.head_dim, config.context_length, config.rope_base)
+            cos, sin = rope_tables(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         init_weights(self)
@@ -134,6 +135,16 @@ class GPT(nn.Module):
             if self.pos_emb is not None:
                 n -= self.pos_emb.weight.numel()
         return n
+
+
+def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's RoPE cos and sin tables (context_length, head_dim): frequencies from rope_base,
+    rescaled as config.rope_scaling says."""
+    inv_freq = ops.rope_frequencies(config.head_dim, config.rope_base)
+    if config.rope_scaling == "llama3":
+        inv_freq = ops.llama3_rope_frequencies(inv_freq, config.rope_factor, config.rope_low_freq_factor,
+                                               config.rope_high_freq_factor, config.rope_original_context)
+    return ops.rope_tables(config.head_dim, config.context_length, inv_freq=inv_freq)
 
 
 def init_weights(model: GPT) -> None:

@@ -7,7 +7,8 @@ package. Each count is a pure function of `ModelConfig`, tested equal to the rea
 
 FLOPs per token (one multiply-add = 2 FLOPs), with N the parameters a token is multiplied by (every
 non-embedding parameter plus the output head, counted even when tied to the embedding, since the
-head's matmul still runs), L = n_layer, d = n_embd (= n_head * head_dim), T = context length.
+head's matmul still runs), L = n_layer, d = n_head * head_dim (the width of the queries: n_embd,
+unless `head_size` sets it apart), T = context length.
 The token and position embeddings are not in N: a lookup is a gather, not a matmul (so an untied
 model's N is its parameters minus both tables, and a tied one's is its parameters minus the position
 table only, its one vocab x d matrix being the head):
@@ -66,10 +67,12 @@ def _linear(n_in: int, n_out: int, bias: bool) -> int:
 
 
 def block_params(config: ModelConfig) -> int:
-    """One transformer block: two norms, attention (fused qkv + output projection), MLP."""
+    """One transformer block: two norms, attention (fused qkv, output projection, QK-norm weights), MLP."""
     d, h = config.n_embd, config.hidden_dim
     qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
-    attn = _linear(d, qkv_out, config.qkv_bias) + _linear(d, d, config.bias)
+    attn = _linear(d, qkv_out, config.qkv_bias) + _linear(config.attn_dim, d, config.attn_out_bias)
+    if config.qk_norm:
+        attn += 2 * config.head_dim  # q_norm and k_norm
     mlp = _linear(d, h, config.bias) + _linear(h, d, config.bias)
     if config.mlp == "swiglu":
         mlp += _linear(d, h, config.bias)  # the gate
@@ -125,7 +128,7 @@ def param_bytes(config: ModelConfig, dtype: str = "fp32") -> int:
 def train_flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
     """6N + 12·L·d·T (PaLM appendix B): forward and backward for one token of a T-token sequence."""
     t = seq_len or config.context_length
-    return 6 * matmul_params(config) + 12 * config.n_layer * config.n_embd * t
+    return 6 * matmul_params(config) + 12 * config.n_layer * config.attn_dim * t
 
 
 def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
@@ -144,7 +147,7 @@ def inference_flops_per_token(config: ModelConfig, seq_len: int | None = None) -
     """2N + 2·L·d·T (Kaplan et al. 2020, table 1): one forward pass per token, averaged over a
     T-token context with a KV cache."""
     t = seq_len or config.context_length
-    return 2 * matmul_params(config) + 2 * config.n_layer * config.n_embd * t
+    return 2 * matmul_params(config) + 2 * config.n_layer * config.attn_dim * t
 
 
 def kv_cache_bytes_per_token(config: ModelConfig, dtype: str = "fp32") -> int:

@@ -61,14 +61,18 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 
 class Attention(nn.Module):
-    """Causal multi-head (or grouped-query) self-attention with one fused QKV projection."""
+    """Causal multi-head (or grouped-query) self-attention with one fused QKV projection, and with
+    config.qk_norm an RMSNorm over each head's queries and keys before RoPE (Qwen3's QK-norm)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         self.qkv = nn.Linear(config.n_embd, qkv_out, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.attn_dim, config.n_embd, bias=config.attn_out_bias)
+        # one weight of head size each, shared by all heads (None: no QK-norm, nothing runs)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.mode = config.attention
 
@@ -92,6 +96,8 @@ class Attention(nn.Module):
         q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
         k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = ops.apply_rope(q, *rope), ops.apply_rope(k, *rope)
         if kv_cache is not None:
@@ -109,7 +115,7 @@ class Attention(nn.Module):
             if causal and k.shape[2] != t:  # new queries after cached keys: offset causal mask
                 mask, causal = ops.causal_mask(t, k.shape[2], device=x.device), False
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        y = ops.merge_heads(y)  # (B, T, n_embd)
+        y = ops.merge_heads(y)  # (B, T, n_head * head_dim)
         return self.proj(y)
 
 

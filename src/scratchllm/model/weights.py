@@ -1,6 +1,6 @@
 """Translating parameter names between scratchllm's GPT and other codebases' checkpoints.
 
-This is the only place that knows how Hugging Face transformers (GPT-2 and Llama) and the book's
+This is the only place that knows how Hugging Face transformers (GPT-2, Llama, Qwen3) and the book's
 `GPTModel` (Raschka 2024, ch. 4, package `llms_from_scratch`) name and lay out their weights.
 Every function is a pure map from one state dict (name -> tensor) to another; nothing here loads
 files, downloads, or builds models.
@@ -13,12 +13,17 @@ Layouts, as a reminder of what each function fixes:
 - HF Llama keeps q/k/v separate (`q_proj`, `k_proj`, `v_proj`), SwiGLU as `gate_proj`, `up_proj`,
   `down_proj`, and RMSNorm weights as `input_layernorm`, `post_attention_layernorm`, `norm`.
   Its rotary embeddings use the "rotate half" layout, the same as `model.functional.apply_rope`,
-  so no permutation of q/k rows is needed.
+  so no permutation of q/k rows is needed. SmolLM2 is a Llama; Llama 3.x adds RoPE scaling (config).
+- HF Qwen3 is Llama's layout plus the QK-norm weights `self_attn.q_norm`/`k_norm` (head size each),
+  a `head_dim` of its own, and no MLP biases.
 - The book's GPTModel has separate `W_query`/`W_key`/`W_value`, `trf_blocks`, `ff.layers.0/2`,
   LayerNorm `scale`/`shift`, `final_norm`, an untied `out_head`, and a persistent `att.mask` buffer.
 
-The same goes for configuration keys: `config_from_hf_gpt2`/`config_from_hf_llama` read a hub
-`config.json` dict, `hf_gpt2_config`/`hf_llama_config` write one.
+The same goes for configuration keys: `config_from_hf_gpt2`/`_llama`/`_qwen3` read a hub
+`config.json` dict, `hf_gpt2_config`/`hf_llama_config`/`hf_qwen3_config` write one (keyword arguments
+of transformers' config classes). One entry point over the three: `hf_model_type` says which a
+`config.json` is (from `model_type`, else `architectures`), `model_type_for` which one a ModelConfig
+exports as; `config_from_hf`/`hf_config` and `from_hf`/`to_hf` dispatch on it.
 
 Not here: reading safetensors/PyTorch files, downloading (interop), the model.
 """
@@ -70,6 +75,8 @@ _LLAMA_BLOCK = {
     "mlp.proj.bias": "mlp.down_proj.bias",
 }
 _LLAMA_TOP = {"tok_emb.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight"}
+# Qwen3's block: Llama's plus the QK-norm weights (required).
+_QWEN3_QK_NORM = {"attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"}
 # Our block parameter -> the book's name inside `trf_blocks.{i}.` (q,k,v handled separately).
 _BOOK_BLOCK = {
     "norm1.weight": "norm1.scale",
@@ -118,8 +125,20 @@ def _no_leftovers(sd: Mapping[str, torch.Tensor], source: str, target: str) -> N
                         f"the checkpoint uses options {target} does not support")
 
 
+def _head(sd: dict[str, torch.Tensor], embedding: torch.Tensor, source: str, tied: bool | None) -> torch.Tensor:
+    """The output head from `lm_head.weight`, taken out of `sd`. `tied`: the config's
+    tie_word_embeddings; None (not known) takes a missing head for a tied one, True always uses the
+    embedding (a tied checkpoint may list the head too), False needs the head in the file."""
+    head = sd.pop("lm_head.weight", None)
+    if head is None and tied is False:
+        raise UserError(f"the {source} weights have no 'lm_head.weight', and the config says the head is untied "
+                        f"(tie_word_embeddings false); the checkpoint is incomplete")
+    return embedding if head is None or tied else head
+
+
 def _qkv_sizes(ours: Mapping[str, torch.Tensor], i: int) -> tuple[int, int]:
-    """Rows of q and of k (= v) in block i's fused qkv: q has n_embd rows (n_head * head_dim)."""
+    """Rows of q and of k (= v) in block i's fused qkv: q has n_head * head_dim rows, the output
+    projection's input width."""
     total = ours[f"blocks.{i}.attn.qkv.weight"].shape[0]
     q = ours[f"blocks.{i}.attn.proj.weight"].shape[1]
     return q, (total - q) // 2
@@ -127,11 +146,12 @@ def _qkv_sizes(ours: Mapping[str, torch.Tensor], i: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------------------------
 # Hugging Face GPT-2
-def from_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
+def from_hf_gpt2(state_dict: StateDict, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
     """HF GPT-2 weights (`GPT2LMHeadModel` or hub `GPT2Model` names) -> our GPT's state dict.
 
     Conv1D (in, out) weights are transposed to nn.Linear's (out, in). A missing `lm_head.weight`
-    (hub checkpoints) means the tied head: we give it the token embedding.
+    (hub checkpoints) means the tied head: we give it the token embedding. `tied`: the config's
+    tie_word_embeddings when known (False: a missing head is an error).
     """
     sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
     sd = {k: v for k, v in sd.items() if not re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", k)}
@@ -149,7 +169,7 @@ def from_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
                 out[f"blocks.{i}.{ours}"] = w.t().contiguous() if transposed else w
             elif not ours.endswith("bias"):
                 raise UserError(f"the GPT-2 weights have no {name!r}; the checkpoint is incomplete")
-    out["lm_head.weight"] = sd.pop("lm_head.weight", out["tok_emb.weight"])
+    out["lm_head.weight"] = _head(sd, out["tok_emb.weight"], "GPT-2", tied)
     _no_leftovers(sd, "GPT-2", "scratchllm's GPT")
     return out
 
@@ -177,31 +197,31 @@ def to_hf_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------
-# Hugging Face Llama
-def from_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
-    """`LlamaForCausalLM.state_dict()` -> our GPT's state dict (config: rmsnorm, swiglu, rope,
-    bias=False, qkv_bias=False, n_kv_head=num_key_value_heads, tie_weights as the checkpoint).
-
-    q_proj, k_proj and v_proj rows are stacked into our fused qkv in that order."""
+# Hugging Face Llama and Qwen3 (one layout; Qwen3 adds the QK-norm weights)
+def _from_llama_layout(state_dict: StateDict, source: str, extra: Mapping[str, str],
+                       tied: bool | None) -> dict[str, torch.Tensor]:
+    """Llama-layout weights -> ours; `extra`: further required block weights (ours -> theirs)."""
     sd = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
     out: dict[str, torch.Tensor] = {}
     for ours, theirs in _LLAMA_TOP.items():
-        out[ours] = _take(sd, theirs, "Llama")
+        out[ours] = _take(sd, theirs, source)
     for i in range(_n_layers(sd, r"model\.layers\.(\d+)\.")):
         p = f"model.layers.{i}."
-        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([_take(sd, f"{p}{n}.weight", "Llama") for n in _LLAMA_QKV])
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([_take(sd, f"{p}{n}.weight", source) for n in _LLAMA_QKV])
         if f"{p}{_LLAMA_QKV[0]}.bias" in sd:
-            out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([_take(sd, f"{p}{n}.bias", "Llama") for n in _LLAMA_QKV])
+            out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([_take(sd, f"{p}{n}.bias", source) for n in _LLAMA_QKV])
         for ours, theirs in _LLAMA_BLOCK.items():
             if p + theirs in sd:
                 out[f"blocks.{i}.{ours}"] = sd.pop(p + theirs)
-    out["lm_head.weight"] = sd.pop("lm_head.weight", out["tok_emb.weight"])
-    _no_leftovers(sd, "Llama", "scratchllm's GPT")
+        for ours, theirs in extra.items():
+            out[f"blocks.{i}.{ours}"] = _take(sd, p + theirs, source)
+    out["lm_head.weight"] = _head(sd, out["tok_emb.weight"], source, tied)
+    _no_leftovers(sd, source, "scratchllm's GPT")
     return out
 
 
-def to_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
-    """Our GPT's state dict (a Llama-style config) -> `LlamaForCausalLM.state_dict()` names."""
+def _to_llama_layout(state_dict: StateDict, target: str, extra: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Our weights -> the Llama layout (with the `extra` block weights, ours -> theirs)."""
     sd = dict(state_dict)
     out: dict[str, torch.Tensor] = {}
     for ours, theirs in _LLAMA_TOP.items():
@@ -214,12 +234,39 @@ def to_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
                 parts = sd.pop(f"blocks.{i}.attn.qkv.{kind}").split([q, kv, kv])
                 for n, t in zip(_LLAMA_QKV, parts):
                     out[f"{p}{n}.{kind}"] = t.contiguous()
-        for ours, theirs in _LLAMA_BLOCK.items():
+        for ours, theirs in {**_LLAMA_BLOCK, **extra}.items():
             if f"blocks.{i}.{ours}" in sd:
                 out[p + theirs] = sd.pop(f"blocks.{i}.{ours}")
     out["lm_head.weight"] = sd.pop("lm_head.weight", out["model.embed_tokens.weight"])
-    _no_leftovers(sd, "scratchllm", "Llama's layout")
+    _no_leftovers(sd, "scratchllm", target)
     return out
+
+
+def from_hf_llama(state_dict: StateDict, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
+    """`LlamaForCausalLM.state_dict()` -> our GPT's state dict (config: `config_from_hf_llama`).
+
+    q_proj, k_proj and v_proj rows are stacked into our fused qkv in that order; a missing
+    `lm_head.weight` means the tied head (`tied`: as in `from_hf_gpt2`)."""
+    return _from_llama_layout(state_dict, "Llama", {}, tied)
+
+
+def to_hf_llama(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict (a Llama-style config) -> `LlamaForCausalLM.state_dict()` names."""
+    return _to_llama_layout(state_dict, "Llama's layout", {})
+
+
+def from_hf_qwen3(state_dict: StateDict, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
+    """`Qwen3ForCausalLM.state_dict()` -> our GPT's state dict (config: `config_from_hf_qwen3`):
+    Llama's map plus each block's `self_attn.q_norm`/`k_norm` -> `attn.q_norm`/`k_norm`."""
+    return _from_llama_layout(state_dict, "Qwen3", _QWEN3_QK_NORM, tied)
+
+
+def to_hf_qwen3(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict (qk_norm on) -> `Qwen3ForCausalLM.state_dict()` names."""
+    if "blocks.0.attn.q_norm.weight" not in state_dict:
+        raise UserError("Qwen3's layout needs the QK-norm weights (attn.q_norm, attn.k_norm); this model has "
+                        "qk_norm off: export it as Llama")
+    return _to_llama_layout(state_dict, "Qwen3's layout", _QWEN3_QK_NORM)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,6 +299,9 @@ def to_book_gpt(state_dict: StateDict) -> dict[str, torch.Tensor]:
     with `strict=False` or add them). Needs the book's options: learned positions, LayerNorm with
     bias, GELU MLP with bias, plain multi-head attention."""
     sd = dict(state_dict)
+    if "blocks.0.attn.proj.bias" not in sd or "blocks.0.mlp.fc.bias" not in sd:
+        raise UserError("the book's GPTModel has biases in its output projections and MLP; use bias=true and "
+                        "leave attn_proj_bias unset")
     out: dict[str, torch.Tensor] = {}
     for ours, theirs in _BOOK_TOP.items():
         out[theirs] = _take(sd, ours, "scratchllm")
@@ -260,6 +310,8 @@ def to_book_gpt(state_dict: StateDict) -> dict[str, torch.Tensor]:
         q, kv = _qkv_sizes(sd, i)
         if q != kv:
             raise UserError("the book's GPTModel has no grouped-query attention; use n_kv_head = n_head")
+        if q != out["tok_emb.weight"].shape[1]:
+            raise UserError("the book's GPTModel has heads of n_embd / n_head dims; leave head_size unset")
         for kind in ("weight", "bias"):
             if f"blocks.{i}.attn.qkv.{kind}" in sd:
                 parts = sd.pop(f"blocks.{i}.attn.qkv.{kind}").split([q, kv, kv])
@@ -290,12 +342,14 @@ def config_from_hf_gpt2(hf: Mapping, **overrides) -> ModelConfig:
 
 def hf_gpt2_config(config: ModelConfig) -> dict:
     """ModelConfig (GPT-2 options) -> keyword arguments of `transformers.GPT2Config`."""
-    wanted = {"norm": "layernorm", "position": "learned", "bias": True, "qkv_bias": True}
+    wanted = {"norm": "layernorm", "position": "learned", "bias": True, "qkv_bias": True, "attn_out_bias": True,
+              "qk_norm": False, "head_dim": config.n_embd // config.n_head}
     if config.mlp not in ("gelu", "gelu_exact"):
         raise UserError(f"model.mlp={config.mlp} has no GPT-2 equivalent; use gelu or gelu_exact")
     for field, value in wanted.items():
         if getattr(config, field) != value:
-            raise UserError(f"model.{field}={getattr(config, field)} has no GPT-2 equivalent; use {value}")
+            name = "head_size" if field == "head_dim" else "attn_proj_bias" if field == "attn_out_bias" else field
+            raise UserError(f"model.{name}={getattr(config, field)} has no GPT-2 equivalent; use {value}")
     if config.kv_heads != config.n_head:
         raise UserError("model.n_kv_head: GPT-2 has no grouped-query attention; leave n_kv_head unset")
     return dict(vocab_size=config.vocab_size, n_positions=config.context_length, n_embd=config.n_embd,
@@ -306,44 +360,200 @@ def hf_gpt2_config(config: ModelConfig) -> dict:
                 attn_pdrop=config.dropout)
 
 
-def config_from_hf_llama(hf: Mapping, **overrides) -> ModelConfig:
-    """A Llama `config.json` dict -> ModelConfig (RMSNorm, SwiGLU, RoPE, no biases unless set).
+def _get(hf: Mapping, key: str, family: str):
+    """A required config.json key, or one clear error naming it."""
+    if key not in hf or hf[key] is None:
+        raise UserError(f"the {family} config.json has no {key!r}; is it complete?")
+    return hf[key]
 
-    RoPE scaling variants (Llama 3.1's "llama3", "linear", "dynamic", ...) are refused."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+
+def _rope_from_hf(hf: Mapping, family: str) -> dict:
+    """Our rope fields from a config.json: transformers 5's `rope_parameters` (with rope_theta inside)
+    or the older `rope_scaling` dict beside a top-level `rope_theta` (the hub's Llama 3.2 files)."""
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise UserError(f"Llama RoPE scaling {kind!r} is not supported; only plain RoPE (rope_type default)")
+    out = dict(rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))))
+    if rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise UserError(f"{family} partial_rotary_factor != 1 is not supported; scratchllm rotates whole heads")
+    if kind == "llama3":
+        out.update(rope_scaling="llama3", rope_factor=float(_get(rope, "factor", family)),
+                   rope_low_freq_factor=float(_get(rope, "low_freq_factor", family)),
+                   rope_high_freq_factor=float(_get(rope, "high_freq_factor", family)),
+                   rope_original_context=int(_get(rope, "original_max_position_embeddings", family)))
+    elif kind != "default":
+        raise UserError(f"{family} RoPE scaling {kind!r} is not supported; scratchllm has plain RoPE "
+                        f"(rope_type default) and Llama 3's (llama3)")
+    return out
+
+
+def _rope_to_hf(config: ModelConfig) -> dict:
+    """`rope_theta`, and with llama3 scaling a `rope_scaling` dict: the keys both transformers 4 and 5 read."""
+    out: dict = dict(rope_theta=config.rope_base)
+    if config.rope_scaling == "llama3":
+        out["rope_scaling"] = dict(rope_type="llama3", factor=config.rope_factor,
+                                   low_freq_factor=config.rope_low_freq_factor,
+                                   high_freq_factor=config.rope_high_freq_factor,
+                                   original_max_position_embeddings=config.rope_original_context)
+    return out
+
+
+def _llama_like_config(hf: Mapping, family: str, head_dim_default: int | None) -> dict:
+    """The ModelConfig fields Llama and Qwen3 configs share: RMSNorm, SwiGLU (silu), RoPE, GQA, head size.
+
+    head_dim_default: a missing `head_dim` as transformers reads it (None: hidden_size / heads)."""
     if hf.get("hidden_act", "silu") != "silu":
-        raise UserError(f"Llama activation {hf['hidden_act']!r} is not supported; scratchllm's SwiGLU uses silu")
-    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+        raise UserError(f"{family} activation {hf['hidden_act']!r} is not supported; scratchllm's SwiGLU uses silu")
+    n_embd, n_head = _get(hf, "hidden_size", family), _get(hf, "num_attention_heads", family)
     n_kv = hf.get("num_key_value_heads")
-    n_kv = None if n_kv == n_head else n_kv  # None: plain multi-head attention
-    if hf.get("head_dim") not in (None, n_embd // n_head):
-        raise UserError(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads; not supported")
-    if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
-        raise UserError("Llama attention_bias and mlp_bias differ; scratchllm needs both on or both off")
-    d = dict(vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
-             n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=n_kv, n_embd=n_embd,
-             mlp_hidden=hf["intermediate_size"], norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6),
-             mlp="swiglu", position="rope", rope_base=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-             bias=bool(hf.get("mlp_bias", False)), qkv_bias=bool(hf.get("attention_bias", False)),
-             tie_weights=bool(hf.get("tie_word_embeddings", False)))
+    head_dim = hf.get("head_dim") or head_dim_default
+    return dict(vocab_size=_get(hf, "vocab_size", family), context_length=_get(hf, "max_position_embeddings", family),
+                n_layer=_get(hf, "num_hidden_layers", family), n_head=n_head,
+                n_kv_head=None if n_kv in (None, n_head) else n_kv,  # None: plain multi-head attention
+                n_embd=n_embd, head_size=None if head_dim in (None, n_embd // n_head) else head_dim,
+                mlp_hidden=_get(hf, "intermediate_size", family), norm="rmsnorm",
+                norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", position="rope",
+                tie_weights=bool(hf.get("tie_word_embeddings", False)), **_rope_from_hf(hf, family))
+
+
+def _llama_like_check(config: ModelConfig, family: str) -> None:
+    """Refuse a ModelConfig that Llama's or Qwen3's modules cannot express, naming the field."""
+    wanted = {"norm": "rmsnorm", "mlp": "swiglu", "position": "rope"}
+    for field, value in wanted.items():
+        if getattr(config, field) != value:
+            raise UserError(f"model.{field}={getattr(config, field)} has no {family} equivalent; use {value}")
+    if config.qkv_bias != config.attn_out_bias:
+        raise UserError(f"model.qkv_bias: {family}'s attention_bias covers q/k/v and the output projection "
+                        f"together; set qkv_bias equal to attn_proj_bias (unset: bias)")
+    if config.n_embd % config.n_head:
+        raise UserError(f"model.n_embd ({config.n_embd}) must be divisible by model.n_head ({config.n_head}) for "
+                        f"transformers' {family} config, even with a head_size of its own")
+
+
+def config_from_hf_llama(hf: Mapping, **overrides) -> ModelConfig:
+    """A Llama `config.json` dict (Llama 2/3.x, SmolLM2) -> ModelConfig: RMSNorm, SwiGLU, RoPE (with
+    Llama 3's scaling when `rope_type` is llama3), biases as attention_bias (q/k/v and output) and
+    mlp_bias (MLP). Other RoPE scalings ("linear", "dynamic", "yarn", ...) are refused."""
+    d = _llama_like_config(hf, "Llama", None)
+    attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+    d.update(bias=mlp_bias, qkv_bias=attn_bias, attn_proj_bias=None if attn_bias == mlp_bias else attn_bias)
     return ModelConfig(**{**d, **overrides})
 
 
 def hf_llama_config(config: ModelConfig) -> dict:
     """ModelConfig (Llama options) -> keyword arguments of `transformers.LlamaConfig`."""
-    wanted = {"norm": "rmsnorm", "mlp": "swiglu", "position": "rope"}
-    for field, value in wanted.items():
-        if getattr(config, field) != value:
-            raise UserError(f"model.{field}={getattr(config, field)} has no Llama equivalent; use {value}")
-    if config.bias != config.qkv_bias:
-        raise UserError("model.qkv_bias: Llama's attention_bias covers q/k/v and the output projection "
-                        "together; set qkv_bias equal to bias")
+    _llama_like_check(config, "Llama")
+    if config.qk_norm:
+        raise UserError("model.qk_norm=true has no Llama equivalent (Qwen3 has it): export as qwen3")
     return dict(vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.hidden_dim,
                 num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-                num_key_value_heads=config.kv_heads, max_position_embeddings=config.context_length,
-                rms_norm_eps=config.norm_eps, rope_theta=config.rope_base, tie_word_embeddings=config.tie_weights,
-                attention_bias=config.qkv_bias, mlp_bias=config.bias, attention_dropout=config.dropout,
-                hidden_act="silu")
+                num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
+                max_position_embeddings=config.context_length, rms_norm_eps=config.norm_eps,
+                tie_word_embeddings=config.tie_weights, attention_bias=config.qkv_bias, mlp_bias=config.bias,
+                attention_dropout=config.dropout, hidden_act="silu", **_rope_to_hf(config))
+
+
+def config_from_hf_qwen3(hf: Mapping, **overrides) -> ModelConfig:
+    """A Qwen3 `config.json` dict -> ModelConfig: Llama's options plus qk_norm and its head_dim (128
+    when missing, transformers' Qwen3Config default). Qwen3's MLP has no biases; attention_bias covers
+    q/k/v and the output projection. Sliding-window attention is refused."""
+    if hf.get("use_sliding_window") or any(t != "full_attention" for t in hf.get("layer_types") or []):
+        raise UserError("Qwen3 sliding-window attention (use_sliding_window, layer_types) is not supported; "
+                        "scratchllm attends over the full context")
+    d = _llama_like_config(hf, "Qwen3", 128)
+    attn_bias = bool(hf.get("attention_bias", False))
+    d.update(qk_norm=True, bias=False, qkv_bias=attn_bias, attn_proj_bias=attn_bias or None)
+    return ModelConfig(**{**d, **overrides})
+
+
+def hf_qwen3_config(config: ModelConfig) -> dict:
+    """ModelConfig (Llama options with qk_norm, no MLP bias) -> keyword arguments of `transformers.Qwen3Config`."""
+    _llama_like_check(config, "Qwen3")
+    if not config.qk_norm:
+        raise UserError("model.qk_norm=false: Qwen3 always has QK-norm; export this model as llama")
+    if config.bias:
+        raise UserError("model.bias=true: Qwen3's MLP has no biases; use bias=false (attn_proj_bias for attention)")
+    return dict(vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.hidden_dim,
+                num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+                num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
+                max_position_embeddings=config.context_length, rms_norm_eps=config.norm_eps,
+                tie_word_embeddings=config.tie_weights, attention_bias=config.qkv_bias,
+                attention_dropout=config.dropout, hidden_act="silu", use_sliding_window=False,
+                **_rope_to_hf(config))
+
+
+# --------------------------------------------------------------------------------------------
+# one entry point over the Hugging Face architectures
+HF_MODEL_TYPES = ("gpt2", "llama", "qwen3")
+# model_type -> the architecture class a folder names in `architectures` (what transformers loads).
+HF_ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_ARCHITECTURE_TYPES = {**{v: k for k, v in HF_ARCHITECTURES.items()},
+                       "GPT2Model": "gpt2", "LlamaModel": "llama", "Qwen3Model": "qwen3"}
+_SUPPORTED = "gpt2 (every GPT-2 size), llama (Llama 2/3.x, SmolLM2) and qwen3"
+_READ = {"gpt2": (config_from_hf_gpt2, from_hf_gpt2), "llama": (config_from_hf_llama, from_hf_llama),
+         "qwen3": (config_from_hf_qwen3, from_hf_qwen3)}
+_WRITE = {"gpt2": (hf_gpt2_config, to_hf_gpt2), "llama": (hf_llama_config, to_hf_llama),
+          "qwen3": (hf_qwen3_config, to_hf_qwen3)}
+
+
+def hf_model_type(hf: Mapping) -> str:
+    """Which supported architecture a `config.json` dict describes: its `model_type`, or when that is
+    missing the first known class in `architectures`; anything else is a UserError naming the supported ones.
+
+    >>> hf_model_type({"architectures": ["LlamaForCausalLM"]})
+    'llama'
+    """
+    model_type = hf.get("model_type")
+    if model_type is None:
+        known = [_ARCHITECTURE_TYPES[a] for a in hf.get("architectures") or [] if a in _ARCHITECTURE_TYPES]
+        if known:
+            return known[0]
+    elif model_type in HF_MODEL_TYPES:
+        return model_type
+    what = (f"model_type {model_type!r}" if model_type is not None
+            else f"architectures {hf.get('architectures')!r}" if hf.get("architectures") else "no model_type")
+    raise UserError(f"unsupported Hugging Face architecture ({what}); scratchllm reads {_SUPPORTED}")
+
+
+def model_type_for(config: ModelConfig) -> str:
+    """Which Hugging Face architecture a ModelConfig exports as: GPT-2-shaped (learned positions) ->
+    gpt2, RMSNorm + RoPE + SwiGLU -> llama, the same with qk_norm -> qwen3. A config none of them can
+    express is a UserError that names the option and what to use.
+
+    >>> model_type_for(ModelConfig.preset("mini-llama"))
+    'llama'
+    """
+    model_type = "qwen3" if config.qk_norm else "gpt2" if config.position == "learned" else "llama"
+    try:
+        _WRITE[model_type][0](config)
+    except UserError as e:
+        raise UserError(f"this model has no Hugging Face equivalent (as {model_type}): {e}") from None
+    return model_type
+
+
+def config_from_hf(hf: Mapping, **overrides) -> ModelConfig:
+    """A `config.json` dict of any supported architecture -> ModelConfig (see `hf_model_type`)."""
+    return _READ[hf_model_type(hf)][0](hf, **overrides)
+
+
+def hf_config(config: ModelConfig) -> dict:
+    """ModelConfig -> a `config.json` dict: `model_type`, `architectures` and the keys of its
+    transformers config class (the architecture `model_type_for` picks)."""
+    model_type = model_type_for(config)
+    return {"model_type": model_type, "architectures": [HF_ARCHITECTURES[model_type]],
+            **_WRITE[model_type][0](config)}
+
+
+def from_hf(state_dict: StateDict, model_type: str, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
+    """A Hugging Face state dict of `model_type` (gpt2, llama, qwen3) -> our GPT's state dict.
+    `tied`: the config's tie_word_embeddings (ModelConfig.tie_weights), so that an untied checkpoint
+    without its head is an error rather than a tied model; None when not known."""
+    if model_type not in _READ:
+        raise UserError(f"unsupported Hugging Face architecture {model_type!r}; scratchllm reads {_SUPPORTED}")
+    return _READ[model_type][1](state_dict, tied=tied)
+
+
+def to_hf(state_dict: StateDict, model_type: str) -> dict[str, torch.Tensor]:
+    """Our GPT's state dict -> the names and layouts of Hugging Face's `model_type` (`model_type_for`)."""
+    if model_type not in _WRITE:
+        raise UserError(f"unsupported Hugging Face architecture {model_type!r}; scratchllm writes {_SUPPORTED}")
+    return _WRITE[model_type][1](state_dict)
