@@ -148,3 +148,55 @@ def test_reads_only_what_is_asked(copy):
     os.truncate(copy / DATA, read_index(copy / "model.ckpt").entries["model/wpe"].offset + 32 * 32 * 4)
     got = read_tensors(read_index(copy / "model.ckpt"), ["model/wpe"])  # wpe still fits
     assert list(got) == ["model/wpe"] and got["model/wpe"].shape == (32, 32)
+
+
+# --- the same entries in a table of many small blocks (LevelDB's layout with a small block size) ---------
+def _varint_bytes(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _block_bytes(items, restart_every: int) -> bytes:
+    """A LevelDB block: prefix-compressed entries, a full key every `restart_every`, the restart offsets."""
+    out, restarts, prev = bytearray(), [], b""
+    for i, (k, v) in enumerate(items):
+        shared = 0
+        if i % restart_every == 0:
+            restarts.append(len(out))
+        else:
+            while shared < min(len(k), len(prev)) and k[shared] == prev[shared]:
+                shared += 1
+        out += _varint_bytes(shared) + _varint_bytes(len(k) - shared) + _varint_bytes(len(v)) + k[shared:] + v
+        prev = k
+    return bytes(out + b"".join(r.to_bytes(4, "little") for r in restarts) + len(restarts).to_bytes(4, "little"))
+
+
+def _sstable(items, per_block: int, restart_every: int) -> bytes:
+    out, index = bytearray(), []
+
+    def put(block: bytes) -> bytes:
+        handle = _varint_bytes(len(out)) + _varint_bytes(len(block))
+        out.extend(block + b"\0" + masked(crc32c(block + b"\0")).to_bytes(4, "little"))
+        return handle
+
+    for i in range(0, len(items), per_block):
+        chunk = items[i:i + per_block]
+        index.append((chunk[-1][0], put(_block_bytes(chunk, restart_every))))
+    meta, idx = put(_block_bytes([], 1)), put(_block_bytes(index, 1))
+    return bytes(out + (meta + idx).ljust(40, b"\0") + tf_bundle.TABLE_MAGIC.to_bytes(8, "little"))
+
+
+@pytest.mark.parametrize("per_block,restart_every", [(1, 1), (3, 2), (7, 16), (100, 5)])
+def test_many_small_blocks_read_the_same(copy, per_block, restart_every):
+    original = read_index(copy / "model.ckpt")
+    items = list(tf_bundle._table((copy / "model.ckpt.index").read_bytes()))
+    assert items[0][0] == b"" and len(items) == 1 + len(original.entries)  # the header first, then the tensors
+    (copy / "model.ckpt.index").write_bytes(_sstable(items, per_block, restart_every))
+    rebuilt = read_index(copy / "model.ckpt")
+    assert rebuilt == original
+    tensors = read_bundle(copy / "model.ckpt")
+    assert all(hashlib.sha256(tensors[n].tobytes()).hexdigest() == w["sha256"] for n, w in EXPECTED["tensors"].items())

@@ -36,6 +36,9 @@ from scratchllm.tokenizer.bpe import BPETokenizer
 HPARAMS_FILE = "hparams.json"
 CHECKPOINT_FILE = "checkpoint"
 DEFAULT_PREFIX = "model.ckpt"  # what OpenAI's files use when the `checkpoint` file is absent
+# For the model card of a converted model: where the weights come from and under which terms.
+SOURCE = "OpenAI GPT-2 (https://github.com/openai/gpt-2), original TensorFlow release"
+LICENSE = "Modified MIT License (https://github.com/openai/gpt-2/blob/master/LICENSE)"
 
 
 def is_openai_gpt2(folder: str | os.PathLike) -> bool:
