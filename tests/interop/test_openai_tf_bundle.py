@@ -46,6 +46,16 @@ def test_index_entries_locate_the_bytes():
         assert masked(crc32c(data[e.offset:e.offset + e.size])) == e.crc32c, e.name
 
 
+def test_lanes_agree_with_tensorflows_checksums(monkeypatch):
+    monkeypatch.setattr(tf_bundle, "_LANES_FROM", 256)  # the fixture's tensors are small: force the lanes
+    bundle = read_index(FIXTURE / "model.ckpt")
+    data = (FIXTURE / DATA).read_bytes()
+    big = [e for e in bundle.entries.values() if e.size >= 256]
+    assert len(big) > 10  # wte: 128 lanes of 457 bytes
+    for e in big:
+        assert masked(crc32c(data[e.offset:e.offset + e.size])) == e.crc32c, e.name
+
+
 @pytest.mark.parametrize("n", [0, 1, 9, 65535, 65536, 65537, 300_001])
 def test_crc32c_lanes_equal_the_bytewise_loop(n):
     data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
