@@ -100,9 +100,21 @@ def _crc_table() -> list[int]:
 
 
 _TABLE = _crc_table()
-_TABLE_NP = np.array(_TABLE, dtype=np.uint32)
+
+def _word_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Tables that advance the register by one little-endian 4-byte word in two lookups: with
+    x = register ^ word, the new register is lo[x & 0xFFFF] ^ hi[x >> 16] (slicing-by-4, two bytes a lookup)."""
+    by_byte = [np.array(_TABLE, dtype=np.uint32)]  # by_byte[k][b]: byte b followed by k zero bytes
+    for _ in range(3):
+        t = by_byte[-1]
+        by_byte.append((t >> np.uint32(8)) ^ by_byte[0][t & np.uint32(0xFF)])
+    i = np.arange(1 << 16)
+    return by_byte[3][i & 0xFF] ^ by_byte[2][i >> 8], by_byte[1][i & 0xFF] ^ by_byte[0][i >> 8]
+
+
+_LO, _HI = _word_tables()
 # Below this many bytes the plain Python loop is used; above, numpy runs many lanes at once.
-_LANES_FROM = 1 << 16
+_LANES_FROM = 1 << 12
 
 
 def _update(reg: int, data) -> int:
@@ -132,12 +144,36 @@ def _apply(op: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def crc32c(data) -> int:
-    """CRC-32C of a bytes-like object, as RFC 3720 defines it.
+def _shift(reg: int, n: int) -> int:
+    """The register `reg` after n zero bytes."""
+    return int(_apply(_zeros_operator(n), np.array([reg], dtype=np.uint32))[0])
 
-    Long inputs are cut into 2**k equal lanes whose registers numpy advances together, a byte per step;
-    the lanes are then joined pairwise, the left one shifted by the right one's length of zero bytes
-    (CRCs are linear over GF(2), as in zlib's crc32_combine).
+
+def _raw(buf: np.ndarray) -> int:
+    """The register, started at 0, after all of `buf` (uint8). Long inputs are cut into 2**k lanes of equal
+    length whose registers numpy advances together, a 4-byte word per step; the lanes are then joined
+    pairwise, the left one shifted by the right one's length of zero bytes (a CRC is linear over GF(2), as
+    in zlib's crc32_combine); the bytes left over after the lanes are one more such join."""
+    n = buf.size
+    if n < _LANES_FROM:
+        return _update(0, buf.tobytes())
+    lanes = 1 << min(16, (n // 256).bit_length() - 1)  # at least 256 bytes per lane
+    words = n // (4 * lanes)
+    cols = np.ascontiguousarray(buf[: lanes * words * 4].view("<u4").reshape(lanes, words).T)  # (words, lanes)
+    reg = np.zeros(lanes, dtype=np.uint32)
+    for j in range(words):
+        x = reg ^ cols[j]
+        reg = _LO[x & np.uint32(0xFFFF)] ^ _HI[x >> np.uint32(16)]
+    op = _zeros_operator(4 * words)
+    while reg.size > 1:
+        reg = _apply(op, reg[0::2]) ^ reg[1::2]
+        op = _apply(op, op)
+    rest = buf[lanes * words * 4:]
+    return _shift(int(reg[0]), rest.size) ^ _raw(rest)
+
+
+def crc32c(data) -> int:
+    """CRC-32C of a bytes-like object, as RFC 3720 defines it (register starts at all ones, ends inverted).
 
     >>> hex(crc32c(b"123456789"))  # the standard check value
     '0xe3069283'
@@ -145,22 +181,7 @@ def crc32c(data) -> int:
     True
     """
     buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    n_total = buf.size
-    if n_total < _LANES_FROM:
-        return _update(0xFFFFFFFF, buf.tobytes()) ^ 0xFFFFFFFF
-    lanes = 1 << min(16, (n_total // 256).bit_length() - 1)  # at least 256 bytes per lane
-    width = n_total // lanes
-    cols = np.ascontiguousarray(buf[: lanes * width].reshape(lanes, width).T)  # (width, lanes)
-    reg = np.zeros(lanes, dtype=np.uint32)
-    for j in range(width):
-        reg = _TABLE_NP[(reg ^ cols[j]) & 0xFF] ^ (reg >> np.uint32(8))
-    op = _zeros_operator(width)
-    while reg.size > 1:  # join neighbours: left shifted by the right one's length, xor right
-        reg = _apply(op, reg[0::2]) ^ reg[1::2]
-        op = _apply(op, op)
-    raw = _update(int(reg[0]), buf[lanes * width:].tobytes())  # register from 0 over all the data
-    init = int(_apply(_zeros_operator(n_total), np.array([0xFFFFFFFF], dtype=np.uint32))[0])
-    return raw ^ init ^ 0xFFFFFFFF
+    return _raw(buf) ^ _shift(0xFFFFFFFF, buf.size) ^ 0xFFFFFFFF
 
 
 def masked(crc: int) -> int:
