@@ -68,6 +68,24 @@ def test_crc32c_known_values():
     assert crc32c(b"\xff" * 32) == 0x62A8AB43  # RFC 3720 B.4: 32 bytes of 0xff
 
 
+DTYPES = Path(__file__).resolve().parents[1] / "fixtures" / "tf-bundle-dtypes"
+
+
+def test_every_dtype_as_tensorflow_reads_it():
+    want = json.loads((DTYPES / "expected.json").read_text(encoding="utf-8"))
+    bundle = read_index(DTYPES / "dtypes.ckpt")
+    assert set(bundle.entries) == set(want) | {"text"}
+    got = read_tensors(bundle, list(want))
+    for name, w in want.items():
+        t = got[name]
+        assert t.dtype == np.dtype(w["dtype"]) and list(t.shape) == w["shape"], name
+        assert np.array_equal(t, np.array(w["values"], dtype=w["dtype"]).reshape(w["shape"])), name
+    assert got["bf16"][3] == np.float32(1.498797955988901e20)  # bfloat16 widened exactly, not rounded again
+    with pytest.raises(UserError, match=r"dtypes.ckpt.index: tensor 'text' is a string tensor; scratchllm reads "
+                                        r"only numeric tensors"):
+        read_tensors(bundle, ["text"])
+
+
 def test_truncated_data_file(copy):
     data = copy / DATA
     data.write_bytes(data.read_bytes()[:-100])
