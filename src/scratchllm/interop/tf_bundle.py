@@ -12,7 +12,7 @@ A checkpoint that `tf.compat.v1.train.Saver` (or `tf.train.Checkpoint`) writes u
   every other key is a tensor's name and holds a BundleEntryProto (dtype, shape, shard, offset, size,
   masked CRC-32C of the bytes), decoded here by a small protobuf wire-format parser.
 - `model.ckpt.data-00000-of-00001` (one per shard): the tensors' raw bytes at those offsets, in the
-  header's byte order (little-endian on every machine that ever wrote GPT-2).
+  header's byte order (little-endian in OpenAI's GPT-2 files; big-endian bundles are read too).
 
 Every size is checked against the shape and the file, every block's checksum and (by default) every
 tensor's; a file that is not such a table, a truncated data file or a tensor that is missing is one
@@ -101,6 +101,7 @@ def _crc_table() -> list[int]:
 
 _TABLE = _crc_table()
 
+
 def _word_tables() -> tuple[np.ndarray, np.ndarray]:
     """Tables that advance the register by one little-endian 4-byte word in two lookups: with
     x = register ^ word, the new register is lo[x & 0xFFFF] ^ hi[x >> 16] (slicing-by-4, two bytes a lookup)."""
@@ -113,7 +114,8 @@ def _word_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 _LO, _HI = _word_tables()
-# Below this many bytes the plain Python loop is used; above, numpy runs many lanes at once.
+# Below 4 KiB the plain Python loop is used (index blocks, biases, norms): numpy's per-step cost only
+# pays off for 16 lanes of 256 bytes or more; above, numpy runs up to 65,536 lanes at once.
 _LANES_FROM = 1 << 12
 
 
