@@ -557,3 +557,86 @@ def to_hf(state_dict: StateDict, model_type: str) -> dict[str, torch.Tensor]:
     if model_type not in _WRITE:
         raise UserError(f"unsupported Hugging Face architecture {model_type!r}; scratchllm writes {_SUPPORTED}")
     return _WRITE[model_type][1](state_dict)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI's original GPT-2 release (the TensorFlow checkpoint of openai/gpt-2, src/model.py's names)
+# OpenAI's name inside `model/h{i}/` -> HF GPT-2's inside `h.{i}.`. OpenAI's linear weights are
+# Conv1D kernels of shape [1, in, out]: without the leading 1, HF's Conv1D (in, out) layout.
+_OPENAI_GPT2_BLOCK = {
+    "ln_1/g": "ln_1.weight",
+    "ln_1/b": "ln_1.bias",
+    "attn/c_attn/w": "attn.c_attn.weight",
+    "attn/c_attn/b": "attn.c_attn.bias",
+    "attn/c_proj/w": "attn.c_proj.weight",
+    "attn/c_proj/b": "attn.c_proj.bias",
+    "ln_2/g": "ln_2.weight",
+    "ln_2/b": "ln_2.bias",
+    "mlp/c_fc/w": "mlp.c_fc.weight",
+    "mlp/c_fc/b": "mlp.c_fc.bias",
+    "mlp/c_proj/w": "mlp.c_proj.weight",
+    "mlp/c_proj/b": "mlp.c_proj.bias",
+}
+_OPENAI_GPT2_TOP = {"model/wte": "wte.weight", "model/wpe": "wpe.weight", "model/ln_f/g": "ln_f.weight",
+                    "model/ln_f/b": "ln_f.bias"}
+
+
+def openai_gpt2_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor OpenAI's GPT-2 checkpoint holds for this config, with its shape.
+
+    >>> s = openai_gpt2_shapes(ModelConfig(vocab_size=10, context_length=4, n_layer=1, n_head=1, n_embd=2))
+    >>> len(s), s["model/wte"], s["model/h0/attn/c_attn/w"], s["model/h0/mlp/c_fc/b"]
+    (16, (10, 2), (1, 2, 6), (8,))
+    """
+    E, H = config.n_embd, config.hidden_dim
+    block = {"ln_1/g": (E,), "ln_1/b": (E,), "attn/c_attn/w": (1, E, 3 * E), "attn/c_attn/b": (3 * E,),
+             "attn/c_proj/w": (1, E, E), "attn/c_proj/b": (E,), "ln_2/g": (E,), "ln_2/b": (E,),
+             "mlp/c_fc/w": (1, E, H), "mlp/c_fc/b": (H,), "mlp/c_proj/w": (1, H, E), "mlp/c_proj/b": (E,)}
+    shapes = {"model/wte": (config.vocab_size, E), "model/wpe": (config.context_length, E)}
+    for i in range(config.n_layer):
+        shapes.update({f"model/h{i}/{k}": v for k, v in block.items()})
+    return shapes | {"model/ln_f/g": (E,), "model/ln_f/b": (E,)}
+
+
+def from_openai_gpt2(state_dict: StateDict) -> dict[str, torch.Tensor]:
+    """OpenAI's GPT-2 checkpoint tensors (`model/h0/attn/c_attn/w`, ...) -> our GPT's state dict.
+
+    Renamed to HF GPT-2's names with the Conv1D kernels' leading 1 dropped, then `from_hf_gpt2`
+    (which transposes them to nn.Linear's layout and ties the head: OpenAI's logits use wte)."""
+    hf: dict[str, torch.Tensor] = {}
+    for name, t in state_dict.items():
+        m = re.fullmatch(r"model/h(\d+)/(.+)", name)
+        if m and m.group(2) in _OPENAI_GPT2_BLOCK:
+            hf_name = f"h.{m.group(1)}.{_OPENAI_GPT2_BLOCK[m.group(2)]}"
+        elif name in _OPENAI_GPT2_TOP:
+            hf_name = _OPENAI_GPT2_TOP[name]
+        else:
+            raise UserError(f"OpenAI GPT-2 tensor {name!r} has no place in scratchllm's GPT; is this a GPT-2 "
+                            f"checkpoint from openai/gpt-2?")
+        if name.endswith("/w"):
+            if t.dim() != 3 or t.shape[0] != 1:
+                raise UserError(f"OpenAI GPT-2 tensor {name!r} has shape {list(t.shape)}; a Conv1D kernel "
+                                f"[1, in, out] was expected")
+            t = t[0]
+        hf[hf_name] = t
+    return from_hf_gpt2(hf)
+
+
+def config_from_openai_gpt2(hparams: Mapping, **overrides) -> ModelConfig:
+    """OpenAI's `hparams.json` dict (n_vocab, n_ctx, n_embd, n_head, n_layer) -> ModelConfig.
+
+    Everything else is fixed in OpenAI's model.py: LayerNorm with epsilon 1e-5, tanh GELU, biases
+    everywhere, the head tied to wte.
+
+    >>> config_from_openai_gpt2({"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}).n_layer
+    12
+    """
+    keys = {"n_vocab": "vocab_size", "n_ctx": "context_length", "n_embd": "n_embd", "n_head": "n_head",
+            "n_layer": "n_layer"}
+    missing = [k for k in keys if not isinstance(hparams.get(k), int) or isinstance(hparams.get(k), bool)]
+    if missing:
+        raise UserError(f"OpenAI GPT-2 hparams need integer {', '.join(missing)}; is this OpenAI's hparams.json?")
+    d = {ours: hparams[theirs] for theirs, ours in keys.items()}
+    d |= dict(norm="layernorm", norm_eps=1e-5, mlp="gelu", position="learned", bias=True, qkv_bias=True,
+              tie_weights=True)
+    return ModelConfig(**{**d, **overrides})
