@@ -216,6 +216,12 @@ def test_a_part_as_long_as_the_file_is_finished_without_a_body(server, tmp_path)
     dl.download_file(dl.RemoteFile(server.url + "/f.bin", dest, size=len(body),
                                    sha256=hashlib.sha256(body).hexdigest()), progress=False)
     assert dest.read_bytes() == body
+    # no published size: the server's 416 says the total (Content-Range: bytes */N)
+    dest.unlink()
+    dl.part_path(dest).write_bytes(body)
+    dl.download_file(dl.RemoteFile(server.url + "/f.bin", dest), progress=False)
+    assert dest.read_bytes() == body
+    assert [rng for _, rng in server.log] == [f"bytes={len(body)}-"] * 2
 
 
 def test_a_wrong_checksum_is_an_error_and_leaves_no_file(server, tmp_path):

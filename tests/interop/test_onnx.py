@@ -102,12 +102,16 @@ def test_generation_needs_the_cached_graph(exported):
         ox.onnx_generate(plain, [1, 2], 3)
 
 
-def test_cli_exports_a_checkpoint(tmp_path, capsys):
+def test_cli_exports_a_checkpoint(tmp_path, capsys, monkeypatch):
+    """Through the command, with the weights in FILE.data beside FILE (as for models over 1 GiB)."""
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_BYTES", 0)
     model = tiny("llama")
     save_checkpoint(tmp_path / "ck", model)
-    out = tmp_path / "m.onnx"
+    out = tmp_path / "out" / "m.onnx"
     assert main(["export", "onnx", str(tmp_path / "ck"), "--out", str(out), "--kv-cache"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (out.parent / "m.onnx.data").stat().st_size >= model.tok_emb.weight.numel() * 4  # the weights are there
     ids = [4, 5, 6]
     assert ox.onnx_generate(out, ids, 5) == generate(model, ids, SampleConfig(temperature=0.0, max_new_tokens=5))
 
@@ -132,3 +136,10 @@ def test_a_missing_onnx_package_is_one_clear_error(monkeypatch, tmp_path, capsys
 def test_out_must_be_a_file(tmp_path):
     with pytest.raises(UserError, match="is a folder"):
         ox.export_onnx(tiny("gpt2"), tmp_path)
+
+
+def test_a_missing_run_is_one_clear_line(tmp_path, capsys):
+    assert main(["export", "onnx", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]
+    assert list(tmp_path.iterdir()) == []

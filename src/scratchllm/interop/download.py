@@ -29,6 +29,7 @@ Not here: reading the files (`interop.tf_bundle`, `interop.hf`), the data sets' 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -125,7 +126,7 @@ def _open(url: str, start: int, timeout: float, headers: dict[str, str]):
         hint = ("the repository is gated or private: accept its licence on its page and set HF_TOKEN"
                 if e.code in (401, 403) else "check the name, size or revision")
         raise Unreachable(f"cannot download {url}: HTTP {e.code} {e.reason}; {hint}") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
         raise Unreachable(f"cannot reach {url} ({reason}); check the network connection, or copy the files "
                           f"there by hand") from None
@@ -170,7 +171,9 @@ def download_file(rf: RemoteFile, *, timeout: float = TIMEOUT, retries: int = RE
                 rf = _published_digest(resp.headers, rf)
             status = resp.status if hasattr(resp, "status") else resp.code
             if status == 416:  # nothing left to send: complete if the size says so, else start again
-                if rf.size is not None and have == rf.size:
+                m = re.match(r"bytes \*/(\d+)", resp.headers.get("Content-Range") or "")
+                size = rf.size if rf.size is not None else (int(m.group(1)) if m else None)
+                if size is not None and have == size:
                     break
                 part.unlink(missing_ok=True)
                 continue
@@ -194,7 +197,7 @@ def download_file(rf: RemoteFile, *, timeout: float = TIMEOUT, retries: int = RE
                 while True:
                     try:
                         block = resp.read(CHUNK)
-                    except OSError as e:  # reset, timeout, incomplete read
+                    except (OSError, http.client.HTTPException) as e:  # reset, timeout, incomplete read
                         dropped = e
                         break
                     if not block:

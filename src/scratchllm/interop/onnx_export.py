@@ -128,18 +128,22 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, kv_cache: bool = Fa
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the .onnx file to write, e.g. {out / 'model.onnx'}")
-    if model.lm_head.weight.dtype != torch.float32:
-        model = _fp32_copy(model)
     cfg = model.config
+    if cfg.context_length < 5:
+        raise UserError(f"ONNX export needs a context of at least 5 tokens (example inputs of 3 new and 2 past "
+                        f"tokens keep every axis dynamic); this model's is {cfg.context_length}")
+    w = model.lm_head.weight
+    if w.dtype != torch.float32 or w.device.type != "cpu":
+        model = _fp32_copy(model)
     wrapper = OnnxGPT(model, kv_cache).eval()
-    t = min(3, cfg.context_length)
+    t = 3  # example sizes >= 2: torch.export fixes axes it sees at size 0 or 1
     ids = torch.zeros(2, t, dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dynamic: dict[str, Any] = {"input_ids": {0: batch, 1: seq}}
     args: tuple = (ids,)
     if kv_cache:
         past = torch.export.Dim("past")
-        p = min(2, cfg.context_length - t)
+        p = 2
         args = (ids, empty_past(model, 2, p), empty_past(model, 2, p))
         dynamic.update(past_keys={1: batch, 3: past}, past_values={1: batch, 3: past})
     n = len(args)
@@ -173,7 +177,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, kv_cache: bool = Fa
 def _fp32_copy(model: nn.Module) -> nn.Module:
     import copy
 
-    return copy.deepcopy(model).float()
+    return copy.deepcopy(model).float().cpu()
 
 
 class _quiet_exporter:
