@@ -27,7 +27,9 @@ class Server:
         self.headers: dict[str, dict[str, str]] = {}  # extra response headers per path
         self.drop_after: dict[str, int] = {}  # path -> bytes sent before the connection is cut (once)
         self.ignore_range = False
+        self.redirects: dict[str, str] = {}  # path -> URL to send the client to (302)
         self.log: list[tuple[str, str | None]] = []
+        self.auth: list[str | None] = []  # each request's Authorization header
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,13 @@ class Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.log.append((self.path, rng))
+                server.auth.append(self.headers.get("Authorization"))
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_response(404)
@@ -181,6 +190,24 @@ def test_a_dropped_connection_is_resumed_with_range(server, tmp_path):
     assert (out / "model.safetensors").read_bytes() == files["model.safetensors"]
     asked = [rng for p, rng in server.log if p == path]
     assert asked == [None, "bytes=30000-"]
+
+
+def test_a_redirect_keeps_the_range_and_drops_the_token_for_another_host(server, tmp_path, monkeypatch):
+    """As Hugging Face's LFS files: resolve/ redirects to a CDN on another host."""
+    files = hf_repo(server)
+    cdn = Server()
+    try:
+        path = "/org/tiny/resolve/" + "a" * 40 + "/model.safetensors"
+        cdn.files["/blob"] = files["model.safetensors"]
+        cdn.drop_after["/blob"] = 5000
+        server.redirects[path] = cdn.url + "/blob"
+        monkeypatch.setenv(dl.HF_TOKEN_ENV, "secret")
+        out = dl.download_hf("org/tiny", out=tmp_path / "hf", base=server.url, progress=False)
+        assert (out / "model.safetensors").read_bytes() == files["model.safetensors"]
+        assert cdn.log == [("/blob", None), ("/blob", "bytes=5000-")]
+        assert cdn.auth == [None, None] and set(server.auth) == {"Bearer secret"}
+    finally:
+        cdn.close()
 
 
 def test_a_broken_download_keeps_its_part_and_the_next_run_continues(server, tmp_path):

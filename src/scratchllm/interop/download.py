@@ -113,13 +113,27 @@ def is_complete(rf: RemoteFile) -> bool:
     return rf.dest.is_file() and (rf.size is None or rf.dest.stat().st_size == rf.size)
 
 
+class _KeepRangeDropAuth(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (Hugging Face sends LFS files from a CDN) keeping the Range header, but never
+    send the token (Authorization) on to another host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_opener = urllib.request.build_opener(_KeepRangeDropAuth)
+
+
 def _open(url: str, start: int, timeout: float, headers: dict[str, str]):
     """The response to GET `url` from byte `start` on; an Unreachable error naming the URL if none comes."""
     req = urllib.request.Request(url, headers={"User-Agent": "scratchllm", **headers})
     if start:
         req.add_header("Range", f"bytes={start}-")
     try:
-        return urllib.request.urlopen(req, timeout=timeout)
+        return _opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416:  # range not satisfiable: the .part is as long as the file, or longer
             return e
