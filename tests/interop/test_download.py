@@ -176,6 +176,17 @@ def test_hf_repo_downloads_its_listing_at_the_resolved_commit(server, tmp_path):
     assert not list(out.rglob("*.part"))
 
 
+def test_hf_fetches_again_a_file_the_branch_changed(server, tmp_path):
+    files = hf_repo(server)
+    out = dl.download_hf("org/tiny", out=tmp_path / "hf", base=server.url, progress=False)
+    (out / "model.safetensors").write_bytes(b"\0" * len(files["model.safetensors"]))  # same size, old content
+    n = len(server.log)
+    dl.download_hf("org/tiny", out=tmp_path / "hf", base=server.url, progress=False)
+    assert (out / "model.safetensors").read_bytes() == files["model.safetensors"]
+    assert [p for p, _ in server.log[n:]] == ["/api/models/org/tiny/revision/main?blobs=true",
+                                              "/org/tiny/resolve/" + "a" * 40 + "/model.safetensors"]
+
+
 def test_hf_include_picks_files(server, tmp_path):
     hf_repo(server)
     out = dl.download_hf("org/tiny", out=tmp_path / "hf", base=server.url, include=["*.json"], progress=False)

@@ -109,8 +109,12 @@ def check_file(path: Path, rf: RemoteFile, url: str) -> None:
 
 
 def is_complete(rf: RemoteFile) -> bool:
-    """The target exists already with the published size (files appear only once complete and checked)."""
-    return rf.dest.is_file() and (rf.size is None or rf.dest.stat().st_size == rf.size)
+    """The target exists already with the published size and checksum (a branch such as `main` may have
+    moved on to new weights of the same size: those are fetched again)."""
+    if not rf.dest.is_file() or (rf.size is not None and rf.dest.stat().st_size != rf.size):
+        return False
+    return all(want is None or hash_file(rf.dest, kind) == want
+               for kind, want in (("sha256", rf.sha256), ("git", rf.git_sha1)))
 
 
 class _KeepRangeDropAuth(urllib.request.HTTPRedirectHandler):
