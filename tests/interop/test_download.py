@@ -137,9 +137,25 @@ def test_gpt2_downloads_every_file_of_a_size(server, tmp_path):
 
 def test_gpt2_falls_back_to_the_mirror(server, tmp_path, monkeypatch):
     server.files.update({f"/mirror{k}": v for k, v in gpt2_files("355M").items()})
-    monkeypatch.setenv(dl.GPT2_URLS_ENV, f"{closed_port_url()},{server.url}/mirror")
+    down = closed_port_url()
+    monkeypatch.setenv(dl.GPT2_URLS_ENV, f"{down},{server.url}/mirror")
+    asked = []
+    real_open = dl._open
+    monkeypatch.setattr(dl, "_open", lambda url, *a: asked.append(url) or real_open(url, *a))
     out = dl.download_gpt2("355M", tmp_path / "m", progress=False)
     assert (out / "hparams.json").read_bytes() == server.files["/mirror/355M/hparams.json"]
+    # the location that was down is asked once: the mirror comes first for the remaining files
+    assert [u for u in asked if u.startswith(down)] == [f"{down}/355M/checkpoint"]
+    assert len(server.log) == len(dl.GPT2_FILES)
+
+
+def test_gpt2_a_file_missing_at_openai_comes_from_the_mirror(server, tmp_path):
+    server.files.update(gpt2_files("124M"))
+    server.files.update({f"/mirror{k}": v for k, v in gpt2_files("124M").items()})
+    del server.files["/124M/vocab.bpe"]
+    out = dl.download_gpt2("124M", tmp_path / "g", urls=[server.url, server.url + "/mirror"], progress=False)
+    assert (out / "vocab.bpe").read_bytes() == server.files["/mirror/124M/vocab.bpe"]
+    assert ("/mirror/124M/vocab.bpe", None) in server.log
 
 
 def test_gpt2_default_folder_is_in_the_cache(server, tmp_path):

@@ -245,12 +245,13 @@ def download_file(rf: RemoteFile, *, timeout: float = TIMEOUT, retries: int = RE
     return rf.dest
 
 
-def download_first(candidates: Sequence[RemoteFile], **kw) -> Path:
-    """Download the first of several copies of one file (mirrors, in order) that can be reached."""
+def download_first(candidates: Sequence[RemoteFile], **kw) -> int:
+    """Download the first of several copies of one file (mirrors, in order) that can be reached; its index."""
     failed: list[str] = []
-    for rf in candidates:
+    for i, rf in enumerate(candidates):
         try:
-            return download_file(rf, **kw)
+            download_file(rf, **kw)
+            return i
         except Unreachable as e:
             failed.append(str(e))
     if len(failed) == 1:
@@ -281,7 +282,8 @@ def download_gpt2(size: str = "124M", out: str | os.PathLike | None = None, *, u
     """OpenAI's GPT-2 release files for `size` (124M, 355M, 774M or 1558M) in folder `out`; returns it.
 
     Files already there (complete) are kept; each other file is fetched from the first base URL
-    that answers.
+    that answers, and the base that answered is asked first for the files after it (a dead
+    location costs one timeout, not one per file).
     """
     if size.upper() not in GPT2_SIZES:
         raise UserError(f"GPT-2 comes in sizes {', '.join(GPT2_SIZES)}; got {size!r}")
@@ -290,8 +292,9 @@ def download_gpt2(size: str = "124M", out: str | os.PathLike | None = None, *, u
     _check_online(f"GPT-2 {size}", folder)
     bases = gpt2_urls(urls)
     for name in GPT2_FILES:
-        download_first([RemoteFile(f"{b}/{size}/{name}", folder / name) for b in bases],
-                       progress=progress, timeout=timeout, retries=retries)
+        i = download_first([RemoteFile(f"{b}/{size}/{name}", folder / name) for b in bases],
+                           progress=progress, timeout=timeout, retries=retries)
+        bases.insert(0, bases.pop(i))
     return folder
 
 

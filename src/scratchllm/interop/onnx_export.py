@@ -43,7 +43,7 @@ from scratchllm.runtime import eval_mode
 INSTALL_HINT = "pip install 'scratchllm[export]'"
 INPUTS = ("input_ids", "past_keys", "past_values")
 OUTPUTS = ("logits", "present_keys", "present_values")
-# Opset 18: the lowest the dynamo exporter targets; every onnxruntime since 1.14 runs it.
+# Opset 18: the one the dynamo exporter's translations are written for (others are converted from it).
 OPSET = 18
 # Above this many bytes of weights the tensors go to FILE.data beside FILE: a protobuf cannot exceed 2 GiB.
 EXTERNAL_DATA_BYTES = 1 << 30
