@@ -38,10 +38,12 @@ def tiny(kind: str) -> GPT:
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def exported(request, tmp_path_factory):
     """(model, session without cache, session with cache) for one shape."""
-    model = tiny(request.param)
+    model = tiny(request.param).train()
     folder = tmp_path_factory.mktemp(f"onnx-{request.param}")
     plain = ox.export_onnx(model, folder / "plain.onnx")
     cached = ox.export_onnx(model, folder / "cached.onnx", kv_cache=True)
+    assert model.training  # exported in eval mode, then given back in the mode it had
+    model.eval()
     assert sorted(p.name for p in folder.iterdir()) == ["cached.onnx", "plain.onnx"]  # nothing else left
     return model, ox.onnx_session(plain, threads=1), ox.onnx_session(cached, threads=1)
 
@@ -143,3 +145,16 @@ def test_a_missing_run_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bf16_model_is_exported_in_fp32_and_left_as_it_was(tmp_path):
+    model = tiny("gpt2").to(torch.bfloat16).train()
+    path = ox.export_onnx(model, tmp_path / "m.onnx")
+    assert model.training and model.lm_head.weight.dtype == torch.bfloat16  # the caller's model is untouched
+    ref_model = tiny("gpt2")
+    ref_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    ids = torch.randint(0, ref_model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = ref_model(ids).numpy()
+    (got,) = ox.onnx_session(path, threads=1).run(None, {"input_ids": ids.numpy()})
+    assert got.dtype == np.float32 and np.abs(got - ref).max() <= 1e-4

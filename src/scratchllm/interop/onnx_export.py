@@ -135,7 +135,8 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, kv_cache: bool = Fa
     w = model.lm_head.weight
     if w.dtype != torch.float32 or w.device.type != "cpu":
         model = _fp32_copy(model)
-    wrapper = OnnxGPT(model, kv_cache).eval()
+    # in the model's mode, so that eval_mode(wrapper) below gives the model back in the mode it had
+    wrapper = OnnxGPT(model, kv_cache).train(model.training)
     t = 3  # example sizes >= 2: torch.export fixes axes it sees at size 0 or 1
     ids = torch.zeros(2, t, dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -153,7 +154,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, kv_cache: bool = Fa
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         target = tmp / out.name
-        with eval_mode(model), torch.no_grad(), _quiet_exporter():
+        with eval_mode(wrapper), torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(wrapper, args, dynamo=True, input_names=list(INPUTS[:n]),
                                         output_names=list(OUTPUTS if kv_cache else OUTPUTS[:1]),
                                         dynamic_shapes=dynamic, opset_version=opset, verbose=False)
