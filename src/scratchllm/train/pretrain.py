@@ -154,6 +154,39 @@ def _show(title: str, prompt: str, text: str) -> None:
 
 
 # --- the job ----------------------------------------------------------------------------------------
+# ModelConfig fields that change the computation without changing any tensor's shape: they must agree too.
+SAME_MATH = ("norm", "mlp", "position", "rope_base", "tie_weights", "qk_norm", "rope_scaling")
+
+
+def init_from(model: Any, path: str) -> None:
+    """Copy the weights of the model at `path` (interop.load.load_any) into `model`, after checking
+    that every tensor is there with the same shape and the options that change the math agree."""
+    import torch
+
+    from scratchllm.interop.load import load_any
+
+    source, _, _ = load_any(path)
+    theirs, ours = source.state_dict(), model.state_dict()
+    hint = "set the run's [model] settings (and data.tokenizer) to the source's"
+    for field in SAME_MATH:
+        a, b = getattr(source.config, field, None), getattr(model.config, field, None)
+        if a != b:
+            raise UserError(f"init_from {path}: its model.{field} is {a!r}, this run's is {b!r}; {hint}")
+    for name, t in ours.items():
+        if name not in theirs:
+            raise UserError(f"init_from {path}: tensor {name!r} is not in it; {hint}")
+        if tuple(theirs[name].shape) != tuple(t.shape):
+            raise UserError(f"init_from {path}: tensor {name!r} has shape {list(theirs[name].shape)} there, "
+                            f"{list(t.shape)} in this run's model; {hint}")
+    extra = sorted(set(theirs) - set(ours))
+    if extra:
+        raise UserError(f"init_from {path}: tensor {extra[0]!r} has no place in this run's model; {hint}")
+    with torch.no_grad():
+        for name, t in ours.items():
+            t.copy_(theirs[name])
+    print(f"initialised from {path}")
+
+
 def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None) -> TrainState:
     """Prepare the data, build the model, train, sample, and leave everything in the run folder.
 
@@ -192,6 +225,8 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
     tc = run.train
     seed_everything(tc.seed)
     model = GPT(run.model)
+    if run.init_from is not None and not tc.resume:
+        init_from(model, run.init_from)
     print(f"model: {model.num_params():,} parameters ({run.model.n_layer} layers, {run.model.n_head} heads, "
           f"{run.model.n_embd} dims, context {ctx}); data: {len(prepared.train):,} train / "
           f"{len(prepared.val):,} val tokens; run folder: {folder}")
