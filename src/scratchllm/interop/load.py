@@ -33,14 +33,18 @@ OPENAI_FILES = ("hparams.json", "model.ckpt.index")
 def detect(path: str | os.PathLike) -> str:
     """What a folder holds: "hf", "openai" or "scratchllm" (a run or checkpoint folder; errors about
     a folder that is none of these come from the checkpoint reader, which names what to pass)."""
-    from scratchllm.interop.hf import is_hf_folder
+    from scratchllm.interop import hf
 
     p = Path(path)
     if p.is_dir():
-        if is_hf_folder(p):
+        if hf.is_hf_folder(p):
             return "hf"
         if all((p / f).is_file() for f in OPENAI_FILES):
             return "openai"
+        hf_only = (hf.PYTORCH, hf.PYTORCH_INDEX, hf.SAFETENSORS_INDEX)
+        if not (p / hf.CONFIG).exists() and (any((p / f).is_file() for f in hf_only)
+                                             or ((p / hf.SAFETENSORS).is_file() and not (p / "state.json").exists())):
+            return "hf"  # HF weights without their config.json: read_hf says that is what is missing
     return "scratchllm"
 
 
