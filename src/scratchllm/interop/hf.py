@@ -28,6 +28,7 @@ raw tensors).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -205,42 +206,61 @@ def generation_info(folder: Path, hf: dict | None = None) -> dict[str, Any]:
     return out
 
 
-def check_tensors(config: ModelConfig, sd: dict, source: str) -> None:
-    """Every tensor our GPT has is in `sd` with its shape, and nothing else; else one error naming it."""
-    import torch
-
-    from scratchllm.model import GPT
-
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
-    for name, shape in expected.items():
+def check_tensors(expected: dict, sd: dict, source: str) -> None:
+    """Every tensor of `expected` (our GPT's state dict, e.g. on the meta device) is in `sd` with its
+    shape, and nothing else; else one error naming the tensor and `source`."""
+    for name, want in expected.items():
         if name not in sd:
             raise UserError(f"{source}: tensor {name!r} is missing (the config describes a model that has it)")
-        if tuple(sd[name].shape) != shape:
+        if tuple(sd[name].shape) != tuple(want.shape):
             raise UserError(f"{source}: tensor {name!r} has shape {list(sd[name].shape)}, the config says "
-                            f"{list(shape)}")
+                            f"{list(want.shape)}")
     extra = sorted(set(sd) - set(expected))
     if extra:
         raise UserError(f"{source}: tensor {extra[0]!r} has no place in the model the config describes"
                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
 
+# torch.nn.init's functions, which `skip_init` turns into no-ops.
+INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                  "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Within the block, torch.nn.init leaves tensors as they are: a model built here is not randomly
+    initialised (its weights are about to be replaced). On the meta device this also keeps torch from
+    importing its Python reference kernels, which costs seconds the first time."""
+    import torch.nn.init as init
+
+    saved = {name: getattr(init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
 def build_model(config: ModelConfig, sd: dict, source: str = "the weights") -> Any:
-    """Our GPT holding the tensors of `sd` (our names), checked; built on the meta device, so nothing
-    is randomly initialised and thrown away. Buffers (RoPE tables) come from a one-block copy."""
+    """Our GPT holding the tensors of `sd` (our names), checked first (`check_tensors`); built on the
+    meta device without initialisation (`skip_init`), and given the tensors as they are, not copies.
+    Buffers (RoPE tables) come from a one-block copy of the model, built on the CPU."""
     import torch
 
     from scratchllm.model import GPT
 
-    check_tensors(config, sd, source)
-    with torch.device("meta"):
+    with skip_init(), torch.device("meta"):
         model = GPT(config)
+    check_tensors(model.state_dict(), sd, source)
     model.load_state_dict(sd, strict=True, assign=True)
     if config.tie_weights:
         model.lm_head.weight = model.tok_emb.weight
     meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
     if meta_buffers:
-        small = dict(GPT(dataclasses.replace(config, n_layer=1)).named_buffers())
+        with skip_init():
+            small = dict(GPT(dataclasses.replace(config, n_layer=1)).named_buffers())
         for name in meta_buffers:
             owner, _, attr = name.rpartition(".")
             module = model.get_submodule(owner) if owner else model
