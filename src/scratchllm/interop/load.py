@@ -2,8 +2,8 @@
 
     runs/<name>/ or a checkpoint folder      scratchllm's own (checkpoint.load_model)
     a Hugging Face model folder              config.json with a model_type (interop.hf)
-    OpenAI's GPT-2 release folder            hparams.json + model.ckpt.index (interop.openai, imported
-                                             only when such a folder is given)
+    OpenAI's GPT-2 release folder            hparams.json + a *.index checkpoint (interop.openai,
+                                             imported only when such a folder is given)
 
 Each gives (model in eval mode, tokenizer or None, meta). meta always has `source` (the path),
 `format` ("scratchllm", "hf" or "openai") and `generation`: the end-of-text and begin token ids and
@@ -25,9 +25,9 @@ from scratchllm.errors import UserError
 
 # A converted checkpoint's generation settings: {"eos_token_id", "bos_token_id", "chat_template"}.
 GENERATION_FILE = "generation.json"
-# OpenAI's reader (helper "tf"'s module): folder -> (ModelConfig, state dict in our names, tokenizer).
-OPENAI_READER = "scratchllm.interop.openai:read_openai"
-OPENAI_FILES = ("hparams.json", "model.ckpt.index")
+# OpenAI's reader (interop.openai): folder -> (ModelConfig, state dict in our names, tokenizer); the
+# module also names the weights' SOURCE and LICENSE. Imported only for such a folder.
+OPENAI_READER = "scratchllm.interop.openai:read_openai_gpt2"
 
 
 def detect(path: str | os.PathLike) -> str:
@@ -39,7 +39,7 @@ def detect(path: str | os.PathLike) -> str:
     if p.is_dir():
         if hf.is_hf_folder(p):
             return "hf"
-        if all((p / f).is_file() for f in OPENAI_FILES):
+        if (p / "hparams.json").is_file() and any(p.glob("*.index")):  # interop.openai.is_openai_gpt2's rule
             return "openai"
         hf_only = (hf.PYTORCH, hf.PYTORCH_INDEX, hf.SAFETENSORS_INDEX)
         if not (p / hf.CONFIG).exists() and (any((p / f).is_file() for f in hf_only)
@@ -66,9 +66,10 @@ def read_openai(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     """OpenAI's GPT-2 folder through interop.openai (imported here, only for such a folder)."""
     from scratchllm.interop.hf import build_model
 
-    module, _, name = OPENAI_READER.partition(":")
+    module_name, _, name = OPENAI_READER.partition(":")
     try:
-        reader = getattr(importlib.import_module(module), name)
+        module = importlib.import_module(module_name)
+        reader = getattr(module, name)
     except (ImportError, AttributeError):
         raise UserError(f"{folder} is OpenAI's GPT-2 release format, which this scratchllm cannot read yet "
                         f"({OPENAI_READER} is missing)") from None
@@ -78,7 +79,8 @@ def read_openai(folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     if tokenizer is not None and "<|endoftext|>" in getattr(tokenizer, "special_tokens", {}):
         generation["eos_token_id"] = tokenizer.special_tokens["<|endoftext|>"]
     return model, tokenizer, {"source": str(folder), "format": "openai", "model_type": "gpt2",
-                              "generation": generation, "license": "Modified MIT (OpenAI GPT-2)"}
+                              "generation": generation,
+                              "license": getattr(module, "LICENSE", "Modified MIT License (OpenAI GPT-2)")}
 
 
 def load_any(path: str | os.PathLike, device: Any = "cpu") -> tuple[Any, Any, dict[str, Any]]:
