@@ -80,3 +80,19 @@ def test_refused_tokenizers_say_why(tmp_path):
         with pytest.raises(UserError, match=needle.split()[-1].strip("'")) as e:
             from_hf_json(p)
         assert str(p) in str(e.value)
+
+
+def test_nfc_normalizer_kept_with_a_warning(tmp_path):
+    """Qwen's tokenizer.json normalises to NFC: read with a warning; text already in NFC encodes the same."""
+    import unicodedata
+
+    from tokenizers import Tokenizer
+
+    d = to_hf_dict(trained_bpe("gpt4"))
+    d["normalizer"] = {"type": "NFC"}
+    p = tmp_path / "tokenizer.json"
+    p.write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="NFC"):
+        ours = from_hf_json(p)
+    text = unicodedata.normalize("NFC", TORTURE)
+    assert both_engines(ours, text) == Tokenizer.from_file(str(p)).encode(text, add_special_tokens=False).ids

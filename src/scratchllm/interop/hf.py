@@ -373,6 +373,9 @@ def write_hf(model: Any, tokenizer: Any, out: str | os.PathLike, generation: dic
 def tokenizer_config(tokenizer: Any, generation: dict) -> dict[str, Any]:
     """tokenizer_config.json: the fast tokenizer class, the special tokens by role, the chat template."""
     by_id = {i: s for s, i in tokenizer.special_tokens.items()}
+    # PreTrainedTokenizerFast: the class that runs any tokenizer.json; no clean-up of spaces, so decoding
+    # gives the text back byte for byte as ours does; model_max_length: no length limit of the tokenizer's
+    # own (the model's context is in config.json).
     d: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
                          "model_max_length": 1_000_000_000}
     eos = generation.get("eos_token_id")

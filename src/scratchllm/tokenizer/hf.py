@@ -5,19 +5,22 @@ Reading: the vocabulary's tokens are spelled in GPT-2's byte alphabet (bytelevel
 pre-tokenizer is a ByteLevel one (GPT-2's regex) or a Split on a regex in front of a ByteLevel one
 without its own regex (Llama 3, Qwen, SmolLM2); added tokens become special tokens. Our BPE ranks a
 token by its id, HF by its merge's position; the two agree when merged tokens are numbered in merge
-order, which `from_hf_dict` checks (and refuses, saying so, when not). A normalizer other than
-NFC, a byte fallback or an `unk_token` model (SentencePiece-style BPE) is refused with the reason.
+order, which `from_hf_dict` checks (and refuses, saying so, when not); tests/interop check the
+ids against the `tokenizers` library for GPT-2's files and ours. An NFC normalizer (Qwen) is kept
+with a warning (we do not normalise: text already in NFC, most text, encodes the same); any other
+normalizer, a byte fallback or an `unk_token` (SentencePiece-style BPE) is refused with the reason.
 `hf_folder_tokenizer(folder)` picks whichever of the two file sets a model folder holds.
 
-Writing: the file holds a ByteLevel pre-tokenizer and decoder (GPT-2's byte <-> unicode spelling), a BPE model
-with the vocabulary and the merges, and the special tokens as added tokens; `tokenizers.Tokenizer.
+Writing: the file holds a ByteLevel pre-tokenizer and decoder (GPT-2's byte <-> unicode spelling), a
+BPE model with the vocabulary and the merges, and the special tokens as added tokens; `tokenizers.Tokenizer.
 from_file` loads it and encodes text as we do (tests/tokenizer check it). A pattern other than
 GPT-2's goes in a Split pre-tokenizer in front of ByteLevel.
 
 Hugging Face ranks merge *pairs*; we (like tiktoken) rank the *tokens* a pair joins into. To make the
 two agree, the merges list gives, for each token in rank order, every way of splitting it into two
 tokens (the one it was learned from first), and `ignore_merges` makes a chunk that is itself a
-token map straight to it, as tiktoken does. Not here: reading Hugging Face files.
+token map straight to it, as tiktoken does.
+Not here: model folders' weights and configs (interop.hf).
 Schema reference: huggingface/tokenizers, `Tokenizer.to_str()`.
 """
 
