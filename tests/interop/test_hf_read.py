@@ -86,3 +86,16 @@ def test_gpt2_124m_shape(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
     ids = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(2))
     assert (logits(model, ids) - ref(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_bf16_folder_read_as_fp32(tmp_path):
+    """Hub models are mostly stored in bf16: read as fp32 (exactly the stored values), as transformers
+    does with dtype=float32."""
+    from transformers import AutoModelForCausalLM
+
+    folder = save(hf_model("llama", False).to(torch.bfloat16), tmp_path / "bf16")
+    model, _, _ = read_hf(folder)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(5))
+    assert (logits(model, ids) - ref(ids).logits).abs().max().item() <= 1e-4

@@ -268,9 +268,13 @@ def build_model(config: ModelConfig, sd: dict, source: str = "the weights") -> A
     return model.eval()
 
 
-def read_hf(folder: str | os.PathLike) -> tuple[Any, Any, dict[str, Any]]:
+def read_hf(folder: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer or None, meta) from a HF folder. meta: source, format "hf", model_type,
-    generation (eos/bos ids, chat template)."""
+    generation (eos/bos ids, chat template). Floating-point weights become `dtype` (a torch dtype or
+    its name; default fp32, scratchllm's working precision: hub models are mostly stored in bf16;
+    None keeps the file's)."""
+    import torch
+
     from scratchllm.tokenizer.hf import hf_folder_tokenizer
 
     folder = Path(folder)
@@ -282,6 +286,9 @@ def read_hf(folder: str | os.PathLike) -> tuple[Any, Any, dict[str, Any]]:
         ours = ARCHS[kind].fn("from_hf")(raw)
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
+    if dtype is not None:
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        ours = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ours.items()}  # same dtype: no copy
     tokenizer = hf_folder_tokenizer(folder)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but {folder / CONFIG} says "
@@ -302,8 +309,7 @@ def hf_config_dict(config: ModelConfig, generation: dict | None = None) -> dict[
     """config.json for `config`: the arch's keyword arguments plus model_type and architectures."""
     kind = arch_for(config)
     arch = ARCHS[kind]
-    d = {"model_type": kind, "architectures": [arch.hf_class], **arch.fn("hf_config")(config),
-         "torch_dtype": "float32"}
+    d = {"model_type": kind, "architectures": [arch.hf_class], **arch.fn("hf_config")(config)}
     gen = generation or {}
     for key in ("eos_token_id", "bos_token_id"):
         d[key] = gen.get(key)
@@ -338,6 +344,7 @@ def write_hf(model: Any, tokenizer: Any, out: str | os.PathLike, generation: dic
     if "eos_token_id" not in gen and "<|endoftext|>" in specials:
         gen["eos_token_id"] = specials["<|endoftext|>"]
     config = hf_config_dict(m.config, gen)  # refuses options the HF architecture cannot hold, before writing
+    config["torch_dtype"] = str(m.lm_head.weight.dtype).removeprefix("torch.")
     sd = hf_state_dict(m)
     if tokenizer is not None and tokenizer.vocab_size > m.config.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocab_size is "
