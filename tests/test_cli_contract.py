@@ -50,8 +50,61 @@ threads = 1
 """
 
 
+class PickledCode:
+    """Pickles as a call of `print`: what torch.load(weights_only=True) must refuse to run."""
+
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+@pytest.fixture(scope="session")
+def hf_inputs(tmp_path_factory) -> dict[str, str]:
+    """Hugging Face model folders, one good (tiny GPT-2) and one per fault, outside the working folder
+    (read-only inputs; made once)."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.interop.hf import write_hf
+    from scratchllm.model import GPT
+    from scratchllm.tokenizer.bpe import BPETokenizer
+    from scratchllm.tokenizer.hf import export_hf
+
+    root = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    good = write_hf(GPT(ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, context_length=16)), None,
+                    root / "hf_good")
+    weights = load_file(str(good / "model.safetensors"))
+    folders = {"hf_good": good}
+
+    def variant(name, edit_weights=None):
+        folders[name] = shutil.copytree(good, root / name)
+        if edit_weights is not None:
+            sd = dict(weights)
+            edit_weights(sd)
+            save_file(sd, str(folders[name] / "model.safetensors"))
+        return folders[name]
+
+    (variant("hf_noconfig") / "config.json").unlink()
+    (variant("hf_bert") / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    f = variant("hf_truncated") / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    f = variant("hf_pickle")
+    (f / "model.safetensors").unlink()
+    torch.save({"transformer.wte.weight": torch.zeros(64, 16), "x": PickledCode()}, f / "pytorch_model.bin")
+    variant("hf_missing", lambda sd: sd.pop("transformer.h.0.mlp.c_fc.weight"))
+    variant("hf_extra", lambda sd: sd.update({"transformer.h.0.attn.extra": torch.zeros(2)}))
+    variant("hf_shape", lambda sd: sd.update({"transformer.wpe.weight": torch.zeros(8, 16)}))
+    export_hf(BPETokenizer([bytes([i]) for i in range(256)], [], special_tokens={"<|endoftext|>": 256}),
+              variant("hf_vocab") / "tokenizer.json")  # 257 tokens for a 64-token model
+    return {k: str(v) for k, v in folders.items()}
+
+
 @pytest.fixture
-def work(tmp_path, monkeypatch):
+def work(tmp_path, monkeypatch, hf_inputs):
     """A working folder with one input of each kind; returns the names the table's argv use."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SCRATCHLLM_DATA_DIR", raising=False)
@@ -77,6 +130,7 @@ def work(tmp_path, monkeypatch):
     names = {"missing": str(inp / "missing.txt"), "nodir": str(tmp_path / "no-such-folder"),
              "ro": str(tmp_path / "readonly"), "out": str(tmp_path / "out"), "blocker": str(inp / "blocker")}
     names.update({p.stem if p.suffix != ".toml" else p.stem + "_toml": str(p) for p in inp.iterdir()})
+    names.update(hf_inputs)
     return names
 
 
@@ -243,6 +297,35 @@ ROWS = [
     (["train", "--config", "{tiny_toml}", "--data.dataset", "{missing}"], "not found", "", None),
     (["train", "--config", "{tiny_toml}", "--data.dataset", "{latin1}"], "not valid UTF-8", "", None),
     (["train", "--config", "{tiny_toml}", "--runs_dir", "{ro}/runs"], "writ", "ro", None),
+    (["train", "--config", "{tiny_toml}", "--init-from", "{nodir}"], "does not exist", "", None),
+    (["train", "--config", "{tiny_toml}", "--init-from", "{hf_bert}"], "'bert' is not supported", "", None),
+    (["train", "--config", "{tiny_toml}", "--init-from", "{hf_truncated}"], "corrupted or truncated", "", None),
+    # --- import and export (Hugging Face folders: the hf_inputs fixture) -------------------------------
+    (["import", "{nodir}", "--out", "{out}"], "does not exist", "", None),
+    (["import", "{hf_noconfig}", "--out", "{out}"], "has no config.json", "", None),
+    (["import", "{hf_bert}", "--out", "{out}"], "'bert' is not supported; scratchllm reads gpt2, llama", "", None),
+    (["import", "{hf_truncated}", "--out", "{out}"], "model.safetensors is corrupted or truncated", "", None),
+    (["import", "{hf_pickle}", "--out", "{out}"], "pytorch_model.bin is refused by torch.load(weights_only=True)",
+     "", None),
+    (["import", "{hf_missing}", "--out", "{out}"], "no 'h.0.mlp.c_fc.weight'", "", None),
+    (["import", "{hf_extra}", "--out", "{out}"], "'h.0.attn.extra' has no place", "", None),
+    (["import", "{hf_shape}", "--out", "{out}"], "tensor 'pos_emb.weight' has shape [8, 16]", "", None),
+    (["import", "{hf_vocab}", "--out", "{out}"], "257 tokens but", "", None),
+    (["import", "{hf_good}", "--out", "{tok}"], "already exists", "", None),
+    (["import", "{hf_good}", "--out", "{ro}/m"], "permission denied", "ro", None),
+    (["import", "{hf_good}", "--out", "{blocker}/m"], "a file stands", "", None),
+    (["import", "{hf_good}", "--out", "{out}"], "free some space", "full", None),
+    (["import", "{hf_good}"], "required: --out", "", None),
+    (["export", "hf", "{nodir}", "--out", "{out}"], "does not exist", "", None),
+    (["export", "hf", "{hf_bert}", "--out", "{out}"], "'bert' is not supported", "", None),
+    (["export", "hf", "{hf_pickle}", "--out", "{out}"], "weights_only", "", None),
+    (["export", "hf", "{hf_good}", "--out", "{tok}"], "already exists", "", None),
+    (["export", "hf", "{hf_good}", "--out", "{ro}/m"], "permission denied", "ro", None),
+    (["export", "hf", "{hf_good}", "--out", "{blocker}/m"], "a file stands", "", None),
+    (["export", "hf", "{hf_good}", "--out", "{out}"], "free some space", "full", None),
+    (["export", "bogus", "{hf_good}"], "invalid choice", "", None),
+    (["generate", "--model", "{hf_truncated}", "hi"], "corrupted or truncated", "", None),
+    (["generate", "--model", "{hf_noconfig}", "hi"], "has no config.json", "", None),
 ]
 
 
@@ -283,7 +366,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(row, work, tmp_p
 
 
 # --- rules every command shares ------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"]])
+@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"]])
 def test_a_missing_subcommand_prints_help_and_exits_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

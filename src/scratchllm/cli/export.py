@@ -1,13 +1,12 @@
-"""`scratchllm export FORMAT RUN --out ...`: a trained or imported model in another format.
+"""`scratchllm export FORMAT RUN --out DEST`: a model in another toolkit's format.
 
-Each format is a small `register_<format>(sub)` + `cmd_<format>(args)` pair below; every one loads
-its model through `_load(path)`, so they all accept the same RUN.
+    scratchllm export hf runs/shakespeare --out hf/shakespeare      # a transformers folder
+    scratchllm export onnx runs/shakespeare --out model.onnx --kv-cache
 
-- `scratchllm export onnx RUN --out FILE [--kv-cache]`: an ONNX graph of the model (logits for
-  `input_ids`; with --kv-cache also past keys/values in and present ones out), for onnxruntime.
-  See `scratchllm.interop.onnx_export`.
-
-RUN is a run folder (its latest checkpoint) or a checkpoint folder.
+RUN is anything `scratchllm.interop.load.load_any` reads: a run or checkpoint folder, a Hugging
+Face folder, OpenAI's GPT-2 folder. Each format is one entry of FORMATS: a function adding its
+options and one doing the export (`add_FORMAT(parser)`, `export_FORMAT(args)`); a new format is two
+small functions and a line. Every export is written atomically: on an error nothing is left.
 """
 
 from __future__ import annotations
@@ -15,41 +14,65 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
-    from scratchllm.cli import needs_action
-
-    p = subparsers.add_parser("export", help="write a model in another format (ONNX)",
-                              description="Write a trained or imported model in another format.")
-    sub = p.add_subparsers(dest="export_command", metavar="FORMAT")
-    register_onnx(sub)
-    p.set_defaults(func=needs_action(p))
-
-
 def _load(path: str):
     """(model, tokenizer, meta) of the RUN a user named: the one loader every format uses."""
-    from scratchllm.checkpoint import load_model
+    from scratchllm.interop.load import load_any
 
-    return load_model(path)
+    return load_any(path)
+
+
+# --- hf ---------------------------------------------------------------------------------------------------
+def add_hf(p) -> None:
+    p.add_argument("--out", required=True, help="the folder to write (must not exist)")
+
+
+def export_hf(args) -> int:
+    """GPT-2-shaped models as GPT2LMHeadModel, Llama-style as LlamaForCausalLM, QK-norm as Qwen3ForCausalLM."""
+    from scratchllm.interop.hf import write_hf
+
+    model, tokenizer, meta = _load(args.run)
+    out = write_hf(model, tokenizer, args.out, meta.get("generation"))
+    print(f"wrote {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
 
 
 # --- onnx -------------------------------------------------------------------------------------------------
-def register_onnx(sub) -> None:
-    o = sub.add_parser("onnx", help="an ONNX graph for onnxruntime (optionally with KV-cache inputs)",
-                       description="Export the model to ONNX (opset 18+, fp32): input_ids (batch, sequence) -> "
-                                   "logits. With --kv-cache the graph also takes past_keys/past_values "
-                                   "(n_layer, batch, kv_heads, past, head_dim) and returns present_keys/"
-                                   "present_values, for cached generation. Needs pip install 'scratchllm[export]'.")
-    o.add_argument("run", metavar="RUN", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    o.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
-    o.add_argument("--kv-cache", action="store_true",
+def add_onnx(p) -> None:
+    p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--kv-cache", action="store_true",
                    help="add past key/value inputs and present key/value outputs (for cached generation)")
-    o.set_defaults(func=cmd_onnx)
 
 
-def cmd_onnx(args: argparse.Namespace) -> int:
-    from scratchllm.interop.onnx_export import export_onnx, require_onnx
+def export_onnx(args: argparse.Namespace) -> int:
+    """input_ids (batch, sequence) -> logits; with --kv-cache also past_keys/past_values
+    (n_layer, batch, kv_heads, past, head_dim) in and present_keys/present_values out."""
+    from scratchllm.interop.onnx_export import export_onnx as write_onnx
+    from scratchllm.interop.onnx_export import require_onnx
 
     require_onnx()  # before loading a large model
     model, _, _ = _load(args.run)
-    print(export_onnx(model, args.out, kv_cache=args.kv_cache))
+    print(write_onnx(model, args.out, kv_cache=args.kv_cache))
     return 0
+
+
+# format -> (help, add its options, do the export)
+FORMATS = {
+    "hf": ("a Hugging Face transformers folder (config.json, model.safetensors, tokenizer.json)", add_hf, export_hf),
+    "onnx": ("an ONNX graph for onnxruntime, fp32, optionally with KV-cache inputs (pip install "
+             "'scratchllm[export]')", add_onnx, export_onnx),
+}
+
+
+def register(subparsers) -> None:
+    from scratchllm.cli import needs_action
+
+    p = subparsers.add_parser("export", help="write a model in another format (hf, onnx)", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="export_format", metavar="FORMAT")
+    p.set_defaults(func=needs_action(p))
+    for name, (help, add_options, export) in FORMATS.items():
+        f = sub.add_parser(name, help=help, description=help)
+        f.add_argument("run", metavar="RUN",
+                       help="run or checkpoint folder, Hugging Face folder or OpenAI GPT-2 folder")
+        add_options(f)
+        f.set_defaults(func=export)

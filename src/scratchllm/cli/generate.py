@@ -119,12 +119,14 @@ def read_batch(args) -> list[tuple[int, str]]:
 
 
 def load(args):
-    """(model, tokenizer, description) for --model (folder or preset) or the latest run."""
+    """(model, tokenizer, description) for --model (a folder `interop.load.load_any` reads: run,
+    checkpoint, Hugging Face or OpenAI GPT-2; or a preset) or the latest run."""
     from pathlib import Path
 
-    from scratchllm.checkpoint import latest_run, load_model
+    from scratchllm.checkpoint import latest_run
     from scratchllm.config.model import PRESET_ALIASES, PRESETS
     from scratchllm.errors import UserError
+    from scratchllm.interop.load import load_any
 
     name = args.model
     if name is not None and not Path(name).exists() and (name in PRESETS or name in PRESET_ALIASES):
@@ -135,12 +137,15 @@ def load(args):
         folder = Path(name)
         if not folder.exists():
             raise UserError(f"model {name} is neither a folder nor a preset; pass a run or checkpoint folder "
-                            f"(runs/<name>) or one of the presets: {', '.join(PRESETS)}")
-    model, tokenizer, meta = load_model(folder)
+                            f"(runs/<name>), a Hugging Face or OpenAI GPT-2 folder, or one of the presets: "
+                            f"{', '.join(PRESETS)}")
+    model, tokenizer, meta = load_any(folder)
+    where = meta.get("checkpoint", folder)
     if tokenizer is None:
-        raise UserError(f"{meta.get('checkpoint', folder)} has no tokenizer.scratchllm.json; cannot turn text "
-                        f"into tokens")
-    return model, tokenizer, f"checkpoint {meta.get('checkpoint', folder)}"
+        files = "tokenizer.scratchllm.json" if meta["format"] == "scratchllm" else "tokenizer files"
+        raise UserError(f"{where} has no {files}; cannot turn text into tokens")
+    what = "checkpoint" if meta["format"] == "scratchllm" else f"{meta['format']} model"
+    return model, tokenizer, f"{what} {where}"
 
 
 def preset_model(name: str, data_dir=None):

@@ -15,7 +15,7 @@ SIGTERM (timeout, Docker, Slurm) the same with 143; `--resume` continues exactly
 from __future__ import annotations
 
 # RunConfig's fields that are flags of their own here (the rest are --key value settings).
-RUN_FLAGS = ("name", "runs_dir")
+RUN_FLAGS = ("name", "runs_dir", "init_from")
 
 
 def register(subparsers) -> None:

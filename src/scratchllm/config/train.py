@@ -180,6 +180,11 @@ class RunConfig(Config):
     runs_dir: str = "runs"
     # Text the before/after samples start from ("" starts from the end-of-text token or a newline).
     prompt: str = "\n"
+    # Start from these weights instead of a random initialisation: a run or checkpoint folder, a Hugging
+    # Face model folder or OpenAI's GPT-2 folder (anything `scratchllm import` reads). The [model]
+    # settings must describe the same shapes (the check names the first tensor that differs); None:
+    # random initialisation. Ignored when resuming (the run's checkpoint wins).
+    init_from: str | None = None
     # The model's shape and options (ModelConfig); its defaults are GPT-2 124M's shape.
     model: ModelConfig = field(default_factory=ModelConfig)
     # The corpus, its cleaning and the tokenizer (DataConfig).
@@ -195,6 +200,8 @@ class RunConfig(Config):
     def __post_init__(self) -> None:
         check("/" not in self.name and self.name not in (".", ".."),
               f"name {self.name!r} must be a plain folder name (no '/')")
+        check(self.init_from is None or self.init_from.strip() != "",
+              "init_from is empty; give a model folder to start from, or leave it unset")
 
     @classmethod
     def load(cls, config: str | Path | None = None, preset: str | None = None,

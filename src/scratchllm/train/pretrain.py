@@ -154,18 +154,62 @@ def _show(title: str, prompt: str, text: str) -> None:
 
 
 # --- the job ----------------------------------------------------------------------------------------
+# ModelConfig fields that change the computation without changing any tensor's shape: they must agree too.
+SAME_MATH = ("norm", "mlp", "position", "rope_base", "tie_weights", "qk_norm", "rope_scaling")
+INIT_HINT = ("give the run the source's [model] settings (and its tokenizer: data.tokenizer, e.g. the "
+             "tokenizer.scratchllm.json of `scratchllm import`)")
+
+
+def load_init(run: RunConfig) -> Any:
+    """The model `run.init_from` names (interop.load.load_any), its options checked against the run's
+    before anything is written; None without init_from or when resuming."""
+    from scratchllm.interop.load import load_any
+
+    if run.init_from is None or run.train.resume:
+        return None
+    source, _, _ = load_any(run.init_from)
+    for field in SAME_MATH:
+        a, b = getattr(source.config, field, None), getattr(run.model, field, None)
+        if a != b:
+            raise UserError(f"init_from {run.init_from}: its model.{field} is {a!r}, this run's is {b!r}; "
+                            f"{INIT_HINT}")
+    return source
+
+
+def init_from(model: Any, source: Any, path: str) -> None:
+    """Copy `source`'s weights into `model`: every tensor there with the same shape, nothing extra."""
+    import torch
+
+    theirs, ours = source.state_dict(), model.state_dict()
+    for name, t in ours.items():
+        if name not in theirs:
+            raise UserError(f"init_from {path}: tensor {name!r} is not in it; {INIT_HINT}")
+        if tuple(theirs[name].shape) != tuple(t.shape):
+            raise UserError(f"init_from {path}: tensor {name!r} has shape {list(theirs[name].shape)} there, "
+                            f"{list(t.shape)} in this run's model; {INIT_HINT}")
+    extra = sorted(set(theirs) - set(ours))
+    if extra:
+        raise UserError(f"init_from {path}: tensor {extra[0]!r} has no place in this run's model; {INIT_HINT}")
+    with torch.no_grad():
+        for name, t in ours.items():
+            t.copy_(theirs[name])
+    print(f"initialised from {path}")
+
+
 def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None) -> TrainState:
     """Prepare the data, build the model, train, sample, and leave everything in the run folder.
 
     `source`: how the settings were given on the command line ("--config PATH" or "--preset NAME"),
     for the command that continues a stopped run (`resume_command`).
     """
+    init = load_init(run)  # a bad init_from is an error before any folder is made
     with pick_run_folder(run) as folder:  # locked until the job ends, however it ends
-        return pretrain_in(folder, run, progress=progress, source=source)
+        return pretrain_in(folder, run, progress=progress, source=source, init=init)
 
 
-def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: str | None = None) -> TrainState:
-    """`pretrain` in a run folder this process has locked."""
+def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: str | None = None,
+                init: Any = None) -> TrainState:
+    """`pretrain` in a run folder this process has locked; `init`: a model to copy the weights of."""
     from scratchllm.data.datasets import EvalBatches, RandomWindowBatches, need_tokens
     from scratchllm.data.prepare import prepare
     from scratchllm.model import GPT
@@ -192,6 +236,8 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
     tc = run.train
     seed_everything(tc.seed)
     model = GPT(run.model)
+    if init is not None:
+        init_from(model, init, run.init_from)
     print(f"model: {model.num_params():,} parameters ({run.model.n_layer} layers, {run.model.n_head} heads, "
           f"{run.model.n_embd} dims, context {ctx}); data: {len(prepared.train):,} train / "
           f"{len(prepared.val):,} val tokens; run folder: {folder}")

@@ -1,0 +1,396 @@
+"""Hugging Face model folders, both ways: read one into our GPT, write our GPT as one.
+
+A Hugging Face causal-LM folder holds `config.json` (with `model_type`), the weights, and the
+tokenizer files:
+
+    config.json                      architecture and sizes (`model_type`: gpt2, llama, qwen3)
+    model.safetensors                weights; or shards listed in model.safetensors.index.json;
+                                     or pytorch_model.bin (+ .index.json), read with
+                                     torch.load(weights_only=True): never plain pickle
+    tokenizer.json                   or GPT-2's vocab.json + merges.txt (tokenizer.hf)
+    generation_config.json           end-of-text (eos) and begin (bos) token ids
+    tokenizer_config.json            the chat template (or chat_template.jinja beside it)
+
+Reading (`read_hf`): config.json -> ModelConfig and the weights -> our names through
+`model.weights` (the one place names are translated), dispatched on `model_type` by `ARCHS`; every
+tensor is checked against the model's shapes (a missing, extra or misshapen tensor is one error
+naming it and the file), and the model is built on the meta device and given the loaded tensors
+(no random initialisation to throw away). Writing (`write_hf`): the inverse, GPT-2-shaped models as
+`GPT2LMHeadModel`, Llama-style ones as `LlamaForCausalLM`, QK-norm ones as `Qwen3ForCausalLM`, into a
+temporary folder renamed into place at the end, so an error leaves nothing half-written.
+
+Not here: scratchllm's own checkpoints (`checkpoint`), choosing a reader for a path
+(`interop.load`), converting to a checkpoint (`interop.importer`), downloading.
+References: transformers' `modeling_utils.save_pretrained` and `PreTrainedModel.from_pretrained`
+(file names, the shard index format); safetensors' format (an 8-byte header length, a JSON header,
+raw tensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scratchllm.config.model import ModelConfig
+from scratchllm.errors import UserError
+from scratchllm.files import fsync_dir
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH = "pytorch_model.bin"
+PYTORCH_INDEX = "pytorch_model.bin.index.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# What a checkpoint keeps of a model's generation settings (`generation.json` beside its tokenizer):
+# eos_token_id (int or list), bos_token_id, chat_template (a Jinja string), and the source.
+GENERATION_KEYS = ("eos_token_id", "bos_token_id", "chat_template")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: its HF class and the `model.weights` functions that translate it."""
+
+    hf_class: str
+    config_from: str  # model.weights: HF config dict -> ModelConfig
+    from_hf: str  # model.weights: HF state dict -> ours
+    to_hf: str  # model.weights: ours -> HF state dict
+    hf_config: str  # model.weights: ModelConfig -> HF config kwargs
+
+    def fn(self, name: str) -> Callable:
+        from scratchllm.model import weights
+
+        f = getattr(weights, getattr(self, name), None)
+        if f is None:
+            raise UserError(f"{self.hf_class} needs model.weights.{getattr(self, name)}, which this scratchllm "
+                            f"does not have yet")
+        return f
+
+
+# config.json's model_type -> how to translate it (SmolLM2 is a Llama).
+ARCHS = {
+    "gpt2": Arch("GPT2LMHeadModel", "config_from_hf_gpt2", "from_hf_gpt2", "to_hf_gpt2", "hf_gpt2_config"),
+    "llama": Arch("LlamaForCausalLM", "config_from_hf_llama", "from_hf_llama", "to_hf_llama", "hf_llama_config"),
+    "qwen3": Arch("Qwen3ForCausalLM", "config_from_hf_qwen3", "from_hf_qwen3", "to_hf_qwen3", "hf_qwen3_config"),
+}
+
+
+def arch_for(config: ModelConfig) -> str:
+    """The HF model_type a ModelConfig is written as: learned positions -> gpt2, QK-norm -> qwen3,
+    else llama (RoPE, RMSNorm, SwiGLU; `hf_llama_config` refuses what Llama cannot hold)."""
+    if config.position == "learned":
+        return "gpt2"
+    return "qwen3" if getattr(config, "qk_norm", False) else "llama"
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+def is_hf_folder(folder: Path) -> bool:
+    """A folder whose config.json names a `model_type` (scratchllm's own config.json has none)."""
+    try:
+        cfg = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "model_type" in cfg
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); it may be truncated") from None
+
+
+def read_hf_config(folder: Path) -> tuple[str, dict, ModelConfig]:
+    """(model_type, config.json as a dict, ModelConfig) of a HF folder."""
+    path = folder / CONFIG
+    if not path.is_file():
+        raise UserError(f"{folder} has no {CONFIG}; a Hugging Face model folder holds {CONFIG} and "
+                        f"{SAFETENSORS} (or {PYTORCH})")
+    hf = _json(path)
+    if not isinstance(hf, dict):
+        raise UserError(f"{path} holds a JSON {type(hf).__name__}, expected an object")
+    kind = hf.get("model_type")
+    if kind not in ARCHS:
+        raise UserError(f"{path}: architecture {kind!r} is not supported; scratchllm reads "
+                        f"{', '.join(ARCHS)} (model_type in config.json)")
+    try:
+        config = ARCHS[kind].fn("config_from")(hf)
+    except KeyError as e:
+        raise UserError(f"{path} has no {e.args[0]!r}; is it a complete {kind} config?") from None
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return kind, hf, config
+
+
+def _safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UserError(f"weights file {path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type (and OSError) for a bad file
+        raise UserError(f"weights file {path} is corrupted or truncated ({str(e).splitlines()[0]})") from None
+
+
+def _torch_bin(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"weights file {path} is missing")
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = str(e).splitlines()[-1] if str(e) else "it holds pickled code"
+        raise UserError(f"weights file {path} is refused by torch.load(weights_only=True), which never runs "
+                        f"pickled code ({why[:120]}); get the model as safetensors") from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise UserError(f"weights file {path} is corrupted or truncated ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"weights file {path} does not hold a state dict (name -> tensor)")
+    return sd
+
+
+def read_hf_weights(folder: Path) -> tuple[dict, dict[str, Path]]:
+    """(state dict in HF's names, name -> the file it came from): single, sharded or PyTorch files."""
+    for index_name, read in ((SAFETENSORS_INDEX, _safetensors), (PYTORCH_INDEX, _torch_bin)):
+        single = folder / index_name.removesuffix(".index.json")
+        if single.is_file():
+            sd = read(single)
+            return sd, dict.fromkeys(sd, single)
+        if (folder / index_name).is_file():
+            index = _json(folder / index_name)
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict):
+                raise UserError(f"{folder / index_name} has no weight_map (tensor name -> shard file)")
+            sd, where = {}, {}
+            for shard in sorted(set(weight_map.values())):
+                path = folder / shard
+                if Path(shard).name != shard:
+                    raise UserError(f"{folder / index_name} names shard {shard!r}, not a file in {folder}")
+                part = read(path)
+                sd.update(part)
+                where.update(dict.fromkeys(part, path))
+            for name, shard in weight_map.items():
+                if name not in sd:
+                    raise UserError(f"tensor {name!r} is listed in {folder / index_name} but missing from "
+                                    f"{folder / shard}")
+            return sd, where
+    raise UserError(f"{folder} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH} or "
+                    f"{PYTORCH_INDEX}")
+
+
+def generation_info(folder: Path, hf: dict | None = None) -> dict[str, Any]:
+    """eos/bos ids and chat template from generation_config.json, tokenizer_config.json (or
+    chat_template.jinja) and config.json, the first that has each."""
+    out: dict[str, Any] = {}
+    sources = [folder / GENERATION_CONFIG, folder / TOKENIZER_CONFIG]
+    dicts = [_json(p) for p in sources if p.is_file()] + [hf or {}]
+    for d in dicts:
+        if not isinstance(d, dict):
+            continue
+        for key in GENERATION_KEYS:
+            if d.get(key) is not None and key not in out:
+                out[key] = d[key]
+    if "chat_template" not in out and (folder / "chat_template.jinja").is_file():
+        out["chat_template"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return out
+
+
+def check_tensors(expected: dict, sd: dict, source: str) -> None:
+    """Every tensor of `expected` (our GPT's state dict, e.g. on the meta device) is in `sd` with its
+    shape, and nothing else; else one error naming the tensor and `source`."""
+    for name, want in expected.items():
+        if name not in sd:
+            raise UserError(f"{source}: tensor {name!r} is missing (the config describes a model that has it)")
+        if tuple(sd[name].shape) != tuple(want.shape):
+            raise UserError(f"{source}: tensor {name!r} has shape {list(sd[name].shape)}, the config says "
+                            f"{list(want.shape)}")
+    extra = sorted(set(sd) - set(expected))
+    if extra:
+        raise UserError(f"{source}: tensor {extra[0]!r} has no place in the model the config describes"
+                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+
+# torch.nn.init's functions, which `skip_init` turns into no-ops.
+INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                  "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Within the block, torch.nn.init leaves tensors as they are: a model built here is not randomly
+    initialised (its weights are about to be replaced). On the meta device this also keeps torch from
+    importing its Python reference kernels, which costs seconds the first time."""
+    import torch.nn.init as init
+
+    saved = {name: getattr(init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
+def build_model(config: ModelConfig, sd: dict, source: str = "the weights") -> Any:
+    """Our GPT holding the tensors of `sd` (our names), checked first (`check_tensors`); built on the
+    meta device without initialisation (`skip_init`), and given the tensors as they are, not copies.
+    Buffers (RoPE tables) come from a one-block copy of the model, built on the CPU."""
+    import torch
+
+    from scratchllm.model import GPT
+
+    with skip_init(), torch.device("meta"):
+        model = GPT(config)
+    check_tensors(model.state_dict(), sd, source)
+    model.load_state_dict(sd, strict=True, assign=True)
+    if config.tie_weights:
+        model.lm_head.weight = model.tok_emb.weight
+    meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
+    if meta_buffers:
+        with skip_init():
+            small = dict(GPT(dataclasses.replace(config, n_layer=1)).named_buffers())
+        for name in meta_buffers:
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            setattr(module, attr, small[name])
+    return model.eval()
+
+
+def read_hf(folder: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer or None, meta) from a HF folder. meta: source, format "hf", model_type,
+    generation (eos/bos ids, chat template). Floating-point weights become `dtype` (a torch dtype or
+    its name; default fp32, scratchllm's working precision: hub models are mostly stored in bf16;
+    None keeps the file's)."""
+    import torch
+
+    from scratchllm.tokenizer.hf import hf_folder_tokenizer
+
+    folder = Path(folder)
+    kind, hf, config = read_hf_config(folder)
+    raw, where = read_hf_weights(folder)
+    files = sorted({str(p) for p in where.values()})
+    source = files[0] if len(files) == 1 else f"the weights in {folder}"
+    try:
+        ours = ARCHS[kind].fn("from_hf")(raw)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    if dtype is not None:
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        ours = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ours.items()}  # same dtype: no copy
+    tokenizer = hf_folder_tokenizer(folder)
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but {folder / CONFIG} says "
+                        f"vocab_size {config.vocab_size}: the files are from different models")
+    model = build_model(config, ours, source)
+    generation = generation_info(folder, hf)
+    for key in ("eos_token_id", "bos_token_id"):  # GPT2Config's default 50256 in a smaller vocabulary: unusable
+        ids = generation.get(key)
+        if any(not isinstance(i, int) or not 0 <= i < config.vocab_size for i in (ids if isinstance(ids, list)
+                                                                                   else [ids])):
+            generation.pop(key, None)
+    meta = {"source": str(folder), "format": "hf", "model_type": kind, "generation": generation}
+    return model, tokenizer, meta
+
+
+# --- writing -----------------------------------------------------------------------------------------------
+def hf_config_dict(config: ModelConfig, generation: dict | None = None) -> dict[str, Any]:
+    """config.json for `config`: the arch's keyword arguments plus model_type and architectures."""
+    kind = arch_for(config)
+    arch = ARCHS[kind]
+    d = {"model_type": kind, "architectures": [arch.hf_class], **arch.fn("hf_config")(config)}
+    gen = generation or {}
+    for key in ("eos_token_id", "bos_token_id"):
+        d[key] = gen.get(key)
+    return d
+
+
+def hf_state_dict(model: Any) -> dict:
+    """The model's tensors in HF's names, contiguous and unshared (safetensors refuses shared memory):
+    a tied head is left out, as save_pretrained does."""
+    m = getattr(model, "_orig_mod", model)
+    kind = arch_for(m.config)
+    sd = ARCHS[kind].fn("to_hf")(m.state_dict())
+    if m.config.tie_weights:
+        sd.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def write_hf(model: Any, tokenizer: Any, out: str | os.PathLike, generation: dict | None = None) -> Path:
+    """Write a HF folder at `out` (which must not exist) atomically: config.json, model.safetensors,
+    generation_config.json, and for a byte-level BPE tokenizer tokenizer.json + tokenizer_config.json."""
+    from safetensors.torch import save_file
+
+    from scratchllm.tokenizer.bpe import BPETokenizer
+    from scratchllm.tokenizer.hf import export_hf
+
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new folder for the export (nothing was written)")
+    m = getattr(model, "_orig_mod", model)
+    gen = dict(generation or {})
+    specials = getattr(tokenizer, "special_tokens", {})
+    if "eos_token_id" not in gen and "<|endoftext|>" in specials:
+        gen["eos_token_id"] = specials["<|endoftext|>"]
+    config = hf_config_dict(m.config, gen)  # refuses options the HF architecture cannot hold, before writing
+    config["torch_dtype"] = str(m.lm_head.weight.dtype).removeprefix("torch.")
+    sd = hf_state_dict(m)
+    if tokenizer is not None and tokenizer.vocab_size > m.config.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model's vocab_size is "
+                        f"{m.config.vocab_size}; they do not belong together")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        save_file(sd, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        gen_config = {k: gen[k] for k in ("eos_token_id", "bos_token_id") if gen.get(k) is not None}
+        (tmp / GENERATION_CONFIG).write_text(json.dumps(gen_config, indent=2), encoding="utf-8")
+        if isinstance(tokenizer, BPETokenizer):
+            export_hf(tokenizer, tmp / "tokenizer.json")
+            tok_config = tokenizer_config(tokenizer, gen)
+            (tmp / TOKENIZER_CONFIG).write_text(json.dumps(tok_config, indent=2), encoding="utf-8")
+        elif tokenizer is not None:
+            import warnings
+
+            warnings.warn(f"a {type(tokenizer).__name__} has no Hugging Face form; {out} gets no tokenizer files "
+                          f"(only byte-level BPE tokenizers are exported)", stacklevel=2)
+        for p in tmp.iterdir():
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def tokenizer_config(tokenizer: Any, generation: dict) -> dict[str, Any]:
+    """tokenizer_config.json: the fast tokenizer class, the special tokens by role, the chat template."""
+    by_id = {i: s for s, i in tokenizer.special_tokens.items()}
+    # PreTrainedTokenizerFast: the class that runs any tokenizer.json; no clean-up of spaces, so decoding
+    # gives the text back byte for byte as ours does; model_max_length: no length limit of the tokenizer's
+    # own (the model's context is in config.json).
+    d: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                         "model_max_length": 1_000_000_000}
+    eos = generation.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    if eos in by_id:
+        d["eos_token"] = by_id[eos]
+    if generation.get("bos_token_id") in by_id:
+        d["bos_token"] = by_id[generation["bos_token_id"]]
+    if generation.get("chat_template"):
+        d["chat_template"] = generation["chat_template"]
+    return d
