@@ -38,12 +38,31 @@ def llama_config(**kw):
                           "vocab_size": VOCAB, "rope_theta": 500000.0, "bos_token_id": 1, "eos_token_id": 2, **kw})
 
 
+def qwen3_config(**kw):
+    """Qwen3's QK-norm and a head size apart from hidden_size / heads (16 x 4 heads on 48 dims)."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**{"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                          "head_dim": 16, "hidden_size": 48, "intermediate_size": 64, "max_position_embeddings": 64,
+                          "vocab_size": VOCAB, "rope_theta": 1000000.0, "bos_token_id": 1, "eos_token_id": 2, **kw})
+
+
+# Llama 3.x's rope scaling, with a context beyond original_max_position_embeddings so that it matters
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
+
+
 def hf_model(kind: str, tied: bool):
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    """A transformers model at random init: gpt2, llama, llama3 (rope scaling) or qwen3."""
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM
 
     torch.manual_seed(0)
     if kind == "gpt2":
         model = GPT2LMHeadModel(gpt2_config(tie_word_embeddings=tied))
+    elif kind == "llama3":
+        model = LlamaForCausalLM(llama_config(tie_word_embeddings=tied, rope_scaling=dict(LLAMA3_ROPE)))
+    elif kind == "qwen3":
+        model = Qwen3ForCausalLM(qwen3_config(tie_word_embeddings=tied))
     else:
         model = LlamaForCausalLM(llama_config(tie_word_embeddings=tied))
     with torch.no_grad():  # random norms and biases too, so a swapped tensor shows

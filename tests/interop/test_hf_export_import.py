@@ -29,6 +29,15 @@ CONFIGS = {
                            rope_base=500000.0, tie_weights=True),
     "llama-gqa-untied": dict(norm="rmsnorm", mlp="swiglu", position="rope", bias=False, qkv_bias=False,
                              n_kv_head=2, tie_weights=False),
+    # Llama 3.x's rope scaling (the 64-token context is beyond the original 16)
+    "llama3-rope-scaling": dict(norm="rmsnorm", mlp="swiglu", position="rope", bias=False, qkv_bias=False,
+                                n_kv_head=2, rope_base=500000.0, rope_scaling="llama3", rope_factor=8.0,
+                                rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_context=16),
+    # Qwen3: QK-norm and a head size apart from n_embd / n_head
+    "qwen3-tied": dict(norm="rmsnorm", mlp="swiglu", position="rope", bias=False, qkv_bias=False, n_kv_head=2,
+                       qk_norm=True, head_size=16, norm_eps=1e-6, tie_weights=True),
+    "qwen3-untied": dict(norm="rmsnorm", mlp="swiglu", position="rope", bias=False, qkv_bias=False, n_kv_head=2,
+                         qk_norm=True, head_size=16, norm_eps=1e-6, tie_weights=False),
 }
 
 
@@ -57,7 +66,8 @@ def test_export_hf_loads_in_transformers_with_equal_logits(tmp_path, options, ca
     out = tmp_path / "hf"
     assert main(["export", "hf", str(folder), "--out", str(out)]) == 0
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    expected = "GPT2LMHeadModel" if options.get("position") is None else "LlamaForCausalLM"
+    expected = ("GPT2LMHeadModel" if options.get("position") is None else
+                "Qwen3ForCausalLM" if options.get("qk_norm") else "LlamaForCausalLM")
     assert type(hf).__name__ == expected
     ids = torch.randint(0, tok.vocab_size, (2, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

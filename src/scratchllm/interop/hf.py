@@ -12,7 +12,7 @@ tokenizer files:
     tokenizer_config.json            the chat template (or chat_template.jinja beside it)
 
 Reading (`read_hf`): config.json -> ModelConfig and the weights -> our names through
-`model.weights` (the one place names are translated), dispatched on `model_type` by `ARCHS`; every
+`model.weights` (the one place names are translated), dispatched on `model_type` (`weights.hf_model_type`); every
 tensor is checked against the model's shapes (a missing, extra or misshapen tensor is one error
 naming it and the file), and the model is built on the meta device and given the loaded tensors
 (no random initialisation to throw away). Writing (`write_hf`): the inverse, GPT-2-shaped models as
@@ -35,14 +35,13 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
 from scratchllm.files import fsync_dir
+from scratchllm.model import weights
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -54,42 +53,6 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 # What a checkpoint keeps of a model's generation settings (`generation.json` beside its tokenizer):
 # eos_token_id (int or list), bos_token_id, chat_template (a Jinja string), and the source.
 GENERATION_KEYS = ("eos_token_id", "bos_token_id", "chat_template")
-
-
-@dataclass(frozen=True)
-class Arch:
-    """One architecture: its HF class and the `model.weights` functions that translate it."""
-
-    hf_class: str
-    config_from: str  # model.weights: HF config dict -> ModelConfig
-    from_hf: str  # model.weights: HF state dict -> ours
-    to_hf: str  # model.weights: ours -> HF state dict
-    hf_config: str  # model.weights: ModelConfig -> HF config kwargs
-
-    def fn(self, name: str) -> Callable:
-        from scratchllm.model import weights
-
-        f = getattr(weights, getattr(self, name), None)
-        if f is None:
-            raise UserError(f"{self.hf_class} needs model.weights.{getattr(self, name)}, which this scratchllm "
-                            f"does not have yet")
-        return f
-
-
-# config.json's model_type -> how to translate it (SmolLM2 is a Llama).
-ARCHS = {
-    "gpt2": Arch("GPT2LMHeadModel", "config_from_hf_gpt2", "from_hf_gpt2", "to_hf_gpt2", "hf_gpt2_config"),
-    "llama": Arch("LlamaForCausalLM", "config_from_hf_llama", "from_hf_llama", "to_hf_llama", "hf_llama_config"),
-    "qwen3": Arch("Qwen3ForCausalLM", "config_from_hf_qwen3", "from_hf_qwen3", "to_hf_qwen3", "hf_qwen3_config"),
-}
-
-
-def arch_for(config: ModelConfig) -> str:
-    """The HF model_type a ModelConfig is written as: learned positions -> gpt2, QK-norm -> qwen3,
-    else llama (RoPE, RMSNorm, SwiGLU; `hf_llama_config` refuses what Llama cannot hold)."""
-    if config.position == "learned":
-        return "gpt2"
-    return "qwen3" if getattr(config, "qk_norm", False) else "llama"
 
 
 # --- reading -----------------------------------------------------------------------------------------------
@@ -118,12 +81,9 @@ def read_hf_config(folder: Path) -> tuple[str, dict, ModelConfig]:
     hf = _json(path)
     if not isinstance(hf, dict):
         raise UserError(f"{path} holds a JSON {type(hf).__name__}, expected an object")
-    kind = hf.get("model_type")
-    if kind not in ARCHS:
-        raise UserError(f"{path}: architecture {kind!r} is not supported; scratchllm reads "
-                        f"{', '.join(ARCHS)} (model_type in config.json)")
     try:
-        config = ARCHS[kind].fn("config_from")(hf)
+        kind = weights.hf_model_type(hf)
+        config = weights.config_from_hf(hf)
     except KeyError as e:
         raise UserError(f"{path} has no {e.args[0]!r}; is it a complete {kind} config?") from None
     except UserError as e:
@@ -283,7 +243,7 @@ def read_hf(folder: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any
     files = sorted({str(p) for p in where.values()})
     source = files[0] if len(files) == 1 else f"the weights in {folder}"
     try:
-        ours = ARCHS[kind].fn("from_hf")(raw)
+        ours = weights.from_hf(raw, kind, tied=config.tie_weights)
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
     if dtype is not None:
@@ -307,9 +267,7 @@ def read_hf(folder: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any
 # --- writing -----------------------------------------------------------------------------------------------
 def hf_config_dict(config: ModelConfig, generation: dict | None = None) -> dict[str, Any]:
     """config.json for `config`: the arch's keyword arguments plus model_type and architectures."""
-    kind = arch_for(config)
-    arch = ARCHS[kind]
-    d = {"model_type": kind, "architectures": [arch.hf_class], **arch.fn("hf_config")(config)}
+    d = weights.hf_config(config)
     gen = generation or {}
     for key in ("eos_token_id", "bos_token_id"):
         d[key] = gen.get(key)
@@ -320,8 +278,7 @@ def hf_state_dict(model: Any) -> dict:
     """The model's tensors in HF's names, contiguous and unshared (safetensors refuses shared memory):
     a tied head is left out, as save_pretrained does."""
     m = getattr(model, "_orig_mod", model)
-    kind = arch_for(m.config)
-    sd = ARCHS[kind].fn("to_hf")(m.state_dict())
+    sd = weights.to_hf(m.state_dict(), weights.model_type_for(m.config))
     if m.config.tie_weights:
         sd.pop("lm_head.weight", None)
     return {k: v.detach().contiguous() for k, v in sd.items()}
