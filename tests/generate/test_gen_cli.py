@@ -226,8 +226,11 @@ def scripted(monkeypatch):
     from gen_helpers import ScriptedModel, byte_tokenizer
 
     tok = byte_tokenizer()
+    from scratchllm.generate.engine import TOKENIZER_EOS
+
     monkeypatch.setattr("scratchllm.cli.generate.load",
-                        lambda args: (ScriptedModel([list(SCRIPT)], vocab_size=tok.vocab_size), tok, "scripted"))
+                        lambda args: (ScriptedModel([list(SCRIPT)], vocab_size=tok.vocab_size), tok, "scripted",
+                                      TOKENIZER_EOS))
 
 
 SCRIPT = b"Hi there.  User: no\n\nmore  text"

@@ -151,6 +151,14 @@ def test_eos_convention_on_ids():
     assert generate(ScriptedModel(script), [1], GREEDY.replace(max_new_tokens=4), eos_id=99) == [10]
     with pytest.raises(UserError, match="needs a tokenizer"):
         generate(ScriptedModel(script), [1], GREEDY, eos_id=TOKENIZER_EOS)
-    for bad in (-1, True, "99"):
+    for bad in (-1, True, "99", [99, -1], [None]):
         with pytest.raises(UserError, match="eos_id must be a token id"):
             generate(ScriptedModel(script), [1], GREEDY, eos_id=bad)
+
+
+def test_several_end_of_text_ids_each_stop_a_row():
+    # Llama 3's generation_config.json lists several (<|end_of_text|>, <|eom_id|>, <|eot_id|>): any one ends a row
+    script = [[10, 98, 11, 12], [10, 11, 99, 12]]
+    out = generate_batch(ScriptedModel(script), [[1], [1]], GREEDY.replace(max_new_tokens=4), eos_id=[99, 98])
+    assert out == [[10], [10, 11]]
+    assert generate(ScriptedModel(script[1:]), [1], GREEDY.replace(max_new_tokens=4), eos_id=(99,)) == [10, 11]

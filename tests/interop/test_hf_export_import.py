@@ -194,3 +194,26 @@ def test_train_init_from_starts_from_those_weights(tmp_path, capsys, monkeypatch
     assert main(["train", "--config", "tiny.toml", "--name", "c", "--init-from", "runs/a", "--n_embd", "32"]) == 2
     err = capsys.readouterr().err
     assert "error: init_from runs/a: tensor 'tok_emb.weight' has shape [" in err and "16] there" in err
+
+
+def test_generate_stops_at_any_end_of_text_id_of_the_source(tmp_path, capsys):
+    """generation_config.json may list several end-of-text ids (Llama 3 does): `generate` stops at each,
+    from the HF folder and from its imported checkpoint alike."""
+    ref = hf_model("llama", tied=False)
+    src = save(ref, tmp_path / "l")
+    tok = trained_bpe()
+    export_hf(tok, src / "tokenizer.json")
+    prompt = "the cat"
+    ids = tok.encode(prompt)
+    theirs = ref.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                          pad_token_id=0)[0, len(ids):].tolist()
+    first, third = theirs[0], theirs[2]  # greedy draws these: make them two of the end-of-text ids
+    stop_at = theirs.index(third) if first == third else min(theirs.index(first), theirs.index(third))
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [third, first]}))
+    assert main(["import", str(src), "--out", str(tmp_path / "ck")]) == 0
+    for model in (src, tmp_path / "ck"):
+        capsys.readouterr()
+        assert main(["generate", "-m", str(model), prompt, "--temperature", "0", "--max-new-tokens", "12",
+                     "--no-echo"]) == 0
+        out = capsys.readouterr().out
+        assert out == tok.decode(theirs[:stop_at]) + "\n"

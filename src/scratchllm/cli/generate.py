@@ -119,18 +119,19 @@ def read_batch(args) -> list[tuple[int, str]]:
 
 
 def load(args):
-    """(model, tokenizer, description) for --model (a folder `interop.load.load_any` reads: run,
+    """(model, tokenizer, description, end-of-text) for --model (a folder `interop.load.load_any` reads: run,
     checkpoint, Hugging Face or OpenAI GPT-2; or a preset) or the latest run."""
     from pathlib import Path
 
     from scratchllm.checkpoint import latest_run
     from scratchllm.config.model import PRESET_ALIASES, PRESETS
     from scratchllm.errors import UserError
+    from scratchllm.generate.engine import TOKENIZER_EOS
     from scratchllm.interop.load import load_any
 
     name = args.model
     if name is not None and not Path(name).exists() and (name in PRESETS or name in PRESET_ALIASES):
-        return preset_model(name, args.data_dir)
+        return (*preset_model(name, args.data_dir), TOKENIZER_EOS)
     if name is None:
         folder = latest_run(args.runs_dir)
     else:
@@ -145,7 +146,9 @@ def load(args):
         files = "tokenizer.scratchllm.json" if meta["format"] == "scratchllm" else "tokenizer files"
         raise UserError(f"{where} has no {files}; cannot turn text into tokens")
     what = "checkpoint" if meta["format"] == "scratchllm" else f"{meta['format']} model"
-    return model, tokenizer, f"{what} {where}"
+    # an imported model's own end-of-text ids (generation_config.json: Llama 3 has several), else the tokenizer's
+    eos = (meta.get("generation") or {}).get("eos_token_id")
+    return model, tokenizer, f"{what} {where}", TOKENIZER_EOS if eos is None else eos
 
 
 def preset_model(name: str, data_dir=None):
@@ -179,11 +182,11 @@ def run(args) -> int:
         check_data_dir(args.data_dir)  # a mistyped folder is an error, never a silent fallback to byte tokens
     batch = read_batch(args) if args.batch else None
     prompt = read_prompt(args) if batch is None else ""
-    model, tokenizer, what = load(args)
+    model, tokenizer, what, eos = load(args)
     model = model.to(device=pick_device(args.device), dtype=torch_dtype(args.dtype))
     print(f"[{what}]", file=sys.stderr)
     if batch is not None:
-        return run_batch(model, tokenizer, batch, config, args.batch_size)
+        return run_batch(model, tokenizer, batch, config, args.batch_size, eos)
 
     from scratchllm.generate.text import stream
 
@@ -191,7 +194,7 @@ def run(args) -> int:
     if not args.no_echo:
         out.write(prompt)
         out.flush()
-    pieces = stream(model, tokenizer, prompt, config)
+    pieces = stream(model, tokenizer, prompt, config, eos_id=eos)
     if args.stream:
         for piece in pieces:
             out.write(piece)
@@ -203,7 +206,7 @@ def run(args) -> int:
     return 0
 
 
-def run_batch(model, tokenizer, prompts: list[tuple[int, str]], config, batch_size: int) -> int:
+def run_batch(model, tokenizer, prompts: list[tuple[int, str]], config, batch_size: int, eos) -> int:
     """Generate `prompts` (line number, text) `batch_size` at a time; one JSON line per prompt, in order."""
     import json
 
@@ -213,7 +216,7 @@ def run_batch(model, tokenizer, prompts: list[tuple[int, str]], config, batch_si
     generator = make_generator(config.seed, model.lm_head.weight.device)  # one stream of draws for the whole file
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start: start + batch_size]
-        done = complete_batch(model, tokenizer, [p for _, p in chunk], config, generator=generator)
+        done = complete_batch(model, tokenizer, [p for _, p in chunk], config, eos_id=eos, generator=generator)
         for (line, prompt), c in zip(chunk, done):
             record = {"line": line, "prompt": prompt, "completion": c.text, "finish_reason": c.finish_reason,
                       "prompt_tokens": len(prompt_ids(tokenizer, prompt)), "completion_tokens": len(c.ids)}

@@ -19,7 +19,8 @@ How one generation runs:
 With `config.prompt_lookup` (greedy, one prompt), step 4 also checks draft tokens copied from the
 text in the same forward pass (`generate.speculative`): same tokens, fewer passes.
 
-End of text: `eos_id` is an id (the row stops when it draws it) or None (no end-of-text id).
+End of text: `eos_id` is an id (the row stops when it draws it), several ids (models with more than
+one end-of-text token, such as Llama 3's `<|end_of_text|>` and `<|eot_id|>`) or None (no end-of-text id).
 Functions that have a tokenizer (the text API, `generate.text`) also take `TOKENIZER_EOS`, the
 tokenizer's `<|endoftext|>`, and default to it; `end_of_text` resolves the three, once for all.
 
@@ -60,30 +61,32 @@ from scratchllm.runtime import eval_mode
 
 PAD_ID = 0  # id placed in padding slots; masked out, so any valid id works
 
-# The one end-of-text convention (`eos_id` of every generation function): an id, None for no
-# end-of-text id, or TOKENIZER_EOS for the tokenizer's <|endoftext|> where a tokenizer is given.
+# The one end-of-text convention (`eos_id` of every generation function): an id, a sequence of ids,
+# None for no end-of-text id, or TOKENIZER_EOS for the tokenizer's <|endoftext|> where a tokenizer is given.
 TOKENIZER_EOS = "tokenizer"
-EosId = int | None | Literal["tokenizer"]
+EosId = int | Sequence[int] | None | Literal["tokenizer"]
 
 
-def end_of_text(eos_id: EosId, tokenizer=None) -> int | None:
-    """The id that ends a row, or None: `eos_id` itself, or the tokenizer's `<|endoftext|>` for
-    TOKENIZER_EOS (None when the tokenizer has none, e.g. a character vocabulary).
+def end_of_text(eos_id: EosId, tokenizer=None) -> frozenset[int]:
+    """The ids that end a row (empty: none): `eos_id` itself (an id or several), or the tokenizer's
+    `<|endoftext|>` for TOKENIZER_EOS (none when the tokenizer has none, e.g. a character vocabulary).
 
-    >>> end_of_text(50256), end_of_text(None)
-    (50256, None)
+    >>> sorted(end_of_text(50256)), sorted(end_of_text([128001, 128009])), end_of_text(None)
+    ([50256], [128001, 128009], frozenset())
     """
-    if eos_id == TOKENIZER_EOS:
+    if isinstance(eos_id, str) and eos_id == TOKENIZER_EOS:
         if tokenizer is None:
             raise UserError("eos_id=TOKENIZER_EOS needs a tokenizer; pass the id itself (tokenizer.eot_id) "
                             "or None for no end-of-text id")
-        return tokenizer.eot_id
+        return frozenset() if tokenizer.eot_id is None else frozenset({tokenizer.eot_id})
     if eos_id is None:
-        return None
-    if isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0:
-        raise UserError(f"eos_id must be a token id (>= 0), None (no end-of-text id) or TOKENIZER_EOS "
-                        f"(the tokenizer's <|endoftext|>), got {eos_id!r}")
-    return eos_id
+        return frozenset()
+    ids = list(eos_id) if isinstance(eos_id, (list, tuple, set, frozenset)) else [eos_id]
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise UserError(f"eos_id must be a token id (>= 0), several ids, None (no end-of-text id) or "
+                            f"TOKENIZER_EOS (the tokenizer's <|endoftext|>), got {eos_id!r}")
+    return frozenset(ids)
 
 
 class Decoder:
@@ -95,7 +98,7 @@ class Decoder:
 
     Within the `with`, the model is in eval mode with its large linears swapped for the fast
     few-row readers; both are put back on exit. `generator` overrides `config.seed`; `eos_id` is
-    an id or None (see `end_of_text`).
+    an id, several ids or None (see `end_of_text`).
     """
 
     def __init__(self, model, prompts: Sequence[Sequence[int]], config: SampleConfig, *,
@@ -111,7 +114,7 @@ class Decoder:
             warnings.warn(f"a prompt of {longest} tokens is longer than the model's context of {ctx}; "
                           f"keeping its last {ctx} tokens", stacklevel=3)
             rows = [r[-ctx:] for r in rows]
-        self.model, self.config, self.eos_id = model, config, end_of_text(eos_id)
+        self.model, self.config, self.eos_ids = model, config, end_of_text(eos_id)
         self.device = model.lm_head.weight.device
         self.generator = generator if generator is not None else make_generator(config.seed, self.device)
         self.rows = rows  # every row's tokens so far (prompt + generated), for sliding and drafts
@@ -180,7 +183,7 @@ class Decoder:
     def _accept(self, out: list[int | None]) -> list[int | None]:
         """Record one step's tokens (B,): the end-of-text id ends a row (None), others join the row."""
         for i, t in enumerate(out):
-            if self.done[i] or t == self.eos_id:
+            if self.done[i] or t in self.eos_ids:
                 self.done[i] = True
                 out[i] = None
             else:
