@@ -29,6 +29,7 @@ from scratchllm.checkpoint.folder import (
     STATE_FILE,
     CheckpointError,
     CheckpointMismatch,
+    check_tensors,
     load_weights,
     read_state,
     save_checkpoint,
@@ -48,6 +49,6 @@ from scratchllm.checkpoint.pointers import (
 )
 
 __all__ = ["BEST", "CHECKPOINTS", "CONFIG_FILE", "LATEST", "MODEL_FILE", "STATE_FILE", "CheckpointError",
-           "CheckpointMismatch", "candidates", "checkpoints", "find_checkpoints", "first_good", "latest_run",
-           "load_model", "load_weights", "read_pointer", "read_state", "resolve_checkpoint", "save_checkpoint",
-           "step_name", "unwrap", "verify_checkpoint", "write_pointer"]
+           "CheckpointMismatch", "candidates", "check_tensors", "checkpoints", "find_checkpoints", "first_good",
+           "latest_run", "load_model", "load_weights", "read_pointer", "read_state", "resolve_checkpoint",
+           "save_checkpoint", "step_name", "unwrap", "verify_checkpoint", "write_pointer"]

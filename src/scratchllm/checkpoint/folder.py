@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +239,19 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
                                  f"{'; '.join(what)}; use the model settings the checkpoint was made with "
                                  f"(its {CONFIG_FILE})")
 
+
+def check_tensors(expected: Mapping[str, Any], got: Mapping[str, Any], source: str, hint: str = "") -> None:
+    """Every tensor of `expected` (a model's state dict: only names and shapes are read, so the meta
+    device will do) is in `got` with its shape, and `got` has nothing else; else one UserError naming
+    the tensor and `source`, ending in `hint` (what to do), if given."""
+    tail = f"; {hint}" if hint else ""
+    for name, want in expected.items():
+        if name not in got:
+            raise UserError(f"{source}: tensor {name!r} is missing (the model has it){tail}")
+        if tuple(got[name].shape) != tuple(want.shape):
+            raise UserError(f"{source}: tensor {name!r} has shape {list(got[name].shape)} there, "
+                            f"{list(want.shape)} in the model{tail}")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise UserError(f"{source}: tensor {extra[0]!r} has no place in the model{more}{tail}")

@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from scratchllm.checkpoint import check_tensors
 from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
 from scratchllm.files import fsync_dir
@@ -164,21 +165,6 @@ def generation_info(folder: Path, hf: dict | None = None) -> dict[str, Any]:
     if "chat_template" not in out and (folder / "chat_template.jinja").is_file():
         out["chat_template"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     return out
-
-
-def check_tensors(expected: dict, sd: dict, source: str) -> None:
-    """Every tensor of `expected` (our GPT's state dict, e.g. on the meta device) is in `sd` with its
-    shape, and nothing else; else one error naming the tensor and `source`."""
-    for name, want in expected.items():
-        if name not in sd:
-            raise UserError(f"{source}: tensor {name!r} is missing (the config describes a model that has it)")
-        if tuple(sd[name].shape) != tuple(want.shape):
-            raise UserError(f"{source}: tensor {name!r} has shape {list(sd[name].shape)}, the config says "
-                            f"{list(want.shape)}")
-    extra = sorted(set(sd) - set(expected))
-    if extra:
-        raise UserError(f"{source}: tensor {extra[0]!r} has no place in the model the config describes"
-                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
 
 
 # torch.nn.init's functions, which `skip_init` turns into no-ops.

@@ -202,10 +202,14 @@ def load(path: str | os.PathLike) -> Tokenizer:
     p = Path(path)
     if p.is_dir():
         p = p / TOKENIZER_FILE
-    if not p.is_file():
-        raise UserError(f"tokenizer file {p} not found")
+    return from_dict(read_json(p), f"tokenizer file {p}")
+
+
+def read_json(path: Path) -> Any:
+    """A tokenizer file's JSON, or one clear UserError: missing, not JSON, not UTF-8."""
+    if not path.is_file():
+        raise UserError(f"tokenizer file {path} not found")
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"tokenizer file {p} is not valid JSON ({e}); it may be truncated") from None
-    return from_dict(d, f"tokenizer file {p}")
+        raise UserError(f"tokenizer file {path} is not valid JSON ({e}); it may be truncated") from None

@@ -26,7 +26,6 @@ Schema reference: huggingface/tokenizers, `Tokenizer.to_str()`.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 from scratchllm.errors import UserError
 from scratchllm.files import write_json_atomic
+from scratchllm.tokenizer.base import read_json
 from scratchllm.tokenizer.bpe import BPETokenizer
 from scratchllm.tokenizer.bytelevel import str_to_token, token_to_str
 from scratchllm.tokenizer.patterns import GPT2_PATTERN, GPT2_PATTERN_ORIGINAL
@@ -203,13 +203,7 @@ def from_hf_dict(d: dict, where: str = "tokenizer.json") -> BPETokenizer:
 def from_hf_json(path: str | os.PathLike) -> BPETokenizer:
     """Read a `tokenizer.json` file (see `from_hf_dict`)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"tokenizer file {p} not found")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"tokenizer file {p} is not valid JSON ({e}); it may be truncated") from None
-    return from_hf_dict(d, f"tokenizer file {p}")
+    return from_hf_dict(read_json(p), f"tokenizer file {p}")
 
 
 def hf_folder_tokenizer(folder: str | os.PathLike) -> BPETokenizer | None:

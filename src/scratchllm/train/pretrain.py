@@ -180,16 +180,10 @@ def init_from(model: Any, source: Any, path: str) -> None:
     """Copy `source`'s weights into `model`: every tensor there with the same shape, nothing extra."""
     import torch
 
+    from scratchllm.checkpoint import check_tensors
+
     theirs, ours = source.state_dict(), model.state_dict()
-    for name, t in ours.items():
-        if name not in theirs:
-            raise UserError(f"init_from {path}: tensor {name!r} is not in it; {INIT_HINT}")
-        if tuple(theirs[name].shape) != tuple(t.shape):
-            raise UserError(f"init_from {path}: tensor {name!r} has shape {list(theirs[name].shape)} there, "
-                            f"{list(t.shape)} in this run's model; {INIT_HINT}")
-    extra = sorted(set(theirs) - set(ours))
-    if extra:
-        raise UserError(f"init_from {path}: tensor {extra[0]!r} has no place in this run's model; {INIT_HINT}")
+    check_tensors(ours, theirs, f"init_from {path}", INIT_HINT)
     with torch.no_grad():
         for name, t in ours.items():
             t.copy_(theirs[name])
