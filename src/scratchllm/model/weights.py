@@ -444,11 +444,16 @@ def hf_llama_config(config: ModelConfig) -> dict:
     _llama_like_check(config, "Llama")
     if config.qk_norm:
         raise UserError("model.qk_norm=true has no Llama equivalent (Qwen3 has it): export as qwen3")
+    return {**_llama_like_hf(config), "mlp_bias": config.bias}
+
+
+def _llama_like_hf(config: ModelConfig) -> dict:
+    """The `config.json` keys Llama and Qwen3 share (sizes, heads, norm, tying, attention bias, RoPE)."""
     return dict(vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.hidden_dim,
                 num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
                 num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
                 max_position_embeddings=config.context_length, rms_norm_eps=config.norm_eps,
-                tie_word_embeddings=config.tie_weights, attention_bias=config.qkv_bias, mlp_bias=config.bias,
+                tie_word_embeddings=config.tie_weights, attention_bias=config.qkv_bias,
                 attention_dropout=config.dropout, hidden_act="silu", **_rope_to_hf(config))
 
 
@@ -472,13 +477,7 @@ def hf_qwen3_config(config: ModelConfig) -> dict:
         raise UserError("model.qk_norm=false: Qwen3 always has QK-norm; export this model as llama")
     if config.bias:
         raise UserError("model.bias=true: Qwen3's MLP has no biases; use bias=false (attn_proj_bias for attention)")
-    return dict(vocab_size=config.vocab_size, hidden_size=config.n_embd, intermediate_size=config.hidden_dim,
-                num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
-                num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
-                max_position_embeddings=config.context_length, rms_norm_eps=config.norm_eps,
-                tie_word_embeddings=config.tie_weights, attention_bias=config.qkv_bias,
-                attention_dropout=config.dropout, hidden_act="silu", use_sliding_window=False,
-                **_rope_to_hf(config))
+    return {**_llama_like_hf(config), "use_sliding_window": False}
 
 
 # --------------------------------------------------------------------------------------------
