@@ -24,7 +24,7 @@ def shared_data() -> Path:
 
 # Tests here run tiny models: one thread is faster than two there (and far faster when the two
 # cores are shared), so the tests in these folders run single-threaded, and the setting is put back.
-ONE_THREAD = {"checkpoint", "generate", "train"}
+ONE_THREAD = {"checkpoint", "generate", "train", "finetune"}
 
 
 @pytest.fixture(autouse=True)

@@ -57,6 +57,10 @@ class ModelConfig(Config):
     qk_norm: bool = False
     # Share the token embedding matrix with the output head (GPT-2 does; saves vocab*n_embd params).
     tie_weights: bool = True
+    # A classifier's head: n_classes outputs (with a bias, as the book's chapter 6 `out_head`) instead
+    # of the vocabulary's logits; None: a language model. Set by `scratchllm finetune classify`; a
+    # classifier's head is its own (tie_weights false).
+    n_classes: int | None = None
     # "layernorm": GPT-2's LayerNorm (centre and scale); "rmsnorm": Llama's RMSNorm (scale only).
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     # 1e-5 is GPT-2's LayerNorm epsilon (and PyTorch's default).
@@ -116,6 +120,10 @@ class ModelConfig(Config):
             )
         if self.mlp_hidden is not None:
             check(self.mlp_hidden > 0, f"model.mlp_hidden must be positive or none, got {self.mlp_hidden}")
+        if self.n_classes is not None:
+            check(self.n_classes >= 2, f"model.n_classes must be at least 2 or none, got {self.n_classes}")
+            check(not self.tie_weights, "model.n_classes: a classifier's head cannot share the token embedding; "
+                                        "set model.tie_weights=false")
         check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         check(self.norm_eps > 0, f"model.norm_eps must be positive, got {self.norm_eps}")
         check(self.init_std > 0, f"model.init_std must be positive, got {self.init_std}")
@@ -145,6 +153,11 @@ class ModelConfig(Config):
     def attn_out_bias(self) -> bool:
         """Whether attention's output projection has a bias: attn_proj_bias, or `bias` when unset."""
         return self.bias if self.attn_proj_bias is None else self.attn_proj_bias
+
+    @property
+    def head_outputs(self) -> int:
+        """Outputs of the head: n_classes for a classifier, else the vocabulary's size."""
+        return self.n_classes if self.n_classes is not None else self.vocab_size
 
     @property
     def kv_heads(self) -> int:

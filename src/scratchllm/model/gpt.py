@@ -34,7 +34,8 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # (a classifier's head: n_classes outputs with a bias, as the book's chapter 6 `out_head`)
+        self.lm_head = nn.Linear(config.n_embd, config.head_outputs, bias=config.n_classes is not None)
         if config.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
@@ -84,7 +85,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 *, position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 last_only: bool = False):
-        """Logits (B, T, vocab), or (logits, loss) when `targets` (B, T) is given.
+        """Logits (B, T, vocab) (a classifier's: (B, T, n_classes)), or (logits, loss) when `targets`
+        (B, T) is given.
 
         The loss is the mean cross-entropy over target positions that are not -100 (torch's ignore
         index: a batch marks padding or prompt tokens so to leave them out). `last_only` computes the

@@ -83,7 +83,7 @@ def param_counts(config: ModelConfig) -> ParamCounts:
     tok = config.vocab_size * config.n_embd
     pos = config.context_length * config.n_embd if config.position == "learned" else 0
     per_block = block_params(config)
-    head = 0 if config.tie_weights else config.vocab_size * config.n_embd
+    head = 0 if config.tie_weights else config.head_outputs * config.n_embd + (config.n_classes or 0)  # + bias
     final = _norm_params(config)
     total = tok + pos + per_block * config.n_layer + final + head
     return ParamCounts(tok, pos, per_block, per_block * config.n_layer, final, head, total)
@@ -110,7 +110,7 @@ def num_params(config: ModelConfig, exclude_embeddings: bool = False, count_tied
 
 def matmul_params(config: ModelConfig) -> int:
     """N of the FLOP formulas: non-embedding parameters plus the output head (tied or not)."""
-    return num_params(config, exclude_embeddings=True) + (config.vocab_size * config.n_embd
+    return num_params(config, exclude_embeddings=True) + (config.head_outputs * config.n_embd
                                                           if config.tie_weights else 0)
 
 

@@ -242,14 +242,16 @@ class Checkpoints:
             return None
 
     def save(self, step: int, model: Any, *, optimizer: Any = None, state: dict[str, Any] | None = None,
-             tokenizer: Any = None, val_loss: float | None = None) -> Path:
-        """Save after `step` steps, move `latest` (and `best` if `val_loss` improves), prune old ones."""
+             tokenizer: Any = None, val_loss: float | None = None,
+             files: dict[str, Any] | None = None) -> Path:
+        """Save after `step` steps, move `latest` (and `best` if `val_loss` improves), prune old ones.
+        `files`: more files for the checkpoint, name -> function that writes it at the path given."""
         folder = self.run_dir / CHECKPOINTS / step_name(step)
         state = dict(state or {})
         state.setdefault("step", step)
         state["val_loss"] = val_loss
         state["rng"] = rng_state()
-        extra = {}
+        extra = dict(files or {})
         if optimizer is not None:
             tensors, state["optimizer"] = optimizer_to_safe(optimizer)
 

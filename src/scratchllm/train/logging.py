@@ -148,14 +148,18 @@ def _fmt(v: Any) -> str:
 
 
 def model_card(info: dict[str, Any]) -> str:
-    """Markdown model card from `info` (keys: name, data, clean_report, tokenizer, config, hardware,
-    train_seconds, steps, tokens, final (dict of losses), checkpoint).
+    """Markdown model card from `info` (keys: name, summary (the opening line), source (the model a
+    finetuned one started from: path, format, licence), data, clean_report, tokenizer, config, hardware,
+    train_seconds, steps, tokens, final (dict of losses), results (a task's test metrics), checkpoint).
 
     >>> "# model card: demo" in model_card({"name": "demo"})
     True
     """
     lines = [f"# model card: {info.get('name', 'run')}", ""]
-    lines += ["A small GPT-style language model trained from scratch with scratchllm.", ""]
+    lines += [info.get("summary", "A small GPT-style language model trained from scratch with scratchllm."), ""]
+    if info.get("source"):
+        lines += ["## Source model", ""]
+        lines += [f"- {k}: {_fmt(v)}" for k, v in info["source"].items()] + [""]
     lines += ["## Data", ""]
     data = info.get("data") or {}
     for k, v in data.items():
@@ -175,6 +179,10 @@ def model_card(info: dict[str, Any]) -> str:
     if final:
         lines += ["", "## Final losses", ""]
         lines += [f"- {k}: {_fmt(v)}" for k, v in final.items()]
+    results = info.get("results") or {}
+    if results:
+        lines += ["", "## Results", ""]
+        lines += [f"- {k}: {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)}" for k, v in results.items()]
     if info.get("config"):
         lines += ["", "## Configuration", "", "```json", json.dumps(info["config"], indent=1), "```"]
     lines += ["", "## Not fit for", "",

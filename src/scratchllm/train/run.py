@@ -33,7 +33,8 @@ class Run:
     """Checkpoints + metrics.jsonl + loss.png (+ TensorBoard) of one training run, its folder locked."""
 
     def __init__(self, folder: str | os.PathLike, *, keep_last: int = 2, tokenizer: Any = None,
-                 meta: dict[str, Any] | None = None, tensorboard: bool = False, title: str = "") -> None:
+                 meta: dict[str, Any] | None = None, tensorboard: bool = False, title: str = "",
+                 files: dict[str, Any] | None = None) -> None:
         self.folder = Path(folder)
         ensure_writable(self.folder)
         self.lock = RunLock.acquire(self.folder)  # released by close()
@@ -42,6 +43,8 @@ class Run:
         self.tokenizer = tokenizer
         # extra JSON saved in every checkpoint's state.json (e.g. the run config)
         self.meta = dict(meta or {})
+        # more files in every checkpoint: name -> function that writes it (e.g. generation.json)
+        self.files = dict(files or {})
         self.title = title or self.folder.name
         try:
             self.tb = TensorBoard(self.folder / TENSORBOARD) if tensorboard else None
@@ -60,7 +63,7 @@ class Run:
     def save(self, step: int, model: Any, optimizer: Any, state: dict[str, Any],
              val_loss: float | None = None) -> Path:
         return self.checkpoints.save(step, model, optimizer=optimizer, state={**self.meta, **state},
-                                     tokenizer=self.tokenizer, val_loss=val_loss)
+                                     tokenizer=self.tokenizer, val_loss=val_loss, files=self.files)
 
     def restore(self, model: Any, optimizer: Any) -> dict[str, Any] | None:
         """Load the newest good checkpoint; drop metrics logged after it. None if there is none."""
