@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # Sections of RESULTS.md, in this order; each benchmark owns the one named after its file.
-SECTIONS = ("gemv", "generate", "train_throughput", "pretrain_quality", "tokenizer", "load")
+SECTIONS = ("gemv", "generate", "train_throughput", "pretrain_quality", "tokenizer", "load", "finetune_speed",
+            "finetune_quality")
 
 
 def header(title: str) -> str:
@@ -117,6 +118,17 @@ def char_shakespeare():
     ids = np.array([stoi[c] for c in text], dtype=np.uint16)
     n = int(len(ids) * 0.9)
     return ids[:n], ids[n:], len(chars)
+
+
+def sms_spam_split(seed: int = 123, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[str, list]:
+    """`sms-spam` balanced and split as `scratchllm finetune classify` does it (its data functions, in
+    the order its plan calls them): {"train", "validation", "test"} lists of {"text", "label"} records."""
+    from scratchllm.finetune import classify_data as data
+
+    records = data.read_labelled("sms-spam")
+    labels = data.label_names(records)
+    train, validation, test = data.split(data.balance(records, labels, seed), fractions, seed)
+    return {"train": train, "validation": validation, "test": test}
 
 
 # --- benchmarks/RESULTS.md ----------------------------------------------------------------------
