@@ -164,6 +164,11 @@ def test_adapters_of_another_shape_or_layers_are_a_mismatch(tmp_path):
     (folder / ADAPTERS_FILE).write_bytes((other / ADAPTERS_FILE).read_bytes())
     with pytest.raises(CheckpointMismatch, match=r"blocks.0.attn.qkv.lora_A has shape \[2, 32\] in .*, \[4, 32\]"):
         load_weights(tiny(), folder)
+    swiglu = tiny(mlp="swiglu")
+    add_lora(swiglu, "r=4,targets=mlp.gate")
+    with pytest.raises(CheckpointMismatch, match=r"do not fit this model: the adapters are for layer "
+                                                 r"'blocks.0.mlp.gate', which this model does not have"):
+        load_weights(tiny(), save_checkpoint(tmp_path / "swiglu", swiglu))
     wide = tiny(n_embd=64)  # the base itself of another shape
     with pytest.raises(CheckpointMismatch, match="the model shapes differ"):
         load_weights(wide, save_checkpoint(tmp_path / "ck2", lora_model()))

@@ -150,6 +150,7 @@ def test_targets_words_and_name_suffixes():
     assert "lm_head" not in add_lora(tiny(), LoraConfig(r=2, targets=("all",)))
     assert add_lora(tiny(tie_weights=False), LoraConfig(r=2, targets=("all",)))[-1] == "lm_head"
     assert add_lora(tiny(), LoraConfig(r=0)) == []  # LoRA off: nothing changes
+    assert add_lora(tiny(), "r=2,targets=mlp.proj") == ["blocks.0.mlp.proj", "blocks.1.mlp.proj"]  # the spec
 
 
 def test_targets_that_match_no_layer_name_the_models_linear_layers():

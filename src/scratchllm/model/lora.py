@@ -127,20 +127,36 @@ def select(model: nn.Module, targets: tuple[str, ...] | list[str]) -> list[str]:
     return [n for n in names if n in chosen]  # in module order
 
 
+def exactly(model: nn.Module, modules: list[str]) -> list[str]:
+    """`modules` (adapters.json's exact layer names) in module order, each an untied linear layer of `model`."""
+    names = linear_names(model)
+    for n in modules:
+        if n not in names:
+            raise UserError(f"the adapters are for layer {n!r}, which this model does not have (its linear "
+                            f"layers: {', '.join(names[:4])}, ...); load them onto the model they were trained on")
+        if tied(model, n):
+            raise UserError(f"the adapters are for {n}, whose weight is the token embedding's in this model "
+                            f"(tie_weights); load them onto the model they were trained on")
+    return [n for n in names if n in set(modules)]
+
+
 # --- wrapping and unwrapping ---------------------------------------------------------------------------
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def add_lora(model: nn.Module, config: LoraConfig | Mapping[str, Any], *, freeze: bool = True) -> list[str]:
+def add_lora(model: nn.Module, config: LoraConfig | Mapping[str, Any] | str, *, freeze: bool = True) -> list[str]:
     """Wrap the layers `config` targets in `LoRALinear`s; return their names (in module order).
 
-    `config` is a `LoraConfig`, or a dict: LoraConfig's fields, or `adapter_config`'s JSON (r, alpha,
-    dropout and `modules`, the exact names). `freeze` (the book's recipe) sets requires_grad False on
-    every parameter but the adapters; a caller that also trains a head unfreezes it after. With r = 0
-    (LoRA off) nothing changes and the list is empty. Layers already LoRA are an error.
+    `config` is a `LoraConfig`, its command-line spec ("r=8,alpha=16,targets=attn,mlp"), or a dict:
+    LoraConfig's fields, or `adapter_config`'s JSON (r, alpha, dropout and `modules`, the exact
+    names). `freeze` (the book's recipe) sets requires_grad False on every parameter but the
+    adapters; a caller that also trains a head unfreezes it after. With r = 0 (LoRA off) nothing
+    changes and the list is empty. Layers already LoRA are an error.
     """
+    if isinstance(config, str):
+        config = LoraConfig.from_spec(config)
     if isinstance(config, Mapping):
         config = dict(config)
         modules = config.pop("modules", None)
@@ -154,20 +170,7 @@ def add_lora(model: nn.Module, config: LoraConfig | Mapping[str, Any], *, freeze
         return []
     if has_lora(model):
         raise UserError("this model has LoRA layers already; merge them (merge_lora) or start from the plain model")
-    if modules is None:
-        names = select(model, config.targets)
-    else:
-        known = set(linear_names(model))
-        unknown = [n for n in modules if n not in known]
-        if unknown:
-            raise UserError(f"the adapters are for layer {unknown[0]!r}, which this model does not have "
-                            f"(its linear layers: {', '.join(linear_names(model)[:4])}, ...); "
-                            f"load them onto the model they were trained on")
-        names = [n for n in linear_names(model) if n in set(modules)]
-        if any(tied(model, n) for n in names):
-            raise UserError(f"the adapters are for {next(n for n in names if tied(model, n))}, whose weight is "
-                            f"the token embedding's in this model (tie_weights); load them onto the model they "
-                            f"were trained on")
+    names = select(model, config.targets) if modules is None else exactly(model, modules)
     if freeze:
         for p in model.parameters():
             p.requires_grad_(False)
