@@ -155,7 +155,8 @@ def test_targets_words_and_name_suffixes():
 
 def test_targets_that_match_no_layer_name_the_models_linear_layers():
     with pytest.raises(UserError, match=r"'attn\.q' matches no linear layer of this model; its linear layers are "
-                                        r"blocks\.0\.attn\.qkv, blocks\.0\.attn\.proj"):
+                                        r"blocks\.N\.attn\.qkv, blocks\.N\.attn\.proj, blocks\.N\.mlp\.fc, "
+                                        r"blocks\.N\.mlp\.proj, lm_head \(N = 0\.\.1\); use attn, mlp"):
         add_lora(tiny(), LoraConfig(r=2, targets=("attn.q",)))
     with pytest.raises(UserError, match="'mlp.gate' matches no linear layer"):  # GPT-2's MLP has no gate
         add_lora(tiny(), LoraConfig(r=2, targets=("mlp.gate",)))

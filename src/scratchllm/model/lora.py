@@ -25,6 +25,7 @@ References: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -95,6 +96,13 @@ def _suffix(name: str, suffix: str) -> bool:
     return name == suffix or name.endswith("." + suffix)
 
 
+def summary(names: list[str]) -> str:
+    """Layer names with the block numbers folded: "blocks.N.attn.qkv, ..., lm_head (N = 0..11)"."""
+    shapes = list(dict.fromkeys(re.sub(r"\.\d+\.", ".N.", n) for n in names))
+    numbers = sorted({int(m) for n in names for m in re.findall(r"\.(\d+)\.", n)})
+    return ", ".join(shapes) + (f" (N = {numbers[0]}..{numbers[-1]})" if numbers else "")
+
+
 def tied(model: nn.Module, name: str) -> bool:
     """Whether layer `name`'s weight is also another module's (a head tied to the token embedding)."""
     w = model.get_submodule(name).weight
@@ -115,9 +123,8 @@ def select(model: nn.Module, targets: tuple[str, ...] | list[str]) -> list[str]:
         else:
             found = [n for n in names if any(_suffix(n, s) for s in TARGET_WORDS.get(t, (t,)))]
             if not found:
-                shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
                 raise UserError(f"lora target {t!r} matches no linear layer of this model; its linear layers "
-                                f"are {shown}; use attn, mlp, head, all or the end of one of these names")
+                                f"are {summary(names)}; use attn, mlp, head, all or the end of one of these names")
         for n in found:
             if tied(model, n):
                 raise UserError(f"lora target {t!r} names {n}, whose weight is the token embedding's "
@@ -133,7 +140,7 @@ def exactly(model: nn.Module, modules: list[str]) -> list[str]:
     for n in modules:
         if n not in names:
             raise UserError(f"the adapters are for layer {n!r}, which this model does not have (its linear "
-                            f"layers: {', '.join(names[:4])}, ...); load them onto the model they were trained on")
+                            f"layers: {summary(names)}); load them onto the model they were trained on")
         if tied(model, n):
             raise UserError(f"the adapters are for {n}, whose weight is the token embedding's in this model "
                             f"(tie_weights); load them onto the model they were trained on")
