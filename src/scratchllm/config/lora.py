@@ -42,8 +42,8 @@ class LoraConfig(Config):
     # Rank of each adapter (the inner size of B @ A); 0 turns LoRA off (full finetuning).
     r: int = 0
     # Scale of the update: the adapter's output is multiplied by alpha / r (Hu et al. 2021), so with
-    # alpha fixed a change of rank needs no new learning rate. 16 is twice the rank of the usual r=8.
-    # (The book's appendix E multiplies by alpha alone: its alpha times r is ours.)
+    # alpha fixed a change of rank needs little retuning of the learning rate. 16 scales the update by
+    # 2 at rank 8. (The book's appendix E multiplies by alpha alone: its alpha times r is ours.)
     alpha: float = 16.0
     # Dropout on the adapter's input while training; 0 (the book's) is off.
     dropout: float = 0.0
