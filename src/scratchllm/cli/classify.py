@@ -32,7 +32,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "classify", help="label texts with a finetuned classifier; pick uncertain ones to label",
-        description=(__doc__ or "").split("\n", 1)[-1].strip("\n"), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=(__doc__ or "").split("\n", 1)[-1].strip("\n"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("texts", nargs="*", metavar="TEXT",
                    help="texts to classify (default: --file, else standard input); with --uncertain: FILE")
     p.add_argument("--model", "-m", default=None,

@@ -137,7 +137,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], pa
     ax.set_yticks(range(k), labels=list(labels))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    threshold = cm.max() / 2 if cm.size else 0
+    threshold = (cm.max() + cm.min()) / 2 if cm.size else 0  # dark cells get white text
     for i in range(k):
         for j in range(k):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > threshold else "black")
