@@ -152,7 +152,7 @@ def ours_row(trainable: str, precision: str, lora: str, steps: int | None) -> di
     from scratchllm.runtime import seed_everything, setup_process
     from scratchllm.train.loop import resolve_precision, train
 
-    lora_cfg = LoraConfig(**LoraConfig.spec_overrides(lora)) if lora else LoraConfig()
+    lora_cfg = LoraConfig.from_spec(lora) if lora else LoraConfig()
     # eval_batches=1: the plan's evaluation (loss and accuracy from one forward pass) reads one training and
     # one validation batch, at step 0 and at the end, as the book's rows do (module doc)
     config = ClassifyConfig(init_from="(random weights)", data="sms-spam", trainable=trainable, lora=lora_cfg,
