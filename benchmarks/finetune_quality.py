@@ -77,7 +77,7 @@ def pretrain(runs_dir: Path, quick: bool) -> Path:
            "--quiet"]
     if quick:
         cmd += ["--train.max_seconds", "60"]
-    print(f"pretraining: scratchllm {' '.join(cmd[3:])}", flush=True)
+    print(f"pretraining: scratchllm {' '.join(cmd[3:]).replace(str(ROOT) + os.sep, '')}", flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=child_env())
     print(f"pretraining took {time.perf_counter() - t0:.0f} s of wall time (BPE, training, samples)", flush=True)
