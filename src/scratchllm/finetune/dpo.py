@@ -248,7 +248,10 @@ def loss_fn(model: Any, batch: dict[str, Any], beta: float) -> Any:
 def reference_logprobs(model: Any, pairs: Sequence[Pair], batch_size: int, pad_id: int, mask_prompt: bool,
                        amp: Any = None, progress: bool = False) -> None:
     """Fill each pair's ref_chosen and ref_rejected with `model`'s summed log-probabilities (eval mode,
-    no gradients), in batches of similar lengths; the model's weights are untouched."""
+    no gradients), `batch_size` pairs at a time in their order; the model's weights are untouched.
+
+    In order, because evaluation (`fixed_batches`) cuts a split the same way: the policy's first
+    evaluation then runs the very computations that made the cache, so its rewards start at exactly 0."""
     import contextlib
 
     import torch
@@ -257,15 +260,15 @@ def reference_logprobs(model: Any, pairs: Sequence[Pair], batch_size: int, pad_i
     from scratchllm.runtime import eval_mode
 
     device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length)  # similar lengths: little padding
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    starts = range(0, len(pairs), batch_size)
     with eval_mode(model), torch.no_grad(), amp or contextlib.nullcontext():
-        for chunk in tqdm(chunks, disable=not progress, unit="batch", desc="reference", leave=False):
-            batch = collate([pairs[i] for i in chunk], pad_id, mask_prompt)
+        for start in tqdm(starts, disable=not progress, unit="batch", desc="reference", leave=False):
+            chunk = pairs[start:start + batch_size]
+            batch = collate(chunk, pad_id, mask_prompt)
             logps = sequence_logprobs(model, batch["input_ids"].to(device),
                                       batch["response_mask"].to(device)).float().cpu()
-            for j, i in enumerate(chunk):
-                pairs[i].ref_chosen, pairs[i].ref_rejected = float(logps[j]), float(logps[len(chunk) + j])
+            for j, pair in enumerate(chunk):
+                pair.ref_chosen, pair.ref_rejected = float(logps[j]), float(logps[len(chunk) + j])
 
 
 def preference_metrics(model: Any, batches: Sequence[dict[str, Any]], beta: float) -> dict[str, float]:
@@ -348,8 +351,8 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
     device = pick_device(tc.device)
     amp = autocast(device, resolve_precision(tc.precision, device))  # as the loop will run the policy
     model.to(device)
-    reference_logprobs(model, train + val + test, tc.batch_size, eos, config.mask_prompt, amp=amp,
-                       progress=tc.progress)
+    for split in (train, val, test):  # each pair once, before training changes the model
+        reference_logprobs(model, split, tc.batch_size, eos, config.mask_prompt, amp=amp, progress=tc.progress)
 
     pad = partial(collate, pad_id=eos, mask_prompt=config.mask_prompt)
     batches = ExampleBatches(train, tc.batch_size, pad, seed=tc.seed, lengths=[p.length for p in train],
