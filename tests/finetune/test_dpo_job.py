@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchllm.checkpoint import load_model
 from scratchllm.cli import main
 from scratchllm.config.finetune import DPOConfig, book_train
 from scratchllm.finetune import dpo
 from scratchllm.finetune.dpo import collate, plan, sequence_logprobs
 from scratchllm.interop.load import GENERATION_FILE, load_any
+from scratchllm.model.lora import has_lora, merge_lora
 from scratchllm.runtime import autocast
 from scratchllm.train.loop import resolve_precision, run_eval
 
@@ -119,3 +121,17 @@ def test_on_the_books_preference_data_the_validation_margin_and_accuracy_rise(ba
     assert report["test"]["pairs"] > 100 and report["test"]["reward_margin"] > 0
     assert report["after"]["logp_margin"] > report["before"]["logp_margin"]
     assert "alpaca-book-preference" in capsys.readouterr().out
+
+
+def test_dpo_with_lora_trains_only_the_adapters(base_model, prefs, tmp_path):
+    """LoRA wraps the policy after the reference is cached: the base weights stay the source's."""
+    assert run_dpo(base_model, prefs, tmp_path, "--max_steps", "6", "--lora", "r=4,alpha=8,targets=attn,mlp") == 0
+    source, _, _ = load_any(base_model)
+    tuned, _, meta = load_model(tmp_path / "run", merge=False)
+    assert meta["lora"]["r"] == 4 and has_lora(tuned)
+    base = {n: p for n, p in tuned.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(p, dict(source.named_parameters())[n]) for n, p in base.items())
+    merged = merge_lora(tuned)
+    assert not torch.equal(merged.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["test"]["reward_margin"] != 0
