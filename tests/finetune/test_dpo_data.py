@@ -114,7 +114,7 @@ def test_bad_data_is_one_error_line_exit_2_and_nothing_written(name, content, me
     assert files_under(tmp_path) == before
 
 
-def test_a_missing_data_file_and_a_too_long_max_length(base_model, tmp_path, capsys):
+def test_a_missing_file_too_few_pairs_and_bad_settings(base_model, tmp_path, capsys):
     assert main(["finetune", "dpo", "--init-from", str(base_model), "--data", str(tmp_path / "nope.json"),
                  "--runs_dir", str(tmp_path / "runs")]) == 2
     assert "no such file, and not a named dataset" in capsys.readouterr().err
@@ -123,5 +123,8 @@ def test_a_missing_data_file_and_a_too_long_max_length(base_model, tmp_path, cap
     assert main(["finetune", "dpo", "--init-from", str(base_model), "--data", str(data), "--max_length", "4096",
                  "--runs_dir", str(tmp_path / "runs")]) == 2
     assert "longer than the model's context of 128" in capsys.readouterr().err
+    assert main(["finetune", "dpo", "--init-from", str(base_model), "--data", str(data),
+                 "--runs_dir", str(tmp_path / "runs")]) == 2  # 2 pairs, a batch of 8
+    assert "fewer than one batch of 8; lower train.batch_size" in capsys.readouterr().err
     assert main(["finetune", "dpo", "--init-from", str(base_model), "--beta", "0"]) == 2
     assert "beta must be positive" in capsys.readouterr().err

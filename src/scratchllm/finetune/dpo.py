@@ -348,15 +348,15 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
     print(f"dpo: {len(pairs)} preference pairs from {config.data}{left_out}; split {len(train)}/{len(val)}/"
           f"{len(test)}; reference log-probabilities of {config.init_from or 'the model'}, computed once")
 
+    pad = partial(collate, pad_id=eos, mask_prompt=config.mask_prompt)
+    batches = ExampleBatches(train, tc.batch_size, pad, seed=tc.seed, lengths=[p.length for p in train],
+                             bucket=True)  # (collates when iterated: after the cache is filled)
+
     device = pick_device(tc.device)
     amp = autocast(device, resolve_precision(tc.precision, device))  # as the loop will run the policy
     model.to(device)
     for split in (train, val, test):  # each pair once, before training changes the model
         reference_logprobs(model, split, tc.batch_size, eos, config.mask_prompt, amp=amp, progress=tc.progress)
-
-    pad = partial(collate, pad_id=eos, mask_prompt=config.mask_prompt)
-    batches = ExampleBatches(train, tc.batch_size, pad, seed=tc.seed, lengths=[p.length for p in train],
-                             bucket=True)
     watched = {"train": fixed_batches(train, tc.batch_size, pad, limit=tc.eval_batches),
                "val": fixed_batches(val, tc.batch_size, pad, limit=tc.eval_batches)}
 
