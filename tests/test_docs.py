@@ -181,11 +181,13 @@ def page_environment(folder: Path, data_dir: Path):
     os.environ.update(SCRATCHLLM_DATA_DIR=str(data_dir), COLUMNS="100", MPLBACKEND="Agg")
     os.chdir(folder)
     torch.set_num_threads(1)
+    torch.set_printoptions(profile="default")  # a page's print options do not leak into the next
     try:
         yield
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
+        torch.set_printoptions(profile="default")
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
