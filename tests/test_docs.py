@@ -267,3 +267,60 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# --- the generated reference pages (docs/gen_reference.py) ----------------------------------------
+def _gen_reference():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_command_reference_lists_every_command() -> None:
+    import argparse
+
+    from scratchllm.cli import COMMANDS, build_parser
+
+    page = _gen_reference().commands_page()
+    found = []
+
+    def walk(path: str, parser: argparse.ArgumentParser) -> None:
+        found.append(path)
+        assert f"\n## {path} {{#" in page, f"{path} is missing from the command reference"
+        assert parser.description is None or " ".join(parser.description.split()[:4]) in " ".join(page.split())
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(f"{path} {name}", sub)
+
+    walk("scratchllm", build_parser())
+    assert len(found) > len(COMMANDS)  # the commands and their subcommands (data list, export hf, ...)
+
+
+def test_config_reference_lists_every_field() -> None:
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import scratchllm.config as pkg
+    from scratchllm.config.base import Config, field_docs
+
+    page = _gen_reference().config_page()
+    classes = set()
+    for m in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"scratchllm.config.{m.name}")
+        classes |= {c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Config)
+                    and c is not Config and c.__module__ == module.__name__}
+    assert {"ModelConfig", "TrainConfig", "RunConfig", "SampleConfig", "DataConfig"} <= {c.__name__ for c in classes}
+    sections = page.split("\n## ")
+    for cls in classes:
+        section = next((s for s in sections if s.startswith(f"{cls.__name__} ")), None)
+        assert section is not None, f"{cls.__name__} is missing from the config reference"
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            line = next((ln for ln in section.splitlines() if ln.startswith(f"- **`{f.name}`**")), None)
+            assert line is not None, f"{cls.__name__}.{f.name} is missing from the config reference"
+            assert docs.get(f.name, "") in line
