@@ -12,6 +12,9 @@ The conventions a page follows (docs/index.md tells readers the same):
 - A ```bash block is shown, never run: the real-size commands that take hours live there.
 - In expected output, `<...>` matches any text within one line, and a line that is only `<...>`
   matches any number of lines (timings, paths of the temporary folder; keep them rare).
+- A picture `![...](img/NAME.png)` is drawn by the page's own code, which saves it as img/NAME.png
+  in its working folder; the test checks that the page drew it (a PNG, not empty), and the rewrite
+  below copies it into docs/img/, where the site shows it.
 
 Pages seed every random draw and round what they print, so the output is the same on any CPU; the
 runner makes torch single-threaded (as tests/conftest.py does for tiny models) so that results do
@@ -20,7 +23,8 @@ not depend on how a sum is split between threads.
     python tests/test_docs.py docs/02-working-with-text.md   # run a page, rewrite its expected output
 
 The rewrite fills every ```text block (and console output) with what the code prints now, except
-blocks that hold `<...>`, which it leaves and reports if they no longer match.
+blocks that hold `<...>`, which it leaves and reports if they no longer match, and copies the
+pictures the page drew into docs/img/.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 WILDCARD = "<...>"
 FENCE = re.compile(r"^```(\w*)\s*$")
+IMAGE = re.compile(r"!\[[^\]]*\]\((img/[\w.-]+\.png)\)")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -85,6 +91,19 @@ def pages() -> list[Path]:
     """The walkthroughs: every page of docs/ with a block that runs."""
     return [p for p in sorted(DOCS.glob("*.md"))
             if any(b.lang in ("python", "console") for b in parse(p.read_text(encoding="utf-8")))]
+
+
+def images(text: str) -> list[str]:
+    """The pictures a page shows from docs/img/ (paths relative to docs/).
+
+    >>> images("see ![loss](img/05-loss.png) and ![x](https://example.org/x.png)")
+    ['img/05-loss.png']
+    """
+    return IMAGE.findall(text)
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 100 and path.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def matches(expected: str, actual: str) -> bool:
@@ -199,6 +218,9 @@ def page_environment(folder: Path, data_dir: Path):
 def test_walkthrough_runs(page: Path, tmp_path: Path, shared_data: Path) -> None:
     with page_environment(tmp_path, shared_data):
         blocks = run_page(page)
+    for picture in images(page.read_text(encoding="utf-8")):
+        assert is_png(tmp_path / picture), f"{page.name} shows {picture} but its code did not draw it"
+        assert is_png(DOCS / picture), f"docs/{picture} is missing: run `python tests/test_docs.py {page}`"
     ran = [b for b in blocks if b.lang in ("python", "console")]
     assert ran and all(b.outputs for b in ran)
     checked = [b for b in ran if b.expected is not None or b.lang == "console"]
@@ -249,6 +271,7 @@ def rewrite(path: Path, blocks: list[Block]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    import shutil
     import tempfile
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -259,6 +282,12 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp, page_environment(Path(tmp), shared_data_dir()):
             blocks = run_page(path, check=False)
+            for picture in images(path.read_text(encoding="utf-8")):
+                if not is_png(Path(tmp) / picture):
+                    print(f"{path.name}: shows {picture} but its code did not draw it")
+                    continue
+                (DOCS / picture).parent.mkdir(exist_ok=True)
+                shutil.copyfile(Path(tmp) / picture, DOCS / picture)
         for note in rewrite(path, blocks):
             print(f"{path.name} {note}")
         print(f"{path.name}: ran in {time.perf_counter() - t0:.1f} s")
