@@ -29,13 +29,13 @@ demo: $(VENV)/.installed
 	$(BIN)/scratchllm train --config configs/shakespeare-bpe.toml
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 
 # the documentation site into site/ (mkdocs.yml; strict: a broken link or a missing page fails the build)
 MKDOCS = NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/python -m pytest -q
 	$(MKDOCS) --quiet -d site
 
