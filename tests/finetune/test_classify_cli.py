@@ -240,3 +240,17 @@ def test_bad_input_is_one_error_line(argv, message, bad_inputs, base_model, trai
     assert len(errors) == 1, err
     assert message.format(**names) in errors[0]
     assert _tree(tmp_path) == {} and (_tree(bad_inputs), _tree(trained)) == before
+
+
+def test_classify_reads_stdin_and_defaults_to_the_latest_run(trained, monkeypatch, capsys):
+    import io
+    import sys
+
+    fake = io.TextIOWrapper(io.BytesIO("hello there\n\nFREE prize, txt WIN now\n".encode()), encoding="utf-8")
+    fake.isatty = lambda: False
+    monkeypatch.setattr(sys, "stdin", fake)
+    rc, out, err = run_cli(["classify", "--runs-dir", trained.parent], capsys)  # runs/latest: a classifier
+    assert rc == 0, err
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [row[2] for row in lines] == ["hello there", "FREE prize, txt WIN now"]
+    assert all(row[0] in ("ham", "spam") and 0.5 <= float(row[1]) <= 1 for row in lines)
