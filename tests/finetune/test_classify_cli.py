@@ -246,7 +246,7 @@ def test_classify_reads_stdin_and_defaults_to_the_latest_run(trained, monkeypatc
     import io
     import sys
 
-    fake = io.TextIOWrapper(io.BytesIO("hello there\n\nFREE prize, txt WIN now\n".encode()), encoding="utf-8")
+    fake = io.TextIOWrapper(io.BytesIO(b"hello there\n\nFREE prize, txt WIN now\n"), encoding="utf-8")
     fake.isatty = lambda: False
     monkeypatch.setattr(sys, "stdin", fake)
     rc, out, err = run_cli(["classify", "--runs-dir", trained.parent], capsys)  # runs/latest: a classifier
@@ -254,3 +254,25 @@ def test_classify_reads_stdin_and_defaults_to_the_latest_run(trained, monkeypatc
     lines = [line.split("\t") for line in out.splitlines()]
     assert [row[2] for row in lines] == ["hello there", "FREE prize, txt WIN now"]
     assert all(row[0] in ("ham", "spam") and 0.5 <= float(row[1]) <= 1 for row in lines)
+
+
+def test_lora_classifier_trains_adapters_and_the_head_only(work, base_model, capsys):
+    root, data = work
+    runs = root / "runs-lora"
+    rc, out, err = run_cli(finetune_argv(base_model, data, runs, "lora", "--max_steps", "3", "--lora", "r=4,alpha=8"),
+                           capsys)
+    assert rc == 0, err
+    assert "LoRA r=4 on" in out
+    ck = runs / "lora" / "checkpoints" / "step-0000003"
+    assert (ck / "adapters.safetensors").is_file()
+    base = load_file(str(base_model / "model.safetensors"))
+    tuned = load_file(str(ck / "model.safetensors"))
+    for k, v in base.items():
+        if not k.startswith("lm_head"):
+            assert torch.equal(tuned[k], v), k  # the base stays frozen: only adapters and the new head train
+    torch.manual_seed(123)
+    head_at_start = torch.nn.Linear(32, 2)  # the seeded head before training
+    assert tuned["lm_head.weight"].shape == (2, 32) and not torch.equal(tuned["lm_head.weight"], head_at_start.weight)
+    rc, out, err = run_cli(["classify", "-m", runs / "lora", "free prize, call now", "--jsonl"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["label"] in ("ham", "spam")
