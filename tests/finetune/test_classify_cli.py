@@ -185,6 +185,7 @@ def bad_inputs(tmp_path_factory, shared_data):
     write_csv(d / "cols.csv", [("hello", "ham")], header=("body", "kind"))
     write_csv(d / "good.csv", sms_rows(shared_data, 20, 20))
     (d / "empty.csv").write_text("")
+    (d / "latin1.csv").write_bytes("text,label\ncafé crème,ham\n".encode("latin-1"))
     (d / "bad.jsonl").write_text('{"text": "a", "label": "ham"}\n{"text": \n')
     (d / "texts.txt").write_text("hello\n")
     (d / "taken.csv").write_text("x")
@@ -209,6 +210,7 @@ BAD = [
     (["finetune", "classify", "--data", "{d}/empty.csv"], "empty.csv is empty"),
     (["finetune", "classify", "--data", "{d}/bad.jsonl"], "bad.jsonl line 2 is not valid JSON"),
     (["finetune", "classify", "--data", "{d}/nothere.csv"], "nothere.csv not found"),
+    (["finetune", "classify", "--data", "{d}/latin1.csv"], "latin1.csv is not valid UTF-8 at byte offset 14"),
     (["finetune", "classify", "--data", "{d}/good.csv", "--init-from", "{d}/small-vocab"],
      "beyond the model's vocabulary of 1000"),
     (["classify", "-m", "{base}", "hello"], "is not a classifier"),
@@ -221,6 +223,7 @@ BAD = [
     (["classify", "-m", "{run}", "--file", "{d}/nothere.txt"], "nothere.txt not found"),
     (["classify", "-m", "{run}", "--file", "{d}/empty.csv"], "empty.csv is empty"),
     (["classify", "-m", "{run}", "--file", "{d}/cols.csv"], "has no column 'text' (columns: body, kind)"),
+    (["classify", "-m", "{run}", "--file", "{d}/latin1.csv"], "latin1.csv is not valid UTF-8"),
     (["classify", "-m", "{d}/nodir", "hi"], "does not exist"),
 ]
 
