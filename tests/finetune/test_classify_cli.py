@@ -279,3 +279,20 @@ def test_lora_classifier_trains_adapters_and_the_head_only(work, base_model, cap
     rc, out, err = run_cli(["classify", "-m", runs / "lora", "free prize, call now", "--jsonl"], capsys)
     assert rc == 0, err
     assert json.loads(out)["label"] in ("ham", "spam")
+
+
+def test_mean_pooling_and_a_given_label_order_reach_classify(work, base_model, capsys):
+    root, data = work
+    runs = root / "runs-mean"
+    rc, _, err = run_cli(finetune_argv(base_model, data, runs, "mean", "--max_steps", "2", "--pooling", "mean",
+                                       "--labels", "spam,ham", "--balance", "false"), capsys)
+    assert rc == 0, err
+    report = json.loads((runs / "mean" / "report.json").read_text())
+    assert report["labels"] == ["spam", "ham"]
+    assert report["examples"] == {"train": 70, "val": 10, "test": 20}  # all 100 texts: not balanced
+    assert sum(c["support"] for c in report["test"]["per_class"].values()) == 20
+    state = json.loads((runs / "mean" / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["task"]["pooling"] == "mean" and state["task"]["labels"] == ["spam", "ham"]
+    rc, out, err = run_cli(["classify", "-m", runs / "mean", "see you soon", "--jsonl"], capsys)
+    assert rc == 0, err
+    assert list(json.loads(out)["probabilities"]) == ["spam", "ham"]
