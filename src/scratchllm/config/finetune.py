@@ -89,6 +89,9 @@ class ClassifyConfig(FinetuneConfig):
     text_column: str = "text"
     # Column with the label.
     label_column: str = "label"
+    # The label names in class-id order (e.g. ham,spam); empty: the data's labels sorted by name (which
+    # gives the book's ham 0, spam 1). Every label in the data must be named, and every name be in the data.
+    labels: tuple[str, ...] = ()
     # Undersample every class to the size of the smallest (the book's create_balanced_dataset).
     balance: bool = True
     # Train, validation and test fractions of the shuffled data (the book's 70/10/20).
@@ -102,6 +105,8 @@ class ClassifyConfig(FinetuneConfig):
         super().__post_init__()
         check_split(self.split)
         check(self.text_column != self.label_column, "text_column and label_column must differ")
+        check(len(set(self.labels)) == len(self.labels), f"labels {','.join(self.labels)} names a label twice")
+        check(len(self.labels) != 1, f"labels {','.join(self.labels)}: a classifier needs at least two classes")
 
 
 @dataclass
