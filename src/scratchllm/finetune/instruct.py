@@ -376,7 +376,7 @@ def write_report(model: Any, folder: Path, config: Any, tokenizer: Any, test: li
     write_responses(folder / BASE_RESPONSES, test, base)
     if not rouge_available():
         warnings.warn(ROUGE_MISSING, stacklevel=2)
-    results["test"], results["base"] = score(tuned, references), score(base, references)
+    results = {"test": score(tuned, references), "base": score(base, references), "truncated": truncated}
     results["examples"] = [{"prompt": p, "reference": r, "response": t, "base_response": b}
                            for p, r, t, b in list(zip(prompts, references, tuned, base))[:REPORT_EXAMPLES]]
     rouge = "  ".join(f"{k} ROUGE-L {v['rougeL']:.3f}" for k, v in (("finetuned", results["test"]),
