@@ -16,6 +16,7 @@ from scratchllm.finetune.instruct import (
     collate,
     encode_example,
     entry_text,
+    learnable,
     prompt_and_reference,
     read_entries,
     split_entries,
@@ -97,6 +98,14 @@ def test_collate_by_hand():
     # the book's rule exactly: a literal end-of-text inside a text is the row's first, the appended one is ignored
     _, y = collate([[1, EOT, 3]], EOT)
     assert y.tolist() == custom_collate_fn([[1, EOT, 3]])[1].tolist() == [[EOT, 3, -100]]
+
+
+def test_an_example_is_learnable_when_a_response_target_fits():
+    example = Example(list(range(10)), ((6, 10),))  # token 6 is the first response token: target 5
+    assert learnable(example, 6) and not learnable(example, 5)
+    _, y = collate([example], EOT, max_length=5, mask_prompt=True)
+    assert (y == -100).all()  # what leaving it out avoids: a batch with nothing to learn has a NaN loss
+    assert learnable(Example([1, 2, 3]), 3) and not learnable(Example([1, 2, 3]), 2)  # the end-of-text is a target
 
 
 def test_split_without_shuffle_is_the_books(book_data):

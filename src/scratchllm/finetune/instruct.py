@@ -14,6 +14,8 @@
    padded with it to the batch's longest, inputs and targets shifted by one, every end-of-text after
    the first in a row's targets set to -100 (only the one that ends the text is learned), optionally
    the prompt's targets too (`mask_prompt`, the book's exercise 7.2), then cut to `max_length`.
+   With the prompt masked, an example whose response begins past max_length has no target left
+   and is left out (counted: the model card's "skipped").
    Training batches come length-grouped (`ExampleBatches(bucket=True)`); the loss is the next-token
    loss (`train.losses.lm_loss`) and evaluation the validation loss on fixed batches.
 5. Report (`Plan.report`, after training): greedy responses to the test split's prompts, by the
@@ -250,6 +252,12 @@ def collate(batch: Sequence[Example | Sequence[int]], pad_id: int, max_length: i
     return inputs, targets
 
 
+def learnable(example: Example, max_length: int) -> bool:
+    """Whether a prompt-masked example keeps a target within max_length: a response token (or the
+    end-of-text after the text) at position max_length or before (target i is token i + 1)."""
+    return min([a for a, _ in example.spans] + [len(example.ids)]) <= max_length
+
+
 # --- the plan ---------------------------------------------------------------------------------------------
 def end_of_text_id(tokenizer: Any, source_meta: dict[str, Any]) -> int:
     """The id that ends each example (and pads): the tokenizer's `<|endoftext|>`, else the source's
@@ -296,6 +304,17 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
     if truncated:
         print(f"{truncated} of {len(train_ex) + len(val_ex)} examples are longer than {max_length} tokens and are "
               f"truncated")
+    skipped = 0
+    if config.mask_prompt:  # an example whose response starts past max_length has no target left: leave it out
+        kept_train, kept_val = [e for e in train_ex if learnable(e, max_length)], \
+            [e for e in val_ex if learnable(e, max_length)]
+        skipped = len(train_ex) + len(val_ex) - len(kept_train) - len(kept_val)
+        if not kept_train:
+            raise UserError(f"no training example has a response within max_length {max_length} tokens (the prompt "
+                            f"is masked); raise max_length or turn mask_prompt off")
+        if skipped:
+            print(f"{skipped} examples have no response token within {max_length} tokens and are left out")
+        train_ex, val_ex = kept_train, kept_val
     batch = partial(collate, pad_id=eos_id, max_length=max_length, mask_prompt=config.mask_prompt)
     batches = ExampleBatches(train_ex, tc.batch_size, batch, seed=tc.seed, lengths=[len(e.ids) for e in train_ex],
                              bucket=True)
@@ -313,7 +332,8 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
                 meta={"template": template, "mask_prompt": config.mask_prompt, "max_length": max_length},
                 files={GENERATION_FILE: write_generation}, report=report,
                 data={"name": name, "entries": len(entries), "train": len(train), "validation": len(val),
-                      "test": len(test), "template": template, "shuffle": config.shuffle, "truncated": truncated})
+                      "test": len(test), "template": template, "shuffle": config.shuffle, "truncated": truncated,
+                      "skipped": skipped})
 
 
 # --- the report -----------------------------------------------------------------------------------------
