@@ -188,7 +188,6 @@ def test_bad_input_is_one_error_line_and_nothing_written(base_model, tmp_path, c
     assert "Traceback" not in err and tree(tmp_path) == before
 
 
-@pytest.mark.slow
 def test_real_alpaca_data_lowers_the_validation_loss(base_model, tmp_path):
     """A few dozen steps on the book's 1,100 entries (its split, prompt masked): validation loss falls."""
     assert finetune(["--init-from", str(base_model), "--data", "alpaca-book", "--runs-dir", str(tmp_path),
