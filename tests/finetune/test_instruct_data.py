@@ -15,7 +15,9 @@ from scratchllm.finetune.instruct import (
     check_entry,
     collate,
     encode_example,
+    end_of_text_id,
     entry_text,
+    generation_settings,
     learnable,
     prompt_and_reference,
     read_entries,
@@ -197,6 +199,22 @@ def test_bad_entries_name_the_file_and_entry(tmp_path, content, suffix, template
         read_entries(str(path), template)
     text = str(e.value)
     assert message in text and str(path) in text and "\n" not in text
+
+
+def test_end_of_text_and_generation_settings(tok):
+    assert end_of_text_id(tok, {}) == EOT
+
+    class NoEot:
+        eot_id = None
+
+    assert end_of_text_id(NoEot(), {"generation": {"eos_token_id": [7, 8]}}) == 7
+    with pytest.raises(UserError, match="no <\\|endoftext\\|> and no eos_token_id"):
+        end_of_text_id(NoEot(), {"source": "runs/chars", "generation": {}})
+    # an imported model's settings are kept, a previous template replaced
+    source = {"generation": {"eos_token_id": [1, 2], "chat_template": "{{ x }}", "prompt_template": "alpaca"}}
+    assert generation_settings(source, "chat", 1) == {"eos_token_id": [1, 2], "chat_template": "{{ x }}",
+                                                      "prompt_template": "chat"}
+    assert generation_settings({}, "alpaca", EOT) == {"eos_token_id": EOT, "prompt_template": "alpaca"}
 
 
 def test_unknown_data_and_good_files(tmp_path):

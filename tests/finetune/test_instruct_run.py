@@ -99,6 +99,8 @@ def test_generate_instruction_prints_only_the_response(instruct_run, capsys):
     assert out == generate_text(model, tok, prompt, SampleConfig(max_new_tokens=6, temperature=0)) + "\n"
     assert main(["generate", "-m", str(instruct_run), "--instruction", "x", "a prompt"]) == 2
     assert "--instruction is the prompt" in capsys.readouterr().err
+    assert main(["generate", "-m", str(instruct_run), "--input", "warm"]) == 2
+    assert "--input goes with --instruction" in capsys.readouterr().err
 
 
 def test_resume_continues_exactly(base_model, data_file, tmp_path):

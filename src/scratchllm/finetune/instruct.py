@@ -88,7 +88,7 @@ def _raw_entries(data: str) -> tuple[list[tuple[str, Any]], str]:
     from scratchllm.data.sources import DATASETS, load_records
 
     if data in DATASETS:
-        if DATASETS[data].reader != "alpaca":
+        if not DATASETS[data].reader.startswith("alpaca"):  # alpaca-book, alpaca-book-preference (its "output")
             raise UserError(f"dataset {data} is not instruction data; use alpaca-book or a JSON/JSONL file")
         return [(f"{data} entry {i}", r) for i, r in enumerate(load_records(data))], data
     path = Path(data).expanduser()
