@@ -103,8 +103,43 @@ def hf_inputs(tmp_path_factory) -> dict[str, str]:
     return {k: str(v) for k, v in folders.items()}
 
 
+@pytest.fixture(scope="session")
+def lora_inputs(tmp_path_factory) -> dict[str, str]:
+    """LoRA folders outside the working folder (read-only inputs; made once): a plain checkpoint, a LoRA
+    run without init_from, adapters alone (base recorded, missing base, truncated, edited adapters.json)."""
+    import json
+
+    import torch
+
+    from scratchllm.checkpoint.folder import ADAPTERS_CONFIG, ADAPTERS_FILE, save_adapters, save_checkpoint
+    from scratchllm.checkpoint.pointers import LATEST, write_pointer
+    from scratchllm.config.lora import LoraConfig
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.model import GPT
+    from scratchllm.model.lora import add_lora
+
+    root = tmp_path_factory.mktemp("lora")
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, context_length=16)
+    plain = save_checkpoint(root / "plain_ck", GPT(config))
+    model = GPT(config)
+    add_lora(model, LoraConfig(r=2))
+    run = root / "lora_run"
+    write_pointer(run, LATEST, save_checkpoint(run / "checkpoints" / "step-0000001", model, state={"step": 1}))
+    folders = {"plain_ck": plain, "lora_run": run,
+               "adapters": save_adapters(model, root / "adapters", str(plain)),
+               "adapters_nobase": save_adapters(model, root / "adapters_nobase", str(root / "gone")),
+               "adapters_truncated": save_adapters(model, root / "adapters_truncated", str(plain)),
+               "adapters_edited": save_adapters(model, root / "adapters_edited", str(plain))}
+    f = folders["adapters_truncated"] / ADAPTERS_FILE
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    f = folders["adapters_edited"] / ADAPTERS_CONFIG
+    f.write_text(json.dumps({**json.loads(f.read_text()), "r": "two"}))
+    return {k: str(v) for k, v in folders.items()}
+
+
 @pytest.fixture
-def work(tmp_path, monkeypatch, hf_inputs):
+def work(tmp_path, monkeypatch, hf_inputs, lora_inputs):
     """A working folder with one input of each kind; returns the names the table's argv use."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SCRATCHLLM_DATA_DIR", raising=False)
@@ -131,6 +166,7 @@ def work(tmp_path, monkeypatch, hf_inputs):
              "ro": str(tmp_path / "readonly"), "out": str(tmp_path / "out"), "blocker": str(inp / "blocker")}
     names.update({p.stem if p.suffix != ".toml" else p.stem + "_toml": str(p) for p in inp.iterdir()})
     names.update(hf_inputs)
+    names.update(lora_inputs)
     return names
 
 
@@ -327,6 +363,30 @@ ROWS = [
     (["export", "bogus", "{hf_good}"], "invalid choice", "", None),
     (["generate", "--model", "{hf_truncated}", "hi"], "corrupted or truncated", "", None),
     (["generate", "--model", "{hf_noconfig}", "hi"], "has no config.json", "", None),
+    # --- lora (LoRA folders: the lora_inputs fixture) ----------------------------------------------------
+    (["lora", "bogus"], "invalid choice", "", None),
+    (["lora", "extract", "{nodir}", "--out", "{out}"], "does not exist", "", None),
+    (["lora", "extract", "{plain_ck}", "--out", "{out}"], "has no LoRA adapters", "", None),
+    (["lora", "extract", "{lora_run}", "--out", "{out}"], "records no base model (init_from); name it with --base",
+     "", None),
+    (["lora", "extract", "{lora_run}", "--out", "{tok}", "--base", "{plain_ck}"], "already exists", "", None),
+    (["lora", "extract", "{lora_run}", "--out", "{ro}/a", "--base", "{plain_ck}"], "permission denied", "ro", None),
+    (["lora", "extract", "{lora_run}", "--out", "{blocker}/a", "--base", "{plain_ck}"], "a file stands", "", None),
+    (["lora", "extract", "{lora_run}", "--out", "{out}", "--base", "{plain_ck}"], "free some space", "full", None),
+    (["lora", "extract", "{lora_run}"], "required: --out", "", None),
+    (["lora", "merge", "{plain_ck}", "--out", "{out}"], "has no LoRA adapters to merge", "", None),
+    (["lora", "merge", "{lora_run}", "--out", "{out}", "--base", "{plain_ck}"],
+     "--base is for a folder of adapters alone", "", None),
+    (["lora", "merge", "{adapters_nobase}", "--out", "{out}"], "does not exist; give the model they were trained on",
+     "", None),
+    (["lora", "merge", "{adapters_truncated}", "--out", "{out}"], "adapters.safetensors is truncated", "", None),
+    (["lora", "merge", "{adapters_edited}", "--out", "{out}"], "adapters.json is truncated or corrupted", "",
+     None),
+    (["lora", "merge", "{adapters}", "--out", "{out}", "--base", "{nodir}"], "does not exist", "", None),
+    (["lora", "merge", "{adapters}", "--out", "{ro}/m"], "permission denied", "ro", None),
+    (["lora", "merge", "{adapters}", "--out", "{out}"], "free some space", "full", None),
+    (["generate", "--model", "{adapters_truncated}", "hi"], "adapters.safetensors is truncated", "", None),
+    (["export", "hf", "{adapters_nobase}", "--out", "{out}"], "does not exist", "", None),
 ]
 
 
@@ -367,7 +427,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(row, work, tmp_p
 
 
 # --- rules every command shares ------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"]])
+@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"], ["lora"]])
 def test_a_missing_subcommand_prints_help_and_exits_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -152,3 +152,23 @@ def test_without_the_kernel_generation_packs_or_runs_plain(monkeypatch):
     without_kernel = generate(model, prompt, config)
     monkeypatch.setattr(P, "MIN_WEIGHTS", 2**62)  # nothing wrapped
     assert generate(model, prompt, config) == without_kernel
+
+
+def test_unmerged_lora_layers_are_left_alone():
+    """A LoRA layer computes more than its weight's product: the fast readers must not take it over."""
+    from scratchllm.model.lora import LoRALinear, add_lora
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, context_length=16, n_layer=1, n_head=4, n_embd=512, bias=False))
+    add_lora(model, "r=4,targets=mlp")
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            nn.init.normal_(m.lora_B)  # a trained adapter: not zero
+    model.eval()
+    x = torch.randint(0, 64, (1, 1))
+    with torch.no_grad():
+        want = model(x)
+        with P.fast_linears(model, rows=1):
+            assert not any(isinstance(m, P.FastLinear) for m in model.modules() if isinstance(m, LoRALinear))
+            got = model(x)
+    torch.testing.assert_close(got, want)

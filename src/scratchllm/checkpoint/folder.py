@@ -4,8 +4,16 @@
                     config.json                the ModelConfig, enough to rebuild the model
                     tokenizer.scratchllm.json  the tokenizer (if the run has one)
                     optimizer.safetensors      training's extra files (written by `train.checkpoint`)
+                    adapters.safetensors       a LoRA model's adapters (`model.lora`), plain names
+                    adapters.json              their settings: r, alpha, dropout, the layers' names
                     state.json                 step and any JSON the writer adds, plus `files`: the size
                                                and sha256 of every file above (the manifest)
+
+A model with LoRA layers keeps in model.safetensors exactly what the plain model it adapts holds
+(the base weights under their plain names: a plain GPT loads it), and its adapters beside it;
+`load_weights` wraps a plain model's layers as adapters.json says, or loads into its LoRA layers.
+`save_adapters` writes a folder of the adapters alone (plus the base model's path), which
+`interop.load.load_any` puts on that base.
 
 How a save stays atomic: every file is written into a hidden temporary folder beside the target
 and fsynced, then the folder is renamed into place. A crash, SIGKILL or full disk at any moment
@@ -37,11 +45,14 @@ from scratchllm.tokenizer.base import TOKENIZER_FILE
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
+ADAPTERS_FILE = "adapters.safetensors"
+ADAPTERS_CONFIG = "adapters.json"
 STEP_RE = re.compile(r"^step-([0-9]+)\Z")  # a checkpoint folder's name; ASCII digits only
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
-__all__ = ["CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "STEP_RE", "TOKENIZER_FILE", "CheckpointError",
-           "CheckpointMismatch", "load_weights", "read_state", "save_checkpoint", "step_name", "unwrap",
+__all__ = ["ADAPTERS_CONFIG", "ADAPTERS_FILE", "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "STEP_RE",
+           "TOKENIZER_FILE", "CheckpointError", "CheckpointMismatch", "load_adapters", "load_weights",
+           "read_adapters", "read_state", "save_adapters", "save_checkpoint", "step_name", "unwrap",
            "verify_checkpoint"]
 
 
@@ -79,25 +90,64 @@ def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, A
 
     `state` is any JSON-serialisable dict (step, tokens, data position...); the manifest of file
     sizes and sha256 is added as `files`. `extra_files` maps a file name to a function that writes
-    that file at the path it is given (training's optimizer state). Raises OSError (e.g. disk full)
-    with nothing left behind; `folder` must not exist yet.
+    that file at the path it is given (training's optimizer state). A model with LoRA layers saves
+    its base weights in model.safetensors and its adapters beside them. Raises OSError (e.g. disk
+    full) with nothing left behind; `folder` must not exist yet.
     """
     from safetensors.torch import save_model
 
-    folder = Path(folder)
-    parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=parent))
-    try:
-        m = unwrap(model)
-        save_model(m, str(tmp / MODEL_FILE))
+    from scratchllm.model.lora import base_linears, has_lora
+
+    m = unwrap(model)
+
+    def write(tmp: Path) -> None:
+        with base_linears(m):
+            save_model(m, str(tmp / MODEL_FILE))
+        if has_lora(m):
+            write_adapters(tmp, m)
         cfg = getattr(m, "config", None)
         cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg_dict, indent=2), encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_FILE)
-        for name, write in (extra_files or {}).items():
-            write(tmp / name)
+        for name, write_extra in (extra_files or {}).items():
+            write_extra(tmp / name)
+
+    return write_folder(folder, write, state)
+
+
+def write_adapters(folder: Path, model: Any, base: str | None = None) -> None:
+    """adapters.safetensors (the LoRA tensors) and adapters.json (their settings; `base` if given) in `folder`."""
+    from safetensors.torch import save_file
+
+    from scratchllm.model.lora import adapter_config, adapter_state
+
+    save_file({k: v.contiguous() for k, v in adapter_state(model).items()}, str(folder / ADAPTERS_FILE))
+    config = adapter_config(model) | ({"base": base} if base is not None else {})
+    (folder / ADAPTERS_CONFIG).write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+
+def save_adapters(model: Any, folder: str | os.PathLike, base: str) -> Path:
+    """A folder of `model`'s LoRA adapters alone (adapters.safetensors, adapters.json naming `base`, the
+    base model's path as given, and state.json's manifest), written atomically like a checkpoint."""
+    from scratchllm.model.lora import has_lora
+
+    m = unwrap(model)
+    if not has_lora(m):
+        raise UserError("the model has no LoRA adapters to save; it was trained without --lora")
+    return write_folder(folder, lambda tmp: write_adapters(tmp, m, base), {})
+
+
+def write_folder(folder: str | os.PathLike, write: Callable[[Path], None], state: dict[str, Any] | None) -> Path:
+    """The atomic save every checkpoint-like folder shares: `write(tmp)` fills a hidden temporary folder
+    beside `folder`; each file is fsynced and listed in state.json's manifest (`state` plus `files`);
+    then the folder is renamed into place. Any error removes the temporary folder and is raised."""
+    folder = Path(folder)
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=parent))
+    try:
+        write(tmp)
         files = {}
         for p in sorted(tmp.iterdir()):
             if p.name.startswith("."):  # a writer's own temporary file
@@ -202,18 +252,55 @@ def _shape(shape: Any) -> str:
 
 
 def load_weights(model: Any, folder: str | os.PathLike) -> None:
-    """Load model.safetensors into `model`: every tensor present, every shape equal, else one clear error.
+    """Load model.safetensors (and a LoRA checkpoint's adapters) into `model`: every tensor present, every
+    shape equal, else one clear error.
 
     A damaged file is a `CheckpointError`; a sound file for a differently shaped model is a
-    `CheckpointMismatch` naming the first tensor that differs and both shapes.
+    `CheckpointMismatch` naming the first tensor that differs and both shapes. When the folder has
+    adapters.json, a model without LoRA layers gets them first (the layers it names, as `add_lora`,
+    nothing frozen); a model with LoRA layers (training's resume) must have the same ones. A LoRA
+    model loads unmerged.
     """
+    from scratchllm.model.lora import adapter_config, add_lora, base_linears, has_lora, lora_layers
+
+    folder = Path(folder)
+    m = unwrap(model)
+    adapters = read_adapters(folder) if (folder / ADAPTERS_CONFIG).exists() else None
+    if adapters is not None and not has_lora(m):
+        try:
+            add_lora(m, adapters, freeze=False)
+        except UserError as e:
+            raise CheckpointMismatch(f"the adapters in {folder / ADAPTERS_CONFIG} do not fit this model: {e}") from None
+    elif adapters is not None:
+        ours, where = adapter_config(m), folder / ADAPTERS_CONFIG
+        only = sorted(set(ours["modules"]) ^ set(adapters["modules"]))
+        if only:
+            side = "the checkpoint" if only[0] in adapters["modules"] else "this model"
+            raise CheckpointMismatch(f"the LoRA adapters differ: layer {only[0]} has one in {side} only ({where}); "
+                                     f"use the --lora targets the checkpoint was made with")
+        for key in ("r", "alpha"):
+            if ours[key] != adapters[key]:
+                raise CheckpointMismatch(f"the LoRA adapters differ: {key} is {adapters[key]} in the checkpoint "
+                                         f"{where}, {ours[key]} in this model; use the --lora settings the "
+                                         f"checkpoint was made with")
+    elif has_lora(m):
+        raise CheckpointMismatch(f"checkpoint {folder} has no LoRA adapters ({ADAPTERS_CONFIG}) but this model has "
+                                 f"LoRA layers; load it into the plain model, then add LoRA")
+    for layer in lora_layers(m).values():
+        layer.unmerge()  # what is loaded next is the base weight
+    with base_linears(m):
+        _load_base(m, folder / MODEL_FILE)
+    if adapters is not None:
+        load_adapters(m, folder)
+
+
+def _load_base(m: Any, p: Path) -> None:
+    """model.safetensors at `p` into the plain model `m`, every name and shape checked."""
     from safetensors import safe_open
     from safetensors.torch import load_model as st_load_model
 
-    p = Path(folder) / MODEL_FILE
     if not p.is_file():
         raise CheckpointError(f"checkpoint file {p} is missing")
-    m = unwrap(model)
     try:
         with safe_open(str(p), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
@@ -238,6 +325,72 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
         raise CheckpointMismatch(f"the model shapes differ: checkpoint {p} does not fit this model: "
                                  f"{'; '.join(what)}; use the model settings the checkpoint was made with "
                                  f"(its {CONFIG_FILE})")
+
+
+# --- LoRA adapters ----------------------------------------------------------------------------------------
+def read_adapters(folder: str | os.PathLike) -> dict[str, Any]:
+    """adapters.json of a folder, each field checked: r, alpha, dropout, modules (and base, if present)."""
+    p = Path(folder) / ADAPTERS_CONFIG
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file {p} is missing")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"checkpoint file {p} holds a JSON {type(d).__name__}, expected an object; "
+                              f"the file was edited or damaged")
+    checks = {
+        "r": (lambda v: is_int(v) and v > 0, "a whole number > 0"),
+        "alpha": (lambda v: is_number(v) and 0 < v < float("inf"), "a number > 0"),
+        "dropout": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "modules": (lambda v: isinstance(v, list) and v and all(isinstance(n, str) and n for n in v),
+                    "a list of layer names"),
+    }
+    for name, (ok, expected) in checks.items():
+        if name not in d or not ok(d[name]):
+            raise bad_field(p, name, d.get(name), expected)
+    if "base" in d and not (isinstance(d["base"], str) and d["base"]):
+        raise bad_field(p, "base", d["base"], "the base model's path")
+    unknown = sorted(set(d) - {*checks, "base"})
+    if unknown:
+        raise bad_field(p, unknown[0], d[unknown[0]], "no such field (r, alpha, dropout, modules, base)")
+    return d
+
+
+def load_adapters(model: Any, folder: str | os.PathLike) -> None:
+    """adapters.safetensors into the model's LoRA layers: the same names, every shape equal."""
+    import torch
+    from safetensors import safe_open
+
+    from scratchllm.model.lora import adapter_state
+
+    p = Path(folder) / ADAPTERS_FILE
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint file {p} is missing")
+    ours = adapter_state(unwrap(model))
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            for name, tensor in ours.items():
+                if name not in shapes:
+                    raise CheckpointMismatch(f"the LoRA adapters differ: {name} is not in {p}; the file does not "
+                                             f"match its {ADAPTERS_CONFIG}")
+                if shapes[name] != tuple(tensor.shape):
+                    raise CheckpointMismatch(f"the LoRA adapters differ: {name} has shape {_shape(shapes[name])} in "
+                                             f"{p}, {_shape(tensor.shape)} in this model; the file does not match "
+                                             f"its {ADAPTERS_CONFIG}")
+            extra = sorted(set(shapes) - set(ours))
+            if extra:
+                raise CheckpointMismatch(f"the LoRA adapters differ: {p} holds {extra[0]!r}, which this model has no "
+                                         f"place for; the file does not match its {ADAPTERS_CONFIG}")
+            with torch.no_grad():
+                for name, tensor in ours.items():
+                    tensor.copy_(f.get_tensor(name))
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises several types for a bad header or data
+        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated ({e})") from None
 
 
 def check_tensors(expected: Mapping[str, Any], got: Mapping[str, Any], source: str, hint: str = "") -> None:

@@ -5,7 +5,8 @@
   folder or a run folder (its checkpoints, `latest` first); a runs folder, a file or an empty folder
   is one clear error that says what to pass instead.
 - `load_model(folder)`: (model, tokenizer, meta) rebuilt from config.json, model.safetensors and the
-  tokenizer, never executing pickled code.
+  tokenizer, never executing pickled code. A LoRA checkpoint's adapters are merged into the weights
+  (plain nn.Linear layers: what generation and export want) unless `merge=False`.
 - `first_good(candidates, attempt)`: the one fallback rule, shared with training's restore: try each
   checkpoint in turn; skipped ones become warnings once a good one is found; when none is good, ONE
   error names each file tried and what is wrong with it.
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scratchllm.checkpoint.folder import (
+    ADAPTERS_CONFIG,
+    ADAPTERS_FILE,
     CONFIG_FILE,
     MODEL_FILE,
     STATE_FILE,
@@ -31,6 +34,7 @@ from scratchllm.checkpoint.folder import (
     CheckpointError,
     CheckpointMismatch,
     load_weights,
+    read_adapters,
     verify_checkpoint,
 )
 from scratchllm.checkpoint.pointers import CHECKPOINTS, LATEST, candidates, read_name
@@ -144,13 +148,21 @@ def latest_run(runs_dir: str | os.PathLike = "runs") -> Path:
 
 
 # --- loading ------------------------------------------------------------------------------------------
-def read_model(folder: Path, device: Any = "cpu") -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, meta) from one checkpoint folder, its files checked first."""
+def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, meta) from one checkpoint folder, its files checked first.
+
+    A LoRA checkpoint's model comes merged (plain linear layers), or with `merge=False` with its LoRA
+    layers; meta["lora"] is then its adapters.json.
+    """
     from scratchllm.config.model import ModelConfig
     from scratchllm.model import GPT
+    from scratchllm.model.lora import merge_lora
     from scratchllm.tokenizer.base import load as load_tokenizer
 
-    meta = (verify_checkpoint(folder, only=(MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE))
+    if (folder / ADAPTERS_CONFIG).is_file() and not (folder / MODEL_FILE).exists():
+        raise CheckpointError(f"{folder} holds LoRA adapters alone, not a model; read it with a command that takes "
+                              f"any model folder (generate -m, export, lora merge), which loads its base model")
+    meta = (verify_checkpoint(folder, only=(MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, ADAPTERS_FILE, ADAPTERS_CONFIG))
             if (folder / STATE_FILE).exists() else {})
     cfg_path = folder / CONFIG_FILE
     try:
@@ -163,23 +175,28 @@ def read_model(folder: Path, device: Any = "cpu") -> tuple[Any, Any, dict[str, A
         raise CheckpointError(f"checkpoint file {cfg_path} does not describe a model ({e})") from None
     model = GPT(cfg)
     load_weights(model, folder)
+    meta = {k: v for k, v in meta.items() if k not in ("rng", "optimizer")}
+    if (folder / ADAPTERS_CONFIG).is_file():
+        meta["lora"] = {**read_adapters(folder), "merged": merge}
+        if merge:
+            merge_lora(model)
     try:
         tok = load_tokenizer(folder) if (folder / TOKENIZER_FILE).is_file() else None
     except UserError as e:
         raise CheckpointError(str(e)) from None
-    meta = {k: v for k, v in meta.items() if k not in ("rng", "optimizer")}
     meta["checkpoint"] = str(folder)
     return model.to(device).eval(), tok, meta
 
 
-def load_model(folder: str | os.PathLike, device: Any = "cpu") -> tuple[Any, Any, dict[str, Any]]:
+def load_model(folder: str | os.PathLike, device: Any = "cpu", merge: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, meta) from a run or checkpoint folder: config.json + model.safetensors + tokenizer.
 
     For a run folder, a damaged latest checkpoint falls back to the previous good one (with a
     warning); if none is good, one error names each file tried. `meta` is state.json (step, tokens
     seen, losses, run config) or {} if absent, plus `checkpoint`: the folder loaded. The model is in
-    eval mode. The tokenizer is None if the folder has none.
+    eval mode. The tokenizer is None if the folder has none. A LoRA checkpoint's adapters are merged
+    into the weights unless `merge=False` (then the model keeps its LoRA layers); meta["lora"] says so.
     """
     p = Path(folder)
-    _, loaded = first_good(find_checkpoints(p), lambda ck: read_model(ck, device), where=p / CHECKPOINTS)
+    _, loaded = first_good(find_checkpoints(p), lambda ck: read_model(ck, device, merge), where=p / CHECKPOINTS)
     return loaded

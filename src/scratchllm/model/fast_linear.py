@@ -51,7 +51,8 @@ def _ops_available() -> bool:
 
 
 def _eligible(m: nn.Module, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> bool:
-    return (isinstance(m, nn.Linear) and m.weight.numel() >= MIN_WEIGHTS and m.weight.dtype in dtypes
+    # exactly nn.Linear: a subclass (model.lora's LoRALinear) computes more than its weight's product
+    return (type(m) is nn.Linear and m.weight.numel() >= MIN_WEIGHTS and m.weight.dtype in dtypes
             and m.weight.device.type == "cpu")
 
 
