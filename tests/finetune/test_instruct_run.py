@@ -13,7 +13,7 @@ from scratchllm.cli import main
 from scratchllm.config.finetune import InstructConfig
 from scratchllm.config.sample import SampleConfig
 from scratchllm.data.sources import load_records
-from scratchllm.finetune.instruct import prompt_and_reference, read_entries, split_entries, write_report
+from scratchllm.finetune.instruct import prompt_and_reference, read_entries, respond, split_entries, write_report
 from scratchllm.generate.templates import instruction_prompt, render_chat
 from scratchllm.generate.text import generate_text
 from scratchllm.interop.load import load_any
@@ -157,6 +157,29 @@ def test_report_without_rouge_score_warns_once_and_gives_exact_match(base_model,
     # the base model is the model here: both answer the same
     assert json.loads((tmp_path / "test-responses.json").read_text()) == \
         json.loads((tmp_path / "base-responses.json").read_text())
+
+
+def test_lora_trains_only_the_adapters_and_the_report_uses_them(base_model, data_file, tmp_path):
+    import torch
+
+    from scratchllm.checkpoint import load_model
+    from scratchllm.model.lora import has_lora
+
+    assert finetune(["--init-from", str(base_model), "--data", str(data_file), "--runs-dir", str(tmp_path),
+                     "--name", "lora", "--lora", "r=4,alpha=8", "--train.lr", "1e-2", "--train.epochs", "none",
+                     "--max_steps", "4", "--max_new_tokens", "3", "--quiet"]) == 0
+    source, tok, _ = load_any(base_model)
+    tuned, _, meta = load_model(tmp_path / "lora", merge=False)
+    assert meta["lora"]["r"] == 4 and has_lora(tuned)
+    sources = dict(source.named_parameters())
+    assert all(torch.equal(p, sources[n]) for n, p in tuned.named_parameters() if "lora_" not in n)
+    assert json.loads((tmp_path / "lora" / "checkpoints" / "step-0000004" / "generation.json").read_text()) \
+        == {"eos_token_id": 50256, "prompt_template": "alpaca"}
+    # the responses written after training are the adapted model's (as loaded again, merged)
+    responses = json.loads((tmp_path / "lora" / "test-responses.json").read_text())
+    merged, _, _ = load_any(tmp_path / "lora")
+    prompts = [prompt_and_reference(r, "alpaca")[0] for r in responses]
+    assert [r["model_response"] for r in responses] == respond(merged, tok, prompts, 3, "alpaca", 50256)
 
 
 # --- bad input: exit 2, one error line, nothing written -------------------------------------------------------
