@@ -12,8 +12,8 @@ Imports (torch, the library) happen before the clock starts; the time is folder 
 ("load"), and with the first forward pass of 16 tokens ("+1st fwd"): transformers maps the file and
 reads a tensor's pages when it is first used, scratchllm copies the Conv1D matrices (out of the
 file's pages) while loading, so the second column compares like with like. Torch's default threads.
-Peak RSS is the process's high-water mark (ru_maxrss, after the forward pass) and its rise over the
-RSS after the imports.
+Peak RSS is the process's high-water mark (VmHWM, after the forward pass; not ru_maxrss, which after
+exec still holds this parent's RSS) and its rise over the RSS after the imports.
 Each loader runs `--repeats` times (fresh process each); the best time and that run's memory are shown.
 Both loaders also produce the same logits (checked here on one batch).
 
@@ -45,7 +45,7 @@ from _common import ROOT, add_record_flag, header, recorded  # noqa: E402
 # Run in a fresh process: import, load, one forward pass; report {"seconds" (load), "first" (the forward
 # pass), "peak_mb", "base_mb", "logits"} as JSON.
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 kind, folder = sys.argv[1], sys.argv[2]
 if kind == "new memory":  # the floor: first touch of argv[3] fp32 values of new memory
@@ -61,15 +61,15 @@ elif kind == "scratchllm":
 else:
     from transformers import GPT2LMHeadModel
     load = lambda: GPT2LMHeadModel.from_pretrained(folder).eval()
-def rss_mb():
+def rss_mb(key="VmRSS:"):  # VmHWM: the peak. Not ru_maxrss, which keeps the parent's RSS from before exec.
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
 base = rss_mb()
 t0 = time.perf_counter()
 model = load()
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = rss_mb("VmHWM:")
 first, logits = 0.0, []
 if kind != "new memory":
     ids = torch.arange(16)[None] * 97 % 50257
@@ -77,7 +77,7 @@ if kind != "new memory":
     with torch.no_grad():
         out = model(ids)
     first = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mb("VmHWM:")
     logits = (out[0] if isinstance(out, tuple) else getattr(out, "logits", out))[0, -1, :8].tolist()
 print(json.dumps({"seconds": seconds, "first": first, "peak_mb": peak, "base_mb": base, "logits": logits}))
 """
