@@ -9,7 +9,8 @@ from finetune_helpers import gpt2_tokenizer
 
 from scratchllm.cli import main
 from scratchllm.errors import UserError
-from scratchllm.finetune.dpo import encode_pairs, read_preferences, split_pairs
+from scratchllm.finetune.dpo import encode_pairs, read_preferences
+from scratchllm.finetune.instruct import split_entries as split_pairs
 from scratchllm.generate.templates import ALPACA_RESPONSE, alpaca_prompt
 
 ENTRIES = [

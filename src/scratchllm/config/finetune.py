@@ -122,8 +122,12 @@ class InstructConfig(FinetuneConfig):
     # Leave the prompt's tokens out of the loss (target -100), so the model learns only responses.
     # Off in the book's main run (its exercise 7.2 turns it on).
     mask_prompt: bool = False
-    # Train, validation and test fractions (the book's 85/5/10).
+    # Train, validation and test fractions (the book's 85/5/10), cut in the book's order: train, then
+    # test, then validation (the rest).
     split: tuple[float, ...] = (0.85, 0.05, 0.10)
+    # Shuffle the entries (with train.seed) before cutting the split. false cuts them in file order,
+    # which reproduces the book's split of its instruction-data.json exactly.
+    shuffle: bool = True
     # New tokens per test response written after training (the book's 256); 0 writes none.
     max_new_tokens: int = 256
     # The book's chapter 7: two epochs, batch 8, lr 5e-5.

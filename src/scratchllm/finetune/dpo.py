@@ -173,17 +173,6 @@ def encode_pairs(entries: Sequence[tuple[str, str, str, str]], tokenizer: Any, e
     return pairs, stats
 
 
-def split_pairs(pairs: Sequence[Any], fractions: Sequence[float], seed: int) -> tuple[list, list, list]:
-    """Shuffle with `seed`, then train, validation and test parts: int(n * f) pairs for train and
-    validation (the book's rounding), the rest for test."""
-    import numpy as np
-
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    shuffled = [pairs[int(i)] for i in order]
-    n_train, n_val = int(len(pairs) * fractions[0]), int(len(pairs) * fractions[1])
-    return shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:]
-
-
 # --- batches ------------------------------------------------------------------------------------
 def collate(pairs: Sequence[Pair], pad_id: int, mask_prompt: bool = True) -> dict[str, Any]:
     """B pairs as one batch of 2B rows: the B chosen sequences, then the B rejected ones.
@@ -306,23 +295,11 @@ LOGGED = ("loss", "reward_chosen", "reward_rejected", "reward_margin", "preferen
 
 
 # --- the plan for finetune.job ---------------------------------------------------------------------
-def end_of_text(tokenizer: Any, source_meta: dict[str, Any]) -> int:
-    """The id that ends a response and pads: the source's eos (its first, if several), else the tokenizer's."""
-    eos = (source_meta.get("generation") or {}).get("eos_token_id")
-    if isinstance(eos, list):
-        eos = eos[0] if eos else None
-    if eos is None:
-        eos = tokenizer.eot_id
-    if eos is None:
-        raise UserError("the model's tokenizer has no end-of-text token (<|endoftext|>) and its generation "
-                        "settings name no eos_token_id; DPO needs one to end responses")
-    return int(eos)
-
-
 def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -> Plan:
     """The preference pairs, their reference log-probabilities (from `model`, still the untouched source:
     computed here, once), the batches, the loss, the evaluation and the report (see the module doc)."""
     from scratchllm.finetune.batches import ExampleBatches, fixed_batches
+    from scratchllm.finetune.instruct import end_of_text_id, generation_settings, split_entries
     from scratchllm.interop.load import GENERATION_FILE
     from scratchllm.runtime import autocast, eval_mode, pick_device
     from scratchllm.train.loop import resolve_precision
@@ -333,7 +310,7 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
         raise UserError(f"max_length {config.max_length} is longer than the model's context of {context} tokens; "
                         f"lower max_length or leave it out")
     max_length = config.max_length or context
-    eos = end_of_text(tokenizer, source_meta)
+    eos = end_of_text_id(tokenizer, source_meta)
     entries = read_preferences(config.data)
     pairs, stats = encode_pairs(entries, tokenizer, eos, max_length)
     if not pairs:
@@ -341,7 +318,7 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
             f"its prompt fills max_length {max_length} or chosen equals rejected"
         raise UserError(f"{config.data}: no usable preference pair: in every entry {why}; DPO needs pairs "
                         f"whose responses differ")
-    train, val, test = split_pairs(pairs, config.split, tc.seed)
+    train, val, test = split_entries(pairs, config.split, tc.seed)
     left_out = "".join([f"; {stats['same']} with chosen == rejected left out" if stats["same"] else "",
                         f"; {stats['truncated']} truncated to {max_length} tokens" if stats["truncated"] else "",
                         f" ({stats['no_response']} dropped: no response left)" if stats["no_response"] else ""])
@@ -386,10 +363,7 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
               f"prefers chosen {metrics['ref_prefers_chosen']:.3f} before, {metrics['prefers_chosen']:.3f} after")
         return result
 
-    source_generation = source_meta.get("generation") or {}
-    generation = {**source_generation, "prompt_template": "alpaca",
-                  "eos_token_id": eos if source_generation.get("eos_token_id") is None
-                  else source_generation["eos_token_id"]}  # all of the source's, if it has several
+    generation = generation_settings(source_meta, "alpaca", eos)
 
     def write_generation(path: Path) -> None:
         path.write_text(json.dumps(generation, indent=1), encoding="utf-8")
