@@ -278,7 +278,19 @@ def test_lora_classifier_trains_adapters_and_the_head_only(work, base_model, cap
     assert tuned["lm_head.weight"].shape == (2, 32) and not torch.equal(tuned["lm_head.weight"], head_at_start.weight)
     rc, out, err = run_cli(["classify", "-m", runs / "lora", "free prize, call now", "--jsonl"], capsys)
     assert rc == 0, err
-    assert json.loads(out)["label"] in ("ham", "spam")
+    before = json.loads(out)
+    assert before["label"] in ("ham", "spam")
+    # merged, the classifier keeps its labels and gives the same probabilities
+    rc, _, err = run_cli(["lora", "merge", runs / "lora", "--out", root / "merged"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["classify", "-m", root / "merged", "free prize, call now", "--jsonl"], capsys)
+    assert rc == 0, err
+    after = json.loads(out)
+    assert after["label"] == before["label"]
+    assert after["probability"] == pytest.approx(before["probability"], abs=1e-5)
+    # its adapters alone would lose the head, which trained in full: refused, with what to do instead
+    rc, _, err = run_cli(["lora", "extract", runs / "lora", "--out", root / "adapters"], capsys)
+    assert rc == 2 and "lora merge" in err and not (root / "adapters").exists()
 
 
 def test_mean_pooling_and_a_given_label_order_reach_classify(work, base_model, capsys):
