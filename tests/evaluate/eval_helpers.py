@@ -44,4 +44,4 @@ class Bigram(nn.Module):
         return self.table[idx]  # (B, T, vocab)
 
     def logp(self, prev: int, nxt: int) -> float:
-        return float(torch.log_softmax(self.table[prev].double(), -1)[nxt])
+        return float(torch.log_softmax(self.table[prev].detach().double(), -1)[nxt])
