@@ -119,3 +119,20 @@ def test_a_runs_validation_split_is_the_text_it_held_out(files, tmp_path, capsys
     again = run_json(capsys, ["eval", "perplexity", "-m", str(files["bare"]), "--dataset",
                               str(tmp_path / "prepared"), "--split", "val", "--json", "-q"])
     assert again["bytes"] == got["bytes"] and math.isclose(again["perplexity"], got["perplexity"], rel_tol=1e-6)
+
+
+def test_a_card_that_cannot_be_written_is_a_warning_after_the_results(files, capsys, monkeypatch):
+    import errno
+
+    import scratchllm.evaluate.card as card
+
+    def denied(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("scratchllm.files.write_atomic", denied)
+    before = (files["a"] / card.CARD_FILE).read_text(encoding="utf-8")
+    assert main(["eval", "perplexity", "-m", str(files["a"]), "hi there", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("perplexity ")
+    assert err.startswith("warning: the results were not added to the model card: ") and "permission denied" in err
+    assert (files["a"] / card.CARD_FILE).read_text(encoding="utf-8") == before

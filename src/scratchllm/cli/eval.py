@@ -218,7 +218,15 @@ def note_on_card(args, model_path: str, meta: dict[str, Any], command: str, resu
     checkpoint = meta.get("checkpoint")
     entry = {"date": now(), "command": command,
              "results": {**({"checkpoint": checkpoint} if checkpoint else {}), **results}}
-    card = append_evaluation(checkpoint or model_path, entry)
+    try:
+        card = append_evaluation(checkpoint or model_path, entry)
+    except OSError as e:  # the results are printed already: a card that cannot be written is no reason to fail
+        import warnings
+
+        from scratchllm.errors import os_error_message
+
+        warnings.warn(f"the results were not added to the model card: {os_error_message(e) or e}", stacklevel=2)
+        return
     if card is not None:
         print(f"appended to {card}", file=sys.stderr)
 
@@ -335,6 +343,13 @@ def cmd_compare(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the report")
+    import os
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)  # proved writable before any model is scored
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+    os.close(fd)
+    os.unlink(probe)
     items = read_items(args.choices) if args.choices is not None else None
     needs_meta = args.dataset is not None and args.split != "all"
     docs = None if needs_meta else read_documents(args, [], stdin=False)

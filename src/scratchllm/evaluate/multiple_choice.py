@@ -211,9 +211,11 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[Item], *, delimiter:
     scores: list[list[float]] = [[] for _ in items]
     for n, s in zip(owners, sums):
         scores[n].append(s)
+    # the first of equal scores wins, as numpy's argmax in the harness
     pred = [max(range(len(s)), key=s.__getitem__) for s in scores]
     # the harness divides by the choice's own length in characters (without the delimiter)
-    pred_norm = [max(range(len(s)), key=lambda j, s=s, it=it: s[j] / len(it.choices[j])) for s, it in zip(scores, items)]
+    normed = [[v / len(c) for v, c in zip(s, it.choices)] for s, it in zip(scores, items)]
+    pred_norm = [max(range(len(s)), key=s.__getitem__) for s in normed]
     acc = sum(p == it.label for p, it in zip(pred, items)) / len(items)
     acc_norm = sum(p == it.label for p, it in zip(pred_norm, items)) / len(items)
     return ChoiceResult(acc, acc_norm, len(items), scores, pred, pred_norm)
