@@ -119,6 +119,11 @@ def test_a_runs_validation_split_is_the_text_it_held_out(files, tmp_path, capsys
     again = run_json(capsys, ["eval", "perplexity", "-m", str(files["bare"]), "--dataset",
                               str(tmp_path / "prepared"), "--split", "val", "--json", "-q"])
     assert again["bytes"] == got["bytes"] and math.isclose(again["perplexity"], got["perplexity"], rel_tol=1e-6)
+    # compare: the run's split is the text every model scores
+    report = run_json(capsys, ["eval", "compare", str(files["bare"]), str(run), "--dataset", "corpus.txt", "--split",
+                               "val", "--out", str(tmp_path / "cmp"), "--json", "-q"])
+    assert [r["bytes"] for r in report["models"]] == [got["bytes"]] * 2
+    assert report["models"][1]["perplexity"] == pytest.approx(got["perplexity"], rel=1e-6)
 
 
 def test_a_card_that_cannot_be_written_is_a_warning_after_the_results(files, capsys, monkeypatch):

@@ -358,13 +358,14 @@ def cmd_compare(args) -> int:
                         "--choices FILE.jsonl")
     rows, metas = [], []
     if needs_meta:  # the split of the first model trained on the dataset: every model scores the same text
-        from scratchllm.checkpoint.load import load_model
+        from scratchllm.checkpoint.folder import read_state
+        from scratchllm.checkpoint.load import resolve_checkpoint
 
         for path in args.models:
             try:
-                metas.append(load_model(path)[2])
+                metas.append(read_state(resolve_checkpoint(path)))  # state.json: run_config and data_dir
             except UserError:
-                continue  # not a scratchllm run: it has no prepared data
+                continue  # not a scratchllm run or checkpoint: it has no prepared data
         docs = read_documents(args, metas, stdin=False)
     setup: dict[str, Any] = {}
     if docs is not None:
