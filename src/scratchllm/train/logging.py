@@ -214,5 +214,10 @@ def model_card(info: dict[str, Any]) -> str:
 
 def write_model_card(folder: str | os.PathLike, info: dict[str, Any]) -> Path:
     p = Path(folder) / CARD_FILE
-    write_atomic(p, model_card(info))
+    text = model_card(info)
+    if p.is_file():  # a resumed run's new card keeps the results `scratchllm eval` appended to the old one
+        from scratchllm.evaluate.card import keep_evaluations
+
+        text = keep_evaluations(p.read_text(encoding="utf-8", errors="replace"), text)
+    write_atomic(p, text)
     return p
