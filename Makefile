@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is installed first and pinned: on our machines 2.13.0 is the CPU build that lies on disk.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install dev lint clean
+.PHONY: demo test install dev lint docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,11 +29,18 @@ demo: $(VENV)/.installed
 	$(BIN)/scratchllm train --config configs/shakespeare-bpe.toml
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+
+# the documentation site into site/ (mkdocs.yml; strict: a broken link or a missing page fails the build)
+MKDOCS = NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/python -m pytest -q
+	$(MKDOCS) --quiet -d site
+
+docs: $(VENV)/.dev
+	$(MKDOCS) -d site
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -138,8 +138,36 @@ def lora_inputs(tmp_path_factory) -> dict[str, str]:
     return {k: str(v) for k, v in folders.items()}
 
 
+@pytest.fixture(scope="session")
+def eval_inputs(tmp_path_factory) -> dict[str, str]:
+    """A tiny checkpoint with a byte-level tokenizer and multiple-choice files, one good and one per fault,
+    outside the working folder (read-only inputs; made once)."""
+    import json
+
+    import torch
+
+    from scratchllm.checkpoint.folder import save_checkpoint
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.model import GPT
+    from scratchllm.tokenizer.bpe import BPETokenizer
+
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    tok = BPETokenizer([bytes([i]) for i in range(256)], [], special_tokens={"<|endoftext|>": 256})
+    model = GPT(ModelConfig(vocab_size=257, n_layer=1, n_head=2, n_embd=16, context_length=16))
+    names = {"evmodel": str(save_checkpoint(root / "evmodel", model, tokenizer=tok))}
+    good = {"context": "a", "choices": ["b", "c"], "label": 0}
+    for name, bad in [("mc_good", good), ("mc_nochoices", {"context": "a", "label": 0}),
+                      ("mc_label", {**good, "label": 2}), ("mc_nocontext", {"choices": ["b", "c"], "label": 0}),
+                      ("mc_badjson", "{oops")]:
+        line = bad if isinstance(bad, str) else json.dumps(bad)
+        (root / f"{name}.jsonl").write_text(json.dumps(good) + "\n" + line + "\n", encoding="utf-8")
+        names[name] = str(root / f"{name}.jsonl")
+    return names
+
+
 @pytest.fixture
-def work(tmp_path, monkeypatch, hf_inputs, lora_inputs):
+def work(tmp_path, monkeypatch, hf_inputs, lora_inputs, eval_inputs):
     """A working folder with one input of each kind; returns the names the table's argv use."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SCRATCHLLM_DATA_DIR", raising=False)
@@ -167,6 +195,7 @@ def work(tmp_path, monkeypatch, hf_inputs, lora_inputs):
     names.update({p.stem if p.suffix != ".toml" else p.stem + "_toml": str(p) for p in inp.iterdir()})
     names.update(hf_inputs)
     names.update(lora_inputs)
+    names.update(eval_inputs)
     return names
 
 
@@ -387,6 +416,37 @@ ROWS = [
     (["lora", "merge", "{adapters}", "--out", "{out}"], "free some space", "full", None),
     (["generate", "--model", "{adapters_truncated}", "hi"], "adapters.safetensors is truncated", "", None),
     (["export", "hf", "{adapters_nobase}", "--out", "{out}"], "does not exist", "", None),
+    # --- eval (a tiny model with a byte tokenizer and multiple-choice files: the eval_inputs fixture) ------
+    (["eval", "bogus"], "invalid choice", "", None),
+    (["eval", "perplexity", "-m", "{nodir}", "hi"], "does not exist", "", None),
+    (["eval", "perplexity", "-m", "{binary}", "hi"], "checkpoint", "", None),
+    (["eval", "perplexity", "-m", "{plain_ck}", "hi"], "has no tokenizer", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", ""], "is empty", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "--file", "{empty}"], "is empty", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "--file", "{missing}"], "not found", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "--file", "{latin1}"], "UTF-8", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}"], "is empty", "", b""),
+    (["eval", "perplexity", "-m", "{evmodel}", "hi", "--file", "{good}"], "give one text to score", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "hi", "--stride", "0"], "--stride must be >= 1", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "hi", "--stride", "17"], "between 1 and the model's context (16)",
+     "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "hi", "--batch-size", "0"], "--batch-size must be >= 1", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "--split", "val"], "--split needs --dataset", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "--dataset", "no-such-dataset"], "unknown dataset", "", None),
+    (["eval", "perplexity", "-m", "{evmodel}", "--dataset", "{good}", "--split", "val"],
+     "no model here was trained on", "", None),
+    (["eval", "choice", "-m", "{evmodel}", "{missing}"], "not found", "", None),
+    (["eval", "choice", "-m", "{evmodel}", "{mc_nochoices}"], 'mc_nochoices.jsonl:2: no "choices" field', "", None),
+    (["eval", "choice", "-m", "{evmodel}", "{mc_nocontext}"], 'mc_nocontext.jsonl:2: no "context"', "", None),
+    (["eval", "choice", "-m", "{evmodel}", "{mc_label}"], "mc_label.jsonl:2: \"label\" 2 is out of range", "", None),
+    (["eval", "choice", "-m", "{evmodel}", "{mc_badjson}"], "mc_badjson.jsonl:2: not valid JSON", "", None),
+    (["eval", "choice", "-m", "{evmodel}", "{latin1}"], "not valid UTF-8", "", None),
+    (["eval", "choice", "-m", "{nodir}", "{mc_good}"], "does not exist", "", None),
+    (["eval", "compare", "{evmodel}", "--out", "{out}"], "give the evaluations to compare on", "", None),
+    (["eval", "compare", "{evmodel}", "--file", "{good}", "--out", "{blocker}"], "is a file", "", None),
+    (["eval", "compare", "{evmodel}", "--choices", "{mc_label}", "--out", "{out}"], "out of range", "", None),
+    (["eval", "compare", "{evmodel}", "--choices", "{mc_good}", "--out", "{ro}/r"], "permission denied", "ro", None),
+    (["eval", "compare", "{evmodel}", "--choices", "{mc_good}"], "required: --out", "", None),
 ]
 
 
@@ -427,7 +487,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(row, work, tmp_p
 
 
 # --- rules every command shares ------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"], ["lora"]])
+@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"], ["lora"], ["eval"]])
 def test_a_missing_subcommand_prints_help_and_exits_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

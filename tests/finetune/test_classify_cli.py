@@ -185,6 +185,7 @@ def bad_inputs(tmp_path_factory, shared_data):
     write_csv(d / "cols.csv", [("hello", "ham")], header=("body", "kind"))
     write_csv(d / "good.csv", sms_rows(shared_data, 20, 20))
     (d / "empty.csv").write_text("")
+    (d / "latin1.csv").write_bytes("text,label\ncafé crème,ham\n".encode("latin-1"))
     (d / "bad.jsonl").write_text('{"text": "a", "label": "ham"}\n{"text": \n')
     (d / "texts.txt").write_text("hello\n")
     (d / "taken.csv").write_text("x")
@@ -209,6 +210,7 @@ BAD = [
     (["finetune", "classify", "--data", "{d}/empty.csv"], "empty.csv is empty"),
     (["finetune", "classify", "--data", "{d}/bad.jsonl"], "bad.jsonl line 2 is not valid JSON"),
     (["finetune", "classify", "--data", "{d}/nothere.csv"], "nothere.csv not found"),
+    (["finetune", "classify", "--data", "{d}/latin1.csv"], "latin1.csv is not valid UTF-8 at byte offset 14"),
     (["finetune", "classify", "--data", "{d}/good.csv", "--init-from", "{d}/small-vocab"],
      "beyond the model's vocabulary of 1000"),
     (["classify", "-m", "{base}", "hello"], "is not a classifier"),
@@ -221,6 +223,7 @@ BAD = [
     (["classify", "-m", "{run}", "--file", "{d}/nothere.txt"], "nothere.txt not found"),
     (["classify", "-m", "{run}", "--file", "{d}/empty.csv"], "empty.csv is empty"),
     (["classify", "-m", "{run}", "--file", "{d}/cols.csv"], "has no column 'text' (columns: body, kind)"),
+    (["classify", "-m", "{run}", "--file", "{d}/latin1.csv"], "latin1.csv is not valid UTF-8"),
     (["classify", "-m", "{d}/nodir", "hi"], "does not exist"),
 ]
 
@@ -240,3 +243,68 @@ def test_bad_input_is_one_error_line(argv, message, bad_inputs, base_model, trai
     assert len(errors) == 1, err
     assert message.format(**names) in errors[0]
     assert _tree(tmp_path) == {} and (_tree(bad_inputs), _tree(trained)) == before
+
+
+def test_classify_reads_stdin_and_defaults_to_the_latest_run(trained, monkeypatch, capsys):
+    import io
+    import sys
+
+    fake = io.TextIOWrapper(io.BytesIO(b"hello there\n\nFREE prize, txt WIN now\n"), encoding="utf-8")
+    fake.isatty = lambda: False
+    monkeypatch.setattr(sys, "stdin", fake)
+    rc, out, err = run_cli(["classify", "--runs-dir", trained.parent], capsys)  # runs/latest: a classifier
+    assert rc == 0, err
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [row[2] for row in lines] == ["hello there", "FREE prize, txt WIN now"]
+    assert all(row[0] in ("ham", "spam") and 0.5 <= float(row[1]) <= 1 for row in lines)
+
+
+def test_lora_classifier_trains_adapters_and_the_head_only(work, base_model, capsys):
+    root, data = work
+    runs = root / "runs-lora"
+    rc, out, err = run_cli(finetune_argv(base_model, data, runs, "lora", "--max_steps", "3", "--lora", "r=4,alpha=8"),
+                           capsys)
+    assert rc == 0, err
+    assert "LoRA r=4 on" in out
+    ck = runs / "lora" / "checkpoints" / "step-0000003"
+    assert (ck / "adapters.safetensors").is_file()
+    base = load_file(str(base_model / "model.safetensors"))
+    tuned = load_file(str(ck / "model.safetensors"))
+    for k, v in base.items():
+        if not k.startswith("lm_head"):
+            assert torch.equal(tuned[k], v), k  # the base stays frozen: only adapters and the new head train
+    torch.manual_seed(123)
+    head_at_start = torch.nn.Linear(32, 2)  # the seeded head before training
+    assert tuned["lm_head.weight"].shape == (2, 32) and not torch.equal(tuned["lm_head.weight"], head_at_start.weight)
+    rc, out, err = run_cli(["classify", "-m", runs / "lora", "free prize, call now", "--jsonl"], capsys)
+    assert rc == 0, err
+    before = json.loads(out)
+    assert before["label"] in ("ham", "spam")
+    # merged, the classifier keeps its labels and gives the same probabilities
+    rc, _, err = run_cli(["lora", "merge", runs / "lora", "--out", root / "merged"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["classify", "-m", root / "merged", "free prize, call now", "--jsonl"], capsys)
+    assert rc == 0, err
+    after = json.loads(out)
+    assert after["label"] == before["label"]
+    assert after["probability"] == pytest.approx(before["probability"], abs=1e-5)
+    # its adapters alone would lose the head, which trained in full: refused, with what to do instead
+    rc, _, err = run_cli(["lora", "extract", runs / "lora", "--out", root / "adapters"], capsys)
+    assert rc == 2 and "lora merge" in err and not (root / "adapters").exists()
+
+
+def test_mean_pooling_and_a_given_label_order_reach_classify(work, base_model, capsys):
+    root, data = work
+    runs = root / "runs-mean"
+    rc, _, err = run_cli(finetune_argv(base_model, data, runs, "mean", "--max_steps", "2", "--pooling", "mean",
+                                       "--labels", "spam,ham", "--balance", "false"), capsys)
+    assert rc == 0, err
+    report = json.loads((runs / "mean" / "report.json").read_text())
+    assert report["labels"] == ["spam", "ham"]
+    assert report["examples"] == {"train": 70, "val": 10, "test": 20}  # all 100 texts: not balanced
+    assert sum(c["support"] for c in report["test"]["per_class"].values()) == 20
+    state = json.loads((runs / "mean" / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["task"]["pooling"] == "mean" and state["task"]["labels"] == ["spam", "ham"]
+    rc, out, err = run_cli(["classify", "-m", runs / "mean", "see you soon", "--jsonl"], capsys)
+    assert rc == 0, err
+    assert list(json.loads(out)["probabilities"]) == ["spam", "ham"]

@@ -192,6 +192,7 @@ def test_classifier_keeps_the_source_weights_and_a_seeded_head():
     base = GPT(ModelConfig(vocab_size=100, context_length=32, n_layer=2, n_head=2, n_embd=32))
     a, b = classifier_from(base, 2, seed=123), classifier_from(base, 2, seed=123)
     assert a.config.n_classes == 2 and not a.config.tie_weights and a.lm_head.weight.shape == (2, 32)
+    assert not any(t.is_meta for t in [*a.parameters(), *a.buffers()])  # built on meta, every tensor real
     for name, p in base.state_dict().items():
         if not name.startswith("lm_head"):
             assert torch.equal(a.state_dict()[name], p), name

@@ -99,3 +99,58 @@ def test_bf16_folder_read_as_fp32(tmp_path):
     ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(5))
     assert (logits(model, ids) - ref(ids).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_read_model_trains_without_touching_the_file(tmp_path, tied):
+    """A model read from safetensors keeps memory-mapped tensors where they need no change: training it
+    must not write into the user's file. Every parameter is contiguous (the C decode kernel reads them
+    in place), a tied head stays tied through the step, and the step moves the weights."""
+    import hashlib
+
+    ref = hf_model("gpt2", tied)
+    folder = save(ref, tmp_path / "m")
+    weights_file = folder / "model.safetensors"
+    before = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    model, _, _ = read_hf(folder)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert (model.lm_head.weight is model.tok_emb.weight) == tied
+    old = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    out = model(ids)
+    loss = torch.nn.functional.cross_entropy((out[0] if isinstance(out, tuple) else out).flatten(0, 1),
+                                             ids.flatten())
+    loss.backward()
+    opt.step()
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, old[k])]
+    assert "tok_emb.weight" in moved and "blocks.0.attn.qkv.weight" in moved and "blocks.0.norm1.bias" in moved
+    assert (model.lm_head.weight is model.tok_emb.weight) == tied
+    assert hashlib.sha256(weights_file.read_bytes()).hexdigest() == before
+    again, _, _ = read_hf(folder)  # the file still holds transformers' weights
+    assert (logits(again, ids) - ref(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_contiguous_tensors_copies_only_what_it_must():
+    """Contiguous tensors of the wanted dtype come back as themselves; transposed views and other dtypes
+    as contiguous copies with the same values (on several threads); a tensor under two names stays one."""
+    from scratchllm.interop.hf import contiguous_tensors
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(50, 8, generator=g)
+    conv = [torch.randn(8, 24, generator=g) for _ in range(5)]  # Conv1D layout (in, out)
+    sd = {"emb": emb, "head": emb, "ids": torch.arange(6), "half": torch.randn(4, 8, generator=g).bfloat16(),
+          **{f"w{i}": w.t() for i, w in enumerate(conv)}}
+    out = contiguous_tensors(sd)
+    assert out["emb"] is emb and out["head"] is emb and out["ids"] is sd["ids"] and out["half"] is sd["half"]
+    for i, w in enumerate(conv):
+        assert out[f"w{i}"].is_contiguous() and torch.equal(out[f"w{i}"], w.t())
+        assert out[f"w{i}"].data_ptr() != w.data_ptr()
+    fp32 = contiguous_tensors(sd, torch.float32)
+    assert fp32["emb"] is emb and fp32["ids"] is sd["ids"]
+    assert fp32["half"].dtype == torch.float32 and torch.equal(fp32["half"], sd["half"].float())
+    shared = {"a": sd["half"], "b": sd["half"]}
+    converted = contiguous_tensors(shared, torch.float32)
+    assert converted["a"] is converted["b"]
+    assert contiguous_tensors({}) == {}

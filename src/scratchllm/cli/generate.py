@@ -5,6 +5,11 @@
     scratchllm generate --model gpt2-small "Hello" --max-new-tokens 20   # random weights
     echo "Once upon" | scratchllm generate --stop "\\n\\n" --seed 1
     scratchllm generate --file prompts.txt --batch --temperature 0 > out.jsonl   # one prompt a line
+    scratchllm generate -m runs/instruct-alpaca-book --instruction "Name a colour." --temperature 0
+
+`--instruction` (and `--input`) is formatted with the checkpoint's prompt template (generation.json's
+"prompt_template", written by `scratchllm finetune instruct`; Alpaca's for a model without one) and
+only the response is printed.
 
 Sampling options are SampleConfig's fields (flags here, or `--key value` overrides). This command
 wires two layer-2 packages together: `scratchllm.checkpoint` reads the model and its tokenizer
@@ -35,6 +40,10 @@ def register(subparsers) -> None:
                    help="run folder, checkpoint folder, or preset name (random weights); default: latest run")
     p.add_argument("--runs-dir", default="runs", help="where to look for the latest run (default: runs)")
     p.add_argument("--file", "-f", default=None, help="read the prompt from this file")
+    p.add_argument("--instruction", default=None, metavar="TEXT",
+                   help="an instruction for a finetuned model: formatted with the checkpoint's prompt template "
+                        "(alpaca or chat; alpaca if it names none); only the response is printed")
+    p.add_argument("--input", default=None, metavar="TEXT", help="the instruction's input (with --instruction)")
     from scratchllm.cli.settings import add_setting_flags
     from scratchllm.config.sample import SampleConfig
 
@@ -146,6 +155,7 @@ def load(args):
         files = "tokenizer.scratchllm.json" if meta["format"] == "scratchllm" else "tokenizer files"
         raise UserError(f"{where} has no {files}; cannot turn text into tokens")
     what = "checkpoint" if meta["format"] == "scratchllm" else f"{meta['format']} model"
+    args.prompt_template = (meta.get("generation") or {}).get("prompt_template")  # for --instruction
     # an imported model's own end-of-text ids (generation_config.json: Llama 3 has several), else the tokenizer's
     eos = (meta.get("generation") or {}).get("eos_token_id")
     return model, tokenizer, f"{what} {where}", TOKENIZER_EOS if eos is None else eos
@@ -174,6 +184,7 @@ def preset_model(name: str, data_dir=None):
 
 
 def run(args) -> int:
+    from scratchllm.errors import UserError
     from scratchllm.files import check_data_dir
     from scratchllm.runtime import pick_device, torch_dtype
 
@@ -181,7 +192,11 @@ def run(args) -> int:
     if args.data_dir is not None:
         check_data_dir(args.data_dir)  # a mistyped folder is an error, never a silent fallback to byte tokens
     batch = read_batch(args) if args.batch else None
-    prompt = read_prompt(args) if batch is None else ""
+    if args.instruction is not None and (batch is not None or args.prompt is not None or args.file is not None):
+        raise UserError("--instruction is the prompt: give it without a prompt argument, --file or --batch")
+    if args.input is not None and args.instruction is None:
+        raise UserError("--input goes with --instruction (the instruction's input)")
+    prompt = read_prompt(args) if batch is None and args.instruction is None else ""
     model, tokenizer, what, eos = load(args)
     model = model.to(device=pick_device(args.device), dtype=torch_dtype(args.dtype))
     print(f"[{what}]", file=sys.stderr)
@@ -190,8 +205,10 @@ def run(args) -> int:
 
     from scratchllm.generate.text import stream
 
+    if args.instruction is not None:
+        prompt, config = instruction_prompt(args, config)
     out = sys.stdout
-    if not args.no_echo:
+    if not args.no_echo and args.instruction is None:
         out.write(prompt)
         out.flush()
     pieces = stream(model, tokenizer, prompt, config, eos_id=eos)
@@ -204,6 +221,20 @@ def run(args) -> int:
     out.write("\n")
     out.flush()
     return 0
+
+
+def instruction_prompt(args, config):
+    """(prompt, config) for --instruction: the instruction and --input in the checkpoint's template (Alpaca's
+    when it names none, which any model can read), and that template's stop strings added."""
+    from scratchllm.cli.inputs import read_argument
+    from scratchllm.generate.templates import instruction_prompt as format_instruction
+    from scratchllm.generate.templates import template_stops
+
+    template = getattr(args, "prompt_template", None) or "alpaca"
+    instruction = read_argument(args.instruction, "--instruction", args.errors)
+    given = read_argument(args.input, "--input", args.errors) if args.input is not None else ""
+    stops = tuple(s for s in template_stops(template) if s not in config.stop)
+    return format_instruction(template, instruction, given), config.replace(stop=config.stop + stops)
 
 
 def run_batch(model, tokenizer, prompts: list[tuple[int, str]], config, batch_size: int, eos) -> int:

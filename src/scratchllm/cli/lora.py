@@ -58,6 +58,10 @@ def cmd_extract(args) -> int:
     if "lora" not in meta:
         raise UserError(f"{where} has no LoRA adapters (it was trained without --lora); "
                         f"there is nothing to extract")
+    if getattr(model.config, "n_classes", None) is not None:
+        raise UserError(f"{where} is a LoRA classifier: its new head trained in full and is not an adapter, so "
+                        f"adapters alone would lose it; `scratchllm lora merge {args.run} --out DIR` gives a "
+                        f"checkpoint that `scratchllm classify` reads")
     base = args.base if args.base is not None else meta.get("init_from")
     if base is None:
         raise UserError(f"{where}/state.json records no base model (init_from); name it with --base")
@@ -92,6 +96,8 @@ def cmd_merge(args) -> int:
     generation = meta.get("generation", {})
     state = {"lora_merged": {"source": str(args.path), "r": lora["r"], "alpha": lora["alpha"],
                              "modules": lora["modules"], **({"base": lora["base"]} if "base" in lora else {})}}
+    if "task" in meta:  # what the commands that use a finetuned model read (a classifier's labels, pooling)
+        state["task"] = meta["task"]
     extra = {GENERATION_FILE: lambda p: p.write_text(json.dumps(generation, indent=1), encoding="utf-8")}
     save_checkpoint(out, model, state=state, tokenizer=tokenizer, extra_files=extra)
     print(f"wrote checkpoint {out} ({args.path} merged: r={lora['r']} on {len(lora['modules'])} layers)")

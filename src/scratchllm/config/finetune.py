@@ -122,8 +122,12 @@ class InstructConfig(FinetuneConfig):
     # Leave the prompt's tokens out of the loss (target -100), so the model learns only responses.
     # Off in the book's main run (its exercise 7.2 turns it on).
     mask_prompt: bool = False
-    # Train, validation and test fractions (the book's 85/5/10).
+    # Train, validation and test fractions (the book's 85/5/10), cut in the book's order: train, then
+    # test, then validation (the rest).
     split: tuple[float, ...] = (0.85, 0.05, 0.10)
+    # Shuffle the entries (with train.seed) before cutting the split. false cuts them in file order,
+    # which reproduces the book's split of its instruction-data.json exactly.
+    shuffle: bool = True
     # New tokens per test response written after training (the book's 256); 0 writes none.
     max_new_tokens: int = 256
     # The book's chapter 7: two epochs, batch 8, lr 5e-5.
@@ -139,12 +143,14 @@ class InstructConfig(FinetuneConfig):
 class DPOConfig(FinetuneConfig):
     """`scratchllm finetune dpo`: direct preference optimisation against a frozen reference model."""
 
-    # The book's entries with chosen/rejected responses; or a JSON/JSONL file of {instruction, input,
-    # chosen, rejected} (what the web page's ratings produce).
+    # The book's entries with chosen/rejected responses; or a JSON list or JSON Lines file of
+    # {instruction, input, chosen, rejected} entries, or {prompt, chosen, rejected} with a ready prompt
+    # (what the web page's ratings produce; the format is documented in scratchllm.finetune.dpo).
     data: str = "alpaca-book-preference"
     # DPO's beta: how far the policy may move from the reference (the book's 0.1, Rafailov et al.'s range).
     beta: float = 0.1
-    # Leave the prompt out of the summed log-probabilities (DPO compares responses only).
+    # Leave the prompt out of the summed log-probabilities (DPO compares responses only). The loss is the
+    # same either way (a pair's two sequences share the prompt); the logged rewards are not.
     mask_prompt: bool = True
     # Train, validation and test fractions (the book's 85/5/10).
     split: tuple[float, ...] = (0.85, 0.05, 0.10)

@@ -49,21 +49,28 @@ PREDICT_BATCH = 32
 # --- the model --------------------------------------------------------------------------------------------
 def classifier_from(model: Any, n_classes: int, seed: int) -> Any:
     """A GPT like `model` with a new head of `n_classes` outputs (and a bias; not tied to the embedding),
-    every other weight `model`'s. The head is initialised as the book's (`torch.manual_seed(seed)`, then
-    nn.Linear's own initialisation), so the same seed gives the same head."""
+    every other weight `model`'s own tensor (taken over, not copied: `model` is not to be used after).
+    The head is initialised as the book's (`torch.manual_seed(seed)`, then nn.Linear's initialisation),
+    so the same seed gives the same head."""
     import torch
+    from torch import nn
 
     from scratchllm.model import GPT
 
     config = dataclasses.replace(model.config, n_classes=n_classes, tie_weights=False)
-    new = GPT(config)
+    with torch.device("meta"):  # the shape only: no memory, no initialisation (the weights come from `model`)
+        new = GPT(config)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_head.")}
-    missing, unexpected = new.load_state_dict(state, strict=False)
+    missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
     assert not unexpected and set(missing) == {"lm_head.weight", "lm_head.bias"}, (missing, unexpected)
+    for name, buffer in model.named_buffers():  # buffers outside the state dict (RoPE's tables)
+        owner, _, leaf = name.rpartition(".")
+        setattr(new.get_submodule(owner), leaf, buffer)
+    weight = model.tok_emb.weight
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        new.lm_head.reset_parameters()
-    return new.to(next(model.parameters()).device)
+        new.lm_head = nn.Linear(config.n_embd, n_classes).to(weight.device, weight.dtype)
+    return new
 
 
 def logits(model: Any, ids: Any, lengths: Any, pooling: str = "last") -> Any:

@@ -46,18 +46,18 @@ def _missing_labels(path: Path, column: str, lines: list[int]) -> UserError:
                      f"or delete those rows")
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, errors: str = "strict") -> str:
     from scratchllm.data.readers import decode, read_bytes
 
-    text = decode(read_bytes(path), str(path))
+    text = decode(read_bytes(path), str(path), errors)
     if not text.strip():
         raise UserError(f"{path} is empty: there are no labelled texts to read")
     return text
 
 
-def _csv_rows(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+def _csv_rows(path: Path, columns: Sequence[str], errors: str) -> list[tuple[int, dict[str, str]]]:
     """(line, row) of a CSV/TSV with a header line; every name in `columns` must be a column."""
-    text = _read_text(path)
+    text = _read_text(path, errors)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     names = reader.fieldnames or []
     for column in columns:
@@ -73,9 +73,9 @@ def _csv_rows(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, s
     return rows
 
 
-def _jsonl_rows(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+def _jsonl_rows(path: Path, columns: Sequence[str], errors: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    for i, line in enumerate(_read_text(path).splitlines(), 1):
+    for i, line in enumerate(_read_text(path, errors).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -94,12 +94,13 @@ def _jsonl_rows(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str,
     return rows
 
 
-def read_table(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a CSV, TSV (header line) or JSONL file that has `columns`."""
+def read_table(path: Path, columns: Sequence[str], errors: str = "strict") -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV, TSV (header line) or JSONL file that has `columns`; `errors`: what a
+    byte that is not UTF-8 is ("strict": an error naming the file and offset; "replace": U+FFFD)."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UserError(f"{path}: read {', '.join(FORMATS)} files (by suffix), or a dataset name such as sms-spam")
-    return _jsonl_rows(path, columns) if suffix == ".jsonl" else _csv_rows(path, columns)
+    return _jsonl_rows(path, columns, errors) if suffix == ".jsonl" else _csv_rows(path, columns, errors)
 
 
 def _cell(value: Any) -> str:
@@ -222,7 +223,7 @@ def collate(examples: Sequence[tuple[list[int], int]], pad: int) -> tuple[Any, A
 def read_texts(path: Path, text_column: str = "text", errors: str = "strict") -> list[str]:
     """Texts to classify: a CSV/TSV/JSONL file's `text_column`, or any other file's non-empty lines."""
     if path.suffix.lower() in FORMATS:
-        texts = [_cell(row.get(text_column)) for _, row in read_table(path, (text_column,))]
+        texts = [_cell(row.get(text_column)) for _, row in read_table(path, (text_column,), errors)]
         texts = [t for t in texts if t.strip()]
     else:
         from scratchllm.data.readers import decode, read_bytes

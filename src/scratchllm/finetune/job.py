@@ -146,7 +146,6 @@ def finetune(config: Any, method: str, *, progress: bool = True) -> Any:
     base = Path(config.runs_dir) / name
     if config.train.resume and not base.is_dir():
         raise UserError(f"nothing to resume: {base} does not exist; start the run without --resume")
-    ensure_writable(Path(config.runs_dir))
     model, tokenizer, source_meta = load_any(config.init_from)
     if tokenizer is None:
         raise UserError(f"{config.init_from} has no tokenizer; finetuning needs the tokenizer the model was "
@@ -154,7 +153,8 @@ def finetune(config: Any, method: str, *, progress: bool = True) -> Any:
     tc = config.train
     setup_process(tc.threads, keep_freed=tc.keep_freed_memory, device=pick_device(tc.device))
     seed_everything(tc.seed)  # the split, a new head's initialisation
-    plan = _plan_function(method)(config, model, tokenizer, source_meta)
+    plan = _plan_function(method)(config, model, tokenizer, source_meta)  # bad data fails here, nothing written
+    ensure_writable(Path(config.runs_dir))
     adapted = set_trainable(plan.model, config, plan.new_modules)
     trainable, total = count_trainable(plan.model)
     steps = steps_for(tc, plan.batches.batches_per_epoch)

@@ -14,10 +14,12 @@ tokenizer files:
 Reading (`read_hf`): config.json -> ModelConfig and the weights -> our names through
 `model.weights` (the one place names are translated), dispatched on `model_type` (`weights.hf_model_type`); every
 tensor is checked against the model's shapes (a missing, extra or misshapen tensor is one error
-naming it and the file), and the model is built on the meta device and given the loaded tensors
-(no random initialisation to throw away). Writing (`write_hf`): the inverse, GPT-2-shaped models as
-`GPT2LMHeadModel`, Llama-style ones as `LlamaForCausalLM`, QK-norm ones as `Qwen3ForCausalLM`, into a
-temporary folder renamed into place at the end, so an error leaves nothing half-written.
+naming it and the file), and the model is built on the meta device (no random initialisation to
+throw away) and given the loaded tensors: memory-mapped ones as they are, the others (GPT-2's
+transposed matrices, other dtypes) copied once, on torch's threads.
+Writing (`write_hf`): the inverse, GPT-2-shaped models as `GPT2LMHeadModel`, Llama-style ones as
+`LlamaForCausalLM`, QK-norm ones as `Qwen3ForCausalLM`, into a temporary folder renamed into place at
+the end, so an error leaves nothing half-written.
 
 Not here: scratchllm's own checkpoints (`checkpoint`), choosing a reader for a path
 (`interop.load`), converting to a checkpoint (`interop.importer`), downloading.
@@ -35,6 +37,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +192,41 @@ def skip_init():
             setattr(init, name, fn)
 
 
-def build_model(config: ModelConfig, sd: dict, source: str = "the weights") -> Any:
+def contiguous_tensors(sd: dict, dtype: Any = None) -> dict:
+    """`sd` with every tensor contiguous, and the floating-point ones of `dtype` (None: as they are).
+
+    A tensor that already is stays itself, not a copy: a memory-mapped one goes on reading the
+    file's pages (safetensors maps a file copy-on-write, so writing to such a tensor never changes
+    the file). The others (views such as GPT-2's transposed Conv1D weights, other dtypes) are copied
+    into new memory, one tensor per task on `torch.get_num_threads()` threads, largest first: such a
+    copy is a strided read plus the first touch of every new page, work that torch does on one
+    thread per tensor. A tensor under two names (a tied head) stays one tensor."""
+    import torch
+
+    def dtype_of(t: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and t.is_floating_point() else t.dtype
+
+    todo = {id(t): t for t in sd.values() if not t.is_contiguous() or dtype_of(t) != t.dtype}
+    if not todo:
+        return sd
+
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape, dtype=dtype_of(t), device=t.device).copy_(t)
+
+    order = sorted(todo, key=lambda k: -todo[k].numel())
+    threads = min(torch.get_num_threads(), len(order))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:  # torch lets go of the GIL while it copies
+            copies = dict(zip(order, pool.map(copy, (todo[k] for k in order))))
+    else:
+        copies = {k: copy(todo[k]) for k in order}
+    return {name: copies.get(id(t), t) for name, t in sd.items()}
+
+
+def build_model(config: ModelConfig, sd: dict, source: str = "the weights", dtype: Any = None) -> Any:
     """Our GPT holding the tensors of `sd` (our names), checked first (`check_tensors`); built on the
-    meta device without initialisation (`skip_init`), and given the tensors as they are, not copies.
+    meta device without initialisation (`skip_init`), and given the tensors themselves where they are
+    contiguous and of `dtype` (a torch dtype; None: any), else contiguous copies (`contiguous_tensors`).
     Buffers (RoPE tables) come from a one-block copy of the model, built on the CPU."""
     import torch
 
@@ -200,7 +235,7 @@ def build_model(config: ModelConfig, sd: dict, source: str = "the weights") -> A
     with skip_init(), torch.device("meta"):
         model = GPT(config)
     check_tensors(model.state_dict(), sd, source)
-    model.load_state_dict(sd, strict=True, assign=True)
+    model.load_state_dict(contiguous_tensors(sd, dtype), strict=True, assign=True)
     if config.tie_weights:
         model.lm_head.weight = model.tok_emb.weight
     meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
@@ -232,14 +267,12 @@ def read_hf(folder: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any
         ours = weights.from_hf(raw, kind, tied=config.tie_weights)
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
-    if dtype is not None:
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        ours = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ours.items()}  # same dtype: no copy
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     tokenizer = hf_folder_tokenizer(folder)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but {folder / CONFIG} says "
                         f"vocab_size {config.vocab_size}: the files are from different models")
-    model = build_model(config, ours, source)
+    model = build_model(config, ours, source, dtype)  # converted and made contiguous after the checks
     generation = generation_info(folder, hf)
     for key in ("eos_token_id", "bos_token_id"):  # GPT2Config's default 50256 in a smaller vocabulary: unusable
         ids = generation.get(key)

@@ -28,7 +28,8 @@ from typing import Any
 
 from scratchllm.errors import UserError
 
-# A converted checkpoint's generation settings: {"eos_token_id", "bos_token_id", "chat_template"}.
+# A checkpoint's generation settings: {"eos_token_id", "bos_token_id", "chat_template"} (converted models) and
+# "prompt_template" ("alpaca" or "chat", `generate.templates`; written by `scratchllm finetune instruct`).
 GENERATION_FILE = "generation.json"
 # OpenAI's reader (interop.openai): folder -> (ModelConfig, state dict in our names, tokenizer); the
 # module also names the weights' SOURCE and LICENSE. Imported only for such a folder.

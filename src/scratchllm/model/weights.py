@@ -3,7 +3,8 @@
 This is the only place that knows how Hugging Face transformers (GPT-2, Llama, Qwen3) and the book's
 `GPTModel` (Raschka 2024, ch. 4, package `llms_from_scratch`) name and lay out their weights.
 Every function is a pure map from one state dict (name -> tensor) to another; nothing here loads
-files, downloads, or builds models.
+files, downloads, or builds models. Reading maps copy no more than they must: a tensor is passed on
+as it is or as a view (GPT-2's transposes); only the joined q/k/v of Llama and the book are new tensors.
 
 Layouts, as a reminder of what each function fixes:
 - HF GPT-2 stores linear weights as `Conv1D` matrices of shape (in, out), the transpose of
@@ -149,7 +150,9 @@ def _qkv_sizes(ours: Mapping[str, torch.Tensor], i: int) -> tuple[int, int]:
 def from_hf_gpt2(state_dict: StateDict, *, tied: bool | None = None) -> dict[str, torch.Tensor]:
     """HF GPT-2 weights (`GPT2LMHeadModel` or hub `GPT2Model` names) -> our GPT's state dict.
 
-    Conv1D (in, out) weights are transposed to nn.Linear's (out, in). A missing `lm_head.weight`
+    Conv1D (in, out) weights become nn.Linear's (out, in) as transposed views (`w.t()`, no copy):
+    whoever needs them contiguous copies them once (interop.hf.build_model does, on torch's threads;
+    `load_state_dict` copies into the model's own parameters). A missing `lm_head.weight`
     (hub checkpoints) means the tied head: we give it the token embedding. `tied`: the config's
     tie_word_embeddings when known (False: a missing head is an error).
     """
@@ -166,7 +169,7 @@ def from_hf_gpt2(state_dict: StateDict, *, tied: bool | None = None) -> dict[str
             name = f"h.{i}.{theirs}"
             if name in sd:
                 w = sd.pop(name)
-                out[f"blocks.{i}.{ours}"] = w.t().contiguous() if transposed else w
+                out[f"blocks.{i}.{ours}"] = w.t() if transposed else w  # a view: copied once, by the caller
             elif not ours.endswith("bias"):
                 raise UserError(f"the GPT-2 weights have no {name!r}; the checkpoint is incomplete")
     out["lm_head.weight"] = _head(sd, out["tok_emb.weight"], "GPT-2", tied)

@@ -147,6 +147,23 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _bullets(d: dict[str, Any], depth: int = 0) -> list[str]:
+    """A nested dict as an indented Markdown list (lists stay JSON on one line).
+
+    >>> _bullets({"test": {"accuracy": 0.95, "confusion": [[1, 0], [0, 1]]}})
+    ['- test:', '  - accuracy: 0.9500', '  - confusion: [[1, 0], [0, 1]]']
+    """
+    out = []
+    for k, v in d.items():
+        pad = "  " * depth
+        if isinstance(v, dict) and depth < 3:
+            out.append(f"{pad}- {k}:")
+            out += _bullets(v, depth + 1)
+        else:
+            out.append(f"{pad}- {k}: {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)}")
+    return out
+
+
 def model_card(info: dict[str, Any]) -> str:
     """Markdown model card from `info` (keys: name, summary (the opening line), source (the model a
     finetuned one started from: path, format, licence), data, clean_report, tokenizer, config, hardware,
@@ -182,7 +199,7 @@ def model_card(info: dict[str, Any]) -> str:
     results = info.get("results") or {}
     if results:
         lines += ["", "## Results", ""]
-        lines += [f"- {k}: {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)}" for k, v in results.items()]
+        lines += _bullets(results)
     if info.get("config"):
         lines += ["", "## Configuration", "", "```json", json.dumps(info["config"], indent=1), "```"]
     lines += ["", "## Not fit for", "",
@@ -197,5 +214,10 @@ def model_card(info: dict[str, Any]) -> str:
 
 def write_model_card(folder: str | os.PathLike, info: dict[str, Any]) -> Path:
     p = Path(folder) / CARD_FILE
-    write_atomic(p, model_card(info))
+    text = model_card(info)
+    if p.is_file():  # a resumed run's new card keeps the results `scratchllm eval` appended to the old one
+        from scratchllm.evaluate.card import keep_evaluations
+
+        text = keep_evaluations(p.read_text(encoding="utf-8", errors="replace"), text)
+    write_atomic(p, text)
     return p

@@ -122,31 +122,30 @@ def resolve_precision(precision: str, device: Any) -> str:
 
 
 def batch_eval_fn(splits: dict[str, Sequence[Any]], loss_fn: Callable[[Any, Any], Any] = lm_loss) -> Callable:
-    """An `eval_fn` that returns `{"<split>_loss": mean loss}` over fixed batches per split."""
+    """An `eval_fn` that returns `{"<split>_loss": mean loss, "<split>_ppl": its exp}` over fixed batches
+    per split (perplexity: the losses are next-token cross-entropies, as pretraining's and
+    instruction tuning's are; other objectives' eval_fns report what means something for them)."""
 
     def eval_fn(model: Any) -> dict[str, float]:
         device = next(model.parameters()).device
         out = {}
         for name, batches in splits.items():
             losses = [float(loss_fn(model, to_device(b, device))) for b in batches]
-            out[f"{name}_loss"] = sum(losses) / max(1, len(losses))
+            loss = sum(losses) / max(1, len(losses))
+            out[f"{name}_loss"] = loss
+            out[f"{name}_ppl"] = math.exp(loss) if loss < 700 else float("inf")
         return out
 
     return eval_fn
 
 
 def run_eval(model: Any, eval_fn: Callable, amp: Any) -> dict[str, float]:
-    """Call `eval_fn` in eval mode without gradients; add perplexity for every loss."""
+    """Call `eval_fn` in eval mode without gradients; every value as a float."""
     import torch
 
     with eval_mode(model), torch.no_grad(), amp:
         out = dict(eval_fn(model))
-    for k in list(out):
-        if k.endswith("_loss"):
-            v = float(out[k])
-            out[k] = v
-            out[k[:-5] + "_ppl"] = math.exp(v) if v < 700 else float("inf")
-    return out
+    return {k: float(v) for k, v in out.items()}
 
 
 def model_flops_per_token(model: Any, seq_len: int) -> float | None:
