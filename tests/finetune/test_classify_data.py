@@ -65,7 +65,7 @@ def test_balance_split_and_ids_equal_the_books_ch06(shared_data, tmp_path):
     for book_set, rows in zip(book_sets, our_splits, strict=True):
         ids, _ = data.encode([r["text"] for r in rows], tok, longest)
         examples = [(x, labels.index(r["label"])) for x, r in zip(ids, rows, strict=True)]
-        x, lengths, y = data.collate(examples, pad)
+        x, lengths, y = data.collate(examples, pad, multiple=1)  # the exact longest, as the book
         padded = torch.full((len(ids), longest), pad)
         padded[:, :x.shape[1]] = x  # our batch pads to its own longest; the book to the train split's
         assert torch.equal(padded, torch.stack([book_set[i][0] for i in range(len(book_set))]))
@@ -178,9 +178,9 @@ def test_padding_does_not_change_a_texts_logits(pooling, position):
     with torch.no_grad():
         alone = torch.cat([logits(model, torch.tensor([t]), torch.tensor([len(t)]), pooling) for t in texts])
         x, lengths, _ = data.collate([(t, 0) for t in texts], pad=99)
-        assert x.shape == (4, 11) and x[3, 1:].eq(99).all()
+        assert x.shape == (4, 16) and x[3, 1:].eq(99).all()  # the longest, 11, rounded up to 16
         batched = logits(model, x, lengths, pooling)
-        x2, _, _ = data.collate([(t, 0) for t in texts] + [(list(range(20)), 0)], pad=5)  # longer padding
+        x2, _, _ = data.collate([(t, 0) for t in texts] + [(list(range(20)), 0)], pad=5, multiple=1)  # 20 wide
         batched2 = logits(model, x2, torch.tensor([*lengths.tolist(), 20]), pooling)[:4]
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(batched2, alone, rtol=1e-5, atol=1e-5)
