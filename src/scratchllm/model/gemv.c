@@ -187,3 +187,138 @@ void scratchllm_gemv_bf16(const unsigned short *w, const float *x, const float *
         if (r0 < r1) rows_dot_bf16(w, x, xe, xo, b, y, in, r0, r1);
     }
 }
+
+/* ---- quantized weights (model.quant_linear): integers read as they are stored, scales applied in registers ----
+ *
+ * int8, one scale per row (per output channel): y[r] = scale[r] * (q[r, :] . x) + b[r]. Each step widens
+ * LANES int8 weights to floats (a quarter of fp32's bytes to read) and multiply-adds them, in STREAMS
+ * streams per thread as rows_dot does; the row's scale multiplies the folded sum once.
+ *
+ * int4, one scale (and for asymmetric weights one zero point) per group of `group` weights of a row,
+ * two weights per byte: byte j of a row holds weight 2j in its low 4 bits and weight 2j + 1 in its
+ * high 4 bits, each an unsigned u in 0..15 standing for (u - z) * scale (z = 8 for symmetric weights).
+ * LANES bytes hold 2 * LANES weights: the low halves are the even-indexed ones, the high halves the
+ * odd-indexed ones, so the inputs are split once into even and odd halves (xe, xo), as for bf16.
+ * Per group: d = sum u * x (vector, in registers), then acc += scale * d (one multiply-add per group),
+ * and the zero point is taken out with the group's input sum xs: sum (u - z) s x = s (d - z xs). The
+ * vector path needs group % (2 * LANES) == 0 (model.quant_linear uses the kernel only then). */
+typedef signed char i8_vec __attribute__((vector_size(LANES)));
+typedef unsigned char u8_vec __attribute__((vector_size(LANES)));
+
+static inline vec load_i8(const signed char *p) {
+    i8_vec v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, vec);
+}
+
+static float dot_tail_i8(const signed char *wr, const float *x, long from, long in) {
+    float s = 0.0f;
+    for (long i = from; i < in; i++) s += (float)wr[i] * x[i];
+    return s;
+}
+
+/* rows r0 <= r < r1 of int8 weights, STREAMS streams as rows_dot */
+static void rows_dot_q8(const signed char *w, const float *scales, const float *x, const float *b, float *y,
+                        long in, long r0, long r1) {
+    long per = (r1 - r0) / STREAMS, full = in / LANES * LANES;
+    for (long j = 0; j < per; j++) {
+        const signed char *wr[STREAMS];
+        vec acc[STREAMS];
+        for (int s = 0; s < STREAMS; s++) {
+            wr[s] = w + (r0 + s * per + j) * in;
+            acc[s] = (vec){0};
+        }
+        for (long i = 0; i < full; i += LANES) {
+            vec xv = load(x + i);
+            for (int s = 0; s < STREAMS; s++) acc[s] += load_i8(wr[s] + i) * xv;
+        }
+        for (int s = 0; s < STREAMS; s++) {
+            long r = r0 + s * per + j;
+            y[r] = with_bias(scales[r] * (lane_sum(acc[s]) + dot_tail_i8(wr[s], x, full, in)), b, r);
+        }
+    }
+    for (long r = r0 + STREAMS * per; r < r1; r++) {
+        const signed char *wr = w + r * in;
+        vec acc = {0};
+        for (long i = 0; i < full; i += LANES) acc += load_i8(wr + i) * load(x + i);
+        y[r] = with_bias(scales[r] * (lane_sum(acc) + dot_tail_i8(wr, x, full, in)), b, r);
+    }
+}
+
+/* y (out) = (q (out, in) int8 * scales (out)) @ x (in) + b (out, or NULL), on `threads` threads */
+void scratchllm_gemv_q8(const signed char *w, const float *scales, const float *x, const float *b, float *y,
+                        long out, long in, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(out)
+        if (r0 < r1) rows_dot_q8(w, scales, x, b, y, in, r0, r1);
+    }
+}
+
+/* the 2 * LANES weights in LANES bytes, as floats: even-indexed (low nibbles) and odd-indexed (high nibbles) */
+static inline void load_q4(const unsigned char *p, vec *even, vec *odd) {
+    u8_vec v;
+    memcpy(&v, p, sizeof v);
+    *even = __builtin_convertvector(v & 15, vec);
+    *odd = __builtin_convertvector(v >> 4, vec);
+}
+
+/* one row of int4 weights: sum over groups of scale * (u . x - z * xs) */
+static inline float row_q4(const unsigned char *wr, const float *sr, const unsigned char *zr, const float *xe,
+                           const float *xo, const float *xs, long in, long group) {
+    long steps = group / (2 * LANES), groups = in / group;
+    vec acc = {0}, e, o;
+    float shift = 0.0f; /* sum of scale * z * xs over the groups */
+    for (long g = 0; g < groups; g++) {
+        vec d = {0};
+        const unsigned char *p = wr + g * group / 2;
+        const float *pe = xe + g * group / 2, *po = xo + g * group / 2;
+        for (long k = 0; k < steps; k++) {
+            load_q4(p + k * LANES, &e, &o);
+            d += e * load(pe + k * LANES);
+            d += o * load(po + k * LANES);
+        }
+        acc += sr[g] * d;
+        shift += sr[g] * (zr ? (float)zr[g] : 8.0f) * xs[g];
+    }
+    return lane_sum(acc) - shift;
+}
+
+/* rows r0 <= r < r1 of int4 weights; STREAMS rows in flight, each read as one stream */
+static void rows_dot_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *xe,
+                        const float *xo, const float *xs, const float *b, float *y, long in, long group, long r0,
+                        long r1) {
+    long per = (r1 - r0) / STREAMS, groups = in / group;
+    for (long j = 0; j < per; j++) {
+        for (int s = 0; s < STREAMS; s++) {
+            long r = r0 + s * per + j;
+            y[r] = with_bias(row_q4(w + r * (in / 2), scales + r * groups, zeros ? zeros + r * groups : 0, xe, xo,
+                                    xs, in, group), b, r);
+        }
+    }
+    for (long r = r0 + STREAMS * per; r < r1; r++)
+        y[r] = with_bias(row_q4(w + r * (in / 2), scales + r * groups, zeros ? zeros + r * groups : 0, xe, xo, xs,
+                                in, group), b, r);
+}
+
+/* y (out) = W @ x + b with W int4 (packed (out, in / 2) bytes, scales (out, in / group), zero points
+ * (out, in / group) bytes or NULL for symmetric weights); `scratch` holds in + in / group floats. */
+void scratchllm_gemv_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *x,
+                        const float *b, float *y, long out, long in, long group, int threads, float *scratch) {
+    long half = in / 2, groups = in / group;
+    float *xe = scratch, *xo = scratch + half, *xs = scratch + in;
+    for (long j = 0; j < half; j++) {
+        xe[j] = x[2 * j];
+        xo[j] = x[2 * j + 1];
+    }
+    for (long g = 0; g < groups; g++) {
+        float s = 0.0f;
+        for (long i = g * group; i < (g + 1) * group; i++) s += x[i];
+        xs[g] = s;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(out)
+        if (r0 < r1) rows_dot_q4(w, scales, zeros, xe, xo, xs, b, y, in, group, r0, r1);
+    }
+}
