@@ -202,14 +202,40 @@ void scratchllm_gemv_bf16(const unsigned short *w, const float *x, const float *
  * Per group: d = sum u * x (vector, in registers), then acc += scale * d (one multiply-add per group),
  * and the zero point is taken out with the group's input sum xs: sum (u - z) s x = s (d - z xs). The
  * vector path needs group % (2 * LANES) == 0 (model.quant_linear uses the kernel only then). */
-typedef signed char i8_vec __attribute__((vector_size(LANES)));
-typedef unsigned char u8_vec __attribute__((vector_size(LANES)));
+/* Widening LANES bytes to LANES floats: GCC 12 turns __builtin_convertvector from bytes to floats into
+ * scalar code, so on x86 the widening is spelled with the instructions it should have used (AVX-512:
+ * one register; AVX2: two halves); elsewhere the portable conversion. */
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
-static inline vec load_i8(const signed char *p) {
-    i8_vec v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(v, vec);
+static inline vec bytes_to_vec(const unsigned char *p, int is_signed, unsigned char mask, int shift) {
+    vec out;
+#if defined(__AVX512F__)
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    __m512i w = is_signed ? _mm512_cvtepi8_epi32(b) /* signed bytes are never masked or shifted */
+                          : _mm512_and_si512(_mm512_srli_epi32(_mm512_cvtepu8_epi32(b), shift), _mm512_set1_epi32(mask));
+    __m512 f = _mm512_cvtepi32_ps(w);
+    memcpy(&out, &f, sizeof out);
+#elif defined(__AVX2__)
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    __m128i b2 = _mm_srli_si128(b, 8);
+    __m256i lo = is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+    __m256i hi = is_signed ? _mm256_cvtepi8_epi32(b2) : _mm256_cvtepu8_epi32(b2);
+    if (!is_signed) {
+        lo = _mm256_and_si256(_mm256_srli_epi32(lo, shift), _mm256_set1_epi32(mask));
+        hi = _mm256_and_si256(_mm256_srli_epi32(hi, shift), _mm256_set1_epi32(mask));
+    }
+    __m256 f[2] = {_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi)};
+    memcpy(&out, f, sizeof out);
+#else
+    for (int k = 0; k < LANES; k++)
+        out[k] = is_signed ? (float)(signed char)p[k] : (float)((p[k] >> shift) & mask);
+#endif
+    return out;
 }
+
+static inline vec load_i8(const signed char *p) { return bytes_to_vec((const unsigned char *)p, 1, 0xFF, 0); }
 
 static float dot_tail_i8(const signed char *wr, const float *x, long from, long in) {
     float s = 0.0f;
@@ -257,48 +283,69 @@ void scratchllm_gemv_q8(const signed char *w, const float *scales, const float *
 
 /* the 2 * LANES weights in LANES bytes, as floats: even-indexed (low nibbles) and odd-indexed (high nibbles) */
 static inline void load_q4(const unsigned char *p, vec *even, vec *odd) {
-    u8_vec v;
-    memcpy(&v, p, sizeof v);
-    *even = __builtin_convertvector(v & 15, vec);
-    *odd = __builtin_convertvector(v >> 4, vec);
+    *even = bytes_to_vec(p, 0, 15, 0);
+    *odd = bytes_to_vec(p, 0, 15, 4);
 }
 
-/* one row of int4 weights: sum over groups of scale * (u . x - z * xs) */
-static inline float row_q4(const unsigned char *wr, const float *sr, const unsigned char *zr, const float *xe,
-                           const float *xo, const float *xs, long in, long group) {
-    long steps = group / (2 * LANES), groups = in / group;
-    vec acc = {0}, e, o;
-    float shift = 0.0f; /* sum of scale * z * xs over the groups */
-    for (long g = 0; g < groups; g++) {
-        vec d = {0};
-        const unsigned char *p = wr + g * group / 2;
-        const float *pe = xe + g * group / 2, *po = xo + g * group / 2;
-        for (long k = 0; k < steps; k++) {
-            load_q4(p + k * LANES, &e, &o);
-            d += e * load(pe + k * LANES);
-            d += o * load(po + k * LANES);
-        }
-        acc += sr[g] * d;
-        shift += sr[g] * (zr ? (float)zr[g] : 8.0f) * xs[g];
+/* the zero points' part of a row: sum over groups of scale * z * xs (z = 8 for symmetric weights) */
+static inline float zero_shift(const float *sr, const unsigned char *zr, const float *xs, long groups) {
+    float t = 0.0f;
+    if (zr)
+        for (long g = 0; g < groups; g++) t += sr[g] * (float)zr[g] * xs[g];
+    else {
+        for (long g = 0; g < groups; g++) t += sr[g] * xs[g];
+        t *= 8.0f;
     }
-    return lane_sum(acc) - shift;
+    return t;
 }
 
-/* rows r0 <= r < r1 of int4 weights; STREAMS rows in flight, each read as one stream */
+/* rows[0..NR) of int4 weights at once (NR = STREAMS, or 1 for the leftover rows), each one stream;
+ * per group: d = u . x in a vector, then acc += scale * d */
+#define Q4_ROWS(NR)                                                                                            \
+    static void rows_q4_##NR(const unsigned char *w, const float *scales, const unsigned char *zeros,           \
+                             const float *xe, const float *xo, const float *xs, const float *b, float *y,         \
+                             long in, long group, const long *rows) {                                            \
+        long groups = in / group, steps = group / (2 * LANES), half = group / 2;                                 \
+        const unsigned char *p[NR];                                                                              \
+        const float *sc[NR];                                                                                     \
+        vec acc[NR], e, o;                                                                                       \
+        for (int s = 0; s < NR; s++) {                                                                           \
+            p[s] = w + rows[s] * (in / 2);                                                                       \
+            sc[s] = scales + rows[s] * groups;                                                                   \
+            acc[s] = (vec){0};                                                                                   \
+        }                                                                                                        \
+        for (long g = 0; g < groups; g++) {                                                                      \
+            const float *pe = xe + g * half, *po = xo + g * half;                                                \
+            for (int s = 0; s < NR; s++) {                                                                       \
+                vec d = {0};                                                                                     \
+                for (long k = 0; k < steps; k++) {                                                               \
+                    load_q4(p[s] + g * half + k * LANES, &e, &o);                                                \
+                    d += e * load(pe + k * LANES);                                                               \
+                    d += o * load(po + k * LANES);                                                               \
+                }                                                                                                \
+                acc[s] += sc[s][g] * d;                                                                          \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int s = 0; s < NR; s++) {                                                                           \
+            long r = rows[s];                                                                                    \
+            float shift = zero_shift(sc[s], zeros ? zeros + r * groups : 0, xs, groups);                         \
+            y[r] = with_bias(lane_sum(acc[s]) - shift, b, r);                                                    \
+        }                                                                                                        \
+    }
+Q4_ROWS(4)
+Q4_ROWS(1)
+
+/* rows r0 <= r < r1 of int4 weights: STREAMS rows in flight (parts of the range, as rows_dot), then the rest */
 static void rows_dot_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *xe,
                         const float *xo, const float *xs, const float *b, float *y, long in, long group, long r0,
                         long r1) {
-    long per = (r1 - r0) / STREAMS, groups = in / group;
+    long per = (r1 - r0) / STREAMS;
     for (long j = 0; j < per; j++) {
-        for (int s = 0; s < STREAMS; s++) {
-            long r = r0 + s * per + j;
-            y[r] = with_bias(row_q4(w + r * (in / 2), scales + r * groups, zeros ? zeros + r * groups : 0, xe, xo,
-                                    xs, in, group), b, r);
-        }
+        long rows[STREAMS];
+        for (int s = 0; s < STREAMS; s++) rows[s] = r0 + s * per + j;
+        rows_q4_4(w, scales, zeros, xe, xo, xs, b, y, in, group, rows);
     }
-    for (long r = r0 + STREAMS * per; r < r1; r++)
-        y[r] = with_bias(row_q4(w + r * (in / 2), scales + r * groups, zeros ? zeros + r * groups : 0, xe, xo, xs,
-                                in, group), b, r);
+    for (long r = r0 + STREAMS * per; r < r1; r++) rows_q4_1(w, scales, zeros, xe, xo, xs, b, y, in, group, &r);
 }
 
 /* y (out) = W @ x + b with W int4 (packed (out, in / 2) bytes, scales (out, in / group), zero points
