@@ -21,7 +21,8 @@ import warnings
 from collections.abc import Callable
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "importer", "export", "download", "lora"]
+COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "importer", "export", "download", "lora",
+            "quantize"]
 
 
 def build_parser() -> argparse.ArgumentParser:

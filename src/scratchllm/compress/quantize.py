@@ -20,7 +20,9 @@ for every weight (tested). An all-zero row or group gets scale 1 (its integers a
 The storage format (packing, dequantizing) is `model.quant_linear`'s: its functions are re-exported here.
 
 `quantize_model(model, scheme)` replaces the layers in place and returns what quantization.json
-records: the scheme, the layers' names and the embedding ("tied" or "own").
+records: the scheme, the layers' names and the embedding ("tied" or "own"). `quantize_folder(path,
+out, scheme)` does it to any model folder and writes a checkpoint folder (with its tokenizer,
+generation.json and a model card naming the scheme).
 
 Not here: the layers' forward and kernel (`model.quant_linear`, `model.gemv`), files (`checkpoint`), the
 command (`cli.quantize`).
@@ -31,6 +33,9 @@ Quantization for LLM Compression and Acceleration".
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,8 +54,8 @@ from scratchllm.model.quant_linear import (
     unpack_int4,
 )
 
-__all__ = ["DEFAULT_GROUP", "QuantScheme", "dequantize", "pack_int4", "quantize_int4", "quantize_int8",
-           "quantize_linear", "quantize_model", "unpack_int4"]
+__all__ = ["DEFAULT_GROUP", "QuantScheme", "dequantize", "pack_int4", "quantize_int4", "quantize_folder",
+           "quantize_int8", "quantize_linear", "quantize_model", "unpack_int4"]
 
 
 def _safe(scale: torch.Tensor) -> torch.Tensor:
@@ -140,3 +145,54 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> dict[str, Any]:
         table = model.get_submodule("lm_head") if tied else quantize_linear(emb, scheme, "tok_emb")
         set_module(model, "tok_emb", QuantEmbedding(table, tied=tied))
     return quant_config(model)
+
+
+# --- a quantized checkpoint folder ------------------------------------------------------------------------
+def model_card(source: Path, model: nn.Module, config: dict[str, Any], fp32_bytes: int) -> str:
+    """MODEL_CARD.md of a quantized checkpoint: its source and scheme, what is quantized and what is not."""
+    c = model.config
+    scheme = QuantScheme(config["bits"], config["group_size"], config["symmetric"])
+    stored = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    emb = {"tied": "; the token embedding reads the head's table (tied weights)",
+           "own": " and the token embedding (its own table)", None: ""}[config["embedding"]]
+    how = ("int8, symmetric, one fp32 scale per output channel" if scheme.bits == 8 else
+           f"int4, {'symmetric' if scheme.symmetric else 'asymmetric (an integer zero point per group)'}, "
+           f"one fp32 scale per group of {scheme.group_size} inputs, two weights per byte")
+    return (f"# {source.name} ({scheme.name})\n\n"
+            f"- Source: `{source}`\n"
+            f"- Scheme: {how}; weight-only (activations stay fp32), rounding to nearest, no calibration data\n"
+            f"- Quantized: {len(config['modules'])} linear layers (the head among them){emb}\n"
+            f"- Kept in fp32: position embedding, norms, biases\n"
+            f"- Model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, context {c.context_length}, "
+            f"vocabulary {c.vocab_size:,}\n"
+            f"- Tensors: {stored / 1e6:.1f} MB (fp32: {fp32_bytes / 1e6:.1f} MB)\n\n"
+            f"Written by `scratchllm quantize`. Rounding changes the model's outputs a little: measure it on your "
+            f"text (benchmarks/quantize.py does, against fp32). `scratchllm export` does not take quantized "
+            f"models; export the source instead.\n")
+
+
+def quantize_folder(path: str | os.PathLike, out: str | os.PathLike, scheme: QuantScheme) -> Path:
+    """Quantize the model at `path` (anything `interop.load.load_any` reads) and write it as a checkpoint
+    folder at `out` (model.safetensors, config.json, quantization.json, tokenizer, generation.json,
+    MODEL_CARD.md, state.json), atomically. `out` must not exist."""
+    from scratchllm.checkpoint import save_checkpoint
+    from scratchllm.interop.importer import CARD_FILE
+    from scratchllm.interop.load import GENERATION_FILE, load_any
+
+    src, out = Path(path), Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new folder for the quantized model (nothing was written)")
+    model, tokenizer, meta = load_any(src)
+    if "quantization" in meta:
+        raise UserError(f"{src} is quantized already; quantize the model it was made from")
+    model = model.float()
+    fp32_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
+    config = quantize_model(model, scheme)
+    card = model_card(src, model, config, fp32_bytes)
+    generation = meta.get("generation", {})
+    state = {"quantized_from": str(src.resolve())}
+    extra = {
+        GENERATION_FILE: lambda p: p.write_text(json.dumps(generation, indent=1), encoding="utf-8"),
+        CARD_FILE: lambda p: p.write_text(card, encoding="utf-8"),
+    }
+    return save_checkpoint(out, model, state=state, tokenizer=tokenizer, extra_files=extra)
