@@ -299,13 +299,14 @@ static inline float zero_shift(const float *sr, const unsigned char *zr, const f
     return t;
 }
 
-/* rows[0..NR) of int4 weights at once (NR = STREAMS, or 1 for the leftover rows), each one stream;
+/* rows[0..NR) of int4 weights at once (NR = STREAMS, or 1 for the leftover rows), each one stream, STEPS
+ * vector steps a group;
  * per group: d = u . x in a vector, then acc += scale * d */
-#define Q4_ROWS(NR)                                                                                            \
-    static void rows_q4_##NR(const unsigned char *w, const float *scales, const unsigned char *zeros,           \
+#define Q4_ROWS(NR, NAME, STEPS)                                                                               \
+    static void NAME(const unsigned char *w, const float *scales, const unsigned char *zeros,           \
                              const float *xe, const float *xo, const float *xs, const float *b, float *y,         \
                              long in, long group, const long *rows) {                                            \
-        long groups = in / group, steps = group / (2 * LANES), half = group / 2;                                 \
+        long groups = in / group, steps = (STEPS), half = group / 2;                                             \
         const unsigned char *p[NR];                                                                              \
         const float *sc[NR];                                                                                     \
         vec acc[NR], e, o;                                                                                       \
@@ -316,6 +317,7 @@ static inline float zero_shift(const float *sr, const unsigned char *zr, const f
         }                                                                                                        \
         for (long g = 0; g < groups; g++) {                                                                      \
             const float *pe = xe + g * half, *po = xo + g * half;                                                \
+            _Pragma("GCC unroll 4") /* every stream's accumulator in a register */                                \
             for (int s = 0; s < NR; s++) {                                                                       \
                 vec d = {0};                                                                                     \
                 for (long k = 0; k < steps; k++) {                                                               \
@@ -332,8 +334,9 @@ static inline float zero_shift(const float *sr, const unsigned char *zr, const f
             y[r] = with_bias(lane_sum(acc[s]) - shift, b, r);                                                    \
         }                                                                                                        \
     }
-Q4_ROWS(4)
-Q4_ROWS(1)
+Q4_ROWS(4, rows_q4_4, group / (2 * LANES))
+Q4_ROWS(1, rows_q4_1, group / (2 * LANES))
+Q4_ROWS(4, rows_q4_4_g32, 1) /* group 32: one step a group, no inner loop */
 
 /* rows r0 <= r < r1 of int4 weights: STREAMS rows in flight (parts of the range, as rows_dot), then the rest */
 static void rows_dot_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *xe,
@@ -343,7 +346,10 @@ static void rows_dot_q4(const unsigned char *w, const float *scales, const unsig
     for (long j = 0; j < per; j++) {
         long rows[STREAMS];
         for (int s = 0; s < STREAMS; s++) rows[s] = r0 + s * per + j;
-        rows_q4_4(w, scales, zeros, xe, xo, xs, b, y, in, group, rows);
+        if (group == 2 * LANES)
+            rows_q4_4_g32(w, scales, zeros, xe, xo, xs, b, y, in, group, rows);
+        else
+            rows_q4_4(w, scales, zeros, xe, xo, xs, b, y, in, group, rows);
     }
     for (long r = r0 + STREAMS * per; r < r1; r++) rows_q4_1(w, scales, zeros, xe, xo, xs, b, y, in, group, &r);
 }
