@@ -135,6 +135,11 @@ def lora_inputs(tmp_path_factory) -> dict[str, str]:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     f = folders["adapters_edited"] / ADAPTERS_CONFIG
     f.write_text(json.dumps({**json.loads(f.read_text()), "r": "two"}))
+    from scratchllm.compress.quantize import QuantScheme, quantize_model
+
+    quantized = GPT(config)
+    quantize_model(quantized, QuantScheme(8))
+    folders["quantized_ck"] = save_checkpoint(root / "quantized_ck", quantized)
     return {k: str(v) for k, v in folders.items()}
 
 
@@ -387,6 +392,27 @@ ROWS = [
     (["lora", "merge", "{adapters}", "--out", "{out}"], "free some space", "full", None),
     (["generate", "--model", "{adapters_truncated}", "hi"], "adapters.safetensors is truncated", "", None),
     (["export", "hf", "{adapters_nobase}", "--out", "{out}"], "does not exist", "", None),
+    # --- quantize (the lora_inputs fixture's plain checkpoint: 16 dims) --------------------------------------
+    (["quantize", "{plain_ck}", "--out", "{out}"], "required: --bits", "", None),
+    (["quantize", "{plain_ck}", "--bits", "3", "--out", "{out}"], "--bits 3 is not supported; use 8", "", None),
+    (["quantize", "{plain_ck}", "--bits", "4", "--out", "{out}"], "--group-size 32 does not divide", "", None),
+    (["quantize", "{plain_ck}", "--bits", "4", "--group-size", "6", "--out", "{out}"],
+     "--group-size 6 does not divide blocks.0.attn.qkv's 16 inputs", "", None),
+    (["quantize", "{plain_ck}", "--bits", "4", "--group-size", "-2", "--out", "{out}"],
+     "--group-size must be an even number", "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--group-size", "8", "--out", "{out}"], "--group-size is for --bits 4",
+     "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--asymmetric", "--out", "{out}"], "--asymmetric is for --bits 4", "",
+     None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{tok}"], "already exists", "", None),
+    (["quantize", "{nodir}", "--bits", "8", "--out", "{out}"], "does not exist", "", None),
+    (["quantize", "{hf_truncated}", "--bits", "8", "--out", "{out}"], "corrupted or truncated", "", None),
+    (["quantize", "{quantized_ck}", "--bits", "8", "--out", "{out}"], "is quantized already", "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{ro}/q"], "permission denied", "ro", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{blocker}/q"], "a file stands", "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{out}"], "free some space", "full", None),
+    (["export", "hf", "{quantized_ck}", "--out", "{out}"], "is a quantized model, which export does not write", "",
+     None),
 ]
 
 

@@ -48,8 +48,8 @@ from scratchllm.model.quant_linear import (
     QuantLinear,
     QuantScheme,
     dequantize,
-    quant_config,
     pack_int4,
+    quant_config,
     set_module,
     unpack_int4,
 )

@@ -267,7 +267,7 @@ def quantized_structure(model: nn.Module, scheme: QuantScheme, modules: list[str
             raise UserError("a quantized embedding tied to the head needs a quantized head (lm_head)")
         set_module(model, "tok_emb", QuantEmbedding(head, tied=True))
     elif embedding == "own":
-        set_module(model, "tok_emb", QuantEmbedding(QuantLinear(emb.embedding_dim, emb.num_embeddings, scheme, bias=False),
-                                              tied=False))
+        table = QuantLinear(emb.embedding_dim, emb.num_embeddings, scheme, bias=False)
+        set_module(model, "tok_emb", QuantEmbedding(table, tied=False))
     else:
         raise UserError(f"embedding must be 'tied', 'own' or absent, got {embedding!r}")
