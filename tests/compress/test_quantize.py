@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from scratchllm.checkpoint import CheckpointError, load_model, save_checkpoint
 from scratchllm.cli import main

@@ -5,7 +5,9 @@ which memory delivers the weights. torch's CPU `F.linear` (MKL's sgemv) reads a 
 weights well below the memory's speed; `gemv.c` (portable C, see its header) reads each thread's
 rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
-repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. `benchmarks/gemv.py`
+repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. Quantized weights
+(`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored, widened to fp32
+in registers and scaled there (`Kernel.bind_q8`, `Kernel.bind_q4`). `benchmarks/gemv.py`
 measures it against torch, HF's layout, oneDNN and the memory's read bandwidth; see
 benchmarks/RESULTS.md.
 
@@ -15,13 +17,14 @@ benchmarks/RESULTS.md.
 atomically). `<cpu>` hashes the CPU's model name and feature flags (`runtime.cpu_identity`), so a
 home folder shared between machines never loads a library built with `-march=native` for another
 CPU; `<build>` hashes the source, compiler and flags. It loads the library with ctypes, checks it
-against `F.linear` on small matrices that take every code path, and returns a `Kernel`. When it has
+against `F.linear` on small matrices that take every code path (the quantized ones against `F.linear`
+of the dequantized weight), and returns a `Kernel`. When it has
 built a new library that passes, it removes this CPU's libraries of other builds (older sources or
 compilers: `prune`), so they do not pile up; other CPUs' files are never touched. Where any
 step fails (no compiler, no OpenMP, a mismatch) it returns None and `status()` says why; callers
 then use torch's kernels. `SCRATCHLLM_NO_KERNEL=1` turns it off.
 
-Not here: which layers use it and when (model.fast_linear).
+Not here: which layers use it and when (model.fast_linear, model.quant_linear).
 """
 
 from __future__ import annotations
