@@ -52,6 +52,8 @@ def test_many_rows_dequantize_then_matmul(scheme):
     assert y.shape == (3, 5, 40)
     assert torch.allclose(y, F.linear(x, dequantize(q.qweight, q.scales, q.zeros, scheme.bits), q.bias), atol=1e-5)
     assert torch.allclose(q(x[:1, :1]), y[:1, :1], atol=1e-5)  # the kernel's row equals the batch's
+    big = torch.randn(40, 128, generator=g)  # more than KERNEL_ROWS: dequantized once
+    assert torch.allclose(q(big), F.linear(big, q.dequantize(), q.bias), atol=1e-5)
 
 
 def test_without_the_kernel_the_same_numbers(monkeypatch, tmp_path):
