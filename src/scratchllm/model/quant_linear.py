@@ -16,12 +16,11 @@ chosen, rounding included, is `compress.quantize`).
 `QuantLinear` replaces an `nn.Linear` at inference: it holds the integers, scales (and zero points)
 and the bias as buffers, so its state dict is the file's content. Its forward, for fp32 inputs:
 - 1 row (batch-1 decoding), and up to KERNEL_ROWS rows one by one (a prompt, speculative drafts): the
-  C kernel (`model.gemv`: `scratchllm_gemv_q8`/`_q4`) reads the
-  integers as they are stored and applies the scales in registers: a quarter (int8) or about an eighth
-  (int4) of fp32's bytes to read, and nothing dequantized in memory. int4 needs a group size that is a
-  multiple of 32 for the kernel.
-- more rows, or no kernel (`SCRATCHLLM_NO_KERNEL=1`, no compiler), or other
-  group sizes: the whole weight dequantized once per call, then `F.linear`.
+  C kernel (`model.gemv`: `scratchllm_gemv_q8`/`_q4`) reads the integers as they are stored and
+  applies the scales in registers: a quarter (int8) or about an eighth (int4) of fp32's bytes to
+  read, and nothing dequantized in memory. int4 needs a group size that is a multiple of 32 for it.
+- more rows, or no kernel (`SCRATCHLLM_NO_KERNEL=1`, no compiler), or other group sizes: the whole
+  weight dequantized once per call, then `F.linear`.
 Both equal `F.linear(x, dequantize(...), bias)` to float rounding (tested).
 
 `QuantEmbedding` is a token embedding whose table is in the same format; it dequantizes only the rows
