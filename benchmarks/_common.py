@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # Sections of RESULTS.md, in this order; each benchmark owns the one named after its file.
-SECTIONS = ("gemv", "generate", "train_throughput", "pretrain_quality", "tokenizer", "load", "finetune_speed",
-            "finetune_quality")
+SECTIONS = ("gemv", "generate", "quantize", "train_throughput", "pretrain_quality", "tokenizer", "load",
+            "finetune_speed", "finetune_quality")
 
 
 def header(title: str) -> str:

@@ -135,6 +135,11 @@ def lora_inputs(tmp_path_factory) -> dict[str, str]:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     f = folders["adapters_edited"] / ADAPTERS_CONFIG
     f.write_text(json.dumps({**json.loads(f.read_text()), "r": "two"}))
+    from scratchllm.compress.quantize import QuantScheme, quantize_model
+
+    quantized = GPT(config)
+    quantize_model(quantized, QuantScheme(8))
+    folders["quantized_ck"] = save_checkpoint(root / "quantized_ck", quantized)
     return {k: str(v) for k, v in folders.items()}
 
 
@@ -447,6 +452,27 @@ ROWS = [
     (["eval", "compare", "{evmodel}", "--choices", "{mc_label}", "--out", "{out}"], "out of range", "", None),
     (["eval", "compare", "{evmodel}", "--choices", "{mc_good}", "--out", "{ro}/r"], "permission denied", "ro", None),
     (["eval", "compare", "{evmodel}", "--choices", "{mc_good}"], "required: --out", "", None),
+    # --- quantize (the lora_inputs fixture's plain checkpoint: 16 dims) --------------------------------------
+    (["quantize", "{plain_ck}", "--out", "{out}"], "required: --bits", "", None),
+    (["quantize", "{plain_ck}", "--bits", "3", "--out", "{out}"], "--bits 3 is not supported; use 8", "", None),
+    (["quantize", "{plain_ck}", "--bits", "4", "--out", "{out}"], "--group-size 32 does not divide", "", None),
+    (["quantize", "{plain_ck}", "--bits", "4", "--group-size", "6", "--out", "{out}"],
+     "--group-size 6 does not divide blocks.0.attn.qkv's 16 inputs", "", None),
+    (["quantize", "{plain_ck}", "--bits", "4", "--group-size", "-2", "--out", "{out}"],
+     "--group-size must be an even number", "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--group-size", "8", "--out", "{out}"], "--group-size is for --bits 4",
+     "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--asymmetric", "--out", "{out}"], "--asymmetric is for --bits 4", "",
+     None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{tok}"], "already exists", "", None),
+    (["quantize", "{nodir}", "--bits", "8", "--out", "{out}"], "does not exist", "", None),
+    (["quantize", "{hf_truncated}", "--bits", "8", "--out", "{out}"], "corrupted or truncated", "", None),
+    (["quantize", "{quantized_ck}", "--bits", "8", "--out", "{out}"], "is quantized already", "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{ro}/q"], "permission denied", "ro", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{blocker}/q"], "a file stands", "", None),
+    (["quantize", "{plain_ck}", "--bits", "8", "--out", "{out}"], "free some space", "full", None),
+    (["export", "hf", "{quantized_ck}", "--out", "{out}"], "is a quantized model, which export does not write", "",
+     None),
 ]
 
 
@@ -487,7 +513,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(row, work, tmp_p
 
 
 # --- rules every command shares ------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"], ["lora"], ["eval"]])
+@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"], ["lora"], ["eval"], ["finetune"]])
 def test_a_missing_subcommand_prints_help_and_exits_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -6,6 +6,8 @@
                     optimizer.safetensors      training's extra files (written by `train.checkpoint`)
                     adapters.safetensors       a LoRA model's adapters (`model.lora`), plain names
                     adapters.json              their settings: r, alpha, dropout, the layers' names
+                    quantization.json          a quantized model's scheme (`model.quant_linear`): bits,
+                                               group_size, symmetric, the layers' names, the embedding
                     state.json                 step and any JSON the writer adds, plus `files`: the size
                                                and sha256 of every file above (the manifest)
 
@@ -13,7 +15,10 @@ A model with LoRA layers keeps in model.safetensors exactly what the plain model
 (the base weights under their plain names: a plain GPT loads it), and its adapters beside it;
 `load_weights` wraps a plain model's layers as adapters.json says, or loads into its LoRA layers.
 `save_adapters` writes a folder of the adapters alone (plus the base model's path), which
-`interop.load.load_any` puts on that base.
+`interop.load.load_any` puts on that base. A quantized model (`compress.quantize`) keeps its integers,
+scales and zero points in model.safetensors under its layers' names (`X.qweight`, `X.scales`, ...) and
+its scheme in quantization.json (and in state.json as `quantization`); `load_weights` gives a plain
+model the quantized layers quantization.json names before loading.
 
 How a save stays atomic: every file is written into a hidden temporary folder beside the target
 and fsynced, then the folder is renamed into place. A crash, SIGKILL or full disk at any moment
@@ -47,10 +52,11 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 ADAPTERS_FILE = "adapters.safetensors"
 ADAPTERS_CONFIG = "adapters.json"
+QUANT_CONFIG = "quantization.json"
 STEP_RE = re.compile(r"^step-([0-9]+)\Z")  # a checkpoint folder's name; ASCII digits only
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
-__all__ = ["ADAPTERS_CONFIG", "ADAPTERS_FILE", "CONFIG_FILE", "MODEL_FILE", "STATE_FILE", "STEP_RE",
+__all__ = ["ADAPTERS_CONFIG", "ADAPTERS_FILE", "CONFIG_FILE", "MODEL_FILE", "QUANT_CONFIG", "STATE_FILE", "STEP_RE",
            "TOKENIZER_FILE", "CheckpointError", "CheckpointMismatch", "load_adapters", "load_weights",
            "read_adapters", "read_state", "save_adapters", "save_checkpoint", "step_name", "unwrap",
            "verify_checkpoint"]
@@ -91,20 +97,27 @@ def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, A
     `state` is any JSON-serialisable dict (step, tokens, data position...); the manifest of file
     sizes and sha256 is added as `files`. `extra_files` maps a file name to a function that writes
     that file at the path it is given (training's optimizer state). A model with LoRA layers saves
-    its base weights in model.safetensors and its adapters beside them. Raises OSError (e.g. disk
+    its base weights in model.safetensors and its adapters beside them; a quantized one its scheme in
+    quantization.json and state.json. Raises OSError (e.g. disk
     full) with nothing left behind; `folder` must not exist yet.
     """
     from safetensors.torch import save_model
 
     from scratchllm.model.lora import base_linears, has_lora
+    from scratchllm.model.quant_linear import is_quantized, quant_config
 
     m = unwrap(model)
+    quantization = quant_config(m) if is_quantized(m) else None
+    if quantization is not None:
+        state = {**(state or {}), "quantization": quantization}
 
     def write(tmp: Path) -> None:
         with base_linears(m):
             save_model(m, str(tmp / MODEL_FILE))
         if has_lora(m):
             write_adapters(tmp, m)
+        if quantization is not None:
+            (tmp / QUANT_CONFIG).write_text(json.dumps(quantization, indent=1), encoding="utf-8")
         cfg = getattr(m, "config", None)
         cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg_dict, indent=2), encoding="utf-8")
@@ -259,12 +272,22 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
     `CheckpointMismatch` naming the first tensor that differs and both shapes. When the folder has
     adapters.json, a model without LoRA layers gets them first (the layers it names, as `add_lora`,
     nothing frozen); a model with LoRA layers (training's resume) must have the same ones. A LoRA
-    model loads unmerged.
+    model loads unmerged. When the folder has quantization.json, a plain model gets the quantized layers
+    it names first (`model.quant_linear.quantized_structure`).
     """
     from scratchllm.model.lora import adapter_config, add_lora, base_linears, has_lora, lora_layers
+    from scratchllm.model.quant_linear import QuantScheme, is_quantized, quantized_structure
 
     folder = Path(folder)
     m = unwrap(model)
+    if (folder / QUANT_CONFIG).exists() and not is_quantized(m):
+        q = read_quantization(folder)
+        try:
+            quantized_structure(m, QuantScheme(q["bits"], q["group_size"], q["symmetric"]), q["modules"],
+                                q["embedding"])
+        except UserError as e:
+            raise CheckpointMismatch(f"the quantized layers in {folder / QUANT_CONFIG} do not fit this model: "
+                                     f"{e}") from None
     adapters = read_adapters(folder) if (folder / ADAPTERS_CONFIG).exists() else None
     if adapters is not None and not has_lora(m):
         try:
@@ -297,7 +320,11 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
 def _load_base(m: Any, p: Path) -> None:
     """model.safetensors at `p` into the plain model `m`, every name and shape checked."""
     from safetensors import safe_open
+    from safetensors.torch import load_file
     from safetensors.torch import load_model as st_load_model
+    from torch import nn
+
+    from scratchllm.model.quant_linear import is_quantized
 
     if not p.is_file():
         raise CheckpointError(f"checkpoint file {p} is missing")
@@ -315,7 +342,10 @@ def _load_base(m: Any, p: Path) -> None:
                 f"{_shape(tensor.shape)} in this model; use the model settings the checkpoint was made "
                 f"with (its {CONFIG_FILE})")
     try:
-        missing, unexpected = st_load_model(m, str(p), strict=False)
+        if is_quantized(m):  # no shared tensors to restore, and GPT.load_state_dict's re-tying is for nn.Linear heads
+            missing, unexpected = nn.Module.load_state_dict(m, load_file(str(p)), strict=False)
+        else:
+            missing, unexpected = st_load_model(m, str(p), strict=False)
     except Exception as e:
         raise CheckpointError(f"checkpoint file {p} cannot be loaded ({e})") from None
     if missing or unexpected:
@@ -355,6 +385,42 @@ def read_adapters(folder: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(d) - {*checks, "base"})
     if unknown:
         raise bad_field(p, unknown[0], d[unknown[0]], "no such field (r, alpha, dropout, modules, base)")
+    return d
+
+
+def read_quantization(folder: str | os.PathLike) -> dict[str, Any]:
+    """quantization.json of a folder, each field checked: bits, group_size, symmetric, modules, embedding."""
+    from scratchllm.model.quant_linear import QuantScheme
+
+    p = Path(folder) / QUANT_CONFIG
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {p} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"checkpoint file {p} holds a JSON {type(d).__name__}, expected an object; "
+                              f"the file was edited or damaged")
+    checks = {
+        "bits": (lambda v: v in (8, 4) and is_int(v), "8 or 4"),
+        "group_size": (lambda v: v is None or (is_int(v) and v > 0), "a whole number > 0 or null"),
+        "symmetric": (lambda v: isinstance(v, bool), "true or false"),
+        "modules": (lambda v: isinstance(v, list) and v and all(isinstance(n, str) and n for n in v),
+                    "a list of layer names"),
+        "embedding": (lambda v: v in (None, "tied", "own"), '"tied", "own" or null'),
+    }
+    for name, (ok, expected) in checks.items():
+        if name not in d or not ok(d[name]):
+            raise bad_field(p, name, d.get(name), expected)
+    unknown = sorted(set(d) - set(checks))
+    if unknown:
+        raise bad_field(p, unknown[0], d[unknown[0]], f"no such field ({', '.join(checks)})")
+    try:
+        QuantScheme(d["bits"], d["group_size"], d["symmetric"])
+    except UserError as e:
+        raise CheckpointError(f"checkpoint file {p} holds a scheme scratchllm does not read ({e}); the file was "
+                              f"edited or damaged") from None
     return d
 
 

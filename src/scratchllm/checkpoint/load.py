@@ -28,6 +28,7 @@ from scratchllm.checkpoint.folder import (
     ADAPTERS_FILE,
     CONFIG_FILE,
     MODEL_FILE,
+    QUANT_CONFIG,
     STATE_FILE,
     STEP_RE,
     TOKENIZER_FILE,
@@ -35,6 +36,7 @@ from scratchllm.checkpoint.folder import (
     CheckpointMismatch,
     load_weights,
     read_adapters,
+    read_quantization,
     verify_checkpoint,
 )
 from scratchllm.checkpoint.pointers import CHECKPOINTS, LATEST, candidates, read_name
@@ -152,7 +154,8 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
     """(model, tokenizer, meta) from one checkpoint folder, its files checked first.
 
     A LoRA checkpoint's model comes merged (plain linear layers), or with `merge=False` with its LoRA
-    layers; meta["lora"] is then its adapters.json.
+    layers; meta["lora"] is then its adapters.json. A quantized checkpoint's model has its quantized
+    layers (`model.quant_linear`); meta["quantization"] is its quantization.json.
     """
     from scratchllm.config.model import ModelConfig
     from scratchllm.model import GPT
@@ -162,7 +165,8 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
     if (folder / ADAPTERS_CONFIG).is_file() and not (folder / MODEL_FILE).exists():
         raise CheckpointError(f"{folder} holds LoRA adapters alone, not a model; read it with a command that takes "
                               f"any model folder (generate -m, export, lora merge), which loads its base model")
-    meta = (verify_checkpoint(folder, only=(MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, ADAPTERS_FILE, ADAPTERS_CONFIG))
+    meta = (verify_checkpoint(folder, only=(MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, ADAPTERS_FILE, ADAPTERS_CONFIG,
+                                        QUANT_CONFIG))
             if (folder / STATE_FILE).exists() else {})
     cfg_path = folder / CONFIG_FILE
     try:
@@ -176,6 +180,8 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
     model = GPT(cfg)
     load_weights(model, folder)
     meta = {k: v for k, v in meta.items() if k not in ("rng", "optimizer")}
+    if (folder / QUANT_CONFIG).is_file():
+        meta["quantization"] = read_quantization(folder)
     if (folder / ADAPTERS_CONFIG).is_file():
         meta["lora"] = {**read_adapters(folder), "merged": merge}
         if merge:

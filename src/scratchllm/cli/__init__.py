@@ -21,8 +21,8 @@ import warnings
 from collections.abc import Callable
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "importer", "export",
-            "download", "lora"]
+COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "quantize",
+            "importer", "export", "download", "lora"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,9 +16,14 @@ import argparse
 
 def _load(path: str):
     """(model, tokenizer, meta) of the RUN a user named: the one loader every format uses."""
+    from scratchllm.errors import UserError
     from scratchllm.interop.load import load_any
 
-    return load_any(path)
+    model, tokenizer, meta = load_any(path)
+    if "quantization" in meta:
+        raise UserError(f"{path} is a quantized model, which export does not write (the formats here take "
+                        f"full-precision weights); export the model it was quantized from")
+    return model, tokenizer, meta
 
 
 # --- hf ---------------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ which memory delivers the weights. torch's CPU `F.linear` (MKL's sgemv) reads a 
 weights well below the memory's speed; `gemv.c` (portable C, see its header) reads each thread's
 rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
-repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. `benchmarks/gemv.py`
+repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. Quantized weights
+(`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored, widened to fp32
+in registers and scaled there (`Kernel.bind_q8`, `Kernel.bind_q4`). `benchmarks/gemv.py`
 measures it against torch, HF's layout, oneDNN and the memory's read bandwidth; see
 benchmarks/RESULTS.md.
 
@@ -15,13 +17,14 @@ benchmarks/RESULTS.md.
 atomically). `<cpu>` hashes the CPU's model name and feature flags (`runtime.cpu_identity`), so a
 home folder shared between machines never loads a library built with `-march=native` for another
 CPU; `<build>` hashes the source, compiler and flags. It loads the library with ctypes, checks it
-against `F.linear` on small matrices that take every code path, and returns a `Kernel`. When it has
+against `F.linear` on small matrices that take every code path (the quantized ones against `F.linear`
+of the dequantized weight), and returns a `Kernel`. When it has
 built a new library that passes, it removes this CPU's libraries of other builds (older sources or
 compilers: `prune`), so they do not pile up; other CPUs' files are never touched. Where any
 step fails (no compiler, no OpenMP, a mismatch) it returns None and `status()` says why; callers
 then use torch's kernels. `SCRATCHLLM_NO_KERNEL=1` turns it off.
 
-Not here: which layers use it and when (model.fast_linear).
+Not here: which layers use it and when (model.fast_linear, model.quant_linear).
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ class Kernel:
             fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
             fn.restype = None
         self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p]  # scratch: the inputs split in even/odd halves
+        # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise
+        self._q8 = self._lib.scratchllm_gemv_q8
+        self._q8.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        self._q8.restype = None
+        self._q4 = self._lib.scratchllm_gemv_q4
+        self._q4.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_void_p]
+        self._q4.restype = None
 
     def __call__(self, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return self.bind(weight, bias)(x)
@@ -94,6 +104,63 @@ class Kernel:
             return y.to(torch.bfloat16) if bf16 else y
 
         product.keep_alive = (weight, b32, scratch)  # the addresses above stay valid while `product` lives
+        return product
+
+
+    def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`x -> x @ (qweight * scales).T + bias` for one fp32 row: int8 weights (out, in), one fp32 scale
+        per row (scales (out, 1)), read in place."""
+        out, n_in = qweight.shape
+        if (qweight.dtype != torch.int8 or scales.dtype != torch.float32 or scales.numel() != out
+                or not (qweight.is_contiguous() and scales.is_contiguous()) or qweight.device.type != "cpu"):
+            raise ValueError(f"gemv int8 takes a contiguous CPU int8 weight and {out} fp32 scales; got "
+                             f"{qweight.dtype} {tuple(qweight.shape)}, scales {scales.dtype} {tuple(scales.shape)}")
+        b32 = None if bias is None else bias.detach().float().contiguous()
+        fixed = (qweight.data_ptr(), scales.data_ptr(), None if b32 is None else b32.data_ptr())
+
+        def product(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype != torch.float32 or x.device.type != "cpu":
+                raise ValueError(f"gemv int8 takes one CPU fp32 row of {n_in}; got x {tuple(x.shape)} {x.dtype}")
+            xc = x.contiguous()
+            y = torch.empty(*x.shape[:-1], out, dtype=torch.float32)  # (..., out)
+            self._q8(fixed[0], fixed[1], xc.data_ptr(), fixed[2], y.data_ptr(), out, n_in, torch.get_num_threads())
+            return y
+
+        product.keep_alive = (qweight, scales, b32)
+        return product
+
+    def bind_q4(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
+                bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`x -> x @ W.T + bias` for one fp32 row, W int4 group-wise: qweight (out, in / 2) uint8 (two
+        weights a byte, the even one low), scales (out, in / group) fp32, zeros (out, in / group) uint8
+        or None (symmetric: 8); group a multiple of 32. Read in place."""
+        out, n_in = qweight.shape[0], qweight.shape[1] * 2
+        groups = n_in // group if group > 0 else 0
+        ok = (qweight.dtype == torch.uint8 and scales.dtype == torch.float32 and group % 32 == 0 and group > 0
+              and n_in % group == 0 and tuple(scales.shape) == (out, groups) and qweight.device.type == "cpu"
+              and qweight.is_contiguous() and scales.is_contiguous()
+              and (zeros is None or (zeros.dtype == torch.uint8 and tuple(zeros.shape) == (out, groups)
+                                     and zeros.is_contiguous())))
+        if not ok:
+            raise ValueError(f"gemv int4 takes contiguous CPU uint8 (out, in/2), fp32 scales and uint8 zeros "
+                             f"(out, in/group), group a multiple of 32; got {tuple(qweight.shape)} "
+                             f"{qweight.dtype}, scales {tuple(scales.shape)}, group {group}")
+        b32 = None if bias is None else bias.detach().float().contiguous()
+        scratch = torch.empty(n_in + groups, dtype=torch.float32)  # the row's even/odd halves, group sums
+        fixed = (qweight.data_ptr(), scales.data_ptr(), None if zeros is None else zeros.data_ptr(),
+                 None if b32 is None else b32.data_ptr())
+
+        def product(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype != torch.float32 or x.device.type != "cpu":
+                raise ValueError(f"gemv int4 takes one CPU fp32 row of {n_in}; got x {tuple(x.shape)} {x.dtype}")
+            xc = x.contiguous()
+            y = torch.empty(*x.shape[:-1], out, dtype=torch.float32)  # (..., out)
+            self._q4(fixed[0], fixed[1], fixed[2], xc.data_ptr(), fixed[3], y.data_ptr(), out, n_in, group,
+                     torch.get_num_threads(), scratch.data_ptr())
+            return y
+
+        product.keep_alive = (qweight, scales, zeros, b32, scratch)
         return product
 
 
@@ -176,6 +243,25 @@ def _self_check(kernel: Kernel) -> str | None:
         want = F.linear(x16.float(), w16.float(), b16.float() if b16 is not None else None)
         if not torch.allclose(kernel(w16, x16, b16).float(), want, rtol=1e-2, atol=1e-2):
             return f"its bf16 result differs from F.linear for a {out}x{n_in} matrix"
+    return _self_check_quantized(kernel, g)
+
+
+def _self_check_quantized(kernel: Kernel, g: torch.Generator) -> str | None:
+    """The int8 and int4 products against F.linear of the dequantized weight (model.quant_linear's format)."""
+    from scratchllm.model.quant_linear import dequantize
+
+    for out, n_in, group in [(67, 64, 32), (9, 96, 96), (5, 128, 64)]:
+        x, b = torch.randn(n_in, generator=g), torch.randn(out, generator=g)
+        q8 = torch.randint(-127, 128, (out, n_in), generator=g, dtype=torch.int8)
+        s8 = torch.rand(out, 1, generator=g) + 0.1
+        if not torch.allclose(kernel.bind_q8(q8, s8, b)(x), F.linear(x, dequantize(q8, s8), b), rtol=1e-3, atol=1e-3):
+            return f"its int8 result differs from F.linear for a {out}x{n_in} matrix"
+        q4 = torch.randint(0, 256, (out, n_in // 2), generator=g, dtype=torch.uint8)
+        s4 = torch.rand(out, n_in // group, generator=g) + 0.1
+        for z in (None, torch.randint(0, 16, (out, n_in // group), generator=g, dtype=torch.uint8)):
+            want = F.linear(x, dequantize(q4, s4, z, bits=4), b)
+            if not torch.allclose(kernel.bind_q4(q4, s4, z, group, b)(x), want, rtol=1e-3, atol=1e-3):
+                return f"its int4 result differs from F.linear for a {out}x{n_in} matrix, group {group}"
     return None
 
 

@@ -1,0 +1,268 @@
+"""Weight-only quantization: scratchllm's int8 and int4 against fp32 and PyTorch's dynamic int8.
+
+Two models: the demo shape (4 layers, 256 dims, 4,096 vocab; a trained checkpoint given with --demo,
+else random weights) and GPT-2 124M's shape (random weights). Rows, per model:
+- scratchllm fp32 (its C matrix-vector kernel at batch 1, `model.fast_linear`);
+- scratchllm int8 (per output channel) and int4 (group 32, symmetric and asymmetric), `scratchllm quantize`'s
+  checkpoints, run by `model.quant_linear` (its C kernel reads the integers at batch 1);
+- the peer: `torch.ao.quantization.quantize_dynamic` of every nn.Linear to int8 (the tied head gets
+  its own int8 copy; the token embedding stays fp32), on the fp32 checkpoint.
+Columns: file size (model.safetensors; the peer: torch.save of its state dict), peak RSS of a fresh
+process that loads the model and decodes (torch's own runtime included: see the `import torch` line),
+quality, and batch-1 greedy decode tokens/s (a 32-token prompt, then --new-tokens or up to the context,
+the same loop for every row: the model's forward with a KV cache, argmax; best of --repeats).
+Quality: for a trained model, perplexity on tinyshakespeare's last 10% through the model's tokenizer
+(non-overlapping windows of the context length; the demo checkpoint may have seen that text in training,
+so only the differences between rows mean something); for random weights perplexity says nothing, so
+the max |logit difference| from fp32 and the share of positions whose top-1 token is fp32's.
+Targets (issue 14): int8 perplexity within +1% of fp32 and decode >= 2x our fp32; int4 (group 32)
+within +5%, file <= 30% of fp32, decode >= 3x our fp32; both faster than the peer.
+
+    python benchmarks/quantize.py [--demo CHECKPOINT] [--new-tokens 100] [--repeats 3] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, add_record_flag, header, recorded, shared_data_dir  # noqa: E402
+
+PROMPT = 32
+VARIANTS = ("fp32", "int8", "int4-g32", "int4-g32-asym", "torch dynamic int8")
+
+
+def decode(model, prompt: list[int], n: int) -> tuple[float, list[int]]:
+    """Seconds for batch-1 greedy decoding of `n` tokens after `prompt` (KV cache, argmax), and the tokens."""
+    import torch
+
+    from scratchllm.model import KVCache
+    from scratchllm.model.fast_linear import fast_linears
+
+    cfg = model.config
+    with torch.inference_mode(), fast_linears(model, rows=1):
+        cache = KVCache(cfg.n_layer, 1, cfg.kv_heads, len(prompt) + n, cfg.head_dim)
+        t0 = time.perf_counter()
+        logits = model(torch.tensor([prompt]), kv_cache=cache, last_only=True)
+        out = []
+        for _ in range(n):
+            nxt = logits[0, -1].argmax().item()
+            out.append(nxt)
+            logits = model(torch.tensor([[nxt]]), kv_cache=cache, last_only=True)
+        return time.perf_counter() - t0, out
+
+
+def load_variant(folder: str, variant: str):
+    import warnings
+
+    from scratchllm.checkpoint import load_model
+
+    model, _, _ = load_model(folder)
+    if variant == "torch dynamic int8":
+        import torch
+        from torch import nn
+
+        warnings.filterwarnings("ignore", ".*(deprecated|torchao).*")  # torch.ao's notes on its own future
+
+        model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return model.eval()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(args) -> None:
+    """In a fresh process: load one variant, decode, print JSON (tokens/s, peak RSS, the tokens)."""
+    import torch
+
+    rss_torch = peak_rss_mb()
+    model = load_variant(args.child_folder, args.child)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, model.config.vocab_size, (PROMPT,), generator=g).tolist()
+    n = min(args.new_tokens, model.config.context_length - PROMPT)  # the demo's context is 128
+    decode(model, prompt, 4)  # warm-up: kernels loaded and bound, allocator primed
+    best, tokens = math.inf, []
+    for _ in range(args.repeats):
+        t, tokens = decode(model, prompt, n)
+        best = min(best, t)
+    print(json.dumps({"tok_s": n / best, "rss_mb": peak_rss_mb(), "rss_torch_mb": rss_torch,
+                      "tokens": tokens}))
+
+
+def run_child(folder: str, variant: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--child-folder", folder, "--new-tokens",
+           str(args.new_tokens), "--repeats", str(args.repeats), "--no-record"]
+    env = {"PYTHONPATH": str(ROOT / "src")}
+    import os
+
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{variant} failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def held_out_ids(tokenizer) -> list[int]:
+    """tinyshakespeare's last 10% (by characters, as nanoGPT splits it), tokenized."""
+    text = (shared_data_dir() / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    return tokenizer.encode(text[int(len(text) * 0.9):])
+
+
+def perplexity(model, ids: list[int], windows: int) -> float:
+    """exp(mean next-token cross-entropy) over up to `windows` non-overlapping windows of the context."""
+    import torch
+
+    t = model.config.context_length
+    n = min(windows, (len(ids) - 1) // t)
+    x = torch.tensor(ids[: n * t + 1])
+    losses = []
+    with torch.inference_mode():
+        for i in range(0, n * t, t):
+            _, loss = model(x[i:i + t][None], targets=x[i + 1:i + t + 1][None])
+            losses.append(loss.item())
+    return math.exp(sum(losses) / len(losses))
+
+
+def logits_of(model, ids):
+    import torch
+
+    with torch.inference_mode():
+        return model(ids).float()
+
+
+def bench_model(title: str, source: str, trained: bool, args, work: Path) -> None:
+    import torch
+
+    from scratchllm.checkpoint import load_model
+    from scratchllm.compress.quantize import quantize_folder
+    from scratchllm.model.quant_linear import QuantScheme
+
+    print(f"-- {title}")
+    folders = {"fp32": source}
+    schemes = {"int8": QuantScheme(8), "int4-g32": QuantScheme(4, 32), "int4-g32-asym": QuantScheme(4, 32, False)}
+    for name, scheme in schemes.items():
+        folders[name] = str(quantize_folder(source, work / f"{Path(source).name}-{name}", scheme))
+    sizes = {name: (Path(f) / "model.safetensors").stat().st_size for name, f in folders.items()}
+    peer = load_variant(source, "torch dynamic int8")
+    buf = io.BytesIO()
+    torch.save(peer.state_dict(), buf)
+    sizes["torch dynamic int8"] = buf.tell()
+    folders["torch dynamic int8"] = source
+
+    quality: dict[str, str] = {}
+    ref, tok, _ = load_model(source)
+    if trained and tok is not None:
+        ids = held_out_ids(tok)
+        ppl = {}
+        for name in VARIANTS:
+            model = ref if name == "fp32" else peer if name == "torch dynamic int8" else load_model(folders[name])[0]
+            ppl[name] = perplexity(model, ids, args.windows)
+            quality[name] = f"ppl {ppl[name]:8.3f} ({ppl[name] / ppl['fp32'] - 1:+6.2%})"
+        n_tokens = min(args.windows, (len(ids) - 1) // ref.config.context_length) * ref.config.context_length
+        print(f"quality: perplexity on tinyshakespeare's last 10% ({n_tokens:,} tokens, windows of "
+              f"{ref.config.context_length}); the demo checkpoint may have seen this text: compare rows only")
+    else:
+        g = torch.Generator().manual_seed(3)
+        ids = torch.randint(0, ref.config.vocab_size, (1, min(256, ref.config.context_length)), generator=g)
+        want = logits_of(ref, ids)
+        for name in VARIANTS:
+            model = ref if name == "fp32" else peer if name == "torch dynamic int8" else load_model(folders[name])[0]
+            got = logits_of(model, ids)
+            agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+            quality[name] = f"max|dlogit| {(got - want).abs().max().item():.4f}, top-1 {agree:4.0%}"
+        print(f"quality: random weights, so perplexity says nothing; logits on {ids.shape[1]} random tokens vs fp32 "
+              f"(logits' std {want.std().item():.3f})")
+    del peer, ref
+
+    speed = {}
+    print(f"  {'row':<20} {'file MB':>8} {'vs fp32':>7} {'peak RSS MB':>11} {'decode tok/s':>12} {'vs fp32':>7}  "
+          f"quality")
+    for name in VARIANTS:
+        r = run_child(folders[name], name, args)
+        speed[name] = r
+        print(f"  {name:<20} {sizes[name] / 1e6:8.1f} {sizes[name] / sizes['fp32']:7.0%} {r['rss_mb']:11.0f} "
+              f"{r['tok_s']:12.1f} {r['tok_s'] / speed['fp32']['tok_s']:6.2f}x  {quality[name]}", flush=True)
+    print(f"  (peak RSS of the decoding process, `import torch` included: {speed['fp32']['rss_torch_mb']:.0f} MB "
+          f"before the model)")
+    same = {n: sum(a == b for a, b in zip(speed[n]["tokens"], speed["fp32"]["tokens"])) for n in VARIANTS}
+    print(f"  greedy tokens equal to fp32's (of {len(speed['fp32']['tokens'])}): "
+          + ", ".join(f"{n} {same[n]}" for n in VARIANTS[1:]))
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    x = {n: speed[n]["tok_s"] / speed["fp32"]["tok_s"] for n in VARIANTS}
+    peer_x = x["torch dynamic int8"]
+    print("  targets:")
+    if trained and tok is not None:
+        d8, d4 = ppl["int8"] / ppl["fp32"] - 1, ppl["int4-g32"] / ppl["fp32"] - 1
+        print(f"    int8 perplexity within +1% of fp32: {d8:+.2%} {verdict(d8 <= 0.01)}")
+        print(f"    int4 g32 perplexity within +5% of fp32: {d4:+.2%} {verdict(d4 <= 0.05)}")
+    else:
+        print("    perplexity targets: not measurable on random weights (see the demo model)")
+    print(f"    int8 decode >= 2x fp32: {x['int8']:.2f}x {verdict(x['int8'] >= 2)}")
+    print(f"    int4 g32 decode >= 3x fp32: {x['int4-g32']:.2f}x {verdict(x['int4-g32'] >= 3)}")
+    print(f"    int4 g32 file <= 30% of fp32: {sizes['int4-g32'] / sizes['fp32']:.0%} "
+          f"{verdict(sizes['int4-g32'] <= 0.3 * sizes['fp32'])}")
+    print(f"    faster than the peer ({peer_x:.2f}x fp32): int8 {x['int8'] / peer_x:.2f}x "
+          f"{verdict(x['int8'] > peer_x)}, int4 g32 {x['int4-g32'] / peer_x:.2f}x {verdict(x['int4-g32'] > peer_x)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demo", default=None, help="a trained demo-shaped checkpoint (default: random weights)")
+    ap.add_argument("--new-tokens", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many decodes")
+    ap.add_argument("--windows", type=int, default=64, help="perplexity windows (of the context length)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-folder", default=None, help=argparse.SUPPRESS)
+    add_record_flag(ap)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    with recorded("quantize", not args.no_record):
+        run_all(args)
+
+
+def run_all(args) -> None:
+    import torch
+
+    from scratchllm.checkpoint import save_checkpoint
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.model import GPT, gemv
+
+    header("weight-only quantization: scratchllm int8/int4 vs fp32 and torch's dynamic int8")
+    print(f"matrix-vector kernel: {gemv.status()}; torch threads {torch.get_num_threads()}; "
+          f"batch-1 greedy, {PROMPT}-token prompt, {args.new_tokens} new tokens, best of {args.repeats}")
+    with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
+        work = Path(tmp)
+        if args.demo:
+            bench_model(f"demo model: trained checkpoint {args.demo}", args.demo, True, args, work)
+        else:
+            torch.manual_seed(0)
+            demo = GPT(ModelConfig(vocab_size=4096, n_layer=4, n_head=4, n_embd=256, context_length=256))
+            bench_model("demo shape (4 layers, 256 dims, 4,096 vocab), random weights (no trained run given)",
+                        str(save_checkpoint(work / "demo", demo)), False, args, work)
+        torch.manual_seed(0)
+        gpt2 = GPT(ModelConfig.preset("gpt2-small"))
+        folder = str(save_checkpoint(work / "gpt2-small", gpt2))
+        del gpt2
+        bench_model("GPT-2 124M shape, random weights", folder, False, args, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Weight-only quantized layers: a linear layer (and a token embedding) that keeps its weight as small integers.
+
+The storage format, which `compress.quantize` writes and this module reads:
+- int8, per output channel (symmetric): `qweight` int8 (out, in) and `scales` fp32 (out, 1);
+  W[r, i] = qweight[r, i] * scales[r, 0] (LLM.int8()'s vector-wise weight quantization, without its
+  outlier columns).
+- int4, group-wise: the `in` weights of each row in groups of `group_size`, one fp32 scale per group
+  (`scales` (out, in / group_size)); each weight an unsigned u in 0..15 standing for (u - z) * scale.
+  Symmetric weights have z = 8 for every group (nothing stored); asymmetric ones a zero point per
+  group (`zeros` uint8 (out, in / group_size)). Two weights per byte (`qweight` uint8 (out, in / 2)):
+  byte j of a row holds weight 2j in its low 4 bits and weight 2j + 1 in its high 4 bits. The
+  group-wise layout with integer zero points is GPTQ's and AWQ's (Frantar et al. 2022; Lin et al. 2023).
+`pack_int4` / `unpack_int4` and `dequantize` are that format's pure functions (how the numbers are
+chosen, rounding included, is `compress.quantize`).
+
+`QuantLinear` replaces an `nn.Linear` at inference: it holds the integers, scales (and zero points)
+and the bias as buffers, so its state dict is the file's content. Its forward, for fp32 inputs:
+- 1 row (batch-1 decoding), and up to KERNEL_ROWS rows one by one (a prompt, speculative drafts): the
+  C kernel (`model.gemv`: `scratchllm_gemv_q8`/`_q4`) reads the integers as they are stored and
+  applies the scales in registers: a quarter (int8) or about an eighth (int4) of fp32's bytes to
+  read, and nothing dequantized in memory. int4 needs a group size that is a multiple of 32 for it.
+- more rows, or no kernel (`SCRATCHLLM_NO_KERNEL=1`, no compiler), or other group sizes: the whole
+  weight dequantized once per call, then `F.linear`.
+Both equal `F.linear(x, dequantize(...), bias)` to float rounding (tested).
+
+`QuantEmbedding` is a token embedding whose table is in the same format; it dequantizes only the rows
+it looks up. A tied GPT (GPT-2: the head's weight is the token embedding) keeps one quantized table,
+the head's: the embedding reads the head's buffers (it holds the head without registering it, so the
+state dict and the file hold the table once). The `weight` of both is the dequantized weight, computed
+when read (for code that reads a layer's weight, dtype or device); their forwards never read it.
+
+Not here: choosing scales and rounding, which layers, the CLI (`compress.quantize`); files (`checkpoint`).
+References: Dettmers et al. 2022, "LLM.int8(): 8-bit Matrix Multiplication for Transformers at Scale";
+Frantar et al. 2022, "GPTQ"; Lin et al. 2023, "AWQ".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.errors import UserError
+from scratchllm.model import gemv
+
+BITS = (8, 4)
+DEFAULT_GROUP = 32  # int4: GPTQ/AWQ's common 128 is coarser; 32 keeps the error small for 256-768 wide rows
+KERNEL_GROUP = 32  # the int4 kernel takes groups of a multiple of this many weights (2 x its 16 lanes)
+# Rows up to which the kernel runs once per row (each run reads the integers again) rather than the weight
+# being dequantized: a dequantized copy writes and reads 4 bytes a weight, several times the bytes of
+# 32 runs of the int8/int4 kernel; measured faster up to 32 rows (a 32-token prompt) on GPT-2's shapes.
+KERNEL_ROWS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantScheme:
+    """How a model's weights are quantized: bits (8 or 4), group size (int4; int8 is per output
+    channel: None), symmetric (int4 may be asymmetric: a zero point per group)."""
+
+    bits: int = 8
+    group_size: int | None = None
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bits not in BITS:
+            raise UserError(f"--bits {self.bits} is not supported; use 8 (int8 per output channel) or 4 "
+                            f"(int4 group-wise)")
+        if self.bits == 8 and self.group_size is not None:
+            raise UserError("--group-size is for --bits 4; int8 has one scale per output channel")
+        if self.bits == 8 and not self.symmetric:
+            raise UserError("--asymmetric is for --bits 4; int8 is symmetric per output channel")
+        if self.bits == 4 and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                               or self.group_size < 2 or self.group_size % 2):
+            raise UserError(f"--group-size must be an even number of at least 2 (e.g. 32), got {self.group_size}")
+
+    @property
+    def name(self) -> str:
+        """'int8', 'int4-g32' or 'int4-g32-asym'."""
+        if self.bits == 8:
+            return "int8"
+        return f"int4-g{self.group_size}" + ("" if self.symmetric else "-asym")
+
+    def check(self, name: str, in_features: int) -> None:
+        """That a layer `name` with `in_features` inputs can hold this scheme (int4: groups and bytes fit)."""
+        if self.bits == 4 and in_features % self.group_size:
+            raise UserError(f"--group-size {self.group_size} does not divide {name}'s {in_features} inputs; "
+                            f"use a divisor of every layer's input size (e.g. 32 or 64)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- the format --------------------------------------------------------------------------------------------
+def pack_int4(u: torch.Tensor) -> torch.Tensor:
+    """(..., n) integers in 0..15 (n even) -> (..., n / 2) uint8: element 2j in the low 4 bits of byte j,
+    element 2j + 1 in its high 4 bits."""
+    if u.shape[-1] % 2:
+        raise ValueError(f"int4 packing takes an even number of values per row, got {u.shape[-1]}")
+    u = u.to(torch.uint8)
+    return u[..., 0::2] | (u[..., 1::2] << 4)  # (..., n / 2)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """(..., n / 2) uint8 -> (..., n) uint8 in 0..15: `pack_int4`'s inverse."""
+    lo, hi = packed & 15, packed >> 4
+    return torch.stack((lo, hi), dim=-1).flatten(-2)  # (..., n / 2, 2) -> (..., n)
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None,
+               bits: int = 8) -> torch.Tensor:
+    """The fp32 weight (out, in) the stored integers stand for (see the module doc for the format)."""
+    if bits == 8:
+        return qweight.float() * scales  # (out, in) * (out, 1)
+    u = unpack_int4(qweight).float()  # (out, in)
+    out, n_in = u.shape
+    groups = scales.shape[-1]
+    z = zeros.float() if zeros is not None else 8.0
+    w = (u.view(out, groups, n_in // groups) - (z[..., None] if zeros is not None else z)) * scales[..., None]
+    return w.view(out, n_in)  # (out, groups, group) -> (out, in)
+
+
+# --- the layers -----------------------------------------------------------------------------------------------
+class QuantLinear(nn.Module):
+    """A linear layer whose weight is stored as int8 or int4 (`scheme`), with buffers `qweight`, `scales`,
+    `zeros` (asymmetric int4 only) and `bias` (if the layer has one). Built empty (zeros) by shape, or
+    filled by `compress.quantize`; a checkpoint loads into the buffers."""
+
+    def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        scheme.check("this layer", in_features)
+        if scheme.bits == 8:
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+            groups = 1
+        else:
+            if in_features % 2:
+                raise UserError(f"int4 packs two weights per byte; a layer with {in_features} inputs cannot")
+            self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+            groups = in_features // scheme.group_size
+        self.register_buffer("scales", torch.ones(out_features, groups))
+        zeros = torch.zeros(out_features, groups, dtype=torch.uint8) if not scheme.symmetric else None
+        self.register_buffer("zeros", zeros)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._bound: tuple[tuple[int, ...], Any] | None = None  # the kernel bound to the buffers' addresses
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The fp32 weight the integers stand for, computed on every read (see the module doc)."""
+        return self.dequantize()
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.qweight, self.scales, self.zeros, self.scheme.bits)
+
+    def _product(self):
+        """The kernel's one-row product bound to the current buffers (rebound when they move), or None."""
+        kernel = gemv.load()
+        if kernel is None or (self.scheme.bits == 4 and self.scheme.group_size % KERNEL_GROUP):
+            return None
+        tensors = (self.qweight, self.scales, self.zeros, self.bias)
+        key = tuple(0 if t is None else t.data_ptr() for t in tensors)
+        if self._bound is None or self._bound[0] != key:
+            if self.scheme.bits == 8:
+                product = kernel.bind_q8(self.qweight, self.scales, self.bias)
+            else:
+                product = kernel.bind_q4(self.qweight, self.scales, self.zeros, self.scheme.group_size, self.bias)
+            self._bound = (key, product)
+        return self._bound[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if (rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
+                and self.qweight.device.type == "cpu"):
+            product = self._product()
+            if product is not None and rows == 1:
+                return product(x)
+            if product is not None:
+                flat = x.reshape(rows, x.shape[-1])
+                return torch.cat([product(flat[i:i + 1]) for i in range(rows)]).view(*x.shape[:-1], self.out_features)
+        w = self.dequantize().to(x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))  # (..., out)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}"
+
+
+class QuantEmbedding(nn.Module):
+    """A token embedding whose table (vocab, dim) is a QuantLinear's weight: `table` its own (a registered
+    submodule) or, `tied`, the head's (held, not registered: the head owns the buffers)."""
+
+    def __init__(self, table: QuantLinear, tied: bool) -> None:
+        super().__init__()
+        self.tied = tied
+        if tied:
+            object.__setattr__(self, "_head", table)  # not a submodule: no second copy in the state dict
+        else:
+            self.table = table
+
+    @property
+    def source(self) -> QuantLinear:
+        return self._head if self.tied else self.table
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.source.out_features
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.source.in_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The fp32 table, dequantized on every read."""
+        return self.source.dequantize()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = self.source
+        flat = idx.reshape(-1)
+        zeros = t.zeros[flat] if t.zeros is not None else None
+        rows = dequantize(t.qweight[flat], t.scales[flat], zeros, t.scheme.bits)  # (N, dim)
+        return rows.view(*idx.shape, rows.shape[-1])  # (..., dim)
+
+    def extra_repr(self) -> str:
+        t = self.source
+        return f"{t.out_features}, {t.in_features}, {t.scheme.name}" + (", tied to the head" if self.tied else "")
+
+
+def quant_modules(model: nn.Module) -> dict[str, QuantLinear]:
+    """The model's QuantLinear layers by name (an untied embedding's table, `tok_emb.table`, left out)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear) and name != "tok_emb.table"}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (QuantLinear, QuantEmbedding)) for m in model.modules())
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at the dotted `name` of `model`."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quant_config(model: nn.Module) -> dict[str, Any]:
+    """What quantization.json records of a quantized model: the scheme (bits, group_size, symmetric),
+    `modules` (the QuantLinear layers' names) and `embedding` ("tied", "own" or None)."""
+    layers = quant_modules(model)
+    if not layers:
+        raise ValueError("the model has no quantized layers")
+    emb = getattr(model, "tok_emb", None)
+    embedding = ("tied" if emb.tied else "own") if isinstance(emb, QuantEmbedding) else None
+    return {**next(iter(layers.values())).scheme.to_dict(), "modules": list(layers), "embedding": embedding}
+
+
+def quantized_structure(model: nn.Module, scheme: QuantScheme, modules: list[str], embedding: str | None) -> None:
+    """Replace `modules` (nn.Linear names) by empty QuantLinears of their shapes, and the token embedding
+    `tok_emb` by a QuantEmbedding when `embedding` is "tied" (the head's table) or "own"; in place. What a
+    checkpoint reader does before loading the buffers (and `compress.quantize` before filling them)."""
+    for name in modules:
+        try:
+            lin = model.get_submodule(name)
+        except AttributeError:
+            lin = None
+        if not isinstance(lin, nn.Linear):
+            raise UserError(f"the quantized layer {name!r} is not a linear layer of this model; "
+                            f"the checkpoint does not match its config")
+        set_module(model, name, QuantLinear(lin.in_features, lin.out_features, scheme, bias=lin.bias is not None))
+    if embedding is None:
+        return
+    emb = model.get_submodule("tok_emb")
+    if embedding == "tied":
+        head = model.get_submodule("lm_head")
+        if not isinstance(head, QuantLinear):
+            raise UserError("a quantized embedding tied to the head needs a quantized head (lm_head)")
+        set_module(model, "tok_emb", QuantEmbedding(head, tied=True))
+    elif embedding == "own":
+        table = QuantLinear(emb.embedding_dim, emb.num_embeddings, scheme, bias=False)
+        set_module(model, "tok_emb", QuantEmbedding(table, tied=False))
+    else:
+        raise UserError(f"embedding must be 'tied', 'own' or absent, got {embedding!r}")
