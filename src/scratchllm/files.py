@@ -114,3 +114,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a temporary file beside it, then a rename: a
+    reader never sees half a picture) and close it."""
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    os.replace(tmp, p)
+    return p

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scratchllm.errors import UserError
 
@@ -116,18 +117,30 @@ def _field(record: object, field: str, where: str) -> str:
     return value
 
 
-def read_jsonl(path: Path, *, text_field: str = "text", errors: str = "strict") -> list[Document]:
-    """JSON Lines: one object per line; the document is its `text_field`."""
-    text = decode(read_bytes(path), str(path), errors)
-    docs = []
+def jsonl_records(text: str, path: str | os.PathLike, hint: str = "") -> list[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of JSON Lines `text` read from `path`; a line
+    that is not JSON is one error naming the file, the line and the column (then `hint`, if given).
+
+    >>> jsonl_records('{"a": 1}\\n\\n[2]\\n', "x.jsonl")
+    [(1, {'a': 1}), (3, [2])]
+    """
+    out = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            out.append((i, json.loads(line)))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {i} is not valid JSON: {e.msg} (column {e.colno})") from None
-        docs.append(Document(f"{path.name}:{i}", _field(rec, text_field, f"{path} line {i}")))
+            tail = f"; {hint}" if hint else ""
+            raise UserError(f"{path} line {i} is not valid JSON: {e.msg} (column {e.colno}){tail}") from None
+    return out
+
+
+def read_jsonl(path: Path, *, text_field: str = "text", errors: str = "strict") -> list[Document]:
+    """JSON Lines: one object per line; the document is its `text_field`."""
+    text = decode(read_bytes(path), str(path), errors)
+    docs = [Document(f"{path.name}:{i}", _field(rec, text_field, f"{path} line {i}"))
+            for i, rec in jsonl_records(text, path)]
     if not docs:
         raise UserError(f"{path} is empty: there is no text to read")
     return docs

@@ -103,15 +103,10 @@ def uncertainty(probs: np.ndarray, by: str = "margin") -> np.ndarray:
 
 # --- plots -------------------------------------------------------------------------------------------
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    import matplotlib.pyplot as plt
+    from scratchllm.files import save_figure
 
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, p)
-    return p
+    return save_figure(fig, path)
 
 
 def _pyplot() -> Any:

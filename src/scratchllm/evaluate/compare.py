@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scratchllm.files import write_atomic
+from scratchllm.files import save_figure, write_atomic
 
 # The metrics a report shows, in order, with their label and which way is better.
 METRICS = {
@@ -78,12 +78,7 @@ def bar_chart(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, p)
-    return p
+    return save_figure(fig, path)
 
 
 def write_report(rows: list[dict[str, Any]], out_dir: str | os.PathLike, title: str = "",

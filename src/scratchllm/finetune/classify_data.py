@@ -74,14 +74,10 @@ def _csv_rows(path: Path, columns: Sequence[str], errors: str) -> list[tuple[int
 
 
 def _jsonl_rows(path: Path, columns: Sequence[str], errors: str) -> list[tuple[int, dict[str, Any]]]:
+    from scratchllm.data.readers import jsonl_records
+
     rows = []
-    for i, line in enumerate(_read_text(path, errors).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {i} is not valid JSON: {e.msg} (column {e.colno})") from None
+    for i, rec in jsonl_records(_read_text(path, errors), path):
         if not isinstance(rec, dict):
             raise UserError(f"{path} line {i} holds a JSON {type(rec).__name__}, expected an object with "
                             f"{' and '.join(map(repr, columns))}")

@@ -128,15 +128,8 @@ def read_preferences(data: str) -> list[tuple[str, str, str, str]]:
             records = readers.load_json_records(path)
             located = [(f"{path} entry {i}", r) for i, r in enumerate(records)]
         else:  # JSON Lines: one object per line, blank lines skipped
-            located = []
-            for i, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    located.append((f"{path} line {i}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path} line {i} is not valid JSON: {e.msg} (column {e.colno}); expected a "
-                                    f"JSON list of entries or JSON Lines (one entry per line)") from None
+            located = [(f"{path} line {i}", rec) for i, rec in readers.jsonl_records(
+                text, path, hint="expected a JSON list of entries or JSON Lines (one entry per line)")]
         where = str(path)
     if not located:
         raise UserError(f"{where} holds no entries: there are no preference pairs to read")

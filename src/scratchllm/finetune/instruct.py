@@ -66,17 +66,9 @@ REPORT_EXAMPLES = 3
 
 # --- data ---------------------------------------------------------------------------------------------
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
-    from scratchllm.data.readers import decode, read_bytes
+    from scratchllm.data.readers import decode, jsonl_records, read_bytes
 
-    text = decode(read_bytes(path), str(path))
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{path} line {n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {n} is not valid JSON: {e.msg} (column {e.colno})") from None
+    out = [(f"{path} line {n}", rec) for n, rec in jsonl_records(decode(read_bytes(path), str(path)), path)]
     if not out:
         raise UserError(f"{path} is empty: there are no entries to read")
     return out

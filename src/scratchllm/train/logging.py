@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scratchllm.files import write_atomic
+from scratchllm.files import save_figure, write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -110,12 +110,7 @@ def plot_losses(records: list[dict[str, Any]], path: str | os.PathLike, title: s
         ax2 = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda t: t / per_step))
         ax2.set_xlabel("tokens seen")
     fig.tight_layout()
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, p)
-    return p
+    return save_figure(fig, path)
 
 
 class TensorBoard:
