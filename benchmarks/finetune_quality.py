@@ -8,8 +8,8 @@ reference line. Rows:
 
 (a) the pretrained model: the main job's recipe (configs/shakespeare-bpe.toml: a 4.2M-parameter GPT
     with a 4,096-token BPE, both trained from scratch on the complete works of Shakespeare, bounded
-    at 480 s of training), pretrained by this script (`scratchllm train`) unless `--pretrained RUN`
-    names such a run folder; then `scratchllm finetune classify` from it: the book's default (the
+    at 1,200 s of training with the rate decayed over them), pretrained by this script (`scratchllm
+    train`) unless `--pretrained RUN` names such a run folder; then `scratchllm finetune classify` from it: the book's default (the
     last block, the final norm and the head at lr 5e-5, 5 epochs), every weight at the book's rate,
     and every weight at 1e-4 (the rate chosen on validation accuracy for this small model);
 (b) the same architecture and tokenizer from random weights, finetuned the same ways: what
@@ -23,7 +23,7 @@ does) in its own process, so its seconds are the loop's training time and its pe
 its test accuracy and macro F1 come from the run's report (`report.json`). What was tried to choose
 the rows' settings is in benchmarks/RESULTS.md, below this benchmark's section.
 
-    python benchmarks/finetune_quality.py                      # pretrain (8 minutes), then every row (~20 min)
+    python benchmarks/finetune_quality.py                      # pretrain (20 minutes), then every row (~5 min)
     python benchmarks/finetune_quality.py --pretrained runs/shakespeare-bpe   # reuse a pretrained run
     python benchmarks/finetune_quality.py --quick              # a 60 s pretraining, one epoch per row
     python benchmarks/finetune_quality.py --no-record          # do not replace its section of RESULTS.md
@@ -71,12 +71,18 @@ FULL, LORA = "pretrained, all weights, lr 1e-4", "pretrained, LoRA r=8 alpha=16,
 
 
 # --- pretraining ----------------------------------------------------------------------------------
+# The pretraining: the main job's recipe given 20 minutes instead of its 8, the learning rate decayed
+# over those seconds (the issue allows 30 minutes; the recorded run's model trained so).
+PRETRAIN_SECONDS = 1200
+
+
 def pretrain(runs_dir: Path, quick: bool) -> Path:
-    """`scratchllm train --config configs/shakespeare-bpe.toml` into runs_dir; returns the run folder."""
+    """`scratchllm train --config configs/shakespeare-bpe.toml` for PRETRAIN_SECONDS into runs_dir; returns
+    the run folder."""
+    seconds = 60 if quick else PRETRAIN_SECONDS
     cmd = [sys.executable, "-m", "scratchllm.cli", "train", "--config", str(RECIPE), "--runs_dir", str(runs_dir),
-           "--quiet"]
-    if quick:
-        cmd += ["--train.max_seconds", "60"]
+           "--quiet", "--train.max_seconds", str(seconds), "--train.decay_over", "seconds",
+           "--train.max_steps", "100000"]
     print(f"pretraining: scratchllm {' '.join(cmd[3:]).replace(str(ROOT) + os.sep, '')}", flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=child_env())

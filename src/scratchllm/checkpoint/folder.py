@@ -226,16 +226,25 @@ def validate_state(state: Any, path: Path) -> dict[str, Any]:
     return state
 
 
+def read_json_object(p: Path, missing: str = "") -> dict[str, Any]:
+    """A checkpoint's JSON file as a dict, or one CheckpointError naming it: missing (then `missing`, what
+    that means), not JSON, or not an object."""
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise CheckpointError(f"checkpoint file {p} is missing{missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"checkpoint file {p} holds a JSON {type(d).__name__}, expected an object; "
+                              f"the file was edited or damaged")
+    return d
+
+
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
     """state.json of a checkpoint, its format fields checked (a clear CheckpointError naming the file)."""
     p = Path(folder) / STATE_FILE
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint file {p} is missing; the checkpoint is incomplete")
-    try:
-        state = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
-    return validate_state(state, p)
+    return validate_state(read_json_object(p, "; the checkpoint is incomplete"), p)
 
 
 def verify_checkpoint(folder: str | os.PathLike, deep: bool = True,
@@ -361,15 +370,7 @@ def _load_base(m: Any, p: Path) -> None:
 def read_adapters(folder: str | os.PathLike) -> dict[str, Any]:
     """adapters.json of a folder, each field checked: r, alpha, dropout, modules (and base, if present)."""
     p = Path(folder) / ADAPTERS_CONFIG
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint file {p} is missing")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"checkpoint file {p} holds a JSON {type(d).__name__}, expected an object; "
-                              f"the file was edited or damaged")
+    d = read_json_object(p)
     checks = {
         "r": (lambda v: is_int(v) and v > 0, "a whole number > 0"),
         "alpha": (lambda v: is_number(v) and 0 < v < float("inf"), "a number > 0"),
@@ -393,15 +394,7 @@ def read_quantization(folder: str | os.PathLike) -> dict[str, Any]:
     from scratchllm.model.quant_linear import QuantScheme
 
     p = Path(folder) / QUANT_CONFIG
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint file {p} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated (not valid JSON)") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"checkpoint file {p} holds a JSON {type(d).__name__}, expected an object; "
-                              f"the file was edited or damaged")
+    d = read_json_object(p)
     checks = {
         "bits": (lambda v: v in (8, 4) and is_int(v), "8 or 4"),
         "group_size": (lambda v: v is None or (is_int(v) and v > 0), "a whole number > 0 or null"),
