@@ -9,8 +9,9 @@ reference line. Rows:
 (a) the pretrained model: the main job's recipe (configs/shakespeare-bpe.toml: a 4.2M-parameter GPT
     with a 4,096-token BPE, both trained from scratch on the complete works of Shakespeare, bounded
     at 1,200 s of training with the rate decayed over them), pretrained by this script (`scratchllm
-    train`) unless `--pretrained RUN` names such a run folder; then `scratchllm finetune classify` from it: the book's default (the
-    last block, the final norm and the head at lr 5e-5, 5 epochs), every weight at the book's rate,
+    train`) unless `--pretrained RUN` names such a run folder; then `scratchllm finetune classify`
+    from it: the book's default (the last block, the final norm and the head at lr 5e-5, 5 epochs),
+    every weight at the book's rate,
     and every weight at 1e-4 (the rate chosen on validation accuracy for this small model);
 (b) the same architecture and tokenizer from random weights, finetuned the same ways: what
     pretraining is worth;
