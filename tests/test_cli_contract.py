@@ -473,6 +473,37 @@ ROWS = [
     (["quantize", "{plain_ck}", "--bits", "8", "--out", "{out}"], "free some space", "full", None),
     (["export", "hf", "{quantized_ck}", "--out", "{out}"], "is a quantized model, which export does not write", "",
      None),
+    # --- inspect (the eval_inputs fixture's model: byte-level tokenizer, 1 layer, context 16) ----------------
+    (["inspect", "bogus"], "invalid choice", "", None),
+    (["inspect", "attention", "-m", "{nodir}", "hi"], "neither a folder nor a preset", "", None),
+    (["inspect", "attention", "-m", "{plain_ck}", "hi"], "has no tokenizer", "", None),
+    (["inspect", "attention", "-m", "{evmodel}", ""], "the prompt is empty", "", None),
+    (["inspect", "attention", "-m", "{evmodel}", "a" * 17], "17 tokens, longer than the model's context of 16", "",
+     None),
+    (["inspect", "attention", "-m", "{evmodel}", "hi", "--layers", "1"], "the model has layers 0 to 0", "", None),
+    (["inspect", "attention", "-m", "{evmodel}", "hi", "--layers", "x"], "give layer numbers", "", None),
+    (["inspect", "attention", "-m", "{evmodel}", "hi", "--out", "{out}/a.jpg"], "name a .png file", "", None),
+    (["inspect", "attention", "-m", "{evmodel}", "hi", "--out", "{ro}/a.png"], "permission denied", "ro", None),
+    (["inspect", "attention", "-m", "{evmodel}", "hi", "--out", "{blocker}/a.png"], "a file stands", "", None),
+    (["inspect", "next", "-m", "{evmodel}", "hi", "--top-p", "2"], "top_p must be in (0, 1]", "", None),
+    (["inspect", "next", "-m", "{evmodel}", "hi", "--temperature", "-1"], "temperature must be >= 0", "", None),
+    (["inspect", "next", "-m", "{evmodel}", "hi", "--temperature", "nan"], "must be a finite number", "", None),
+    (["inspect", "next", "-m", "{evmodel}", "hi", "--show", "0"], "--show must be at least 1", "", None),
+    (["inspect", "next", "-m", "{evmodel}", ""], "the prompt is empty", "", None),
+    (["inspect", "next", "-m", "{evmodel}", "b" * 20], "longer than the model's context of 16", "", None),
+    (["inspect", "embeddings", "-m", "{evmodel}", "a"], "at least two words", "", None),
+    (["inspect", "embeddings", "-m", "{evmodel}", "a", "hello"], "'hello' is 5 tokens", "", None),
+    (["inspect", "embeddings", "-m", "{evmodel}", "a", "b", "a"], "are the same token", "", None),
+    (["inspect", "embeddings", "-m", "{evmodel}", "a", ""], "a word is empty", "", None),
+    (["inspect", "embeddings", "-m", "{evmodel}", "a", "b", "--out", "{blocker}/e.png"], "a file stands", "", None),
+    (["inspect", "tokens", ""], "the text is empty", "", None),
+    (["inspect", "tokens", "hi", "--tokenizer", "{missing}"], "not gpt2, char, bytes", "", None),
+    (["inspect", "tokens", "hi", "--tokenizer", "{shape}"], "BPE tokenizer data is corrupt", "", None),
+    (["inspect", "tokens", "hi", "--tokenizer", "gpt2", "--data-dir", "{nodir}"], "does not exist", "", None),
+    (["inspect", "tokens", "xyz", "--tokenizer", "{tok}"], "not in this character vocabulary", "", None),
+    (["inspect", "tokens", "hi", "--tokenizer", "{nodir}"], "not gpt2, char, bytes", "", None),
+    (["inspect", "tokens", "hi", "--tokenizer", "{plain_ck}"], "tokenizer file", "", None),
+    (["inspect", "tokens", "hi", "--color", "sometimes"], "invalid choice", "", None),
 ]
 
 
@@ -513,7 +544,8 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(row, work, tmp_p
 
 
 # --- rules every command shares ------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"], ["lora"], ["eval"], ["finetune"]])
+@pytest.mark.parametrize("argv", [[], ["data"], ["tokenizer"], ["model"], ["export"], ["lora"], ["eval"], ["finetune"],
+                                  ["inspect"]])
 def test_a_missing_subcommand_prints_help_and_exits_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ LAYERS = {
     "__init__": 0, "config": 0, "runtime": 0, "errors": 0, "files": 0,
     "tokenizer": 1, "model": 1,
     "checkpoint": 2, "data": 2, "generate": 2, "steps": 2,
-    "train": 3, "evaluate": 3, "compress": 3, "interop": 3,
+    "train": 3, "evaluate": 3, "compress": 3, "interop": 3, "visualize": 3,
     "finetune": 4, "serve": 4,
     "cli": 5,
 }
