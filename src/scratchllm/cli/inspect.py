@@ -10,7 +10,7 @@
 heatmaps (row = layer, column = head). `next` prints the most likely next tokens and how the sampler's
 steps (temperature, then top-k, then top-p, as `scratchllm generate` applies them) reshape their
 probabilities, and draws them as bar charts. `embeddings` places words' token embeddings in two
-dimensions by PCA; each word must be one token (as typed or with a leading space).
+dimensions by PCA; each word must be one token (with a leading space, as in running text, or as typed).
 
 -m takes what `scratchllm generate -m` takes: a run or checkpoint folder, a Hugging Face or OpenAI
 GPT-2 folder, LoRA adapters, or a preset name (random weights); default: the latest run. Pictures
@@ -73,7 +73,7 @@ def register(subparsers) -> None:
 
     e = sub.add_parser("embeddings", help="2-D PCA projection of words' token embeddings, a scatter plot",
                        description="Place words' token embeddings in two dimensions (PCA). Each word must be one "
-                                   "token, as typed or with a leading space.")
+                                   "token: with a leading space (as in running text), else as typed.")
     e.add_argument("words", nargs="+", help="two or more words")
     _model_flags(e)
     e.add_argument("--out", default="embeddings.png", help="the PNG to write (default embeddings.png)")

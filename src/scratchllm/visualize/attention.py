@@ -104,7 +104,8 @@ def parse_layers(spec: str | None, n_layer: int) -> list[int]:
 def plot_attention(maps: torch.Tensor, tokens: Sequence[str], layers: Sequence[int] | None = None,
                    title: str = "") -> Any:
     """A grid of heatmaps, a row per layer in `layers` (default all) and a column per head, of `maps`
-    (n_layer, n_head, T, T); `tokens` label the axes (when there are at most 32). Returns the figure."""
+    (n_layer, n_head, T, T); `tokens` label the axes (when there are at most 32), and with at most 8 tokens
+    each weight is written in its cell. Returns the figure."""
     plt = pyplot()
     layers = list(range(maps.shape[0])) if layers is None else list(layers)
     n_head, t = maps.shape[1], maps.shape[2]
@@ -115,7 +116,13 @@ def plot_attention(maps: torch.Tensor, tokens: Sequence[str], layers: Sequence[i
     for r, layer in enumerate(layers):
         for h in range(n_head):
             ax = axes[r][h]
-            ax.imshow(maps[layer, h].cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+            w = maps[layer, h].cpu().numpy()
+            ax.imshow(w, cmap="Blues", vmin=0.0, vmax=1.0)
+            if t <= 8:  # few tokens: room to write each weight in its cell
+                for i in range(t):
+                    for j in range(i + 1):
+                        ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if w[i, j] > 0.6 else "black")
             ax.set_title(f"layer {layer}, head {h}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -1,9 +1,10 @@
 """Token embeddings in two dimensions: principal component analysis of chosen words' vectors, and a scatter plot.
 
 `word_ids(tokenizer, words)` finds each word's token. A word must be one token of the vocabulary:
-as typed, else with a leading space (how byte-level BPE vocabularies hold a word inside a sentence,
-" king"); a word that is neither (it would be several pieces, or the word tokenizer's `<|unk|>`) is
-an error naming its pieces, since an average of pieces is not the model's vector for the word.
+first as it stands in running text, with a leading space (how byte-level BPE vocabularies hold a
+word inside a sentence: " king"), else as typed ("king", or " king" typed with its space); a word
+that is neither (it would be several pieces, or the word tokenizer's `<|unk|>`) is an error naming
+its pieces, since an average of pieces is not the model's vector for the word.
 
 `pca_2d(x)` centres the vectors and projects them on their two directions of largest variance, from
 the singular value decomposition (torch.linalg.svd): X - mean = U S V^T, coordinates U S = (X - mean) V.
@@ -28,7 +29,7 @@ def word_ids(tokenizer: Any, words: Sequence[str]) -> list[tuple[str, int, str]]
     """(word, token id, the token's text) for each word; see the module doc for the one-token rule.
 
     >>> from scratchllm.tokenizer.char import CharTokenizer
-    >>> word_ids(CharTokenizer.train("abc"), ["c", "a"])
+    >>> word_ids(CharTokenizer.train("abc"), ["c", "a"])  # " c" is two characters: "c" as typed
     [('c', 2, 'c'), ('a', 0, 'a')]
     """
     if len(words) < 2:
@@ -39,17 +40,22 @@ def word_ids(tokenizer: Any, words: Sequence[str]) -> list[tuple[str, int, str]]
         if not word:
             raise UserError("a word is empty; give words of at least one character")
         tried = []
-        for form in (word, " " + word):
-            ids = tokenizer.encode(form)
+        for form in (" " + word, word):
+            try:
+                ids = tokenizer.encode(form)
+            except UserError:
+                if form is word:  # the word as typed cannot be encoded: the tokenizer's error says why
+                    raise
+                ids = []  # e.g. a character vocabulary without the space
             tried.append(ids)
             if len(ids) == 1 and ids[0] not in specials:
                 found.append((word, ids[0], tokenizer.decode_bytes(ids).decode("utf-8", "backslashreplace")))
                 break
         else:
-            pieces = [tokenizer.decode_bytes([i]).decode("utf-8", "backslashreplace") for i in tried[0]]
-            why = "is not in the vocabulary" if any(i in specials for i in tried[0]) else \
+            pieces = [tokenizer.decode_bytes([i]).decode("utf-8", "backslashreplace") for i in tried[1]]
+            why = "is not in the vocabulary" if any(i in specials for i in tried[1]) else \
                 f"is {len(pieces)} tokens ({' '.join(repr(p) for p in pieces)})"
-            raise UserError(f"{word!r} {why}, also with a leading space; the embedding table has one vector per "
+            raise UserError(f"{word!r} {why}, with a leading space too; the embedding table has one vector per "
                             f"token: choose words that are one token")
     seen: dict[int, str] = {}
     for word, i, _ in found:

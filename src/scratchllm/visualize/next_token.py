@@ -92,7 +92,7 @@ def plot_next_token(steps: list[tuple[str, torch.Tensor]], ids: Sequence[int], p
         ax.bar(range(n), [float(probs[i]) for i in ids], color="tab:blue")
         ax.set_xticks(range(n), [label(p, 10) for p in pieces], rotation=90, fontsize=7)
         ax.set_title(name, fontsize=9)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(bottom=0)  # the panels share one scale: the last step's tallest bar sets it
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("probability")
     if title:
