@@ -1,7 +1,7 @@
 """The import layering of DESIGN.md: a module imports only from its own layer or lower ones.
 
 0 config runtime errors files; 1 tokenizer model; 2 checkpoint data generate steps; 3 train evaluate
-compress interop; 4 finetune serve; 5 cli. Reading a checkpoint never needs training: `checkpoint`
+compress interop visualize; 4 finetune serve; 5 cli. Reading a checkpoint never needs training: `checkpoint`
 imports only layers 0-1, and the commands that read models (generate, checkpoint, evaluate, serve,
 interop) never import `train`. `steps` (the book's teaching modules) imports only
 `model.functional`, `config` and `errors`, and nothing in the package imports `steps`.
