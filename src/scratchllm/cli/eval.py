@@ -36,7 +36,7 @@ from typing import Any
 def register(subparsers) -> None:
     from scratchllm.cli import needs_action
 
-    p = subparsers.add_parser("eval", help="measure a model: perplexity, multiple choice, generation metrics, LLM judge, compare",
+    p = subparsers.add_parser("eval", help="measure a model: perplexity, multiple choice, generation metrics, judge",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="eval_action", metavar="ACTION")
     p.set_defaults(func=needs_action(p))

@@ -71,8 +71,9 @@ def read_prompt(path: str | os.PathLike) -> str:
 
 
 def fill_prompt(template: str, fields: dict[str, Any], response: str, reference: str, where: str) -> str:
-    """`template` with its placeholders replaced (see the module doc); braces that name nothing stay as
-    they are, a placeholder naming a field the entry lacks is an error naming `where`."""
+    """`template` with its {name} placeholders replaced (see the module doc); other braces (a JSON example
+    such as {"score": 85}) stay as they are; a placeholder naming a field the entry lacks is an error
+    naming `where`."""
     from scratchllm.generate.templates import alpaca_prompt
 
     if isinstance(fields.get("instruction"), str):
@@ -263,7 +264,7 @@ class Endpoint:
                     last = f"no answer within {self.timeout:g} s"
                 else:
                     last = f"cannot connect ({getattr(reason, 'strerror', None) or reason})"
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 last = f"no answer within {self.timeout:g} s"
             except (ConnectionError, OSError) as e:
                 last = f"connection failed ({getattr(e, 'strerror', None) or e})"

@@ -32,7 +32,8 @@ from scratchllm.errors import UserError
 
 ROUGE_MISSING = ("ROUGE-L needs the rouge-score package, which is not installed; reporting exact match only "
                  "(pip install rouge-score, or pip install \"scratchllm[eval]\")")
-SACREBLEU_MISSING = "BLEU and chrF need the sacrebleu package: pip install sacrebleu, or pip install \"scratchllm[eval]\""
+SACREBLEU_MISSING = ("BLEU and chrF need the sacrebleu package, which is not installed: pip install sacrebleu, or "
+                     "pip install \"scratchllm[eval]\"")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
