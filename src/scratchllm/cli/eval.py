@@ -506,7 +506,17 @@ TEXT_METRICS = (("bleu", "BLEU"), ("chrf", "chrF"), ("rouge1", "ROUGE-1"), ("rou
                 ("rougeL", "ROUGE-L"), ("exact_match", "exact match"))
 
 
-def generate_responses(args, entries: list[Any]) -> tuple[list[str], list[str], Any]:
+def check_output(path: Any) -> None:
+    """`path` can be written: not a folder, in a folder that is (made here if missing) writable."""
+    from scratchllm.errors import UserError
+    from scratchllm.train.run import ensure_writable
+
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name for the responses")
+    ensure_writable(path.parent)
+
+
+def generate_responses(args, entries: list[Any], out: Any) -> tuple[list[str], list[str], Any]:
     """(responses, references, meta): greedy responses of --model to the entries' prompts (module doc)."""
     from scratchllm.errors import UserError
     from scratchllm.evaluate.generation import text_field
@@ -518,6 +528,7 @@ def generate_responses(args, entries: list[Any]) -> tuple[list[str], list[str], 
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     references = [text_field(e, args.reference_field, "--reference-field") for e in entries]
     model, tokenizer, meta = load(args.model, args.device)
+    check_output(out)  # before the generating, which may take long
     template = (meta.get("generation") or {}).get("prompt_template") or "alpaca"
     prompts = []
     for e in entries:
@@ -549,7 +560,7 @@ def cmd_generation(args) -> int:
         entries = read_entries(args.file)  # a bad file is an error before the model is loaded
         source = Path(args.file)
         out = Path(args.out) if args.out else source.with_name(source.stem + "-responses.json")
-        responses, references, meta = generate_responses(args, entries)
+        responses, references, meta = generate_responses(args, entries, out)
         data = [{**e.fields, args.response_field: r} for e, r in zip(entries, responses)]
         write_atomic(out, json.dumps(data, indent=4, ensure_ascii=False))
         metrics = text_metrics(responses, references)
@@ -575,6 +586,7 @@ def cmd_judge(args) -> int:
     import shlex
     from pathlib import Path
 
+    from scratchllm.errors import UserError
     from scratchllm.evaluate.generation import read_pairs
     from scratchllm.evaluate.judge import PROMPT, Endpoint, fill_prompt, judge, plot_histogram, read_prompt
     from scratchllm.files import write_atomic
@@ -588,12 +600,16 @@ def cmd_judge(args) -> int:
     source = Path(args.file)
     out = Path(args.out) if args.out else source.with_name(source.stem + "-judge")
     if out.exists() and not out.is_dir():
-        from scratchllm.errors import UserError
-
         raise UserError(f"--out {out} is a file; give a folder for the judge's answers")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     print(f"judging {len(items):,} responses with {endpoint.model} at {endpoint.url}", file=sys.stderr)
-    result = judge(items, endpoint, out / "answers.jsonl", progress=not args.quiet)
+    try:
+        result = judge(items, endpoint, out / "answers.jsonl", progress=not args.quiet)
+    except UserError:
+        if created and not any(out.iterdir()):  # the judge never answered: leave nothing behind
+            out.rmdir()
+        raise
     summary = {"file": args.file, "prompt": args.prompt or "the book's (chapter 7)", **result.to_dict()}
     write_atomic(out / "judge.json", json.dumps(summary, indent=1, ensure_ascii=False))
     plot_histogram(result, out / "scores.png")

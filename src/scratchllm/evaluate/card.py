@@ -293,7 +293,7 @@ def use_lines(kind: str, dataset: str | None = None, description: str | None = N
                *(f"- {x}" for x in LIMITATIONS)]
     elif kind == "finetuned":
         use = [f"- The task it was finetuned for ({method or 'finetuning'} on {corpus}), for experimentation; "
-               f"judge it by the results below and `scratchllm eval` on your own data."]
+               f"judge it by the results on this card and by `scratchllm eval` on your own data."]
         lim = [f"- It keeps everything its source model ({source}) learned and lacked; see the source's card.",
                "- Finetuning on a few hundred or thousand examples teaches a format and a task, not knowledge or "
                "judgement; instruction finetuning is not safety tuning.",

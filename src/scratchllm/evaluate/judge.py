@@ -358,7 +358,13 @@ def judge(items: Iterable[tuple[str, str]], endpoint: Endpoint, answers_path: st
                 _write(out, record)
                 result.records.append(record)
                 if e.fatal or i == 0 or failed_in_a_row >= ABORT_AFTER:  # never answered, or gone
-                    raise UserError(f"{e}{_what_to_do(endpoint, e)}") from None
+                    kept = sum(r["answer"] is not None for r in result.records)
+                    if out is not None:
+                        out.close()
+                        if not kept:  # nothing worth keeping
+                            Path(answers_path).unlink(missing_ok=True)
+                    where = f"; the {kept} answers it gave are kept in {answers_path}" if kept and out else ""
+                    raise UserError(f"{e}{where}{_what_to_do(endpoint, e)}") from None
                 continue
             failed_in_a_row = 0
             parsed = parse_score(answer)

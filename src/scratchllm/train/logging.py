@@ -210,6 +210,8 @@ def model_card(info: dict[str, Any]) -> str:
                              info.get("method"), source)]
     if kind == "finetuned" and source:
         lines += ["", *source_lines(source)]
+        while lines[-1] == "":
+            lines.pop()
     if info.get("config"):
         lines += ["", "## Configuration", "", "```json", json.dumps(info["config"], indent=1), "```"]
     return "\n".join(lines).rstrip("\n") + "\n"
