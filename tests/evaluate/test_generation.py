@@ -124,6 +124,15 @@ def test_cli_generates_then_scores_with_a_model(tmp_path, capsys):
     assert got["bleu"] == pytest.approx(bleu(want, ["def", "winter"]))
     assert got["exact_match"] == exact_match(want, ["def", "winter"])
     assert "scratchllm eval generation" in (model_dir / "MODEL_CARD.md").read_text()
+    # an instruction entry is prompted in the book's Alpaca format (the model's template: none given, alpaca)
+    from scratchllm.generate.templates import ALPACA_RESPONSE, alpaca_prompt
+
+    p.write_text(json.dumps({"instruction": "Name a colour.", "input": "warm", "output": "red"}) + "\n")
+    assert main(["eval", "generation", str(p), "-m", str(model_dir), "--max-new-tokens", "4", "--out", str(out),
+                 "-q", "--no-card"]) == 0
+    assert "warning: a prompt of 171 tokens is longer than the model's context of 64" in capsys.readouterr().err
+    want = respond(model, tok, [alpaca_prompt("Name a colour.", "warm") + ALPACA_RESPONSE], 4, "alpaca", tok.eot_id)
+    assert [w["model_response"] for w in json.loads(out.read_text())] == want
 
 
 def test_cli_bad_files_are_one_error(tmp_path, capsys):
