@@ -101,8 +101,10 @@ def test_cli_scores_a_runs_responses_and_appends_to_its_card(tmp_path, capsys):
     card = (run / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card.count(HEADING) == 1 and f"scratchllm eval generation {p}" in card
     assert f"bleu {want['bleu']:.4g}" in card and "exact_match 0.4" in card and "pairs 5" in card
-    assert main(["eval", "generation", str(p)]) == 0
+    assert main(["eval", "generation", str(run), "--no-card"]) == 0  # a run folder: its test-responses.json
     assert capsys.readouterr().out.startswith(f"BLEU {want['bleu']:.2f}  chrF {want['chrf']:.2f}  ROUGE-1")
+    assert main(["eval", "generation", str(tmp_path)]) == 2
+    assert "is a folder without test-responses.json" in capsys.readouterr().err
 
 
 def test_cli_generates_then_scores_with_a_model(tmp_path, capsys):

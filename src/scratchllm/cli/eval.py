@@ -3,7 +3,7 @@
     scratchllm eval perplexity -m runs/shakespeare --dataset shakespeare --split val
     scratchllm eval perplexity -m gpt2-folder --file essay.txt --stride 512 --json
     scratchllm eval choice -m runs/shakespeare hellaswag_100.jsonl
-    scratchllm eval generation runs/instruct/test-responses.json
+    scratchllm eval generation runs/instruct            (its test-responses.json)
     scratchllm eval generation -m runs/instruct questions.json --max-new-tokens 128
     scratchllm eval judge runs/instruct/test-responses.json --judge-model llama3
     scratchllm eval compare runs/base runs/tuned runs/tuned-int8 --file test.txt --choices arc.jsonl --out cmp/
@@ -65,7 +65,8 @@ def register(subparsers) -> None:
                                      "Lines, the book's test-responses.json), or with --model those the model "
                                      "generates (greedy) to FILE's prompts: Alpaca entries (instruction, input) "
                                      "in the model's prompt template, else the --prompt-field text as it is.")
-    gen.add_argument("file", metavar="FILE", help="the entries: JSON list or JSON Lines")
+    gen.add_argument("file", metavar="FILE", help="the entries: JSON list or JSON Lines; without --model also an "
+                                                  "instruction run's folder (its test-responses.json)")
     gen.add_argument("--model", "-m", default=None, help="generate the responses with this model (run, checkpoint, "
                                                          "Hugging Face or OpenAI folder) instead of reading them")
     _field_flags(gen)
@@ -85,7 +86,8 @@ def register(subparsers) -> None:
                                     "model behind an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp's server, "
                                     "OpenAI). Writes answers.jsonl (every raw answer), judge.json (mean, outcomes, "
                                     "histogram) and scores.png into --out.")
-    jd.add_argument("file", metavar="FILE", help="the responses: JSON list or JSON Lines (test-responses.json)")
+    jd.add_argument("file", metavar="FILE", help="the responses: JSON list or JSON Lines (test-responses.json), or "
+                                                 "an instruction run's folder")
     from scratchllm.evaluate import judge as j
 
     jd.add_argument("--judge-url", default=None, metavar="URL",
@@ -551,6 +553,10 @@ def cmd_generation(args) -> int:
     from scratchllm.evaluate.text import text_metrics
     from scratchllm.files import write_atomic
 
+    if args.model is None:
+        from scratchllm.evaluate.generation import responses_file
+
+        args.file = str(responses_file(args.file))
     command = f"scratchllm eval generation {shlex.quote(args.file)}"
     if args.model is None:
         _, responses, references = read_pairs(args.file, args.response_field, args.reference_field)
@@ -587,13 +593,14 @@ def cmd_judge(args) -> int:
     from pathlib import Path
 
     from scratchllm.errors import UserError
-    from scratchllm.evaluate.generation import read_pairs
+    from scratchllm.evaluate.generation import read_pairs, responses_file
     from scratchllm.evaluate.judge import PROMPT, Endpoint, fill_prompt, judge, plot_histogram, read_prompt
     from scratchllm.files import write_atomic
 
     endpoint = Endpoint.from_env(args.judge_url, args.judge_model, args.judge_key, timeout=args.timeout,
                                  retries=args.retries, backoff=args.backoff, max_wait=args.max_wait)
     template = read_prompt(args.prompt) if args.prompt else PROMPT
+    args.file = str(responses_file(args.file))
     entries, responses, references = read_pairs(args.file, args.response_field, args.reference_field)
     items = [(e.where, fill_prompt(template, e.fields, r, ref, e.where))
              for e, r, ref in zip(entries, responses, references)]  # every prompt checked before the first request

@@ -7,6 +7,7 @@ a JSON list, or JSON Lines, of entries such as
 
 `read_entries(path)` gives each entry with where it is ("file line N"; for a JSON list, the line
 the entry starts on), so that a bad entry is one error naming the file and the line.
+`responses_file(path)` takes a run folder for its test-responses.json (what `finetune instruct` left).
 `read_pairs(path, response_field, reference_field)` checks that every entry has both fields as text
 and returns the entries with their responses and references; the field names are options because
 other tools write other names ("response", "prediction", "answer", "reference", "target").
@@ -28,6 +29,8 @@ from scratchllm.errors import UserError
 # The book's field names (chapter 7): the reference answer and the model's answer.
 REFERENCE_FIELD = "output"
 RESPONSE_FIELD = "model_response"
+# What `scratchllm finetune instruct` writes into its run folder (finetune.instruct.TEST_RESPONSES).
+TEST_RESPONSES = "test-responses.json"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,17 @@ def _json_list(text: str, path: Path) -> list[tuple[int, Any]]:
         out.append((text.count("\n", 0, i) + 1, value))
         i = end
     return out
+
+
+def responses_file(path: str | os.PathLike) -> Path:
+    """`path` itself, or for a folder (an instruction run) the test-responses.json inside it."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / TEST_RESPONSES).is_file():
+            raise UserError(f"{p} is a folder without {TEST_RESPONSES}; give a responses file (JSON or JSON Lines), "
+                            f"or an instruction run's folder")
+        return p / TEST_RESPONSES
+    return p
 
 
 def read_entries(path: str | os.PathLike) -> list[Entry]:

@@ -8,9 +8,10 @@ OpenAI-compatible chat endpoint.
   {output} (the reference), {response}, and any other field of the entry as {name}.
 - `Endpoint`: POST {url}/chat/completions (Ollama at http://localhost:11434/v1, vLLM, llama.cpp's
   server, OpenAI, scratchllm's own server) with the standard library's urllib (no client package).
-  Each request has a timeout; a timeout, a refused connection, HTTP 429 or 5xx, or a reply that is
-  not a chat completion is retried after an exponential backoff, and the whole wait for one answer is
-  bounded (`max_wait`); other HTTP errors (401 bad key, 404 unknown model) are not retried.
+  Each request has a timeout (urllib's: on connecting and on each read); a timeout, a refused
+  connection, HTTP 429 or 5xx, or a reply that is not a chat completion is retried after an
+  exponential backoff, and the whole wait for one answer is bounded (`max_wait`); other HTTP errors
+  (401 bad key, 404 unknown model) are not retried.
 - `parse_score(answer)`: the score in a free-text answer, or why there is none ("junk", "refusal",
   "out_of_range", "ambiguous"); see its doc for the rules. Never raises.
 - `judge(entries, endpoint, ...)`: each entry scored in turn, each answer appended to a JSON Lines
