@@ -139,6 +139,10 @@ def test_a_derived_card_from_a_model_without_a_card_says_so(tmp_path):
     assert "removed by magnitude" in text and "scratchllm eval compare" in text
     with pytest.raises(ValueError):
         derived_lines("trained", tmp_path)
+    recovery = training_compute(ModelConfig.preset("tiny"), 4096, 90.0, 2)  # a recovery finetune after pruning
+    text = derived_lines("pruned", tmp_path, compute=recovery)
+    assert "none here" not in text and f"- tokens seen: {4096:,}" in text
+    assert f"- cpu core-hours: {90.0 * 2 / 3600:.4g}" in cards.card_section(text, "Training compute")
 
 
 def test_a_finetuned_card_names_its_method_data_and_source(run, tmp_path, shared_data):

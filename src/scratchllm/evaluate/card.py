@@ -346,17 +346,23 @@ def source_lines(source: str | os.PathLike | None) -> list[str]:
     return out
 
 
-def derived_lines(kind: str, source: str | os.PathLike, source_name: str | None = None) -> str:
+def derived_lines(kind: str, source: str | os.PathLike, source_name: str | None = None,
+                  compute: dict[str, Any] | None = None) -> str:
     """The transparency sections of an imported, quantized or pruned model's card: its data and compute
-    are its source's (copied from the source's card when it has one), no training happened here, and
-    the intended use and limitations of its kind."""
+    are its source's (copied from the source's card when it has one), and the intended use and
+    limitations of its kind. `compute` (`training_compute`'s dict) is the training done here, if any
+    (a pruned model's recovery finetune); without it the card says no training happened here."""
     if kind not in DERIVED_KINDS:
         raise ValueError(f"kind must be one of {DERIVED_KINDS}, got {kind!r}")
     command = {"imported": "import", "quantized": "quantize", "pruned": "prune"}[kind]
     done = "converted" if kind == "imported" else kind
-    lines = ["## Training compute", "",
-             f"- none here: `scratchllm {command}` {done} the source's weights without training; the training "
-             f"compute is the source's.", ""]
+    if compute:
+        lines = ["## Training compute", "", f"Here (`scratchllm {command}`, after the source's training):", "",
+                 *compute_lines(compute), ""]
+    else:
+        lines = ["## Training compute", "",
+                 f"- none here: `scratchllm {command}` {done} the source's weights without training; the training "
+                 f"compute is the source's.", ""]
     lines += source_lines(source)
     lines += use_lines(kind, source=source_name or str(source))
     return "\n".join(lines) + "\n"
