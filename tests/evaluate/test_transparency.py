@@ -137,6 +137,10 @@ def test_a_derived_card_from_a_model_without_a_card_says_so(tmp_path):
     text = derived_lines("pruned", tmp_path / "hf-folder", "hf-folder")
     assert "`scratchllm prune` pruned" in text and "has no scratchllm model card" in text
     assert "removed by magnitude" in text and "scratchllm eval compare" in text
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "README.md").write_text("---\nlicense: mit\ndatasets:\n- openwebtext\n- \"c4\"\ntags: [a]\n---\n# hf\n")
+    assert "Its README names these datasets: openwebtext, c4." in derived_lines("imported", hf)
     with pytest.raises(ValueError):
         derived_lines("trained", tmp_path)
     recovery = training_compute(ModelConfig.preset("tiny"), 4096, 90.0, 2)  # a recovery finetune after pruning

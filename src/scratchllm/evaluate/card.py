@@ -335,8 +335,10 @@ def source_lines(source: str | os.PathLike | None) -> list[str]:
     card = find_card(source) if Path(source).exists() else None
     head = ["## Source model's data and compute", ""]
     if card is None:
+        named = readme_datasets(source)
         return head + [f"Not recorded by scratchllm: {source} has no scratchllm model card; see the source's own "
-                       f"documentation for its training data and compute.", ""]
+                       f"documentation for its training data and compute."
+                       + (f" Its README names these datasets: {', '.join(named)}." if named else ""), ""]
     text = card.read_text(encoding="utf-8", errors="replace")
     out = head + [f"From {card}:", ""]
     for heading in ("Data provenance", "Data", "Training compute"):
@@ -344,6 +346,34 @@ def source_lines(source: str | os.PathLike | None) -> list[str]:
         if body:
             out += [f"### {heading}", "", *[("#" + x if x.startswith("## ") else x) for x in body.splitlines()], ""]
     return out
+
+
+def readme_datasets(folder: str | os.PathLike) -> list[str]:
+    """The `datasets:` a Hugging Face folder's README.md front matter lists (inline or as a YAML list).
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "README.md").write_text("---\\nlicense: mit\\ndatasets:\\n- openwebtext\\n- 'c4'\\n---\\n# x\\n")
+    >>> readme_datasets(d)
+    ['openwebtext', 'c4']
+    """
+    import re
+
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return []
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    front = re.match(r"---\s*\n(.*?)\n---", text, re.S)
+    if not front:
+        return []
+    found = re.search(r"^datasets:[ \t]*(\[.*?\])?[ \t]*\n((?:[ \t]*-[^\n]*\n?)*)", front.group(1) + "\n", re.M)
+    if not found:
+        return []
+    items = found.group(1).strip("[]").split(",") if found.group(1) else \
+        [line.strip()[1:] for line in found.group(2).splitlines() if line.strip().startswith("-")]
+    return [x.strip().strip("'\"") for x in items if x.strip().strip("'\"")]
 
 
 def derived_lines(kind: str, source: str | os.PathLike, source_name: str | None = None,
