@@ -409,6 +409,9 @@ def plot_histogram(result: JudgeResult, path: str | os.PathLike) -> Path:
     ax.set_xticks(range(len(hist)), list(hist), rotation=30, fontsize=8)
     ax.set_xlabel("score")
     ax.set_ylabel("responses")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
     mean = result.mean
     counts = result.counts()
     unscored = len(result.records) - len(result.scores)
