@@ -168,6 +168,10 @@ def eval_inputs(tmp_path_factory) -> dict[str, str]:
         line = bad if isinstance(bad, str) else json.dumps(bad)
         (root / f"{name}.jsonl").write_text(json.dumps(good) + "\n" + line + "\n", encoding="utf-8")
         names[name] = str(root / f"{name}.jsonl")
+    pair = {"instruction": "i", "input": "", "output": "a", "model_response": "a"}
+    for name, second in [("gen_good", pair), ("gen_nofield", {"output": "b"})]:
+        (root / f"{name}.jsonl").write_text(json.dumps(pair) + "\n" + json.dumps(second) + "\n", encoding="utf-8")
+        names[name] = str(root / f"{name}.jsonl")
     return names
 
 
@@ -452,6 +456,21 @@ ROWS = [
     (["eval", "compare", "{evmodel}", "--choices", "{mc_label}", "--out", "{out}"], "out of range", "", None),
     (["eval", "compare", "{evmodel}", "--choices", "{mc_good}", "--out", "{ro}/r"], "permission denied", "ro", None),
     (["eval", "compare", "{evmodel}", "--choices", "{mc_good}"], "required: --out", "", None),
+    (["eval", "generation", "{missing}"], "not found", "", None),
+    (["eval", "generation", "{latin1}"], "not valid UTF-8", "", None),
+    (["eval", "generation", "{gen_nofield}"], "gen_nofield.jsonl line 2 has no 'model_response' field", "", None),
+    (["eval", "generation", "{mc_badjson}"], "mc_badjson.jsonl line 2 is not valid JSON", "", None),
+    (["eval", "generation", "{gen_good}", "-m", "{nodir}"], "does not exist", "", None),
+    (["eval", "generation", "{gen_good}", "-m", "{evmodel}", "--max-new-tokens", "0"], "--max-new-tokens must be",
+     "", None),
+    (["eval", "generation", "{gen_good}", "-m", "{evmodel}", "--out", "{ro}/r.json"], "not writable", "ro", None),
+    (["eval", "judge", "{gen_nofield}"], "gen_nofield.jsonl line 2 has no 'model_response' field", "", None),
+    (["eval", "judge", "{gen_good}", "--judge-url", "localhost:11434"], "is not an http(s) URL", "", None),
+    (["eval", "judge", "{gen_good}", "--timeout", "0"], "--timeout must be > 0", "", None),
+    (["eval", "judge", "{gen_good}", "--prompt", "{good}"], "has no {response} placeholder", "", None),
+    (["eval", "judge", "{gen_good}", "--judge-url", "http://127.0.0.1:9/v1", "--retries", "0", "--out", "{out}"],
+     "cannot connect", "", None),
+    (["eval", "judge", "{gen_good}", "--out", "{ro}/j"], "permission denied", "ro", None),
     # --- quantize (the lora_inputs fixture's plain checkpoint: 16 dims) --------------------------------------
     (["quantize", "{plain_ck}", "--out", "{out}"], "required: --bits", "", None),
     (["quantize", "{plain_ck}", "--bits", "3", "--out", "{out}"], "--bits 3 is not supported; use 8", "", None),

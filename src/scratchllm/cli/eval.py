@@ -1,8 +1,11 @@
-"""`scratchllm eval perplexity|choice|compare`: how good a model is, measured.
+"""`scratchllm eval perplexity|choice|generation|judge|compare`: how good a model is, measured.
 
     scratchllm eval perplexity -m runs/shakespeare --dataset shakespeare --split val
     scratchllm eval perplexity -m gpt2-folder --file essay.txt --stride 512 --json
     scratchllm eval choice -m runs/shakespeare hellaswag_100.jsonl
+    scratchllm eval generation runs/instruct            (its test-responses.json)
+    scratchllm eval generation -m runs/instruct questions.json --max-new-tokens 128
+    scratchllm eval judge runs/instruct/test-responses.json --judge-model llama3
     scratchllm eval compare runs/base runs/tuned runs/tuned-int8 --file test.txt --choices arc.jsonl --out cmp/
 
 `perplexity` scores a text (the argument, --file, --dataset NAME or a path `data` reads, or standard
@@ -10,12 +13,17 @@ input) with a sliding window (`evaluate.perplexity`): perplexity, bits per byte 
 tokenizers) and the loss. `--split train|val` scores the split of a run's prepared data: the
 model's own run's when it was trained on that dataset, or a prepared data folder given as --dataset
 (runs/data/<name>-...). `choice` scores a JSONL file of multiple-choice items as lm-evaluation-harness
-does (`evaluate.multiple_choice`). `compare` runs the same evaluations on several models and writes
+does (`evaluate.multiple_choice`). `generation` scores responses against references with BLEU, chrF,
+ROUGE-1/2/L and exact match (`evaluate.text`): a file of responses (the book's test-responses.json:
+"model_response" and "output"), or, with --model, the responses the model generates to the file's
+prompts. `judge` has a larger model score each response 0-100 over an OpenAI-compatible endpoint
+(`evaluate.judge`). `compare` runs the same evaluations on several models and writes
 report.md, report.json and report.png (`evaluate.compare`).
 
 Every model folder `interop.load.load_any` reads is accepted. The results of each model are appended
 to its MODEL_CARD.md ("## Evaluations") when it is a scratchllm run or checkpoint with a card
-(`evaluate.card`); --no-card leaves the card alone.
+(`evaluate.card`); the scores of a responses file go on the card of the run folder that holds it;
+--no-card leaves the card alone.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any
 def register(subparsers) -> None:
     from scratchllm.cli import needs_action
 
-    p = subparsers.add_parser("eval", help="measure a model: perplexity, bits per byte, multiple choice, compare",
+    p = subparsers.add_parser("eval", help="measure a model: perplexity, multiple choice, generation metrics, judge",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="eval_action", metavar="ACTION")
     p.set_defaults(func=needs_action(p))
@@ -50,6 +58,64 @@ def register(subparsers) -> None:
     _choice_flags(ch)
     _common_flags(ch)
     ch.set_defaults(func=cmd_choice)
+
+    gen = sub.add_parser("generation", help="BLEU, chrF, ROUGE and exact match of responses against references",
+                         description="BLEU and chrF (sacrebleu), ROUGE-1/2/L (rouge-score) and exact match of "
+                                     "responses against references: the responses in FILE (JSON list or JSON "
+                                     "Lines, the book's test-responses.json), or with --model those the model "
+                                     "generates (greedy) to FILE's prompts: Alpaca entries (instruction, input) "
+                                     "in the model's prompt template, else the --prompt-field text as it is.")
+    gen.add_argument("file", metavar="FILE", help="the entries: JSON list or JSON Lines; without --model also an "
+                                                  "instruction run's folder (its test-responses.json)")
+    gen.add_argument("--model", "-m", default=None, help="generate the responses with this model (run, checkpoint, "
+                                                         "Hugging Face or OpenAI folder) instead of reading them")
+    _field_flags(gen)
+    gen.add_argument("--prompt-field", default="prompt",
+                     help="with --model, for entries without \"instruction\": the field holding the prompt "
+                          "(default prompt)")
+    gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                     help="with --model: tokens generated per response at most (default 256)")
+    gen.add_argument("--out", default=None, metavar="FILE.json",
+                     help="with --model: where the responses go, in the book's format (default: FILE's name with "
+                          "-responses.json, beside it)")
+    _common_flags(gen)
+    gen.set_defaults(func=cmd_generation)
+
+    jd = sub.add_parser("judge", help="a larger model scores each response 0-100 (OpenAI-compatible endpoint)",
+                        description="LLM-as-judge (the book's chapter 7): each response of FILE scored 0-100 by a "
+                                    "model behind an OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp's server, "
+                                    "OpenAI). Writes answers.jsonl (every raw answer), judge.json (mean, outcomes, "
+                                    "histogram) and scores.png into --out.")
+    jd.add_argument("file", metavar="FILE", help="the responses: JSON list or JSON Lines (test-responses.json), or "
+                                                 "an instruction run's folder")
+    from scratchllm.evaluate import judge as j
+
+    jd.add_argument("--judge-url", default=None, metavar="URL",
+                    help=f"the endpoint's base URL (default: {j.ENV_URL}, else Ollama's {j.DEFAULT_URL})")
+    jd.add_argument("--judge-model", default=None, metavar="NAME",
+                    help=f"the judge model (default: {j.ENV_MODEL}, else {j.DEFAULT_MODEL})")
+    jd.add_argument("--judge-key", default=None, metavar="KEY",
+                    help=f"API key sent as a bearer token (default: {j.ENV_KEY}, else OPENAI_API_KEY; prefer the "
+                         f"environment: a flag shows in the process list)")
+    jd.add_argument("--prompt", default=None, metavar="FILE",
+                    help="a prompt template file with {input}, {output}, {response} or any {field} (default: the "
+                         "book's)")
+    _field_flags(jd)
+    jd.add_argument("--timeout", type=float, default=j.DEFAULT_TIMEOUT, metavar="S",
+                    help=f"seconds one request may take (default {j.DEFAULT_TIMEOUT:g})")
+    jd.add_argument("--retries", type=int, default=j.DEFAULT_RETRIES, metavar="N",
+                    help=f"retries of a failed request, with exponential backoff (default {j.DEFAULT_RETRIES})")
+    jd.add_argument("--backoff", type=float, default=j.DEFAULT_BACKOFF, metavar="S",
+                    help=f"seconds before the first retry, doubled each time (default {j.DEFAULT_BACKOFF:g})")
+    jd.add_argument("--max-wait", type=float, default=j.DEFAULT_MAX_WAIT, metavar="S",
+                    help=f"longest wait for one answer, retries included (default {j.DEFAULT_MAX_WAIT:g})")
+    jd.add_argument("--out", default=None, metavar="DIR",
+                    help="where answers.jsonl, judge.json and scores.png go (default: FILE's name with -judge, "
+                         "beside it)")
+    jd.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    jd.add_argument("--no-card", action="store_true", help="do not append the results to the run's MODEL_CARD.md")
+    jd.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    jd.set_defaults(func=cmd_judge)
 
     cmp = sub.add_parser("compare", help="several models on the same evaluations: Markdown, JSON, bar chart",
                          description="Run the same evaluations on several models; write report.md, report.json "
@@ -86,6 +152,15 @@ def _text_flags(p) -> None:
                    help="tokens between window starts (default: half the model's context; the context itself "
                         "gives non-overlapping windows)")
     add_errors_option(p)
+
+
+def _field_flags(p) -> None:
+    from scratchllm.evaluate.generation import REFERENCE_FIELD, RESPONSE_FIELD
+
+    p.add_argument("--response-field", default=RESPONSE_FIELD,
+                   help=f"the field holding each response (default {RESPONSE_FIELD}, the book's)")
+    p.add_argument("--reference-field", default=REFERENCE_FIELD,
+                   help=f"the field holding each reference (default {REFERENCE_FIELD}, the book's)")
 
 
 def _choice_flags(p) -> None:
@@ -221,6 +296,29 @@ def note_on_card(args, model_path: str, meta: dict[str, Any], command: str, resu
     try:
         card = append_evaluation(checkpoint or model_path, entry)
     except OSError as e:  # the results are printed already: a card that cannot be written is no reason to fail
+        import warnings
+
+        from scratchllm.errors import os_error_message
+
+        warnings.warn(f"the results were not added to the model card: {os_error_message(e) or e}", stacklevel=2)
+        return
+    if card is not None:
+        print(f"appended to {card}", file=sys.stderr)
+
+
+def note_on_run_card(args, responses_file: str, command: str, results: dict[str, Any]) -> None:
+    """Append `results` to the card of the run folder holding `responses_file` (runs/x/test-responses.json),
+    if it has one."""
+    from pathlib import Path
+
+    from scratchllm.evaluate.card import append_evaluation, find_card
+
+    folder = Path(responses_file).resolve().parent
+    if args.no_card or find_card(folder) is None:
+        return
+    try:
+        card = append_evaluation(folder, {"date": now(), "command": command, "results": results})
+    except OSError as e:
         import warnings
 
         from scratchllm.errors import os_error_message
@@ -402,4 +500,140 @@ def cmd_compare(args) -> int:
 
         print(markdown(rows, args.title, setup))
         print(f"wrote {paths['markdown']}, {paths['json']}, {paths['chart']}")
+    return 0
+
+
+# --- generated text ------------------------------------------------------------------------------------------
+TEXT_METRICS = (("bleu", "BLEU"), ("chrf", "chrF"), ("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"),
+                ("rougeL", "ROUGE-L"), ("exact_match", "exact match"))
+
+
+def check_output(path: Any) -> None:
+    """`path` can be written: not a folder, in a folder that is (made here if missing) writable."""
+    from scratchllm.errors import UserError
+    from scratchllm.train.run import ensure_writable
+
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name for the responses")
+    ensure_writable(path.parent)
+
+
+def generate_responses(args, entries: list[Any], out: Any) -> tuple[list[str], list[str], Any]:
+    """(responses, references, meta): greedy responses of --model to the entries' prompts (module doc)."""
+    from scratchllm.errors import UserError
+    from scratchllm.evaluate.generation import text_field
+    from scratchllm.finetune.instruct import check_entry, end_of_text_id, prompt_and_reference, respond
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    references = [text_field(e, args.reference_field, "--reference-field") for e in entries]
+    model, tokenizer, meta = load(args.model, args.device)
+    check_output(out)  # before the generating, which may take long
+    template = (meta.get("generation") or {}).get("prompt_template") or "alpaca"
+    prompts = []
+    for e in entries:
+        if "instruction" in e.fields or "messages" in e.fields:
+            fields = {**e.fields, "output": e.fields.get("output", "")}
+            prompts.append(prompt_and_reference(check_entry(fields, template, e.where), template)[0])
+        else:
+            prompts.append(text_field(e, args.prompt_field, "--prompt-field"))
+    eos = tokenizer.eot_id if tokenizer.eot_id is not None else end_of_text_id(tokenizer, meta)
+    responses = respond(model, tokenizer, prompts, args.max_new_tokens, template, eos, args.batch_size or 8)
+    return responses, references, meta
+
+
+def cmd_generation(args) -> int:
+    import json
+    import shlex
+    from pathlib import Path
+
+    from scratchllm.evaluate.generation import read_entries, read_pairs
+    from scratchllm.evaluate.text import text_metrics
+    from scratchllm.files import write_atomic
+
+    if args.model is None:
+        from scratchllm.evaluate.generation import responses_file
+
+        args.file = str(responses_file(args.file))
+    command = f"scratchllm eval generation {shlex.quote(args.file)}"
+    if args.model is None:
+        _, responses, references = read_pairs(args.file, args.response_field, args.reference_field)
+        metrics = text_metrics(responses, references)
+        out = None
+    else:
+        entries = read_entries(args.file)  # a bad file is an error before the model is loaded
+        source = Path(args.file)
+        out = Path(args.out) if args.out else source.with_name(source.stem + "-responses.json")
+        responses, references, meta = generate_responses(args, entries, out)
+        data = [{**e.fields, args.response_field: r} for e, r in zip(entries, responses)]
+        write_atomic(out, json.dumps(data, indent=4, ensure_ascii=False))
+        metrics = text_metrics(responses, references)
+        command += f" -m {shlex.quote(args.model)} --max-new-tokens {args.max_new_tokens}"
+    numbers = {k: metrics[k] for k, _ in TEXT_METRICS} | {"pairs": metrics["n"]}
+    if args.json:
+        print_json({"file": args.file, **({"model": args.model, "responses": str(out)} if out else {}), **metrics})
+    else:
+        print("  ".join(f"{label} {metrics[k]:.2f}" if k in ("bleu", "chrf") else f"{label} {metrics[k]:.4f}"
+                        for k, label in TEXT_METRICS) + f"  ({metrics['n']:,} pairs)")
+        print(f"BLEU {metrics['signatures']['bleu']}; chrF {metrics['signatures']['chrf']}", file=sys.stderr)
+        if out is not None:
+            print(f"responses in {out}", file=sys.stderr)
+    if args.model is None:
+        note_on_run_card(args, args.file, command, numbers)
+    else:
+        note_on_card(args, args.model, meta, command, numbers)
+    return 0
+
+
+def cmd_judge(args) -> int:
+    import json
+    import shlex
+    from pathlib import Path
+
+    from scratchllm.errors import UserError
+    from scratchllm.evaluate.generation import read_pairs, responses_file
+    from scratchllm.evaluate.judge import PROMPT, Endpoint, fill_prompt, judge, plot_histogram, read_prompt
+    from scratchllm.files import write_atomic
+
+    endpoint = Endpoint.from_env(args.judge_url, args.judge_model, args.judge_key, timeout=args.timeout,
+                                 retries=args.retries, backoff=args.backoff, max_wait=args.max_wait)
+    template = read_prompt(args.prompt) if args.prompt else PROMPT
+    args.file = str(responses_file(args.file))
+    entries, responses, references = read_pairs(args.file, args.response_field, args.reference_field)
+    items = [(e.where, fill_prompt(template, e.fields, r, ref, e.where))
+             for e, r, ref in zip(entries, responses, references)]  # every prompt checked before the first request
+    source = Path(args.file)
+    out = Path(args.out) if args.out else source.with_name(source.stem + "-judge")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the judge's answers")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"judging {len(items):,} responses with {endpoint.model} at {endpoint.url}", file=sys.stderr)
+    try:
+        result = judge(items, endpoint, out / "answers.jsonl", progress=not args.quiet)
+    except UserError:
+        if created and not any(out.iterdir()):  # the judge never answered: leave nothing behind
+            out.rmdir()
+        raise
+    summary = {"file": args.file, "prompt": args.prompt or "the book's (chapter 7)", **result.to_dict()}
+    write_atomic(out / "judge.json", json.dumps(summary, indent=1, ensure_ascii=False))
+    plot_histogram(result, out / "scores.png")
+    counts = result.counts()
+    if args.json:
+        print_json({**summary, "out": str(out)})
+    else:
+        mean = f"{result.mean:.2f}" if result.mean is not None else "none"
+        print(f"mean score {mean} ({len(result.scores):,} of {len(result.records):,} scored by {endpoint.model})")
+        unscored = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items() if v and k != "ok")
+        if unscored:
+            print(f"not scored: {unscored} (the answers are in {out / 'answers.jsonl'})")
+        print("histogram: " + "  ".join(f"{k}: {v}" for k, v in result.histogram().items()))
+        print(f"wrote {out / 'answers.jsonl'}, {out / 'judge.json'}, {out / 'scores.png'}", file=sys.stderr)
+    command = f"scratchllm eval judge {shlex.quote(args.file)} --judge-model {shlex.quote(endpoint.model)}"
+    numbers: dict[str, Any] = {"mean score": result.mean if result.mean is not None else "none",
+                               "scored": len(result.scores), "entries": len(result.records)}
+    numbers.update({k.replace("_", " "): v for k, v in counts.items() if v and k != "ok"})
+    note_on_run_card(args, args.file, command, numbers)
     return 0

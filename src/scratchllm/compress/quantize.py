@@ -150,6 +150,8 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> dict[str, Any]:
 # --- a quantized checkpoint folder ------------------------------------------------------------------------
 def model_card(source: Path, model: nn.Module, config: dict[str, Any], fp32_bytes: int) -> str:
     """MODEL_CARD.md of a quantized checkpoint: its source and scheme, what is quantized and what is not."""
+    from scratchllm.evaluate.card import derived_lines
+
     c = model.config
     scheme = QuantScheme(config["bits"], config["group_size"], config["symmetric"])
     stored = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -168,7 +170,7 @@ def model_card(source: Path, model: nn.Module, config: dict[str, Any], fp32_byte
             f"- Tensors: {stored / 1e6:.1f} MB (fp32: {fp32_bytes / 1e6:.1f} MB)\n\n"
             f"Written by `scratchllm quantize`. Rounding changes the model's outputs a little: measure it on your "
             f"text (benchmarks/quantize.py does, against fp32). `scratchllm export` does not take quantized "
-            f"models; export the source instead.\n")
+            f"models; export the source instead.\n\n" + derived_lines("quantized", source, source.name))
 
 
 def quantize_folder(path: str | os.PathLike, out: str | os.PathLike, scheme: QuantScheme) -> Path:

@@ -169,6 +169,10 @@ def finetune(config: Any, method: str, *, progress: bool = True) -> Any:
 
 def _train_in(folder: Path, config: Any, method: str, plan: Plan, tc: Any, tokenizer: Any,
               source_meta: dict[str, Any], progress: bool) -> Any:
+    import torch
+
+    from scratchllm.checkpoint import unwrap
+    from scratchllm.evaluate.card import FINETUNE_NOTE, data_provenance, training_compute
     from scratchllm.runtime import machine_summary, pick_device
     from scratchllm.train.lock import RUN_CONFIG_FILE
     from scratchllm.train.logging import write_model_card
@@ -200,9 +204,9 @@ def _train_in(folder: Path, config: Any, method: str, plan: Plan, tc: Any, token
     source = {"path": config.init_from, "format": source_meta.get("format"),
               "licence": source_meta.get("license") or source_meta.get("licence")}
     write_model_card(folder, {
-        "name": folder.name,
+        "name": folder.name, "kind": "finetuned", "method": method,
         "summary": f"A GPT finetuned with scratchllm ({method}) from {config.init_from}.",
-        "source": {k: v for k, v in source.items() if v}, "data": plan.data,
+        "source": {k: v for k, v in source.items() if v}, "data": {**data_provenance(config.data), **plan.data},
         "tokenizer": {"kind": getattr(tokenizer, "kind", type(tokenizer).__name__),
                       "vocab_size": tokenizer.vocab_size},
         "config": {"method": method, **config.to_dict()}, "hardware": machine_summary(),
@@ -210,6 +214,8 @@ def _train_in(folder: Path, config: Any, method: str, plan: Plan, tc: Any, token
         "train_seconds": round(state.elapsed, 1), "steps": state.step, "tokens": state.tokens,
         "parameters": count_trainable(plan.model)[1], "final": dict(state.last_eval), "results": results,
         "checkpoint": state.checkpoint,
+        "compute": training_compute(unwrap(plan.model).config, state.tokens, state.elapsed, torch.get_num_threads(),
+                                    pick_device(tc.device).type, note=FINETUNE_NOTE),
     })
     final = "  ".join(f"{k} {v:.4f}" for k, v in state.last_eval.items() if isinstance(v, float))
     print(f"{state.stop_reason}: step {state.step}, {time.perf_counter() - t0:.0f} s; {final}\n"

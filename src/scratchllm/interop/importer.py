@@ -39,6 +39,8 @@ def source_license(path: Path, meta: dict[str, Any]) -> str:
 
 
 def model_card(path: Path, model: Any, tokenizer: Any, meta: dict[str, Any], license: str) -> str:
+    from scratchllm.evaluate.card import derived_lines
+
     c = model.config
     n = sum(p.numel() for p in model.parameters())
     tok = (f"{type(tokenizer).__name__}, {tokenizer.vocab_size:,} tokens" if tokenizer is not None
@@ -53,7 +55,7 @@ def model_card(path: Path, model: Any, tokenizer: Any, meta: dict[str, Any], lic
             f"- Generation settings (generation.json): "
             f"{', '.join(sorted(meta.get('generation', {}))) or 'none'}\n\n"
             f"Converted by `scratchllm import`; the weights are the source's, unchanged (names and layouts "
-            f"translated by scratchllm.model.weights).\n")
+            f"translated by scratchllm.model.weights).\n\n" + derived_lines("imported", path, path.name))
 
 
 def import_model(path: str | os.PathLike, out: str | os.PathLike) -> Path:

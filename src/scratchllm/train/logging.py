@@ -4,8 +4,10 @@
   on resume, lines after the checkpoint's step are dropped so the file reads as one unbroken run.
 - `plot_losses`: train and validation loss against steps with tokens seen on a second x axis, as
   the book's chapter 5 draws it (matplotlib, Agg backend, written atomically).
-- `write_model_card`: a Markdown card (Mitchell et al. 2019, "Model Cards for Model Reporting"):
-  data provenance, tokenizer, config, time and hardware, final losses, what the model is not for.
+- `write_model_card`: a training run's Markdown card (Mitchell et al. 2019, "Model Cards for Model
+  Reporting"): data provenance and the cleaning report, tokenizer, training compute (tokens, FLOPs,
+  hours, energy), final losses, intended use and known limitations, config; its shared sections
+  come from `evaluate.card`, which also appends `scratchllm eval`'s results.
 
 Not here: checkpoints (`train.checkpoint`), the loop (`train.loop`).
 """
@@ -160,33 +162,41 @@ def _bullets(d: dict[str, Any], depth: int = 0) -> list[str]:
 
 
 def model_card(info: dict[str, Any]) -> str:
-    """Markdown model card from `info` (keys: name, summary (the opening line), source (the model a
-    finetuned one started from: path, format, licence), data, clean_report, tokenizer, config, hardware,
-    train_seconds, steps, tokens, final (dict of losses), results (a task's test metrics), checkpoint).
+    """Markdown model card from `info`. Keys (all optional): name, summary (the opening line), kind
+    ("pretrained" or "finetuned"), method (a finetune's), source (the model a finetuned one started from:
+    path, format, licence), data (`evaluate.card.data_provenance` and the data's statistics), clean_report
+    (clean_report.json), tokenizer, hardware, precision, train_seconds, steps, tokens, parameters,
+    checkpoint, compute (`evaluate.card.training_compute`), final (losses), results (a task's test
+    metrics), config. The sections every card has (data provenance, training compute, intended use,
+    known limitations) come from `evaluate.card`.
 
     >>> "# model card: demo" in model_card({"name": "demo"})
     True
     """
+    from scratchllm.evaluate.card import clean_lines, compute_lines, source_lines, use_lines
+
+    kind = info.get("kind", "pretrained")
     lines = [f"# model card: {info.get('name', 'run')}", ""]
     lines += [info.get("summary", "A small GPT-style language model trained from scratch with scratchllm."), ""]
     if info.get("source"):
         lines += ["## Source model", ""]
         lines += [f"- {k}: {_fmt(v)}" for k, v in info["source"].items()] + [""]
-    lines += ["## Data", ""]
+    lines += ["## Data provenance", ""]
     data = info.get("data") or {}
     for k, v in data.items():
         lines.append(f"- {k}: {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)}")
     if info.get("clean_report"):
-        lines += ["", "Cleaning report:", "", "```json", json.dumps(info["clean_report"], indent=1), "```"]
+        lines += ["", "Cleaning and deduplication (clean_report.json):", "", *clean_lines(info["clean_report"])]
     lines += ["", "## Tokenizer", ""]
     for k, v in (info.get("tokenizer") or {}).items():
         lines.append(f"- {k}: {v}")
-    lines += ["", "## Training", ""]
+    lines += ["", "## Training compute", ""]
     for key, label in (("hardware", "hardware"), ("precision", "precision"), ("train_seconds", "training time (s)"),
                        ("steps", "steps"), ("tokens", "tokens seen"), ("parameters", "parameters"),
                        ("checkpoint", "checkpoint")):
-        if key in info:
+        if key in info and not (key in ("tokens", "train_seconds") and info.get("compute")):  # shown below
             lines.append(f"- {label}: {_fmt(info[key])}")
+    lines += compute_lines(info.get("compute"))
     final = info.get("final") or {}
     if final:
         lines += ["", "## Final losses", ""]
@@ -195,16 +205,16 @@ def model_card(info: dict[str, Any]) -> str:
     if results:
         lines += ["", "## Results", ""]
         lines += _bullets(results)
+    source = (info.get("source") or {}).get("path")
+    lines += ["", *use_lines(kind, data.get("dataset") or data.get("name"), data.get("description"),
+                             info.get("method"), source)]
+    if kind == "finetuned" and source:
+        lines += ["", *source_lines(source)]
+        while lines[-1] == "":
+            lines.pop()
     if info.get("config"):
         lines += ["", "## Configuration", "", "```json", json.dumps(info["config"], indent=1), "```"]
-    lines += ["", "## Not fit for", "",
-              "- Anything factual, advisory or safety-relevant: it is a small model trained on one corpus, it "
-              "imitates the style of its training text and makes things up.",
-              "- Modern-language tasks: it learned only from its training corpus (for the default recipe, "
-              "Shakespeare's plays), with that text's language, era and biases.",
-              "- Deployment to users without review: outputs are unfiltered and can be offensive.",
-              "- Benchmarks against real LLMs: it is a teaching and experimentation model.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_model_card(folder: str | os.PathLike, info: dict[str, Any]) -> Path:

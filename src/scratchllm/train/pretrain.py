@@ -282,13 +282,11 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
 def card_info(run: RunConfig, folder: Path, prepared: Any, model: Any, state: TrainState,
               seconds: float) -> dict[str, Any]:
     """What the model card says about this run."""
-    from scratchllm.data.sources import DATASETS
+    import torch
 
-    data: dict[str, Any] = {"dataset": run.data.dataset}
-    src = DATASETS.get(run.data.dataset)
-    if src is not None:
-        data.update({"source": src.url, "sha256": src.sha256, "licence": src.licence,
-                     "description": src.description})
+    from scratchllm.evaluate.card import data_provenance, training_compute
+
+    data = data_provenance(run.data.dataset)
     meta = prepared.meta
     data.update({"train tokens": meta.get("tokens", {}).get("train"), "val tokens": meta.get("tokens", {}).get("val"),
                  "split": meta.get("split"), "prepared in": str(prepared.dir)})
@@ -296,8 +294,6 @@ def card_info(run: RunConfig, folder: Path, prepared: Any, model: Any, state: Tr
     rp = Path(prepared.dir) / "clean_report.json"
     if rp.is_file():
         report = json.loads(rp.read_text(encoding="utf-8"))
-        if isinstance(report, dict):
-            report = {k: v for k, v in report.items() if not isinstance(v, list)}
     tok = prepared.tokenizer
     return {
         "name": folder.name, "data": data, "clean_report": report,
@@ -307,4 +303,6 @@ def card_info(run: RunConfig, folder: Path, prepared: Any, model: Any, state: Tr
         "train_seconds": round(state.elapsed, 1),
         "steps": state.step, "tokens": state.tokens, "parameters": model.num_params(),
         "final": {k: v for k, v in state.last_eval.items()}, "checkpoint": state.checkpoint,
+        "compute": training_compute(unwrap(model).config, state.tokens, state.elapsed, torch.get_num_threads(),
+                                    pick_device(run.train.device).type, run.model.context_length),
     }
