@@ -99,8 +99,8 @@ def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, A
     sizes and sha256 is added as `files`. `extra_files` maps a file name to a function that writes
     that file at the path it is given (training's optimizer state). A model with LoRA layers saves
     its base weights in model.safetensors and its adapters beside them; a quantized one its scheme in
-    quantization.json and state.json; a pruned one (`model.masks`) its masks in masks.safetensors. Raises OSError (e.g. disk
-    full) with nothing left behind; `folder` must not exist yet.
+    quantization.json and state.json; a pruned one (`model.masks`) its masks in masks.safetensors.
+    Raises OSError (e.g. disk full) with nothing left behind; `folder` must not exist yet.
     """
     from safetensors.torch import save_model
 
