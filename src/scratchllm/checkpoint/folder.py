@@ -34,6 +34,7 @@ resume (`train.checkpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -334,9 +335,15 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
     m = unwrap(model)
     if (folder / QUANT_CONFIG).exists() and not is_quantized(m):
         q = read_quantization(folder)
+        import torch
+
+        # a model on the meta device (`checkpoint.load.build_model`) gets empty layers there too: the file's
+        # tensors are assigned to them, nothing is allocated twice
+        on_meta = any(t.is_meta for t in m.parameters())
         try:
-            quantized_structure(m, QuantScheme(q["bits"], q["group_size"], q["symmetric"]), q["modules"],
-                                q["embedding"])
+            with torch.device("meta") if on_meta else contextlib.nullcontext():
+                quantized_structure(m, QuantScheme(q["bits"], q["group_size"], q["symmetric"]), q["modules"],
+                                    q["embedding"])
         except UserError as e:
             raise CheckpointMismatch(f"the quantized layers in {folder / QUANT_CONFIG} do not fit this model: "
                                      f"{e}") from None
