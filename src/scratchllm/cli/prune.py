@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                    help="recovery: a prepared data folder (default: the run's own, from its state.json)")
     p.add_argument("--lr", type=float, default=None, help="recovery: peak learning rate (default 3e-4)")
     p.add_argument("--batch-size", type=int, default=None, help="recovery: windows per step (default 8)")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="recovery: auto (bf16 autocast where the CPU has bf16 matmuls, default), fp32 or bf16")
+    p.add_argument("--quiet", action="store_true", help="recovery: no progress bar")
     p.add_argument("--out", required=True, help="the checkpoint folder to write (must not exist)")
     p.set_defaults(func=cmd_prune)
 
@@ -49,8 +52,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out} already exists; choose a new folder for the pruned model (nothing was written)")
     if args.recover_steps < 0:
         raise UserError(f"--recover-steps must be 0 or more, got {args.recover_steps}")
-    if args.recover_steps == 0 and (args.data, args.lr, args.batch_size) != (None, None, None):
-        raise UserError("--data, --lr and --batch-size are for the recovery finetune; add --recover-steps N")
+    if args.recover_steps == 0 and (args.data, args.lr, args.batch_size, args.precision) != (None,) * 4:
+        raise UserError("--data, --lr, --batch-size and --precision are for the recovery finetune; add "
+                        "--recover-steps N")
     if args.lr is not None and not 0 < args.lr < 1:
         raise UserError(f"--lr must be a positive number below 1, got {args.lr}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -62,7 +66,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     out = prune_folder(args.run, args.out, args.sparsity, args.structured, args.scope,
                        recover_steps=args.recover_steps, data=args.data,
                        lr=args.lr if args.lr is not None else RECOVER_LR,
-                       batch_size=args.batch_size if args.batch_size is not None else RECOVER_BATCH)
+                       batch_size=args.batch_size if args.batch_size is not None else RECOVER_BATCH,
+                       precision=args.precision or "auto", progress=not args.quiet)
     from scratchllm.checkpoint.folder import read_state
 
     state = read_state(out)

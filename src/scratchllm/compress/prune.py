@@ -257,10 +257,11 @@ RECOVER_BATCH = 8
 
 
 def recover(model: nn.Module, prepared: Any, steps: int, *, lr: float = RECOVER_LR, batch_size: int = RECOVER_BATCH,
-            seed: int = 0, progress: bool = True, eval_batches: int = 4) -> Any:
+            seed: int = 0, progress: bool = True, eval_batches: int = 4, precision: str = "auto") -> Any:
     """Finetune `model` for `steps` optimizer steps on the train split of `prepared` (a `data.prepare`
     folder: random windows of the model's context) through `train.loop.train`, with AdamW (the masks keep
-    pruned weights at zero); returns the loop's `TrainState` (its last_eval: the val split's loss)."""
+    pruned weights at zero) in `precision` (TrainConfig's: "auto" is bf16 autocast where the CPU has bf16
+    matmuls); returns the loop's `TrainState` (its last_eval: the val split's loss)."""
     from scratchllm.config.train import TrainConfig
     from scratchllm.data.datasets import EvalBatches, RandomWindowBatches
     from scratchllm.train.loop import batch_eval_fn, train
@@ -274,7 +275,7 @@ def recover(model: nn.Module, prepared: Any, steps: int, *, lr: float = RECOVER_
     ctx = model.config.context_length
     config = TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(20, steps // 10), batch_size=batch_size,
                          eval_interval=steps, eval_batches=eval_batches, log_interval=max(1, steps // 10),
-                         optimizer="adamw", seed=seed, progress=progress)
+                         optimizer="adamw", seed=seed, progress=progress, precision=precision)
     batches = RandomWindowBatches(prepared.train, batch_size, ctx, seed=seed)
     eval_fn = batch_eval_fn({"val": list(EvalBatches(prepared.val, batch_size, ctx, eval_batches,
                                                      "the validation split"))})
@@ -327,7 +328,8 @@ def model_card(source: Path, config: Any, report: dict[str, Any], recovery: dict
 
 def prune_folder(path: str | os.PathLike, out: str | os.PathLike, sparsity: float, structured: str | None = None,
                  scope: str = "layer", *, recover_steps: int = 0, data: str | os.PathLike | None = None,
-                 lr: float = RECOVER_LR, batch_size: int = RECOVER_BATCH, progress: bool = True) -> Path:
+                 lr: float = RECOVER_LR, batch_size: int = RECOVER_BATCH, precision: str = "auto",
+                 progress: bool = True) -> Path:
     """Prune the model at `path` (anything `interop.load.load_any` reads), optionally finetune it for
     `recover_steps` steps, and write it as a checkpoint folder at `out` (atomically; must not exist)."""
     from scratchllm.checkpoint import save_checkpoint
@@ -347,7 +349,8 @@ def prune_folder(path: str | os.PathLike, out: str | os.PathLike, sparsity: floa
     model, report = prune_model(model.float(), sparsity, structured, scope)
     recovery = None
     if prepared is not None:
-        state = recover(model, prepared, recover_steps, lr=lr, batch_size=batch_size, progress=progress)
+        state = recover(model, prepared, recover_steps, lr=lr, batch_size=batch_size, precision=precision,
+                        progress=progress)
         recovery = {"steps": state.step, "lr": lr, "batch_size": batch_size, "data": str(prepared.dir),
                     "stop_reason": state.stop_reason, **{k: v for k, v in state.last_eval.items()}}
         if structured is None:
