@@ -8,8 +8,9 @@ AdamW, --recover-steps steps of --batch-size windows at --lr, masks kept) on the
 Perplexity: exp of the mean next-token loss over --windows non-overlapping context-length windows of
 the run's validation split (held out from pretraining and from recovery).
 The control row "dense + the same finetune" tells how much of a recovery is the extra training itself.
-Decode: batch-1 greedy with a KV cache (a 32-token prompt, then up to the context), tokens/s, best of
---repeats, the original model and the head- and neuron-pruned ones in the same process, interleaved.
+Decode: batch-1 greedy with a KV cache and the generation engine's fp32 kernel (a 32-token prompt, then up
+to the context), tokens/s, best of --repeats, the original model and the head- and neuron-pruned ones in
+the same process, interleaved.
 Unstructured zeros are dense tensors here: they save no time (no sparse kernel) and are not timed.
 
     python benchmarks/prune.py [--run RUN] [--recover-steps 200] [--windows 64] [--no-record]
@@ -56,10 +57,13 @@ def perplexity(model, val, windows: int) -> float:
 
 
 def decode_seconds(model, prompt: list[int], n: int) -> float:
-    """Seconds for batch-1 greedy decoding of `n` tokens after `prompt` (the model's forward, a KV cache, argmax)."""
+    """Seconds for batch-1 greedy decoding of `n` tokens after `prompt` (the model's forward with the generation
+    engine's fp32 matrix-vector kernel, `model.fast_linear`, a KV cache, argmax)."""
     import torch
 
-    with torch.inference_mode():
+    from scratchllm.model.fast_linear import fast_linears
+
+    with torch.inference_mode(), fast_linears(model, rows=1):
         cache = model.new_kv_cache(1, len(prompt) + n)
         t0 = time.perf_counter()
         logits = model(torch.tensor([prompt]), kv_cache=cache, last_only=True)
