@@ -116,7 +116,9 @@ def prune_unstructured(model: nn.Module, sparsity: float, scope: str = "layer") 
         new = {n: k.view(a.shape) for (n, a), k in zip(mags.items(), keep, strict=True)}
     for name, layer in layers.items():
         old = getattr(layer, MASK, None)
-        attach_mask(layer, new[name] if old is None else new[name] & old)
+        mask = new[name] if old is None else new[name] & old
+        if old is not None or not bool(mask.all()):  # sparsity 0 (e.g. to finetune a pruned model more): no new masks
+            attach_mask(layer, mask)
     return {"method": "magnitude", "structured": None, "scope": scope, "sparsity": sparsity,
             **sparsity_report(model)}
 
