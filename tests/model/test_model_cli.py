@@ -79,3 +79,55 @@ def test_bad_toml_names_the_field(capsys, tmp_path):
     path.write_text("[model]\nn_layers = 4\n")
     rc, _, err = run(capsys, "model", "info", "--config", str(path))
     assert rc == 2 and "n_layers" in err and len(err.strip().splitlines()) == 1
+
+
+# --- a checkpoint's stored bytes, scheme and sparsity ---------------------------------------------------------
+@pytest.mark.parametrize("bits, group", [(8, None), (4, 16)])
+def test_info_of_a_quantized_checkpoint_shows_its_bytes_and_scheme(capsys, tmp_path, bits, group):
+    import torch
+
+    from scratchllm.checkpoint import save_checkpoint
+    from scratchllm.compress.quantize import QuantScheme, quantize_model
+    from scratchllm.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2, n_embd=32))
+    quantize_model(model, QuantScheme(bits, group))
+    folder = save_checkpoint(tmp_path / "q", model)
+    rc, out, err = run(capsys, "model", "info", str(folder), "--json")
+    assert rc == 0 and not err
+    s = json.loads(out)
+    sd = model.state_dict()
+    assert s["stored"]["total_bytes"] == sum(t.numel() * t.element_size() for t in sd.values())
+    kind = "int8 weights" if bits == 8 else "int4 weights (2 per byte)"
+    assert s["stored"]["by_kind"][kind] == sum(t.numel() for k, t in sd.items() if k.endswith("qweight"))
+    assert s["stored"]["by_kind"]["quantization scales"] == sum(t.numel() * 4 for k, t in sd.items()
+                                                                if k.endswith("scales"))
+    assert s["quantization"]["bits"] == bits and s["quantization"]["group_size"] == group
+    rc, out, _ = run(capsys, "model", "info", str(folder))
+    assert rc == 0 and ("int8, one scale per output channel, symmetric" if bits == 8 else
+                        "int4, groups of 16, symmetric") in out
+    assert "of fp32's" in out
+
+
+def test_info_of_a_pruned_run_shows_its_sparsity(capsys, tmp_path):
+    import torch
+
+    from scratchllm.checkpoint import save_checkpoint
+    from scratchllm.model import GPT
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "dense", GPT(ModelConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2,
+                                                         n_embd=32)))
+    assert main(["prune", str(tmp_path / "dense"), "--sparsity", "0.25", "--out", str(tmp_path / "p")]) == 0
+    capsys.readouterr()
+    rc, out, _ = run(capsys, "model", "info", str(tmp_path / "p"), "--json")
+    p = json.loads(out)["pruning"]
+    masked = 2 * (32 * 96 + 32 * 32 + 32 * 128 * 2)  # qkv, proj, fc, mlp proj in two blocks
+    assert p["measured"]["masked_weights"] == masked
+    assert p["measured"]["pruned_weights"] == sum(round(0.25 * n) for n in (32 * 96, 32 * 32, 32 * 128, 32 * 128)) * 2
+    assert p["scope"] == "layer" and p["sparsity"] == 0.25
+    rc, out, _ = run(capsys, "model", "info", str(tmp_path / "p"))
+    assert "unstructured magnitude, layer scope, sparsity 0.25; 25.0% of the masked weights zero" in out
+    rc, out, err = run(capsys, "model", "info", str(tmp_path / "p"), "--n_layer", "3")
+    assert rc == 2 and err.count("error:") == 1 and "has its own config" in err

@@ -34,6 +34,7 @@ resume (`train.checkpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -53,6 +54,7 @@ STATE_FILE = "state.json"
 ADAPTERS_FILE = "adapters.safetensors"
 ADAPTERS_CONFIG = "adapters.json"
 QUANT_CONFIG = "quantization.json"
+MASKS_FILE = "masks.safetensors"  # pruning masks (model.masks), one packed uint8 tensor per masked layer
 STEP_RE = re.compile(r"^step-([0-9]+)\Z")  # a checkpoint folder's name; ASCII digits only
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -98,12 +100,13 @@ def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, A
     sizes and sha256 is added as `files`. `extra_files` maps a file name to a function that writes
     that file at the path it is given (training's optimizer state). A model with LoRA layers saves
     its base weights in model.safetensors and its adapters beside them; a quantized one its scheme in
-    quantization.json and state.json. Raises OSError (e.g. disk
-    full) with nothing left behind; `folder` must not exist yet.
+    quantization.json and state.json; a pruned one (`model.masks`) its masks in masks.safetensors.
+    Raises OSError (e.g. disk full) with nothing left behind; `folder` must not exist yet.
     """
     from safetensors.torch import save_model
 
     from scratchllm.model.lora import base_linears, has_lora
+    from scratchllm.model.masks import has_masks
     from scratchllm.model.quant_linear import is_quantized, quant_config
 
     m = unwrap(model)
@@ -118,6 +121,8 @@ def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, A
             write_adapters(tmp, m)
         if quantization is not None:
             (tmp / QUANT_CONFIG).write_text(json.dumps(quantization, indent=1), encoding="utf-8")
+        if has_masks(m):
+            write_masks(tmp, m)
         cfg = getattr(m, "config", None)
         cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg_dict, indent=2), encoding="utf-8")
@@ -127,6 +132,44 @@ def save_checkpoint(folder: str | os.PathLike, model: Any, *, state: dict[str, A
             write_extra(tmp / name)
 
     return write_folder(folder, write, state)
+
+
+def write_masks(folder: Path, model: Any) -> None:
+    """masks.safetensors: each masked layer's mask, its bits packed (`model.masks.pack_mask`)."""
+    from safetensors.torch import save_file
+
+    from scratchllm.model.masks import masks, pack_mask
+
+    save_file({name: pack_mask(mask) for name, mask in masks(model).items()}, str(folder / MASKS_FILE))
+
+
+def load_masks(model: Any, folder: Path) -> None:
+    """masks.safetensors into `model`: each named layer a linear layer of the model, each mask unpacked to its
+    weight's shape and attached (`model.masks.attach_mask`: pruned weights zero, kept zero by training)."""
+    from safetensors import safe_open
+    from torch import nn
+
+    from scratchllm.model.masks import attach_mask, unpack_mask
+
+    p = folder / MASKS_FILE
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            packed = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # safetensors raises several types for a bad header or data
+        raise CheckpointError(f"checkpoint file {p} is corrupted or truncated ({e})") from None
+    for name, bits in packed.items():
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            layer = None
+        if not isinstance(layer, nn.Linear):
+            raise CheckpointMismatch(f"the pruning masks differ: {p} holds a mask for {name!r}, which is not a "
+                                     f"linear layer of this model")
+        try:
+            mask = unpack_mask(bits, tuple(layer.weight.shape))
+        except ValueError as e:
+            raise CheckpointMismatch(f"the pruning masks differ: {name} in {p}: {e}") from None
+        attach_mask(layer, mask)
 
 
 def write_adapters(folder: Path, model: Any, base: str | None = None) -> None:
@@ -282,7 +325,8 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
     adapters.json, a model without LoRA layers gets them first (the layers it names, as `add_lora`,
     nothing frozen); a model with LoRA layers (training's resume) must have the same ones. A LoRA
     model loads unmerged. When the folder has quantization.json, a plain model gets the quantized layers
-    it names first (`model.quant_linear.quantized_structure`).
+    it names first (`model.quant_linear.quantized_structure`). When it has masks.safetensors (a pruned
+    model), the masks are attached after the weights (`load_masks`).
     """
     from scratchllm.model.lora import adapter_config, add_lora, base_linears, has_lora, lora_layers
     from scratchllm.model.quant_linear import QuantScheme, is_quantized, quantized_structure
@@ -291,9 +335,15 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
     m = unwrap(model)
     if (folder / QUANT_CONFIG).exists() and not is_quantized(m):
         q = read_quantization(folder)
+        import torch
+
+        # a model on the meta device (`checkpoint.load.build_model`) gets empty layers there too: the file's
+        # tensors are assigned to them, nothing is allocated twice
+        on_meta = any(t.is_meta for t in m.parameters())
         try:
-            quantized_structure(m, QuantScheme(q["bits"], q["group_size"], q["symmetric"]), q["modules"],
-                                q["embedding"])
+            with torch.device("meta") if on_meta else contextlib.nullcontext():
+                quantized_structure(m, QuantScheme(q["bits"], q["group_size"], q["symmetric"]), q["modules"],
+                                    q["embedding"])
         except UserError as e:
             raise CheckpointMismatch(f"the quantized layers in {folder / QUANT_CONFIG} do not fit this model: "
                                      f"{e}") from None
@@ -322,6 +372,8 @@ def load_weights(model: Any, folder: str | os.PathLike) -> None:
         layer.unmerge()  # what is loaded next is the base weight
     with base_linears(m):
         _load_base(m, folder / MODEL_FILE)
+        if (folder / MASKS_FILE).exists():
+            load_masks(m, folder)
     if adapters is not None:
         load_adapters(m, folder)
 
@@ -352,7 +404,9 @@ def _load_base(m: Any, p: Path) -> None:
                 f"with (its {CONFIG_FILE})")
     try:
         if is_quantized(m):  # no shared tensors to restore, and GPT.load_state_dict's re-tying is for nn.Linear heads
-            missing, unexpected = nn.Module.load_state_dict(m, load_file(str(p)), strict=False)
+            # a model built on the meta device (`checkpoint.load.build_model`) takes the file's tensors as they are
+            meta = any(t.is_meta for t in m.state_dict().values())
+            missing, unexpected = nn.Module.load_state_dict(m, load_file(str(p)), strict=False, assign=meta)
         else:
             missing, unexpected = st_load_model(m, str(p), strict=False)
     except Exception as e:

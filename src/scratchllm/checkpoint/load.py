@@ -27,6 +27,7 @@ from scratchllm.checkpoint.folder import (
     ADAPTERS_CONFIG,
     ADAPTERS_FILE,
     CONFIG_FILE,
+    MASKS_FILE,
     MODEL_FILE,
     QUANT_CONFIG,
     STATE_FILE,
@@ -158,7 +159,6 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
     layers (`model.quant_linear`); meta["quantization"] is its quantization.json.
     """
     from scratchllm.config.model import ModelConfig
-    from scratchllm.model import GPT
     from scratchllm.model.lora import merge_lora
     from scratchllm.tokenizer.base import load as load_tokenizer
 
@@ -166,7 +166,7 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
         raise CheckpointError(f"{folder} holds LoRA adapters alone, not a model; read it with a command that takes "
                               f"any model folder (generate -m, export, lora merge), which loads its base model")
     meta = (verify_checkpoint(folder, only=(MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, ADAPTERS_FILE, ADAPTERS_CONFIG,
-                                        QUANT_CONFIG))
+                                        QUANT_CONFIG, MASKS_FILE))
             if (folder / STATE_FILE).exists() else {})
     cfg_path = folder / CONFIG_FILE
     try:
@@ -177,8 +177,10 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
         raise CheckpointError(f"checkpoint file {cfg_path} is corrupted (not valid JSON)") from None
     except (UserError, TypeError, AttributeError) as e:  # valid JSON of the wrong shape or values
         raise CheckpointError(f"checkpoint file {cfg_path} does not describe a model ({e})") from None
-    model = GPT(cfg)
+    model = build_model(cfg, quantized=(folder / QUANT_CONFIG).is_file())
     load_weights(model, folder)
+    if model.config.position == "rope" and model.rope_cos.is_meta:  # built on the meta device (quantized)
+        model.init_rope()
     meta = {k: v for k, v in meta.items() if k not in ("rng", "optimizer")}
     if (folder / QUANT_CONFIG).is_file():
         meta["quantization"] = read_quantization(folder)
@@ -192,6 +194,21 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
         raise CheckpointError(str(e)) from None
     meta["checkpoint"] = str(folder)
     return model.to(device).eval(), tok, meta
+
+
+def build_model(config: Any, quantized: bool = False) -> Any:
+    """An empty GPT of `config` for a checkpoint to fill. A quantized checkpoint's model is built on the meta
+    device (no memory, no initialisation): `load_weights` gives it its quantized layers, then assigns the
+    file's tensors (the rest: norms, biases, the position embedding) and the RoPE tables are computed.
+    Peak memory then follows the quantized file, not the fp32 model it was made from."""
+    import torch
+
+    from scratchllm.model import GPT
+
+    if not quantized:
+        return GPT(config)
+    with torch.device("meta"):
+        return GPT(config)
 
 
 def load_model(folder: str | os.PathLike, device: Any = "cpu", merge: bool = True) -> tuple[Any, Any, dict[str, Any]]:

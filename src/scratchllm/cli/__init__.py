@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "quantize",
+COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "quantize", "prune",
             "importer", "export", "download", "lora", "inspect"]
 
 

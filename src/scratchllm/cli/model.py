@@ -2,6 +2,9 @@
 
 - `scratchllm model info PRESET | --config FILE [--json] [--seq-len T] [--key value ...]`: parameter
   counts, memory, FLOPs per token, KV-cache size (see `scratchllm.model.info` for the formulas).
+- `scratchllm model info RUN` (a run or checkpoint folder): the same for its config, and what it stores:
+  bytes per kind of tensor and in total (read from model.safetensors' header), a quantized model's
+  scheme (bits, group size, symmetric), a pruned model's pruning and its measured sparsity.
 - `scratchllm model presets [--json]`: every preset with its size.
 
 A config FILE is TOML: either ModelConfig's fields at the top level or in a `[model]` table (so a
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def register(subparsers) -> None:
@@ -26,7 +30,8 @@ def register(subparsers) -> None:
         "info", help="parameters, memory, FLOPs per token, KV cache of a config",
         description="Costs of a model configuration. Extra --key value flags change single fields, "
                     "e.g. `scratchllm model info gpt2-small --n_layer 6 --position rope`.")
-    info.add_argument("preset", nargs="?", help="a preset name (see `scratchllm model presets`)")
+    info.add_argument("preset", nargs="?",
+                      help="a preset name (see `scratchllm model presets`), or a run or checkpoint folder")
     info.add_argument("--config", metavar="FILE", help="TOML file with ModelConfig fields (or a [model] table)")
     info.add_argument("--seq-len", type=int, default=None, metavar="T",
                       help="sequence length for the FLOP estimates (default: the context length)")
@@ -115,10 +120,108 @@ def format_info(s: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def checkpoint_info(path: str) -> tuple[dict, dict]:
+    """(its ModelConfig's dict, what it stores) of a run or checkpoint folder: the tensors' bytes (from
+    model.safetensors' header, no tensor read), quantization.json, state.json's "pruning" and the sparsity
+    its masks.safetensors measures."""
+    from safetensors import safe_open
+
+    from scratchllm.checkpoint.folder import (
+        CONFIG_FILE,
+        MASKS_FILE,
+        MODEL_FILE,
+        QUANT_CONFIG,
+        CheckpointError,
+        read_json_object,
+        read_quantization,
+        read_state,
+        verify_checkpoint,
+    )
+    from scratchllm.checkpoint.load import resolve_checkpoint
+    from scratchllm.model.info import stored_summary
+    from scratchllm.model.masks import unpack_mask
+
+    folder = resolve_checkpoint(path)
+    state = verify_checkpoint(folder, deep=False) if (folder / "state.json").exists() else {}
+    config = read_json_object(folder / CONFIG_FILE)
+    try:
+        with safe_open(str(folder / MODEL_FILE), framework="pt") as f:
+            tensors = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {folder / MODEL_FILE} is missing") from None
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise CheckpointError(f"checkpoint file {folder / MODEL_FILE} is corrupted or truncated ({e})") from None
+    info: dict = {"checkpoint": str(folder), "stored": stored_summary(tensors)}
+    if (folder / QUANT_CONFIG).is_file():
+        info["quantization"] = read_quantization(folder)
+    pruning = read_state(folder).get("pruning") if state else None
+    if (folder / MASKS_FILE).is_file():
+        with safe_open(str(folder / MASKS_FILE), framework="pt") as f:
+            sizes = {k: tensors.get(f"{k}.weight", ("", (0,)))[1] for k in f.keys()}  # noqa: SIM118
+            pruned = sum(int((~unpack_mask(f.get_tensor(k), sizes[k])).sum()) for k in sizes)
+        masked = sum(math.prod(s) for s in sizes.values())
+        params = sum(math.prod(s) for n, (_, s) in tensors.items() if not (n == "lm_head.weight"
+                                                                             and config.get("tie_weights")))
+        pruning = {**(pruning or {}), "measured": {"pruned_weights": pruned, "masked_weights": masked,
+                                                   "sparsity_of_masked": pruned / max(1, masked),
+                                                   "sparsity_of_model": pruned / max(1, params)}}
+    if pruning is not None:
+        info["pruning"] = pruning
+    return config, info
+
+
+def format_checkpoint(info: dict) -> str:
+    """The stored-tensor rows of `scratchllm model info RUN`."""
+    st = info["stored"]
+    rows = [("checkpoint", info["checkpoint"]), ("stored tensors", "(model.safetensors)")]
+    rows += [(f"  {kind}", _bytes(n)) for kind, n in st["by_kind"].items()]
+    rows.append(("  total", f"{_bytes(st['total_bytes'])} ({st['total_bytes'] / st['fp32_bytes']:.2f} of fp32's "
+                            f"{_bytes(st['fp32_bytes'])})"))
+    q = info.get("quantization")
+    if q is not None:
+        how = "int8, one scale per output channel" if q["bits"] == 8 else \
+            f"int4, groups of {q['group_size']}"
+        rows.append(("quantization", f"{how}, {'symmetric' if q['symmetric'] else 'asymmetric'}; "
+                                     f"{len(q['modules'])} linear layers, embedding {q['embedding'] or 'kept'}"))
+    p = info.get("pruning")
+    if p is not None:
+        if p.get("structured") == "heads":
+            what = f"attention heads {p['heads_before']} -> {p['heads_after']} per block"
+        elif p.get("structured") == "neurons":
+            what = f"MLP neurons {p['mlp_hidden_before']} -> {p['mlp_hidden_after']} per block"
+        elif "scope" in p:
+            what = f"unstructured magnitude, {p['scope']} scope, sparsity {p['sparsity']:g}"
+        else:
+            what = "unstructured (masks)"
+        m = p.get("measured")
+        if m is not None:
+            what += (f"; {m['sparsity_of_masked']:.1%} of the masked weights zero ({m['pruned_weights']:,}), "
+                     f"{m['sparsity_of_model']:.1%} of all")
+        rows.append(("pruning", what))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scratchllm.config.model import ModelConfig
     from scratchllm.errors import UserError
     from scratchllm.model.info import summary
 
+    if args.preset is not None and args.config is None and ("/" in args.preset or Path(args.preset).is_dir()):
+        if args.overrides:
+            raise UserError(f"--key value flags change a preset or a config file; {args.preset} has its own config")
+        config_dict, stored = checkpoint_info(args.preset)
+        try:
+            config = ModelConfig.from_dict(config_dict)
+        except (UserError, TypeError) as e:
+            raise UserError(f"{stored['checkpoint']}/config.json does not describe a model ({e})") from None
+        if args.seq_len is not None and args.seq_len <= 0:
+            raise UserError(f"--seq-len must be a positive integer, got {args.seq_len}")
+        s = {**summary(config, args.seq_len), **stored}
+        print(json.dumps(s, indent=2) if args.json else format_info(s) + "\n" + format_checkpoint(s))
+        return 0
     config = load_model_config(args.preset, args.config, args.overrides)
     if args.seq_len is not None and args.seq_len <= 0:
         raise UserError(f"--seq-len must be a positive integer, got {args.seq_len}")

@@ -39,10 +39,15 @@ class GPT(nn.Module):
         if config.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
-            cos, sin = rope_tables(config)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            self.init_rope()
         init_weights(self)
+
+    def init_rope(self) -> None:
+        """(Re)compute the RoPE tables (buffers, not saved) on the default device: at construction, and for
+        a model built on the meta device once its weights are loaded (`checkpoint.load.build_model`)."""
+        cos, sin = rope_tables(self.config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     # ------------------------------------------------------------------------------------------
     def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None, *,

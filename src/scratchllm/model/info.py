@@ -177,3 +177,61 @@ def summary(config: ModelConfig, seq_len: int | None = None) -> dict:
         "kv_cache_bytes_per_token_bf16": kv_cache_bytes_per_token(config, "bf16"),
         "kv_cache_bytes_full_context_bf16": kv_cache_bytes_per_token(config, "bf16") * config.context_length,
     }
+
+
+# --- a checkpoint's stored tensors ------------------------------------------------------------------------
+# safetensors' dtype names -> (our name, bytes per value); int4 weights are stored two per uint8 byte
+SAFETENSORS_DTYPES = {"F32": ("fp32", 4), "F16": ("fp16", 2), "BF16": ("bf16", 2), "I8": ("int8", 1),
+                      "U8": ("uint8", 1), "I64": ("int64", 8), "I32": ("int32", 4), "BOOL": ("bool", 1)}
+
+
+def tensor_kind(name: str, dtype: str, shape: tuple[int, ...]) -> str:
+    """What a stored tensor is, by its name, dtype and shape: for `stored_summary`'s table.
+
+    >>> tensor_kind("blocks.0.attn.qkv.qweight", "U8", (96, 16)), tensor_kind("blocks.0.norm1.weight", "F32", (32,))
+    ('int4 weights (2 per byte)', 'norm weights')
+    """
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "qweight":
+        return "int8 weights" if dtype == "I8" else "int4 weights (2 per byte)"
+    if leaf == "scales":
+        return "quantization scales"
+    if leaf == "zeros":
+        return "quantization zero points"
+    if leaf == "bias":
+        return "biases"
+    if name.startswith(("tok_emb.", "pos_emb.")):
+        return "embeddings"
+    if name.startswith("lm_head."):
+        return "head (or tied embedding)"
+    if len(shape) == 1:
+        return "norm weights"
+    return f"{SAFETENSORS_DTYPES.get(dtype, (dtype.lower(), 0))[0]} weights"
+
+
+def stored_summary(tensors: dict[str, tuple[str, tuple[int, ...]]]) -> dict:
+    """Bytes of a checkpoint's tensors ({name: (safetensors dtype, shape)}, its file's header), by kind and in
+    total, and what the same model costs with every tensor in fp32 (a quantized model's weights counted at
+    their unpacked size).
+
+    >>> s = stored_summary({"a.qweight": ("I8", (4, 8)), "a.scales": ("F32", (4, 1)), "a.bias": ("F32", (4,))})
+    >>> s["by_kind"], s["total_bytes"], s["fp32_bytes"]
+    ({'int8 weights': 32, 'quantization scales': 16, 'biases': 16}, 64, 144)
+    """
+    by_kind: dict[str, int] = {}
+    total = fp32 = 0
+    for name, (dtype, shape) in tensors.items():
+        n = 1
+        for s in shape:
+            n *= int(s)
+        nbytes = n * SAFETENSORS_DTYPES.get(dtype, ("", 4))[1]
+        kind = tensor_kind(name, dtype, tuple(shape))
+        by_kind[kind] = by_kind.get(kind, 0) + nbytes
+        total += nbytes
+        if kind.startswith("int4"):
+            fp32 += 2 * n * 4
+        elif kind.startswith("int8"):
+            fp32 += n * 4
+        elif not kind.startswith("quantization"):
+            fp32 += n * 4
+    return {"by_kind": by_kind, "total_bytes": total, "fp32_bytes": fp32}
