@@ -27,7 +27,7 @@ import jinja2
 import numpy as np
 import pytest
 import torch
-from interop_helpers import DATA, TORTURE
+from interop_helpers import DATA, TORTURE, hf_model, save, trained_bpe
 from llama_cpp import Llama
 
 from scratchllm.checkpoint import save_checkpoint
@@ -180,6 +180,24 @@ def test_llama_cpp_gives_our_logits_and_greedy_tokens(name, bpe, tmp_path):
     ids = bpe.encode(TEXT[:400])[:60]  # past llama3's original context of 16: the scaled frequencies count
     assert np.abs(their_logits(llm, ids) - our_logits(model, ids)).max() <= 1e-3
     assert their_greedy(llm, ids[:8], 24) == greedy(model, ids[:8], 24)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama3", "qwen3"])
+def test_a_hugging_face_model_runs_in_llama_cpp_as_in_transformers(kind, tmp_path):
+    """A transformers folder (random weights; Llama with Llama 3 RoPE scaling, Qwen3 with its head size), read by
+    `export gguf` as any RUN: llama.cpp's logits are transformers' own."""
+    from scratchllm.tokenizer.hf import export_hf
+
+    model = hf_model(kind, tied=False)
+    folder = save(model, tmp_path / kind)
+    tok = trained_bpe()
+    export_hf(tok, folder)
+    out = tmp_path / f"{kind}.gguf"
+    assert main(["export", "gguf", str(folder), "--out", str(out)]) == 0
+    ids = tok.encode(TEXT[:400])[:60]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(their_logits(llama_cpp(out), ids) - ref).max() <= 1e-3
 
 
 @pytest.fixture(scope="module")
