@@ -7,10 +7,11 @@ TORCH ?= torch==2.13.0
 
 # llama-cpp-python (llama.cpp's Python binding, the peer of the GGUF tests and benchmarks/llamacpp.py) is on
 # PyPI as source only; compiling llama.cpp takes minutes. It is built once per machine into a wheel cache
-# (SCRATCHLLM_CACHE_DIR, else ~/.cache/scratchllm, as scratchllm's other caches) and installed from there.
+# (in scratchllm's cache folder, as files.cache_dir finds it: $SCRATCHLLM_CACHE_DIR, else
+# $XDG_CACHE_HOME/scratchllm, else ~/.cache/scratchllm) and installed from there.
 # The build targets this machine's CPU (llama.cpp's GGML_NATIVE): keep the cache per machine.
 LLAMA_CPP ?= llama-cpp-python==0.3.36
-WHEELS ?= $(or $(SCRATCHLLM_CACHE_DIR),$(HOME)/.cache/scratchllm)/wheels
+WHEELS ?= $(or $(SCRATCHLLM_CACHE_DIR),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/scratchllm),$(HOME)/.cache/scratchllm)/wheels
 
 .PHONY: demo test install dev lint docs clean llama-cpp
 
@@ -29,12 +30,15 @@ $(VENV)/.dev: $(VENV)/.installed $(VENV)/.llama-cpp
 	$(BIN)/python -m pip install -q --no-deps "llms-from-scratch==1.0.19"
 	touch $@
 
-# the cached wheel if there is one for this Python, else build it into the cache first; then install it
+# the cached wheel if there is one for this Python, else build it into the cache first (under a lock on
+# the cache where flock exists, so that two checkouts building at once build it once); then install it
 # (--only-binary: never a second build from source here) with its dependencies
+WHEELS_LOCK := $(if $(shell command -v flock 2>/dev/null),flock "$(WHEELS)/.lock")
 $(VENV)/.llama-cpp: | $(BIN)/python
-	$(BIN)/python -m pip install -q --no-index --no-deps --find-links "$(WHEELS)" "$(LLAMA_CPP)" 2>/dev/null || \
-	  { echo "building $(LLAMA_CPP) into $(WHEELS), once per machine (compiles llama.cpp: several minutes)"; \
-	    $(BIN)/python -m pip wheel -q --no-deps "$(LLAMA_CPP)" -w "$(WHEELS)"; }
+	mkdir -p "$(WHEELS)"
+	$(WHEELS_LOCK) sh -c '$(BIN)/python -m pip install -q --no-index --no-deps --find-links "$(WHEELS)" \
+	  "$(LLAMA_CPP)" 2>/dev/null || { echo "building $(LLAMA_CPP) into $(WHEELS) (llama.cpp compiles: minutes)"; \
+	  $(BIN)/python -m pip wheel -q --no-deps "$(LLAMA_CPP)" -w "$(WHEELS)"; }'
 	$(BIN)/python -m pip install -q --only-binary llama-cpp-python --find-links "$(WHEELS)" "$(LLAMA_CPP)"
 	touch $@
 
