@@ -11,6 +11,9 @@ the one its convert_hf_to_gguf.py uses), in llama.cpp's architecture and tensor 
     the same with QK-norm (Qwen3)                          qwen3  q/k/v apart, attn_q_norm/attn_k_norm
 
 Other mixes (RoPE with LayerNorm, ...) have no llama.cpp graph and are refused, as are classifiers.
+The gpt2 graph computes GELU's tanh form: a model trained with exact GELU (mlp = "gelu_exact") is
+written with a warning (the two differ by less than 0.001 per activation). The names are llama.cpp's
+(BLOCK_NAMES, TOP_NAMES): `model.weights` translates other codebases' checkpoints, this module llama.cpp's.
 RoPE layouts: our RoPE (as Hugging Face's) rotates the two halves of each head; llama.cpp's `llama`
 graph rotates adjacent pairs, so its q and k rows are interleaved per head (row 2i is our row i,
 row 2i+1 our row i + head_dim/2; convert_hf_to_gguf's `permute`). Its `qwen3` graph rotates halves as
@@ -26,7 +29,8 @@ The tokenizer: byte-level BPE only (GPT-2's, or one trained by scratchllm), writ
 every split of each token ranked as the token, so ranking pairs gives our ids), token types (normal,
 control for special tokens, unused for padding rows of a vocabulary larger than the tokenizer) and the
 pre-tokenizer llama.cpp applies before merging: "gpt-2" for GPT-2's pattern, "llama-bpe" for GPT-4's
-(cl100k); other patterns are refused, since llama.cpp would cut text differently. No BOS is added.
+(cl100k) and Llama 3's, "qwen2" for Qwen2/3's; other patterns are refused, since llama.cpp would cut
+text differently. No BOS is added.
 End-of-text: the run's eos id, else the tokenizer's <|endoftext|>. The chat template: the run's own
 (a converted instruction-tuned model's Jinja template), or for a run finetuned by scratchllm, its
 prompt template as Jinja (`chat_template_jinja`).
