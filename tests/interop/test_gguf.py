@@ -378,6 +378,9 @@ def test_export_gguf_help_says_how_to_run_the_file(capsys):
 @pytest.mark.parametrize("case,message", [
     ("type", "unknown --type 'q5_1'; choose one of f32, f16, q8_0, q4_0"),
     ("architecture", "llama.cpp has no architecture for this model (position=rope, norm=layernorm"),
+    ("demo", "(position=rope, norm=rmsnorm, mlp=gelu, qk_norm=False); GGUF export takes GPT-2-style models "
+             "(learned, layernorm, gelu), Llama-style (rope, rmsnorm, swiglu) and Qwen3-style (the same with "
+             "qk_norm); a model trained with model.mlp=swiglu (Llama's MLP) exports as a Llama"),
     ("classifier", "is a classifier"),
     ("quantized", "is a quantized model, which export does not write"),
     ("char", "takes byte-level BPE tokenizers"),
@@ -391,6 +394,8 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, message, bpe, tmp
     tok = bpe
     if case == "architecture":
         model = GPT(ModelConfig(**config, position="rope"))
+    elif case == "demo":  # the demo recipe's shape: RoPE, RMSNorm, a GELU MLP
+        model = GPT(ModelConfig(**config, position="rope", norm="rmsnorm", bias=False, qkv_bias=False))
     elif case == "classifier":
         model = GPT(ModelConfig(**config, n_classes=2, tie_weights=False))
     elif case == "char":
