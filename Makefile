@@ -5,7 +5,15 @@ BIN := $(VENV)/bin
 # torch is installed first and pinned: on our machines 2.13.0 is the CPU build that lies on disk.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install dev lint docs clean
+# llama-cpp-python (llama.cpp's Python binding, the peer of the GGUF tests and benchmarks/llamacpp.py) is on
+# PyPI as source only; compiling llama.cpp takes minutes. It is built once per machine into a wheel cache
+# (in scratchllm's cache folder, as files.cache_dir finds it: $SCRATCHLLM_CACHE_DIR, else
+# $XDG_CACHE_HOME/scratchllm, else ~/.cache/scratchllm) and installed from there.
+# The build targets this machine's CPU (llama.cpp's GGML_NATIVE): keep the cache per machine.
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+WHEELS ?= $(or $(SCRATCHLLM_CACHE_DIR),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/scratchllm),$(HOME)/.cache/scratchllm)/wheels
+
+.PHONY: demo test install dev lint docs clean llama-cpp
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,13 +24,26 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.installed
+$(VENV)/.dev: $(VENV)/.installed $(VENV)/.llama-cpp
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# the book's own code, a peer for parity tests; --no-deps because it pulls TensorFlow and JupyterLab
 	$(BIN)/python -m pip install -q --no-deps "llms-from-scratch==1.0.19"
 	touch $@
 
+# the cached wheel if there is one for this Python, else build it into the cache first (under a lock on
+# the cache where flock exists, so that two checkouts building at once build it once); then install it
+# (--only-binary: never a second build from source here) with its dependencies
+WHEELS_LOCK := $(if $(shell command -v flock 2>/dev/null),flock "$(WHEELS)/.lock")
+$(VENV)/.llama-cpp: | $(BIN)/python
+	mkdir -p "$(WHEELS)"
+	$(WHEELS_LOCK) sh -c '$(BIN)/python -m pip install -q --no-index --no-deps --find-links "$(WHEELS)" \
+	  "$(LLAMA_CPP)" 2>/dev/null || { echo "building $(LLAMA_CPP) into $(WHEELS) (llama.cpp compiles: minutes)"; \
+	  $(BIN)/python -m pip wheel -q --no-deps "$(LLAMA_CPP)" -w "$(WHEELS)"; }'
+	$(BIN)/python -m pip install -q --only-binary llama-cpp-python --find-links "$(WHEELS)" "$(LLAMA_CPP)"
+	touch $@
+
 install: $(VENV)/.installed
+llama-cpp: $(VENV)/.llama-cpp
 dev: $(VENV)/.dev
 
 demo: $(VENV)/.installed

@@ -550,6 +550,16 @@ ROWS = [
     (["prune", "{plain_ck}", "--sparsity", "0.5", "--out", "{blocker}/p"], "a file stands", "", None),
     (["prune", "{plain_ck}", "--sparsity", "0.5", "--structured", "heads", "--out", "{out}"], "free some space",
      "full", None),
+    # --- export gguf (evmodel: a tiny GPT-2-shaped checkpoint with a byte-level BPE) --------------------------
+    (["export", "gguf", "{evmodel}", "--out", "{out}.gguf", "--type", "q5_1"], "unknown --type 'q5_1'", "", None),
+    (["export", "gguf", "{quantized_ck}", "--out", "{out}.gguf"], "is a quantized model, which export does not write",
+     "", None),
+    (["export", "gguf", "{plain_ck}", "--out", "{out}.gguf"], "has no tokenizer", "", None),
+    (["export", "gguf", "{nodir}", "--out", "{out}.gguf"], "does not exist", "", None),
+    (["export", "gguf", "{evmodel}", "--out", "{ro}/m.gguf"], "permission denied", "ro", None),
+    (["export", "gguf", "{evmodel}", "--out", "{blocker}/m.gguf"], "a file stands", "", None),
+    (["export", "gguf", "{evmodel}", "--out", "{out}.gguf"], "free some space", "full", None),
+    (["export", "gguf", "{evmodel}"], "required: --out", "", None),
 ]
 
 

@@ -2,6 +2,7 @@
 
     scratchllm export hf runs/shakespeare --out hf/shakespeare      # a transformers folder
     scratchllm export onnx runs/shakespeare --out model.onnx --kv-cache
+    scratchllm export gguf runs/shakespeare --out shakespeare.gguf --type q8_0   # llama.cpp, Ollama
 
 RUN is anything `scratchllm.interop.load.load_any` reads: a run or checkpoint folder, a Hugging
 Face folder, OpenAI's GPT-2 folder. Each format is one entry of FORMATS: a function adding its
@@ -60,18 +61,66 @@ def export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- gguf -------------------------------------------------------------------------------------------------
+GGUF_EPILOG = """\
+Run the file with llama.cpp (github.com/ggml-org/llama.cpp):
+  llama-cli -m model.gguf -p "Once upon a time" -n 64 --temp 0
+  llama-server -m model.gguf            # an OpenAI-style server on port 8080
+or from Python (pip install llama-cpp-python):
+  from llama_cpp import Llama; Llama("model.gguf")("Once upon a time", max_tokens=64, temperature=0)
+or with Ollama: a file named Modelfile holding
+  FROM ./model.gguf
+  PARAMETER temperature 0
+  PARAMETER stop "<|endoftext|>"
+then `ollama create mymodel -f Modelfile` and `ollama run mymodel "Once upon a time"`. An instruction-tuned
+run carries its chat template in the file (tokenizer.chat_template); for a ChatML ("chat") run add
+  PARAMETER stop "<|im_end|>"
+
+Types: f32 (exact), f16 (weights rounded to fp16), q8_0 and q4_0 (llama.cpp's blocks of 32 weights with an
+fp16 scale: 8.5 and 4.5 bits a weight). Norms, biases and GPT-2's position table stay f32.
+"""
+
+
+def add_gguf(p) -> None:
+    p.add_argument("--out", required=True, metavar="FILE", help="the .gguf file to write")
+    # (interop.gguf.TYPES, spelled out: importing it would import torch, and --help stays instant)
+    p.add_argument("--type", default="f32", metavar="f32|f16|q8_0|q4_0",
+                   help="how the weight matrices are stored (default f32)")
+    p.epilog = GGUF_EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def export_gguf(args: argparse.Namespace) -> int:
+    """GPT-2-style models as llama.cpp's gpt2, Llama-style as llama, QK-norm ones as qwen3."""
+    from pathlib import Path
+
+    from scratchllm.interop.gguf import TYPES, require_gguf, write_gguf
+
+    if args.type not in TYPES:  # before loading a large model
+        from scratchllm.errors import UserError
+
+        raise UserError(f"unknown --type {args.type!r}; choose one of {', '.join(TYPES)}")
+    require_gguf()
+    model, tokenizer, meta = _load(args.run)
+    out = write_gguf(model, tokenizer, args.out, args.type, meta.get("generation"), name=Path(args.run).name)
+    print(f"wrote {out} ({args.type}, {out.stat().st_size / 1e6:.1f} MB; run it: llama-cli -m {out})")
+    return 0
+
+
 # format -> (help, add its options, do the export)
 FORMATS = {
     "hf": ("a Hugging Face transformers folder (config.json, model.safetensors, tokenizer.json)", add_hf, export_hf),
     "onnx": ("an ONNX graph for onnxruntime, fp32, optionally with KV-cache inputs (pip install "
              "'scratchllm[export]')", add_onnx, export_onnx),
+    "gguf": ("a GGUF file for llama.cpp and Ollama: f32, f16, q8_0 or q4_0 (pip install 'scratchllm[export]')",
+             add_gguf, export_gguf),
 }
 
 
 def register(subparsers) -> None:
     from scratchllm.cli import needs_action
 
-    p = subparsers.add_parser("export", help="write a model in another format (hf, onnx)", description=__doc__,
+    p = subparsers.add_parser("export", help="write a model in another format (hf, onnx, gguf)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="export_format", metavar="FORMAT")
     p.set_defaults(func=needs_action(p))

@@ -14,4 +14,6 @@ never train or cli.
   and checked.
 - `onnx_export`: our GPT as an ONNX graph (with or without explicit KV-cache inputs) and a greedy
   loop through onnxruntime.
+- `gguf`: our GPT as a GGUF file for llama.cpp and Ollama (f32, f16, q8_0, q4_0), tokenizer and chat
+  template included.
 """
