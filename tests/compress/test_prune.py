@@ -284,6 +284,11 @@ def test_prune_command_with_recovery_keeps_zeros_and_lowers_the_loss(run_folder,
     raw, _, _ = load_model(tmp_path / "raw")
     before = recover(raw, prepared, 1, lr=1e-9, progress=False).last_eval["val_loss"]  # ~ no change: a measurement
     assert state["recovery"]["val_loss"] < before
+    # the cards: the recovery's own compute (20 steps x batch x context tokens) on one, none on the other
+    card = (out / "MODEL_CARD.md").read_text()
+    tokens = 20 * state["recovery"]["batch_size"] * model.config.context_length
+    assert "## Intended use" in card and "## Known limitations" in card and f"{tokens:,}" in card
+    assert "## Intended use" in (tmp_path / "raw" / "MODEL_CARD.md").read_text()
 
 
 def test_prune_command_structured_then_generate_and_eval(run_folder, tmp_path, capsys):

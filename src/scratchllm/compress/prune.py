@@ -328,6 +328,18 @@ def model_card(source: Path, config: Any, report: dict[str, Any], recovery: dict
             f"(`scratchllm eval compare`; benchmarks/prune.py does, before and after recovery).\n")
 
 
+def derived_card_lines(source: Path, config: Any, recovery: dict[str, Any] | None) -> str:
+    """The card's transparency sections (`evaluate.card.derived_lines`): the source's data and compute,
+    plus the recovery finetune's own compute (batch x context tokens a step) when there was one."""
+    from scratchllm.evaluate.card import derived_lines, training_compute
+
+    compute = None
+    if recovery:
+        tokens = recovery["steps"] * recovery["batch_size"] * config.context_length
+        compute = training_compute(config, tokens, recovery["elapsed"], torch.get_num_threads())
+    return derived_lines("pruned", source, source.name, compute=compute)
+
+
 def prune_folder(path: str | os.PathLike, out: str | os.PathLike, sparsity: float, structured: str | None = None,
                  scope: str = "layer", *, recover_steps: int = 0, data: str | os.PathLike | None = None,
                  lr: float = RECOVER_LR, batch_size: int = RECOVER_BATCH, precision: str = "auto",
@@ -354,7 +366,8 @@ def prune_folder(path: str | os.PathLike, out: str | os.PathLike, sparsity: floa
         state = recover(model, prepared, recover_steps, lr=lr, batch_size=batch_size, precision=precision,
                         progress=progress)
         recovery = {"steps": state.step, "lr": lr, "batch_size": batch_size, "data": str(prepared.dir),
-                    "stop_reason": state.stop_reason, **{k: v for k, v in state.last_eval.items()}}
+                    "stop_reason": state.stop_reason, "elapsed": state.elapsed,
+                    **{k: v for k, v in state.last_eval.items()}}
         if structured is None:
             report = {**report, **sparsity_report(model)}
     state = {"pruned_from": str(src.resolve()), "pruning": report}
@@ -365,7 +378,7 @@ def prune_folder(path: str | os.PathLike, out: str | os.PathLike, sparsity: floa
         state["data_dir"] = data_dir
     if isinstance(meta.get("run_config"), dict):
         state["run_config"] = {**meta["run_config"], "model": model.config.to_dict()}
-    card = model_card(src, model.config, report, recovery)
+    card = model_card(src, model.config, report, recovery) + "\n" + derived_card_lines(src, model.config, recovery)
     generation = meta.get("generation", {})
     extra = {
         GENERATION_FILE: lambda p: p.write_text(json.dumps(generation, indent=1), encoding="utf-8"),
