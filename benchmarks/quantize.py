@@ -246,8 +246,13 @@ def run_all(args) -> None:
     from scratchllm.model import GPT, gemv
 
     header("weight-only quantization: scratchllm int8/int4 vs fp32 and torch's dynamic int8")
-    print(f"matrix-vector kernel: {gemv.status()}; torch threads {torch.get_num_threads()}; "
-          f"batch-1 greedy, {PROMPT}-token prompt, {args.new_tokens} new tokens, best of {args.repeats}")
+    kernel = gemv.load()
+    path = gemv.ISAS[kernel.isa()] if kernel is not None else "none"
+    isas = ", ".join(kernel.isas) if kernel is not None else "-"
+    print(f"matrix-vector kernel: {gemv.status()}; int8/int4 path {path} (of {isas}"
+          f"; integer dot products on the input quantized in blocks of {gemv.QBLOCK}); torch threads "
+          f"{torch.get_num_threads()}; batch-1 greedy, {PROMPT}-token prompt, {args.new_tokens} new tokens, "
+          f"best of {args.repeats}")
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         work = Path(tmp)
         if args.demo:

@@ -1,5 +1,11 @@
 """model.quant_linear: the quantized layer equals F.linear of its dequantized weight, through the C kernel
-(one row) and without it (more rows, SCRATCHLLM_NO_KERNEL=1, group sizes the kernel does not take)."""
+(one row, every path this CPU runs: portable C, AVX2, AVX-512) and without it (more rows,
+SCRATCHLLM_NO_KERNEL=1, group sizes the kernel does not take).
+
+The kernel quantizes its input row too (blocks of 32, int8, as llama.cpp's q8_0; `gemv.quantize_input`):
+it equals F.linear of the dequantized weight and that quantized input to fp32 rounding, and differs
+from F.linear of the exact input by at most the input's rounding carried through the weight,
+sum over blocks b of d_b / 2 * sum_{i in b} |W_ri| (d_b the block's step), checked here."""
 
 import pytest
 import torch
@@ -18,6 +24,26 @@ def exact_check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Te
     exact = F.linear(x.double(), w.double(), None if b is None else b.double())
     tol = 1e-6 * (x.double().abs() @ w.double().abs().T).max().item() + 1e-6
     assert got.shape == exact.shape and (got.double() - exact).abs().max().item() <= tol
+
+
+def input_rounding_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(..., out): how far a product with x quantized in blocks of 32 (steps d_b = max|x_b| / 127, each value
+    off by at most d_b / 2) can be from the exact one: sum_b d_b / 2 * sum_{i in b} |W_ri|."""
+    n_in = x.shape[-1]
+    pad = -n_in % gemv.QBLOCK
+    xb = F.pad(x.double(), (0, pad)).unflatten(-1, (-1, gemv.QBLOCK))  # (..., blocks, 32)
+    half_step = xb.abs().amax(-1) / 127 / 2  # (..., blocks)
+    wb = F.pad(w.double().abs(), (0, pad)).unflatten(-1, (-1, gemv.QBLOCK)).sum(-1)  # (out, blocks)
+    return half_step @ wb.T  # (..., out)
+
+
+def kernel_check(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    """got is the product with x quantized as the kernel does (to fp32 rounding), and within the input's
+    rounding of the exact product."""
+    exact_check(got, gemv.quantize_input(x), w, b)
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+    tol = 1e-6 * (x.double().abs() @ w.double().abs().T) + 1e-6
+    assert ((got.double() - exact).abs() <= input_rounding_bound(x, w) + tol).all()
 
 
 # odd sizes: rows that do not split evenly into threads and streams, columns not a whole number of vectors
@@ -39,7 +65,50 @@ def test_one_row_through_the_kernel_equals_dequantize_then_matmul(kernel, out, n
         y = q(x)
     finally:
         torch.set_num_threads(before)
-    exact_check(y, x, q.dequantize(), q.bias)
+    if uses_kernel:
+        kernel_check(y, x, q.dequantize(), q.bias)
+    else:
+        exact_check(y, x, q.dequantize(), q.bias)
+
+
+# every path this CPU runs (the C code picks the best; tests force each), on sizes that take the paths'
+# whole vectors, their last partial vector (int8: any width; int4: half vectors) and several rows per stream
+@pytest.mark.parametrize("out,n_in", [(1, 32), (7, 96), (67, 160), (300, 768), (9, 3072), (5, 53), (13, 200)])
+@pytest.mark.parametrize("scheme", SCHEMES[:4], ids=lambda s: s.name)
+def test_every_kernel_path_equals_dequantize_then_matmul(kernel, out, n_in, scheme):
+    if scheme.bits == 4 and n_in % scheme.group_size:
+        return  # int4 needs groups dividing the row (the other sizes cover int8's odd widths)
+    g = torch.Generator().manual_seed(out * 7 + n_in)
+    lin = torch.nn.Linear(n_in, out)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(out, n_in, generator=g))
+    q = quantize_linear(lin, scheme)
+    x = torch.randn(1, n_in, generator=g) * torch.rand(n_in, generator=g) * 4  # blocks of different steps
+    x[0, :8] = 0  # and an all-zero stretch
+    w = q.dequantize()
+    results = {}
+    for isa in kernel.isas:
+        if scheme.bits == 8:
+            product = kernel.bind_q8(q.qweight, q.scales, q.bias, isa=isa)
+        else:
+            product = kernel.bind_q4(q.qweight, q.scales, q.zeros, scheme.group_size, q.bias, isa=isa)
+        results[isa] = product(x)
+        kernel_check(results[isa], x, w, q.bias)
+    assert set(kernel.isas) >= {"c"}
+    scale = (x.abs() @ w.abs().T).max().item()  # float rounding of a sum is relative to the terms' size
+    for isa, y in results.items():  # the same integer sums: the paths agree to float rounding
+        assert (y - results["c"]).abs().max().item() <= 2e-6 * scale + 1e-6, isa
+
+
+def test_a_path_this_cpu_lacks_is_refused(kernel, monkeypatch):
+    q = quantize_linear(torch.nn.Linear(64, 8), QuantScheme(8))
+    with pytest.raises(ValueError, match="does not run on this CPU"):
+        kernel.bind_q8(q.qweight, q.scales, isa="sse9")
+    monkeypatch.setenv(gemv.ISA_ENV, "c")
+    assert kernel.isa() == 0
+    monkeypatch.setenv(gemv.ISA_ENV, "avx1024")
+    with pytest.raises(ValueError, match=gemv.ISA_ENV):
+        kernel.isa()
 
 
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
@@ -50,8 +119,15 @@ def test_many_rows_dequantize_then_matmul(scheme):
     x = torch.randn(3, 5, 128, generator=g)
     y = q(x)
     assert y.shape == (3, 5, 40)
-    assert torch.allclose(y, F.linear(x, dequantize(q.qweight, q.scales, q.zeros, scheme.bits), q.bias), atol=1e-5)
-    assert torch.allclose(q(x[:1, :1]), y[:1, :1], atol=1e-5)  # the kernel's row equals the batch's
+    w = dequantize(q.qweight, q.scales, q.zeros, scheme.bits)
+    if q._product() is not None:  # up to KERNEL_ROWS rows: the kernel, one row at a time
+        kernel_check(y, x, w, q.bias)
+    else:
+        assert torch.allclose(y, F.linear(x, w, q.bias), atol=1e-5)
+    if q._product() is not None:  # one row through the kernel: the batch's row up to the input's rounding
+        kernel_check(q(x[:1, :1]), x[:1, :1], q.dequantize(), q.bias)
+    else:
+        assert torch.allclose(q(x[:1, :1]), y[:1, :1], atol=1e-5)
     big = torch.randn(40, 128, generator=g)  # more than KERNEL_ROWS: dequantized once
     assert torch.allclose(q(big), F.linear(big, q.dequantize(), q.bias), atol=1e-5)
 
@@ -68,7 +144,7 @@ def test_without_the_kernel_the_same_numbers(monkeypatch, tmp_path):
         assert gemv.load() is None and q8._product() is None
         for q, y in zip((q8, q4), with_kernel):
             exact_check(q(x), x, q.dequantize(), q.bias)
-            assert torch.allclose(q(x), y, atol=1e-5)
+            kernel_check(y, x, q.dequantize(), q.bias)  # the kernel's: the same up to the input's rounding
     finally:
         gemv._build.cache_clear()
 
@@ -80,6 +156,6 @@ def test_the_kernel_rebinds_when_the_buffers_change():
     y = q(x)
     other = quantize_linear(torch.nn.Linear(64, 8), QuantScheme(8))
     q.load_state_dict(other.state_dict())  # copied into the same buffers: the bound product reads them live
-    assert torch.allclose(q(x), other(x), atol=1e-5) and not torch.allclose(q(x), y)
+    assert torch.equal(q(x), other(x)) and not torch.allclose(q(x), y)
     q.qweight = other.qweight.clone()  # a new buffer: bound again
-    assert torch.allclose(q(x), other(x), atol=1e-5)
+    assert torch.equal(q(x), other(x))

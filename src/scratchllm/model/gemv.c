@@ -188,190 +188,431 @@ void scratchllm_gemv_bf16(const unsigned short *w, const float *x, const float *
     }
 }
 
-/* ---- quantized weights (model.quant_linear): integers read as they are stored, scales applied in registers ----
+/* ---- quantized weights (model.quant_linear): integer dot products, scales applied per block in floats ----
  *
- * int8, one scale per row (per output channel): y[r] = scale[r] * (q[r, :] . x) + b[r]. Each step widens
- * LANES int8 weights to floats (a quarter of fp32's bytes to read) and multiply-adds them, in STREAMS
- * streams per thread as rows_dot does; the row's scale multiplies the folded sum once.
+ * The weights stay as they are stored (model.quant_linear's format; nothing is repacked). The input row is
+ * quantized once per call the way llama.cpp quantizes activations for its q8_0/q4_0 products: in blocks
+ * of QBLOCK = 32 values, each block one fp32 step d = max|x| / 127 and integers q = round(x / d) in
+ * -127..127 (round half to even). A row's product is then a sum over blocks of float step times an
+ * integer dot product, which the CPU computes 64 (AVX-512 VNNI `vpdpbusd`) or 32 (AVX2 `vpmaddubsw`,
+ * `vpmaddwd`) bytes per instruction, with no widening of weights to floats.
  *
- * int4, one scale (and for asymmetric weights one zero point) per group of `group` weights of a row,
- * two weights per byte: byte j of a row holds weight 2j in its low 4 bits and weight 2j + 1 in its
- * high 4 bits, each an unsigned u in 0..15 standing for (u - z) * scale (z = 8 for symmetric weights).
- * LANES bytes hold 2 * LANES weights: the low halves are the even-indexed ones, the high halves the
- * odd-indexed ones, so the inputs are split once into even and odd halves (xe, xo), as for bf16.
- * Per group: d = sum u * x (vector, in registers), then acc += scale * d (one multiply-add per group),
- * and the zero point is taken out with the group's input sum xs: sum (u - z) s x = s (d - z xs). The
- * vector path needs group % (2 * LANES) == 0 (model.quant_linear uses the kernel only then). */
-/* Widening LANES bytes to LANES floats: GCC 12 turns __builtin_convertvector from bytes to floats into
- * scalar code, so on x86 the widening is spelled with the instructions it should have used (AVX-512:
- * one register; AVX2: two halves); elsewhere the portable conversion. */
-#if defined(__AVX512F__) || defined(__AVX2__)
+ * int8, one scale per row: y[r] = s[r] * sum_blocks d_b * (sum_i w_i q_i). The products of two signed
+ * bytes go through the unsigned-times-signed instructions as |w| times (q with w's sign) (w and q are
+ * never -128, so nothing saturates: 2 * 127 * 127 < 2^15).
+ * int4, group-wise, two weights a byte (byte j of a row: weight 2j low, 2j + 1 high), each an unsigned
+ * u in 0..15 standing for (u - z) s (z = 8 for symmetric weights): a byte's low nibbles meet the even
+ * inputs and its high nibbles the odd ones, so the quantized input is stored split into even (xe) and odd
+ * (xo) halves. Integer sums of u * q (unsigned times signed, < 2^15 in a pair), then the zero points are
+ * taken out once per row in floats: sum (u - z) s d q = sum s d (u q) - sum_groups s z XS_g, with
+ * XS_g = sum of d * q over the group's inputs (computed with the input, once per call).
+ *
+ * Lanes: 4 packed bytes (8 int4 weights, or 4 int8 ones) sum into one int32 lane; a lane never spans two
+ * blocks or groups (both multiples of 32 weights, int4 groups here), so each lane is multiplied by its
+ * block's d and its group's s (looked up per lane: `lidx` holds each lane's group) and added to a float
+ * accumulator. Rows are read in STREAMS streams per thread, as rows_dot.
+ *
+ * The result differs from the product with the unquantized input by at most sum_b d_b / 2 * sum_{i in b}
+ * |W_ri| (the input's rounding; tests check it) plus float rounding.
+ *
+ * Paths, chosen at run time (`scratchllm_q_isas` says which this CPU runs; a caller may ask for a lesser
+ * one): 2 = AVX-512 (F, BW, VL, VNNI), 1 = AVX2 + FMA, 0 = portable C. All three compute the same integer
+ * sums; only the order of the float additions differs. */
+#define QBLOCK 32
+#define QPAD 64 /* bytes of zeros after the quantized input, so a last vector load stays inside */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SCRATCHLLM_X86 1
 #include <immintrin.h>
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define T256 __attribute__((target("avx2,fma")))
 #endif
 
-static inline vec bytes_to_vec(const unsigned char *p, int is_signed, unsigned char mask, int shift) {
-    vec out;
-#if defined(__AVX512F__)
-    __m128i b = _mm_loadu_si128((const __m128i *)p);
-    __m512i w = is_signed ? _mm512_cvtepi8_epi32(b) /* signed bytes are never masked or shifted */
-                          : _mm512_and_si512(_mm512_srli_epi32(_mm512_cvtepu8_epi32(b), shift), _mm512_set1_epi32(mask));
-    __m512 f = _mm512_cvtepi32_ps(w);
-    memcpy(&out, &f, sizeof out);
-#elif defined(__AVX2__)
-    __m128i b = _mm_loadu_si128((const __m128i *)p);
-    __m128i b2 = _mm_srli_si128(b, 8);
-    __m256i lo = is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
-    __m256i hi = is_signed ? _mm256_cvtepi8_epi32(b2) : _mm256_cvtepu8_epi32(b2);
-    if (!is_signed) {
-        lo = _mm256_and_si256(_mm256_srli_epi32(lo, shift), _mm256_set1_epi32(mask));
-        hi = _mm256_and_si256(_mm256_srli_epi32(hi, shift), _mm256_set1_epi32(mask));
-    }
-    __m256 f[2] = {_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi)};
-    memcpy(&out, f, sizeof out);
-#else
-    for (int k = 0; k < LANES; k++)
-        out[k] = is_signed ? (float)(signed char)p[k] : (float)((p[k] >> shift) & mask);
+/* which paths this CPU runs: bit k set for path k */
+int scratchllm_q_isas(void) {
+    int isas = 1;
+#ifdef SCRATCHLLM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isas |= 2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        isas |= 4;
 #endif
-    return out;
+    return isas;
 }
 
-static inline vec load_i8(const signed char *p) { return bytes_to_vec((const unsigned char *)p, 1, 0xFF, 0); }
+/* the quantized input, carved out of the caller's scratch (scratchllm_q_scratch_bytes of it) */
+struct qin {
+    signed char *xe, *xo; /* int4: even / odd inputs (in / 2 each); int8: xe holds all `in` inputs in order */
+    float *xd;            /* per block: its step d */
+    float *lane_d;        /* per lane (4 packed bytes): its block's d */
+    int *lidx;            /* int4, per lane: its group */
+    float *xs;            /* int4, per group: sum of d * q over its inputs */
+};
 
-static float dot_tail_i8(const signed char *wr, const float *x, long from, long in) {
-    float s = 0.0f;
-    for (long i = from; i < in; i++) s += (float)wr[i] * x[i];
-    return s;
+static long round_up(long n, long m) { return (n + m - 1) / m * m; }
+
+/* bytes of scratch a call with `in` inputs needs */
+long scratchllm_q_scratch_bytes(long in) {
+    long lanes = round_up(in, 64) / 4 + 16, blocks = round_up(in, QBLOCK) / QBLOCK;
+    return 2 * (round_up(in, 64) + QPAD) + 4 * (2 * lanes + blocks + blocks) + 4 * 64;
 }
 
-/* rows r0 <= r < r1 of int8 weights, STREAMS streams as rows_dot */
-static void rows_dot_q8(const signed char *w, const float *scales, const float *x, const float *b, float *y,
-                        long in, long r0, long r1) {
-    long per = (r1 - r0) / STREAMS, full = in / LANES * LANES;
-    for (long j = 0; j < per; j++) {
-        const signed char *wr[STREAMS];
-        vec acc[STREAMS];
-        for (int s = 0; s < STREAMS; s++) {
-            wr[s] = w + (r0 + s * per + j) * in;
-            acc[s] = (vec){0};
+static struct qin carve(void *scratch, long in) {
+    long lanes = round_up(in, 64) / 4 + 16, blocks = round_up(in, QBLOCK) / QBLOCK, nb = round_up(in, 64) + QPAD;
+    char *p = (char *)(((size_t)scratch + 63) & ~(size_t)63);
+    struct qin q;
+    q.xe = (signed char *)p;
+    q.xo = q.xe + nb / 2 + QPAD / 2;
+    q.lane_d = (float *)(p + 2 * nb);
+    q.lidx = (int *)(q.lane_d + lanes);
+    q.xd = (float *)(q.lidx + lanes);
+    q.xs = q.xd + blocks;
+    return q;
+}
+
+/* x[0..n) (n <= QBLOCK) -> q, its step d; returns sum q. d = max|x| / 127 and q = rint(x * (1 / d)) in fp32,
+ * rounding half to even (as torch.round); written so that the compiler vectorizes it (the largest |x| as the
+ * largest of the floats' bit patterns without their sign: the same order for non-negative floats). */
+static int quantize_block(const float *x, long n, signed char *q, float *d_out) {
+    unsigned int top = 0;
+    for (long i = 0; i < n; i++) {
+        unsigned int u;
+        memcpy(&u, x + i, sizeof u);
+        u &= 0x7FFFFFFFu;
+        top = u > top ? u : top;
+    }
+    float amax;
+    memcpy(&amax, &top, sizeof amax);
+    float d = amax / 127.0f, id = amax > 0 ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (long i = 0; i < n; i++) {
+        int k = (int)__builtin_rintf(x[i] * id);
+        q[i] = (signed char)k;
+        sum += k;
+    }
+    *d_out = d;
+    return sum;
+}
+
+/* int8 weights: the input in order, lane_d per 4 inputs */
+static void prep_q8(const float *x, long in, struct qin *q) {
+    long blocks = round_up(in, QBLOCK) / QBLOCK;
+    for (long b = 0; b < blocks; b++) {
+        long n = in - b * QBLOCK < QBLOCK ? in - b * QBLOCK : QBLOCK;
+        quantize_block(x + b * QBLOCK, n, q->xe + b * QBLOCK, &q->xd[b]);
+    }
+    memset(q->xe + in, 0, round_up(in, 64) + QPAD - in);
+    long lanes = round_up(in, 64) / 4;
+    for (long l = 0; l < lanes; l++) q->lane_d[l] = l * 4 < in ? q->xd[l * 4 / QBLOCK] : 0.0f;
+}
+
+/* int4 weights (in % 32 == 0, group % 32 == 0): the input split in even/odd halves, lane_d and lidx per
+ * 8 inputs, xs per group */
+static void prep_q4(const float *x, long in, long group, struct qin *q) {
+    long blocks = in / QBLOCK, groups = in / group, half = in / 2;
+    signed char t[QBLOCK];
+    for (long g = 0; g < groups; g++) q->xs[g] = 0.0f;
+    for (long b = 0; b < blocks; b++) {
+        float d;
+        int sum = quantize_block(x + b * QBLOCK, QBLOCK, t, &d);
+        q->xd[b] = d;
+        for (int j = 0; j < QBLOCK / 2; j++) {
+            q->xe[b * QBLOCK / 2 + j] = t[2 * j];
+            q->xo[b * QBLOCK / 2 + j] = t[2 * j + 1];
         }
-        for (long i = 0; i < full; i += LANES) {
-            vec xv = load(x + i);
-            for (int s = 0; s < STREAMS; s++) acc[s] += load_i8(wr[s] + i) * xv;
+        q->xs[b * QBLOCK / group] += d * (float)sum;
+    }
+    memset(q->xe + half, 0, round_up(half, 64) - half + QPAD / 2);
+    memset(q->xo + half, 0, round_up(half, 64) - half + QPAD / 2);
+    long lanes = half / 4, padded = round_up(half, 64) / 4 + 16;
+    for (long l = 0; l < padded; l++) {
+        q->lane_d[l] = l < lanes ? q->xd[l * 8 / QBLOCK] : 0.0f;
+        q->lidx[l] = (int)((l < lanes ? l : lanes - 1) * 8 / group);
+    }
+}
+
+/* ---- the row sums: rows[0..nr) at once, each one stream; sums[s] = sum over lanes of s * d * (integer sum)
+ * (int4: before the zero points are taken out; int8: before the row's scale) */
+
+/* portable C */
+static void q4_rows_c(const unsigned char *w, const float *scales, long in, long groups, const struct qin *q,
+                      const long *rows, int nr, float *sums) {
+    long half = in / 2;
+    for (int s = 0; s < nr; s++) {
+        const unsigned char *p = w + rows[s] * half;
+        const float *sr = scales + rows[s] * groups;
+        float acc = 0.0f;
+        for (long l = 0; l < half / 4; l++) {
+            int isum = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++) isum += (p[j] & 15) * q->xe[j] + (p[j] >> 4) * q->xo[j];
+            acc += sr[q->lidx[l]] * q->lane_d[l] * (float)isum;
         }
-        for (int s = 0; s < STREAMS; s++) {
-            long r = r0 + s * per + j;
-            y[r] = with_bias(scales[r] * (lane_sum(acc[s]) + dot_tail_i8(wr[s], x, full, in)), b, r);
+        sums[s] = acc;
+    }
+}
+
+static void q8_rows_c(const signed char *w, long in, const struct qin *q, const long *rows, int nr, float *sums) {
+    for (int s = 0; s < nr; s++) {
+        const signed char *p = w + rows[s] * in;
+        float acc = 0.0f;
+        for (long b = 0; b * QBLOCK < in; b++) {
+            int isum = 0;
+            long end = (b + 1) * QBLOCK < in ? (b + 1) * QBLOCK : in;
+            for (long i = b * QBLOCK; i < end; i++) isum += p[i] * q->xe[i];
+            acc += q->xd[b] * (float)isum;
+        }
+        sums[s] = acc;
+    }
+}
+
+#ifdef SCRATCHLLM_X86
+/* AVX-512: 64 packed bytes (16 lanes) a step; the last step's bytes beyond the row masked to zero */
+T512 static inline __attribute__((always_inline)) void q4_rows_512(const unsigned char *w, const float *scales,
+                                                                    long in, long groups, const struct qin *q,
+                                                                    const long *rows, int nr, float *sums) {
+    long half = in / 2;
+    const unsigned char *p[STREAMS];
+    const float *sr[STREAMS];
+    __m512 acc[STREAMS];
+    for (int s = 0; s < nr; s++) {
+        p[s] = w + rows[s] * half;
+        sr[s] = scales + rows[s] * groups;
+        acc[s] = _mm512_setzero_ps();
+    }
+    const __m512i low = _mm512_set1_epi8(15);
+    for (long o = 0; o < half; o += 64) {
+        __mmask64 bytes = o + 64 <= half ? ~0ULL : (1ULL << (half - o)) - 1;
+        __m512i xe = _mm512_loadu_si512(q->xe + o), xo = _mm512_loadu_si512(q->xo + o);
+        __m512 d = _mm512_loadu_ps(q->lane_d + o / 4);
+        int base = q->lidx[o / 4];
+        __m512i idx = _mm512_sub_epi32(_mm512_loadu_si512(q->lidx + o / 4), _mm512_set1_epi32(base));
+        __mmask8 some = (__mmask8)((1u << (q->lidx[o / 4 + 15] - base + 1)) - 1); /* the step's groups: <= 4 */
+        int four = base + 4 <= groups; /* masked loads are slow (AMD Zen): only where a plain one would overrun */
+        _Pragma("GCC unroll 4") for (int s = 0; s < nr; s++) {
+            __m512i wb = bytes == ~0ULL ? _mm512_loadu_si512(p[s] + o) : _mm512_maskz_loadu_epi8(bytes, p[s] + o);
+            __m512i lo = _mm512_and_si512(wb, low), hi = _mm512_and_si512(_mm512_srli_epi16(wb, 4), low);
+            __m512i isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
+            __m128 s4 = four ? _mm_loadu_ps(sr[s] + base) : _mm_maskz_loadu_ps(some, sr[s] + base);
+            __m512 sc = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s4));
+            acc[s] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), d), sc, acc[s]);
         }
     }
-    for (long r = r0 + STREAMS * per; r < r1; r++) {
-        const signed char *wr = w + r * in;
-        vec acc = {0};
-        for (long i = 0; i < full; i += LANES) acc += load_i8(wr + i) * load(x + i);
-        y[r] = with_bias(scales[r] * (lane_sum(acc) + dot_tail_i8(wr, x, full, in)), b, r);
+    for (int s = 0; s < nr; s++) sums[s] = _mm512_reduce_add_ps(acc[s]);
+}
+
+T512 static void q4_rows_512_4(const unsigned char *w, const float *scales, long in, long groups,
+                               const struct qin *q, const long *rows, int nr, float *sums) {
+    if (nr == STREAMS)
+        q4_rows_512(w, scales, in, groups, q, rows, STREAMS, sums);
+    else
+        q4_rows_512(w, scales, in, groups, q, rows, 1, sums);
+}
+
+T512 static inline __attribute__((always_inline)) void q8_rows_512(const signed char *w, long in,
+                                                                    const struct qin *q, const long *rows, int nr,
+                                                                    float *sums) {
+    const signed char *p[STREAMS];
+    __m512 acc[STREAMS];
+    for (int s = 0; s < nr; s++) {
+        p[s] = w + rows[s] * in;
+        acc[s] = _mm512_setzero_ps();
+    }
+    for (long o = 0; o < in; o += 64) {
+        __mmask64 bytes = o + 64 <= in ? ~0ULL : (1ULL << (in - o)) - 1;
+        __m512i x = _mm512_loadu_si512(q->xe + o);
+        __m512 d = _mm512_loadu_ps(q->lane_d + o / 4);
+        _Pragma("GCC unroll 4") for (int s = 0; s < nr; s++) {
+            __m512i wb = bytes == ~0ULL ? _mm512_loadu_si512(p[s] + o) : _mm512_maskz_loadu_epi8(bytes, p[s] + o);
+            __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(wb), _mm512_setzero_si512(), x); /* q * sign(w) */
+            __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wb), sx);
+            acc[s] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[s]);
+        }
+    }
+    for (int s = 0; s < nr; s++) sums[s] = _mm512_reduce_add_ps(acc[s]);
+}
+
+T512 static void q8_rows_512_4(const signed char *w, long in, const struct qin *q, const long *rows, int nr,
+                               float *sums) {
+    if (nr == STREAMS)
+        q8_rows_512(w, in, q, rows, STREAMS, sums);
+    else
+        q8_rows_512(w, in, q, rows, 1, sums);
+}
+
+T256 static inline float hsum256(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* AVX2: 32 packed bytes (8 lanes) a step; a last half step (16 bytes) zero-extended */
+T256 static inline __attribute__((always_inline)) void q4_rows_256(const unsigned char *w, const float *scales,
+                                                                    long in, long groups, const struct qin *q,
+                                                                    const long *rows, int nr, float *sums) {
+    long half = in / 2;
+    const unsigned char *p[STREAMS];
+    const float *sr[STREAMS];
+    __m256 acc[STREAMS];
+    for (int s = 0; s < nr; s++) {
+        p[s] = w + rows[s] * half;
+        sr[s] = scales + rows[s] * groups;
+        acc[s] = _mm256_setzero_ps();
+    }
+    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    for (long o = 0; o < half; o += 32) {
+        int whole = o + 32 <= half;
+        __m256i xe = _mm256_loadu_si256((const __m256i *)(q->xe + o));
+        __m256i xo = _mm256_loadu_si256((const __m256i *)(q->xo + o));
+        __m256 d = _mm256_loadu_ps(q->lane_d + o / 4);
+        int base = q->lidx[o / 4], two = q->lidx[o / 4 + 7] > base && q->lidx[o / 4 + 7] < groups;
+        __m256i idx = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(q->lidx + o / 4)),
+                                       _mm256_set1_epi32(base));
+        _Pragma("GCC unroll 4") for (int s = 0; s < nr; s++) {
+            __m256i wb = whole ? _mm256_loadu_si256((const __m256i *)(p[s] + o))
+                               : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(p[s] + o)));
+            __m256i lo = _mm256_and_si256(wb, low), hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low);
+            __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+            __m256i isum = _mm256_madd_epi16(pairs, ones);
+            __m128 s2 = two ? _mm_castpd_ps(_mm_load_sd((const double *)(sr[s] + base))) : _mm_load_ss(sr[s] + base);
+            __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s2), idx);
+            acc[s] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum), d), sc, acc[s]);
+        }
+    }
+    for (int s = 0; s < nr; s++) sums[s] = hsum256(acc[s]);
+}
+
+T256 static void q4_rows_256_4(const unsigned char *w, const float *scales, long in, long groups,
+                               const struct qin *q, const long *rows, int nr, float *sums) {
+    if (nr == STREAMS)
+        q4_rows_256(w, scales, in, groups, q, rows, STREAMS, sums);
+    else
+        q4_rows_256(w, scales, in, groups, q, rows, 1, sums);
+}
+
+T256 static inline __attribute__((always_inline)) void q8_rows_256(const signed char *w, long in,
+                                                                    const struct qin *q, const long *rows, int nr,
+                                                                    float *sums) {
+    const signed char *p[STREAMS];
+    __m256 acc[STREAMS];
+    float tail[STREAMS];
+    long full = in / 32 * 32;
+    for (int s = 0; s < nr; s++) {
+        p[s] = w + rows[s] * in;
+        acc[s] = _mm256_setzero_ps();
+        tail[s] = 0.0f;
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (long o = 0; o < full; o += 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(q->xe + o));
+        __m256 d = _mm256_loadu_ps(q->lane_d + o / 4);
+        _Pragma("GCC unroll 4") for (int s = 0; s < nr; s++) {
+            __m256i wb = _mm256_loadu_si256((const __m256i *)(p[s] + o));
+            __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(wb), _mm256_sign_epi8(x, wb));
+            acc[s] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), d, acc[s]);
+        }
+    }
+    for (int s = 0; s < nr; s++) {
+        int isum = 0;
+        for (long i = full; i < in; i++) isum += p[s][i] * q->xe[i];
+        tail[s] = full < in ? q->xd[full / QBLOCK] * (float)isum : 0.0f;
+        sums[s] = hsum256(acc[s]) + tail[s];
     }
 }
 
-/* y (out) = (q (out, in) int8 * scales (out)) @ x (in) + b (out, or NULL), on `threads` threads */
+T256 static void q8_rows_256_4(const signed char *w, long in, const struct qin *q, const long *rows, int nr,
+                               float *sums) {
+    if (nr == STREAMS)
+        q8_rows_256(w, in, q, rows, STREAMS, sums);
+    else
+        q8_rows_256(w, in, q, rows, 1, sums);
+}
+#endif
+
+static int usable(int isa) {
+    static int isas = 0;
+    if (!isas) isas = scratchllm_q_isas();
+    while (isa > 0 && !(isas >> isa & 1)) isa--; /* never a path this CPU lacks */
+    return isa;
+}
+
+/* rows r0 <= r < r1 as STREAMS streams (as rows_dot), then the rest one by one; `one` computes nr rows */
+#define Q_ROWS(CALL)                                                                                      \
+    {                                                                                                     \
+        long per = (r1 - r0) / STREAMS, rows[STREAMS];                                                    \
+        float sums[STREAMS];                                                                              \
+        for (long j = 0; j < per; j++) {                                                                  \
+            for (int s = 0; s < STREAMS; s++) rows[s] = r0 + s * per + j;                                 \
+            int nr = STREAMS;                                                                             \
+            CALL;                                                                                         \
+            for (int s = 0; s < STREAMS; s++) FINISH(rows[s], sums[s]);                                   \
+        }                                                                                                 \
+        for (long r = r0 + STREAMS * per; r < r1; r++) {                                                  \
+            rows[0] = r;                                                                                  \
+            int nr = 1;                                                                                   \
+            CALL;                                                                                         \
+            FINISH(r, sums[0]);                                                                           \
+        }                                                                                                 \
+    }
+
+/* y (out) = (q (out, in) int8 * scales (out)) @ x (in) + b (out, or NULL), on `threads` threads, by path
+ * `isa` (or the best below it this CPU runs); `scratch` holds scratchllm_q_scratch_bytes(in) bytes */
 void scratchllm_gemv_q8(const signed char *w, const float *scales, const float *x, const float *b, float *y,
-                        long out, long in, int threads) {
+                        long out, long in, int threads, void *scratch, int isa) {
+    struct qin q = carve(scratch, in);
+    prep_q8(x, in, &q);
+    isa = usable(isa);
+#define FINISH(r, v) y[r] = with_bias(scales[r] * (v), b, r)
 #pragma omp parallel num_threads(threads)
     {
         SHARE(out)
-        if (r0 < r1) rows_dot_q8(w, scales, x, b, y, in, r0, r1);
-    }
-}
-
-/* the 2 * LANES weights in LANES bytes, as floats: even-indexed (low nibbles) and odd-indexed (high nibbles) */
-static inline void load_q4(const unsigned char *p, vec *even, vec *odd) {
-    *even = bytes_to_vec(p, 0, 15, 0);
-    *odd = bytes_to_vec(p, 0, 15, 4);
-}
-
-/* the zero points' part of a row: sum over groups of scale * z * xs (z = 8 for symmetric weights) */
-static inline float zero_shift(const float *sr, const unsigned char *zr, const float *xs, long groups) {
-    float t = 0.0f;
-    if (zr)
-        for (long g = 0; g < groups; g++) t += sr[g] * (float)zr[g] * xs[g];
-    else {
-        for (long g = 0; g < groups; g++) t += sr[g] * xs[g];
-        t *= 8.0f;
-    }
-    return t;
-}
-
-/* rows[0..NR) of int4 weights at once (NR = STREAMS, or 1 for the leftover rows), each one stream, STEPS
- * vector steps a group;
- * per group: d = u . x in a vector, then acc += scale * d */
-#define Q4_ROWS(NR, NAME, STEPS)                                                                               \
-    static void NAME(const unsigned char *w, const float *scales, const unsigned char *zeros,           \
-                             const float *xe, const float *xo, const float *xs, const float *b, float *y,         \
-                             long in, long group, const long *rows) {                                            \
-        long groups = in / group, steps = (STEPS), half = group / 2;                                             \
-        const unsigned char *p[NR];                                                                              \
-        const float *sc[NR];                                                                                     \
-        vec acc[NR], e, o;                                                                                       \
-        for (int s = 0; s < NR; s++) {                                                                           \
-            p[s] = w + rows[s] * (in / 2);                                                                       \
-            sc[s] = scales + rows[s] * groups;                                                                   \
-            acc[s] = (vec){0};                                                                                   \
-        }                                                                                                        \
-        for (long g = 0; g < groups; g++) {                                                                      \
-            const float *pe = xe + g * half, *po = xo + g * half;                                                \
-            _Pragma("GCC unroll 4") /* every stream's accumulator in a register */                                \
-            for (int s = 0; s < NR; s++) {                                                                       \
-                vec d = {0};                                                                                     \
-                for (long k = 0; k < steps; k++) {                                                               \
-                    load_q4(p[s] + g * half + k * LANES, &e, &o);                                                \
-                    d += e * load(pe + k * LANES);                                                               \
-                    d += o * load(po + k * LANES);                                                               \
-                }                                                                                                \
-                acc[s] += sc[s][g] * d;                                                                          \
-            }                                                                                                    \
-        }                                                                                                        \
-        for (int s = 0; s < NR; s++) {                                                                           \
-            long r = rows[s];                                                                                    \
-            float shift = zero_shift(sc[s], zeros ? zeros + r * groups : 0, xs, groups);                         \
-            y[r] = with_bias(lane_sum(acc[s]) - shift, b, r);                                                    \
-        }                                                                                                        \
-    }
-Q4_ROWS(4, rows_q4_4, group / (2 * LANES))
-Q4_ROWS(1, rows_q4_1, group / (2 * LANES))
-Q4_ROWS(4, rows_q4_4_g32, 1) /* group 32: one step a group, no inner loop */
-
-/* rows r0 <= r < r1 of int4 weights: STREAMS rows in flight (parts of the range, as rows_dot), then the rest */
-static void rows_dot_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *xe,
-                        const float *xo, const float *xs, const float *b, float *y, long in, long group, long r0,
-                        long r1) {
-    long per = (r1 - r0) / STREAMS;
-    for (long j = 0; j < per; j++) {
-        long rows[STREAMS];
-        for (int s = 0; s < STREAMS; s++) rows[s] = r0 + s * per + j;
-        if (group == 2 * LANES)
-            rows_q4_4_g32(w, scales, zeros, xe, xo, xs, b, y, in, group, rows);
+#ifdef SCRATCHLLM_X86
+        if (isa == 2)
+            Q_ROWS(q8_rows_512_4(w, in, &q, rows, nr, sums))
+        else if (isa == 1)
+            Q_ROWS(q8_rows_256_4(w, in, &q, rows, nr, sums))
         else
-            rows_q4_4(w, scales, zeros, xe, xo, xs, b, y, in, group, rows);
+#endif
+            Q_ROWS(q8_rows_c(w, in, &q, rows, nr, sums))
     }
-    for (long r = r0 + STREAMS * per; r < r1; r++) rows_q4_1(w, scales, zeros, xe, xo, xs, b, y, in, group, &r);
+#undef FINISH
+}
+
+/* the zero points' part of row r: sum over groups of s * z * XS (z = 8 for symmetric weights) */
+static inline float zero_part(const float *sr, const unsigned char *zr, const float *xs, long groups) {
+    float t = 0.0f;
+    if (zr) {
+        for (long g = 0; g < groups; g++) t += sr[g] * (float)zr[g] * xs[g];
+        return t;
+    }
+    for (long g = 0; g < groups; g++) t += sr[g] * xs[g];
+    return 8.0f * t;
 }
 
 /* y (out) = W @ x + b with W int4 (packed (out, in / 2) bytes, scales (out, in / group), zero points
- * (out, in / group) bytes or NULL for symmetric weights); `scratch` holds in + in / group floats. */
+ * (out, in / group) bytes or NULL for symmetric weights; group a multiple of 32), by path `isa` (or the
+ * best below it this CPU runs); `scratch` holds scratchllm_q_scratch_bytes(in) bytes */
 void scratchllm_gemv_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *x,
-                        const float *b, float *y, long out, long in, long group, int threads, float *scratch) {
-    long half = in / 2, groups = in / group;
-    float *xe = scratch, *xo = scratch + half, *xs = scratch + in;
-    for (long j = 0; j < half; j++) {
-        xe[j] = x[2 * j];
-        xo[j] = x[2 * j + 1];
-    }
-    for (long g = 0; g < groups; g++) {
-        float s = 0.0f;
-        for (long i = g * group; i < (g + 1) * group; i++) s += x[i];
-        xs[g] = s;
-    }
+                        const float *b, float *y, long out, long in, long group, int threads, void *scratch,
+                        int isa) {
+    long groups = in / group;
+    struct qin q = carve(scratch, in);
+    prep_q4(x, in, group, &q);
+    isa = usable(isa);
+#define FINISH(r, v) \
+    y[r] = with_bias((v) - zero_part(scales + (r) * groups, zeros ? zeros + (r) * groups : 0, q.xs, groups), b, r)
 #pragma omp parallel num_threads(threads)
     {
         SHARE(out)
-        if (r0 < r1) rows_dot_q4(w, scales, zeros, xe, xo, xs, b, y, in, group, r0, r1);
+#ifdef SCRATCHLLM_X86
+        if (isa == 2)
+            Q_ROWS(q4_rows_512_4(w, scales, in, groups, &q, rows, nr, sums))
+        else if (isa == 1)
+            Q_ROWS(q4_rows_256_4(w, scales, in, groups, &q, rows, nr, sums))
+        else
+#endif
+            Q_ROWS(q4_rows_c(w, scales, in, groups, &q, rows, nr, sums))
     }
+#undef FINISH
 }

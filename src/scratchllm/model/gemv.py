@@ -6,8 +6,12 @@ weights well below the memory's speed; `gemv.c` (portable C, see its header) rea
 rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
 repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. Quantized weights
-(`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored, widened to fp32
-in registers and scaled there (`Kernel.bind_q8`, `Kernel.bind_q4`). `benchmarks/gemv.py`
+(`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored and multiplied
+as integers with the input row quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations;
+`quantize_input` is that rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`,
+`Kernel.bind_q4`; gemv.c's "quantized weights" comment). Their paths (AVX-512 VNNI, AVX2, portable C)
+are chosen when called, by what the CPU runs (`Kernel.isas`); `SCRATCHLLM_KERNEL_ISA=c|avx2|avx512`
+forces one (tests run each). `benchmarks/gemv.py`
 measures it against torch, HF's layout, oneDNN and the memory's read bandwidth; see
 benchmarks/RESULTS.md.
 
@@ -50,6 +54,10 @@ DISABLE_ENV = "SCRATCHLLM_NO_KERNEL"
 # Tried in order: tuned for this CPU, then generic (compilers that do not know -march=native).
 FLAG_SETS = (("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"), ("-O3", "-fopenmp", "-shared", "-fPIC"))
 COMPILE_TIMEOUT = 120.0  # seconds; far more than a build takes, short of a hang
+# The quantized products' paths, by number (gemv.c): portable C, AVX2 + FMA, AVX-512 with VNNI.
+ISAS = ("c", "avx2", "avx512")
+ISA_ENV = "SCRATCHLLM_KERNEL_ISA"  # forces a path (tests, comparisons); unset: the best this CPU runs
+QBLOCK = 32  # inputs per quantized block of the input row (gemv.c's QBLOCK, llama.cpp's q8_0 block)
 
 
 class Kernel:
@@ -68,13 +76,28 @@ class Kernel:
             fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
             fn.restype = None
         self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p]  # scratch: the inputs split in even/odd halves
-        # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise
+        # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
         self._q8 = self._lib.scratchllm_gemv_q8
-        self._q8.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        self._q8.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_void_p,
+                                                     ctypes.c_int]
         self._q8.restype = None
         self._q4 = self._lib.scratchllm_gemv_q4
-        self._q4.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_void_p]
+        self._q4.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
         self._q4.restype = None
+        self._scratch_bytes = self._lib.scratchllm_q_scratch_bytes
+        self._scratch_bytes.argtypes, self._scratch_bytes.restype = [ctypes.c_long], ctypes.c_long
+        self._lib.scratchllm_q_isas.restype = ctypes.c_int
+        bits = self._lib.scratchllm_q_isas()
+        self.isas = tuple(name for k, name in enumerate(ISAS) if bits >> k & 1)  # e.g. ("c", "avx2", "avx512")
+
+    def isa(self, name: str | None = None) -> int:
+        """The quantized products' path number: `name` ("c", "avx2", "avx512"), else $SCRATCHLLM_KERNEL_ISA,
+        else the best this CPU runs. A path this CPU lacks is a ValueError."""
+        name = name or os.environ.get(ISA_ENV) or self.isas[-1]
+        if name not in self.isas:
+            raise ValueError(f"the quantized kernel's path {name!r} does not run on this CPU; it runs "
+                             f"{', '.join(self.isas)} (set {ISA_ENV} to one of them, or unset it)")
+        return ISAS.index(name)
 
     def __call__(self, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return self.bind(weight, bias)(x)
@@ -107,34 +130,40 @@ class Kernel:
         return product
 
 
-    def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor,
-                bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`x -> x @ (qweight * scales).T + bias` for one fp32 row: int8 weights (out, in), one fp32 scale
-        per row (scales (out, 1)), read in place."""
+    def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+                isa: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`x -> x @ (qweight * scales).T + bias` for one fp32 row x quantized as `quantize_input` does:
+        int8 weights (out, in), one fp32 scale per row (scales (out, 1)), read in place. `isa`: the path
+        (see `isa`)."""
         out, n_in = qweight.shape
         if (qweight.dtype != torch.int8 or scales.dtype != torch.float32 or scales.numel() != out
                 or not (qweight.is_contiguous() and scales.is_contiguous()) or qweight.device.type != "cpu"):
             raise ValueError(f"gemv int8 takes a contiguous CPU int8 weight and {out} fp32 scales; got "
                              f"{qweight.dtype} {tuple(qweight.shape)}, scales {scales.dtype} {tuple(scales.shape)}")
         b32 = None if bias is None else bias.detach().float().contiguous()
-        fixed = (qweight.data_ptr(), scales.data_ptr(), None if b32 is None else b32.data_ptr())
+        scratch = torch.empty(self._scratch_bytes(n_in), dtype=torch.uint8)  # the quantized input
+        fn, path = self._q8, self.isa(isa)
+        w_ptr, s_ptr, b_ptr, scratch_ptr = (qweight.data_ptr(), scales.data_ptr(),
+                                            None if b32 is None else b32.data_ptr(), scratch.data_ptr())
 
         def product(x: torch.Tensor) -> torch.Tensor:
-            if x.numel() != n_in or x.dtype != torch.float32 or x.device.type != "cpu":
+            if x.dtype is not torch.float32 or x.numel() != n_in or x.device.type != "cpu":
                 raise ValueError(f"gemv int8 takes one CPU fp32 row of {n_in}; got x {tuple(x.shape)} {x.dtype}")
-            xc = x.contiguous()
-            y = torch.empty(*x.shape[:-1], out, dtype=torch.float32)  # (..., out)
-            self._q8(fixed[0], fixed[1], xc.data_ptr(), fixed[2], y.data_ptr(), out, n_in, torch.get_num_threads())
+            xc = x if x.is_contiguous() else x.contiguous()
+            y = torch.empty(*x.shape[:-1], out)  # (..., out) fp32
+            fn(w_ptr, s_ptr, xc.data_ptr(), b_ptr, y.data_ptr(), out, n_in, torch.get_num_threads(), scratch_ptr,
+               path)
             return y
 
-        product.keep_alive = (qweight, scales, b32)
+        product.keep_alive = (qweight, scales, b32, scratch)
         return product
 
     def bind_q4(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
-                bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`x -> x @ W.T + bias` for one fp32 row, W int4 group-wise: qweight (out, in / 2) uint8 (two
-        weights a byte, the even one low), scales (out, in / group) fp32, zeros (out, in / group) uint8
-        or None (symmetric: 8); group a multiple of 32. Read in place."""
+                bias: torch.Tensor | None = None, isa: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`x -> x @ W.T + bias` for one fp32 row x quantized as `quantize_input` does, W int4 group-wise:
+        qweight (out, in / 2) uint8 (two weights a byte, the even one low), scales (out, in / group) fp32,
+        zeros (out, in / group) uint8 or None (symmetric: 8); group a multiple of 32. Read in place.
+        `isa`: the path (see `isa`)."""
         out, n_in = qweight.shape[0], qweight.shape[1] * 2
         groups = n_in // group if group > 0 else 0
         ok = (qweight.dtype == torch.uint8 and scales.dtype == torch.float32 and group % 32 == 0 and group > 0
@@ -147,21 +176,35 @@ class Kernel:
                              f"(out, in/group), group a multiple of 32; got {tuple(qweight.shape)} "
                              f"{qweight.dtype}, scales {tuple(scales.shape)}, group {group}")
         b32 = None if bias is None else bias.detach().float().contiguous()
-        scratch = torch.empty(n_in + groups, dtype=torch.float32)  # the row's even/odd halves, group sums
-        fixed = (qweight.data_ptr(), scales.data_ptr(), None if zeros is None else zeros.data_ptr(),
-                 None if b32 is None else b32.data_ptr())
+        scratch = torch.empty(self._scratch_bytes(n_in), dtype=torch.uint8)  # the quantized input
+        fn, path = self._q4, self.isa(isa)
+        fixed = (qweight.data_ptr(), scales.data_ptr(), None if zeros is None else zeros.data_ptr())
+        b_ptr, scratch_ptr = None if b32 is None else b32.data_ptr(), scratch.data_ptr()
 
         def product(x: torch.Tensor) -> torch.Tensor:
-            if x.numel() != n_in or x.dtype != torch.float32 or x.device.type != "cpu":
+            if x.dtype is not torch.float32 or x.numel() != n_in or x.device.type != "cpu":
                 raise ValueError(f"gemv int4 takes one CPU fp32 row of {n_in}; got x {tuple(x.shape)} {x.dtype}")
-            xc = x.contiguous()
-            y = torch.empty(*x.shape[:-1], out, dtype=torch.float32)  # (..., out)
-            self._q4(fixed[0], fixed[1], fixed[2], xc.data_ptr(), fixed[3], y.data_ptr(), out, n_in, group,
-                     torch.get_num_threads(), scratch.data_ptr())
+            xc = x if x.is_contiguous() else x.contiguous()
+            y = torch.empty(*x.shape[:-1], out)  # (..., out) fp32
+            fn(*fixed, xc.data_ptr(), b_ptr, y.data_ptr(), out, n_in, group, torch.get_num_threads(), scratch_ptr,
+               path)
             return y
 
         product.keep_alive = (qweight, scales, zeros, b32, scratch)
         return product
+
+
+def quantize_input(x: torch.Tensor) -> torch.Tensor:
+    """The fp32 row (..., in) as the quantized products see it: in blocks of QBLOCK values along the last
+    dimension (the last block may be shorter), step d = max|x| / 127, q = round(x * (1 / d)) (half to
+    even), x' = q * d. The C code's arithmetic in torch (the tests' and the self-check's reference)."""
+    n_in = x.shape[-1]
+    pad = -n_in % QBLOCK
+    xp = F.pad(x.float(), (0, pad)).view(*x.shape[:-1], -1, QBLOCK)  # (..., blocks, QBLOCK)
+    d = xp.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q = torch.round(xp * inv)
+    return (q * d).flatten(-2)[..., :n_in]
 
 
 def compiler() -> str | None:
@@ -247,21 +290,25 @@ def _self_check(kernel: Kernel) -> str | None:
 
 
 def _self_check_quantized(kernel: Kernel, g: torch.Generator) -> str | None:
-    """The int8 and int4 products against F.linear of the dequantized weight (model.quant_linear's format)."""
+    """The int8 and int4 products, by every path this CPU runs, against F.linear of the dequantized weight
+    and the input as the kernel quantizes it (`quantize_input`; model.quant_linear's format)."""
     from scratchllm.model.quant_linear import dequantize
 
-    for out, n_in, group in [(67, 64, 32), (9, 96, 96), (5, 128, 64)]:
+    for out, n_in, group in [(67, 64, 32), (9, 96, 96), (5, 128, 64), (6, 160, 32)]:
         x, b = torch.randn(n_in, generator=g), torch.randn(out, generator=g)
+        xq = quantize_input(x)
         q8 = torch.randint(-127, 128, (out, n_in), generator=g, dtype=torch.int8)
         s8 = torch.rand(out, 1, generator=g) + 0.1
-        if not torch.allclose(kernel.bind_q8(q8, s8, b)(x), F.linear(x, dequantize(q8, s8), b), rtol=1e-3, atol=1e-3):
-            return f"its int8 result differs from F.linear for a {out}x{n_in} matrix"
         q4 = torch.randint(0, 256, (out, n_in // 2), generator=g, dtype=torch.uint8)
         s4 = torch.rand(out, n_in // group, generator=g) + 0.1
-        for z in (None, torch.randint(0, 16, (out, n_in // group), generator=g, dtype=torch.uint8)):
-            want = F.linear(x, dequantize(q4, s4, z, bits=4), b)
-            if not torch.allclose(kernel.bind_q4(q4, s4, z, group, b)(x), want, rtol=1e-3, atol=1e-3):
-                return f"its int4 result differs from F.linear for a {out}x{n_in} matrix, group {group}"
+        for isa in kernel.isas:
+            if not torch.allclose(kernel.bind_q8(q8, s8, b, isa)(x), F.linear(xq, dequantize(q8, s8), b),
+                                  rtol=1e-3, atol=1e-3):
+                return f"its int8 result ({isa}) differs from F.linear for a {out}x{n_in} matrix"
+            for z in (None, torch.randint(0, 16, (out, n_in // group), generator=g, dtype=torch.uint8)):
+                want = F.linear(xq, dequantize(q4, s4, z, bits=4), b)
+                if not torch.allclose(kernel.bind_q4(q4, s4, z, group, b, isa)(x), want, rtol=1e-3, atol=1e-3):
+                    return f"its int4 result ({isa}) differs from F.linear for a {out}x{n_in} matrix, group {group}"
     return None
 
 

@@ -17,11 +17,15 @@ chosen, rounding included, is `compress.quantize`).
 and the bias as buffers, so its state dict is the file's content. Its forward, for fp32 inputs:
 - 1 row (batch-1 decoding), and up to KERNEL_ROWS rows one by one (a prompt, speculative drafts): the
   C kernel (`model.gemv`: `scratchllm_gemv_q8`/`_q4`) reads the integers as they are stored and
-  applies the scales in registers: a quarter (int8) or about an eighth (int4) of fp32's bytes to
-  read, and nothing dequantized in memory. int4 needs a group size that is a multiple of 32 for it.
+  multiplies them with the input row rounded to int8 in blocks of 32 (integer dot products, as
+  llama.cpp's q8_0/q4_0 do), the scales applied per block: a quarter (int8) or about an eighth
+  (int4) of fp32's bytes to read, and nothing dequantized in memory. int4 needs a group size that is
+  a multiple of 32 for it.
 - more rows, or no kernel (`SCRATCHLLM_NO_KERNEL=1`, no compiler), or other group sizes: the whole
   weight dequantized once per call, then `F.linear`.
-Both equal `F.linear(x, dequantize(...), bias)` to float rounding (tested).
+The second equals `F.linear(x, dequantize(...), bias)` to float rounding; the first equals it with x
+replaced by its int8 rounding (`gemv.quantize_input`), so it differs from it by at most that rounding
+carried through the weight (each input off by at most half its block's step; tested).
 
 `QuantEmbedding` is a token embedding whose table is in the same format; it dequantizes only the rows
 it looks up. A tied GPT (GPT-2: the head's weight is the token embedding) keeps one quantized table,
@@ -155,24 +159,31 @@ class QuantLinear(nn.Module):
         return dequantize(self.qweight, self.scales, self.zeros, self.scheme.bits)
 
     def _product(self):
-        """The kernel's one-row product bound to the current buffers (rebound when they move), or None."""
+        """The kernel's one-row product bound to the current buffers (rebound when they move), or None.
+        Called once per layer and decode step: the check that the kernel and the buffers did not change is
+        kept cheap (the buffers' addresses, read from `_buffers` directly rather than through nn.Module's
+        attribute lookup)."""
+        bufs = self._buffers
+        zeros, bias = bufs["zeros"], bufs["bias"]
         kernel = gemv.load()
-        if kernel is None or (self.scheme.bits == 4 and self.scheme.group_size % KERNEL_GROUP):
-            return None
-        tensors = (self.qweight, self.scales, self.zeros, self.bias)
-        key = tuple(0 if t is None else t.data_ptr() for t in tensors)
-        if self._bound is None or self._bound[0] != key:
-            if self.scheme.bits == 8:
-                product = kernel.bind_q8(self.qweight, self.scales, self.bias)
-            else:
-                product = kernel.bind_q4(self.qweight, self.scales, self.zeros, self.scheme.group_size, self.bias)
-            self._bound = (key, product)
-        return self._bound[1]
+        key = (id(kernel), bufs["qweight"].data_ptr(), bufs["scales"].data_ptr(),
+               0 if zeros is None else zeros.data_ptr(), 0 if bias is None else bias.data_ptr())
+        bound = self._bound
+        if bound is not None and bound[0] == key:
+            return bound[1]
+        if (kernel is None or (self.scheme.bits == 4 and self.scheme.group_size % KERNEL_GROUP)
+                or self.qweight.device.type != "cpu"):
+            product = None
+        elif self.scheme.bits == 8:
+            product = kernel.bind_q8(self.qweight, self.scales, self.bias)
+        else:
+            product = kernel.bind_q4(self.qweight, self.scales, self.zeros, self.scheme.group_size, self.bias)
+        self._bound = (key, product)
+        return product
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if (rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.device.type == "cpu"
-                and self.qweight.device.type == "cpu"):
+        if rows <= KERNEL_ROWS and x.dtype is torch.float32 and x.device.type == "cpu":
             product = self._product()
             if product is not None and rows == 1:
                 return product(x)
