@@ -60,9 +60,10 @@ def test_seeded_rows_draw_the_same_tokens_alone_or_batched():
 
 def test_end_of_text_stop_by_caller_and_logprobs():
     m = tiny_model()
-    first = generate(m, PROMPTS[0], SampleConfig(temperature=0, max_new_tokens=3))
+    first = generate(m, PROMPTS[0], SampleConfig(temperature=0, max_new_tokens=10))
+    k = next(i for i in range(1, 10) if first[i] not in first[:i])  # a token greedy decoding draws first at k
     with Decoder(m, max_batch=4) as dec:
-        a = dec.add(PROMPTS[0], SampleConfig(temperature=0, max_new_tokens=10), eos_id=first[1])
+        a = dec.add(PROMPTS[0], SampleConfig(temperature=0, max_new_tokens=10), eos_id=first[k])
         b = dec.add(PROMPTS[1], SampleConfig(temperature=0, max_new_tokens=10), logprobs=2)
         events = dec.step()
         assert [t for _, t in events] == [first[0], generate(m, PROMPTS[1], SampleConfig(temperature=0,
@@ -71,8 +72,10 @@ def test_end_of_text_stop_by_caller_and_logprobs():
             expected = torch.log_softmax(m(torch.tensor([PROMPTS[1]]))[0, -1], dim=-1)
         assert b.logprob == pytest.approx(expected.max().item()) and len(b.top_logprobs) == 2
         assert b.top_logprobs[0][1] == pytest.approx(expected.max().item())
+        for _ in range(k - 1):
+            dec.step()
         assert dec.step() == [(a, None), (b, b.tokens[-1])]  # a drew its end-of-text id
-        assert a.done and a.tokens == PROMPTS[0] + [first[0]] and a.emitted == 2
+        assert a.done and a.tokens == PROMPTS[0] + first[:k] and a.emitted == k + 1
         b.done = True  # the caller stops b (a stop string)
         assert dec.step() == [] and dec.active == 0 and dec.slots == []
 
