@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "quantize", "prune",
-            "importer", "export", "download", "lora", "inspect"]
+            "importer", "export", "download", "lora", "inspect",
+            "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
