@@ -352,6 +352,9 @@ ROWS = [
     (["generate", "--model", "tiny", "hi", "--device", "mps"], "mps", "", None),
     (["generate", "--model", "tiny", "hi", "--device", "tpu9"], "device", "", None),
     (["generate", "--model", "tiny", "hi", "--data-dir", "{nodir}"], "does not exist", "", None),
+    (["chat", "--model", "{missing}"], "neither a folder nor a preset", "", None),
+    (["chat", "--model", "{binary}"], "checkpoint", "", None),
+    (["chat", "--model", "tiny", "--top-p", "2"], "top_p must be in (0, 1]", "", None),
     # --- train ---------------------------------------------------------------------------------------
     (["train"], "name a recipe", "", None),
     (["train", "--config", "{missing}"], "not found", "", None),
