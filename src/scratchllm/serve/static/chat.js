@@ -138,7 +138,7 @@ async function postFeedback(kind, body) {
 function rateButtons(div, model, messages, answer) {
   const row = document.createElement("div");
   row.className = "rate";
-  for (const [rating, label] of [["up", "\u{1F44D} good"], ["down", "\u{1F44E} bad"]]) {
+  for (const [rating, label] of [["up", "\u25B2 good"], ["down", "\u25BC bad"]]) {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "rate-" + rating;
@@ -177,7 +177,7 @@ function pickButtons(pair, divs, model, messages, answers, historyIndex) {
     const row = document.createElement("div");
     row.className = "rate";
     row.appendChild(b);
-    div.appendChild(row);
+    div.after(row);
   });
 }
 
@@ -196,7 +196,8 @@ async function send() {
       const pair = document.createElement("div");
       pair.className = "pair";
       log.appendChild(pair);
-      const divs = [turn("assistant", "", pair), turn("assistant", "", pair)];
+      const columns = [0, 1].map(() => pair.appendChild(document.createElement("div")));
+      const divs = columns.map((column) => turn("assistant", "", column));
       const answers = await Promise.all(divs.map((d) => streamAnswer(model, messages, d)));
       history.push({ role: "user", content: text }, { role: "assistant", content: answers[0] });
       if (divs.every((d) => d.dataset.state === "done") && answers[0] !== answers[1]) {
