@@ -476,6 +476,15 @@ ROWS = [
     (["quantize", "{plain_ck}", "--bits", "8", "--out", "{out}"], "free some space", "full", None),
     (["export", "hf", "{quantized_ck}", "--out", "{out}"], "is a quantized model, which export does not write", "",
      None),
+    # --- serve (settings are checked before any model is loaded) -------------------------------------------
+    (["serve", "-m", "{nodir}"], "does not exist", "", None),
+    (["serve", "-m", "{plain_ck}"], "has no tokenizer", "", None),
+    (["serve", "-m", "{evmodel}", "-m", "{evmodel}"], "two models are named", "", None),
+    (["serve", "-m", "{evmodel}", "--port", "70000"], "port must be in 0..65535", "", None),
+    (["serve", "-m", "{evmodel}", "--max-batch", "0"], "max_batch must be >= 1", "", None),
+    (["serve", "-m", "{evmodel}", "--max-n", "20"], "max_n (20) must be <= max_batch (16)", "", None),
+    (["serve", "-m", "{evmodel}", "--request-timeout", "-1"], "request_timeout must be > 0", "", None),
+    (["serve", "-m", "{evmodel}", "--api-key", " "], "api_key is empty", "", None),
 ]
 
 

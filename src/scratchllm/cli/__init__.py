@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "quantize",
-            "importer", "export", "download", "lora", "chat"]
+            "importer", "export", "download", "lora", "serve", "chat"]
 
 
 def build_parser() -> argparse.ArgumentParser:

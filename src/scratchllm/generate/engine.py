@@ -1,7 +1,9 @@
 """The generation engine on token ids: KV-cached prefill then decode, batched, stopping by id.
 
-`Decoder(model, prompts, config)` is the decode loop over a batch of prompts (the thing a server's
-batching drives): used as a context manager, iterating it yields each step's new token per row.
+`Decoder(model, prompts, config)` is the decode loop over a batch of prompts: used as a context
+manager, iterating it yields each step's new token per row. `Decoder(model, max_batch=N)` is an
+open batch for continuous batching (what `serve.scheduler` drives): rows join with `add` (each with
+its own sampling settings and generator) and leave when done, between steps of `step()`.
 `generate(model, prompt_ids, config)` returns the new ids of one prompt and
 `generate_batch(model, prompts, config)` those of several, left-padded so they end together (each
 row stops on its own; finished rows stop changing, and the loop ends when every row has stopped).
@@ -9,13 +11,17 @@ row stops on its own; finished rows stop changing, and the loop ends when every 
 How one generation runs:
 1. Prompts longer than the context keep their most recent `context_length` tokens (one warning
    per call).
-2. One KV cache of min(context_length, prompt + max_new_tokens) positions is allocated.
+2. One KV cache of min(context_length, prompt + max_new_tokens) positions is allocated (an open
+   batch's grows as rows join, up to the context).
 3. Prefill: one forward over the (left-padded) prompts fills the cache; only the last position's
    logits are computed. Padded batches pass an attention mask and position ids that count real
    tokens only, so each row sees exactly what it would see alone.
 4. Decode: sample a token per row (`sampling.sample_next`), feed it as a single query.
 5. Stop a row on its end-of-text id (not returned), when the caller says so (`Decoder.done`, as
    the text API does for stop strings), or after max_new_tokens.
+Rows joining a running batch are prefilled together in a cache of their own and copied into the
+batch's cache so that every row's positions end at the same place; a row that starts later has
+unused positions before it, hidden by its attention mask (`Decoder`'s doc).
 With `config.prompt_lookup` (greedy, one prompt), step 4 also checks draft tokens copied from the
 text in the same forward pass (`generate.speculative`): same tokens, fewer passes.
 
@@ -24,10 +30,11 @@ one end-of-text token, such as Llama 3's `<|end_of_text|>` and `<|eot_id|>`) or 
 Functions that have a tokenizer (the text API, `generate.text`) also take `TOKENIZER_EOS`, the
 tokenizer's `<|endoftext|>`, and default to it; `end_of_text` resolves the three, once for all.
 
-Context overflow (the cache is full and generation goes on): the window slides. The cache is
-reset and re-prefilled with each row's most recent context_length // 2 tokens, then decoding
-continues; so a re-prefill happens once every context_length // 2 new tokens rather than at every
-step. This is the same for learned positions and RoPE (positions restart at 0 in the new window).
+Context overflow (a row has filled the context and generation goes on): its window slides. The
+row's most recent context_length // 2 tokens are prefilled again in place of its old ones, then
+decoding continues; so a re-prefill happens once every context_length // 2 new tokens rather than
+at every step, and only for the rows that filled the context (each row slides as it would alone).
+This is the same for learned positions and RoPE (positions restart at 0 in the new window).
 The book's uncached loop instead re-reads the last context_length tokens at every step; outputs
 are identical until the first slide and differ (slightly shorter memory) after it.
 
@@ -48,6 +55,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -89,56 +97,103 @@ def end_of_text(eos_id: EosId, tokenizer=None) -> frozenset[int]:
     return frozenset(ids)
 
 
+@dataclass(eq=False)
+class Row:
+    """One sequence in a decoder's batch: its tokens, its own sampling settings and its progress.
+
+    A fixed batch (prompts given to `Decoder`) shares one config and one generator; rows added to an
+    open batch (`Decoder.add`) each bring theirs, so a seeded row draws the same tokens alone or batched.
+    """
+
+    tokens: list[int]  # prompt + generated so far (a sliding window reads the most recent ones)
+    config: SampleConfig  # sampling settings; max_new_tokens ends the row
+    generator: torch.Generator | None  # draws for temperature > 0 (None: a fresh one from OS entropy)
+    eos_ids: frozenset[int]
+    logprobs: int | None = None  # also report the drawn token's log-probability and the top N (None: off)
+    emitted: int = 0  # tokens drawn (the end-of-text id included)
+    done: bool = False  # ended (end of text, max_new_tokens) or stopped by the caller; leaves an open batch
+    seen: torch.Tensor | None = None  # (V,) bool, tokens present: for the repetition penalty
+    # after each step with logprobs: the drawn token's log-probability and the top N (id, log-probability)
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
 class Decoder:
-    """The cached decode loop over a batch of prompts (lists of token ids).
+    """The cached decode loop over a batch of rows (prompts as lists of token ids).
+
+    A fixed batch, the prompts given up front:
 
         with Decoder(model, prompts, config, eos_id=eos) as dec:
             for step in dec:  # one list per step: each row's new token, None once the row stopped
                 ...           # set dec.done[row] = True to stop a row (e.g. on a stop string)
+
+    An open batch (continuous batching: what a server drives), rows joining and leaving as it runs:
+
+        with Decoder(model, max_batch=16) as dec:
+            row = dec.add(prompt_ids, config, generator=g, eos_id=eos)  # joins at the next step
+            for row, token in dec.step():  # token None: the row drew its end-of-text id
+                ...                        # row.done = True stops a row; done rows leave the batch
+
+    Each step feeds every row's last token in one forward pass, prefills the rows that joined since
+    (one left-padded forward of their own, copied into the batch's cache), then draws one token per
+    row. Rows of a batch share one cache whose filled positions end together; a row that joined later
+    starts later and its mask hides the positions before it (position ids count its own tokens), so
+    each row sees exactly what it would see alone. When the cache is full it grows (up to the context),
+    else drops positions no row uses any more, else slides the window (module doc). A fixed batch
+    keeps finished rows in place (row i stays row i) until every row is done; an open batch drops
+    them, the last row taking the leaving row's place.
 
     Within the `with`, the model is in eval mode with its large linears swapped for the fast
     few-row readers; both are put back on exit. `generator` overrides `config.seed`; `eos_id` is
     an id, several ids or None (see `end_of_text`).
     """
 
-    def __init__(self, model, prompts: Sequence[Sequence[int]], config: SampleConfig, *,
-                 eos_id: int | None = None, generator: torch.Generator | None = None) -> None:
-        if not prompts:
+    def __init__(self, model, prompts: Sequence[Sequence[int]] = (), config: SampleConfig | None = None, *,
+                 eos_id: EosId = None, generator: torch.Generator | None = None,
+                 max_batch: int | None = None) -> None:
+        if not prompts and max_batch is None:
             raise UserError("no prompts given")
-        ctx = model.config.context_length
-        rows = [[int(t) for t in p] for p in prompts]
-        if any(len(r) == 0 for r in rows):
-            raise UserError("a prompt is empty; give at least one token (e.g. the tokenizer's <|endoftext|>)")
-        if any(len(r) > ctx for r in rows):
-            longest = max(len(r) for r in rows)
-            warnings.warn(f"a prompt of {longest} tokens is longer than the model's context of {ctx}; "
-                          f"keeping its last {ctx} tokens", stacklevel=3)
-            rows = [r[-ctx:] for r in rows]
-        self.model, self.config, self.eos_ids = model, config, end_of_text(eos_id)
+        if max_batch is not None and max_batch < 1:
+            raise UserError(f"max_batch must be >= 1, got {max_batch}")
+        self.model, self.config = model, config if config is not None else SampleConfig()
+        self.ctx = model.config.context_length
+        self.keep = max(1, self.ctx // 2)  # tokens kept when the window slides
         self.device = model.lm_head.weight.device
-        self.generator = generator if generator is not None else make_generator(config.seed, self.device)
-        self.rows = rows  # every row's tokens so far (prompt + generated), for sliding and drafts
-        self.done = [False] * len(rows)
-        self.ctx = ctx
-        self.keep = max(1, ctx // 2)  # tokens kept when the window slides
-        self.speculate = config.prompt_lookup > 0 and len(rows) == 1
-        b = len(rows)
-        cache_len = min(ctx, max(len(r) for r in rows) + max(config.max_new_tokens, 1))
-        self.cache = model.new_kv_cache(b, cache_len)
-        # repetition penalty: (B, V) mask of tokens present in each row
-        self.seen = None
-        if config.repetition_penalty != 1.0:
-            self.seen = torch.zeros(b, model.config.vocab_size, dtype=torch.bool, device=self.device)
-            for i, r in enumerate(rows):
-                self.seen[i, torch.tensor(r, device=self.device)] = True
-        self.mask = None  # (B, cache_len) bool, True = real token; only for padded batches
-        self.next_pos = None  # (B, 1) position of each row's next token; only for padded batches
+        self.open = max_batch is not None
+        self.max_batch = max_batch if self.open else len(prompts)
+        self.slots: list[Row] = []  # the rows in the batch, in cache row order
+        self.starts: list[int] = []  # cache position where each slot's tokens start
+        self.pending: list[Row] = []  # rows added, prefilled at the next step
+        self.cache = None  # allocated at the first prefill
+        self._last: list[int] = []  # each slot's token drawn at the last step, fed at the next
+        self._logits: torch.Tensor | None = None  # (len(slots), V): the next logits, when already computed
         self._contexts: ExitStack | None = None
+        # the fixed batch: rows in the caller's order, one shared config and generator
+        self.rows: list[list[int]] = []
+        self.done: list[bool] = []
+        self._fixed: list[Row] = []
+        if prompts:
+            ctx, rows = self.ctx, [[int(t) for t in p] for p in prompts]
+            if any(len(r) == 0 for r in rows):
+                raise UserError("a prompt is empty; give at least one token (e.g. the tokenizer's <|endoftext|>)")
+            if any(len(r) > ctx for r in rows):
+                longest = max(len(r) for r in rows)
+                warnings.warn(f"a prompt of {longest} tokens is longer than the model's context of {ctx}; "
+                              f"keeping its last {ctx} tokens", stacklevel=2)
+                rows = [r[-ctx:] for r in rows]
+            shared = generator if generator is not None else make_generator(self.config.seed, self.device)
+            eos = end_of_text(eos_id)
+            self._fixed = [self._new_row(r, self.config, shared, eos, None) for r in rows]
+            self.pending = list(self._fixed)
+            self.rows = [r.tokens for r in self._fixed]  # every row's tokens so far
+            self.done = [False] * len(rows)
+        self.speculate = self.config.prompt_lookup > 0 and len(prompts) == 1 and not self.open
 
     def __enter__(self) -> Decoder:
+        rows = rows_per_step(self.max_batch, self.config.prompt_lookup if not self.open else 0)
         with ExitStack() as stack:
             stack.enter_context(eval_mode(self.model))
-            stack.enter_context(fast_linears(self.model, rows_per_step(len(self.rows), self.config.prompt_lookup)))
+            stack.enter_context(fast_linears(self.model, rows))
             self._contexts = stack.pop_all()
         return self
 
@@ -147,81 +202,246 @@ class Decoder:
             self._contexts.close()
             self._contexts = None
 
-    def _prefill(self, seqs: list[list[int]]) -> torch.Tensor:
-        """Reset the cache and run the (left-padded) sequences through it; last logits (B, V)."""
-        self.cache.reset()
+    # --- rows joining --------------------------------------------------------------------------------
+    def _new_row(self, tokens: list[int], config: SampleConfig, generator, eos_ids: frozenset[int],
+                 logprobs: int | None) -> Row:
+        row = Row(tokens, config, generator, eos_ids, logprobs)
+        if config.repetition_penalty != 1.0:
+            row.seen = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+            row.seen[torch.tensor(tokens, device=self.device)] = True
+        return row
+
+    def add(self, prompt: Sequence[int], config: SampleConfig, *, generator: torch.Generator | None = None,
+            eos_id: EosId = None, logprobs: int | None = None) -> Row:
+        """Add a row to an open batch: it is prefilled and draws its first token at the next step.
+
+        `generator` overrides `config.seed`; `logprobs` N reports each drawn token's log-probability
+        and the N most likely tokens' (`Row.logprob`, `Row.top_logprobs`)."""
+        if not self.open:
+            raise UserError("rows join an open batch only: create the Decoder with max_batch")
+        tokens = [int(t) for t in prompt]
+        if not tokens:
+            raise UserError("a prompt is empty; give at least one token (e.g. the tokenizer's <|endoftext|>)")
+        if len(tokens) > self.ctx:
+            warnings.warn(f"a prompt of {len(tokens)} tokens is longer than the model's context of {self.ctx}; "
+                          f"keeping its last {self.ctx} tokens", stacklevel=2)
+            tokens = tokens[-self.ctx:]
+        if config.prompt_lookup:
+            raise UserError("prompt_lookup speculates for one prompt alone; an open batch decodes without it")
+        gen = generator if generator is not None else make_generator(config.seed, self.device)
+        row = self._new_row(tokens, config, gen, end_of_text(eos_id), logprobs)
+        if config.max_new_tokens == 0:
+            row.done = True
+        else:
+            self.pending.append(row)
+        return row
+
+    @property
+    def active(self) -> int:
+        """Rows in the batch or waiting to join it (finished rows of an open batch not counted)."""
+        return sum(not r.done for r in self.slots) + len(self.pending)
+
+    def _prefill(self, seqs: list[list[int]]):
+        """Run the (left-padded) sequences through a cache of their own; (that cache, last logits (B, V))."""
         lens = [len(s) for s in seqs]
         width = max(lens)
+        cache = self.model.new_kv_cache(len(seqs), width)
         ids = torch.tensor([[PAD_ID] * (width - n) + s for s, n in zip(seqs, lens)], device=self.device)  # (B, T)
         if min(lens) == width:
-            self.mask = self.next_pos = None
-            logits = self.model(ids, kv_cache=self.cache, last_only=True)
+            logits = self.model(ids, kv_cache=cache, last_only=True)
         else:
-            self.mask = torch.ones(len(seqs), self.cache.max_len, dtype=torch.bool, device=self.device)
-            for i, n in enumerate(lens):
-                self.mask[i, : width - n] = False
-            real = self.mask[:, :width]
+            real = torch.arange(width, device=self.device)[None, :] >= torch.tensor(
+                [width - n for n in lens], device=self.device)[:, None]  # (B, T), True = real token
             position_ids = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-            self.next_pos = torch.tensor(lens, device=self.device)[:, None]  # (B, 1)
-            logits = self.model(ids, kv_cache=self.cache, position_ids=position_ids, attention_mask=real,
+            logits = self.model(ids, kv_cache=cache, position_ids=position_ids, attention_mask=real,
+                                last_only=True)
+        return cache, logits[:, -1]  # (B, V)
+
+    def _join(self, rows: list[Row], seqs: list[list[int]]) -> torch.Tensor:
+        """Prefill `rows` (whose tokens to read are `seqs`) and add them at the end of the batch; their logits."""
+        small, logits = self._prefill(seqs)
+        width, n = small.pos, len(self.slots)
+        if self.cache is None:
+            room = max(r.config.max_new_tokens for r in rows)
+            self.cache = self.model.new_kv_cache(max(len(rows), 1 if self.open else self.max_batch),
+                                                 min(self.ctx, width + max(room, 1)))
+        cache = self.cache
+        if n + len(rows) > cache.batch_size or width > cache.max_len:
+            rows_needed = n + len(rows)
+            if self.open:  # grow by doubling, within the batch's limit, so that growing is rare
+                rows_needed = max(rows_needed, min(self.max_batch, 2 * cache.batch_size))
+            cache.grow(rows_needed, max(width, cache.max_len))
+        if width > cache.pos:  # the newcomers are longer than the batch so far: make room before every row
+            gap = width - cache.pos
+            cache.shift(gap, rows=n)
+            self.starts = [s + gap for s in self.starts]
+        cache.place(small, list(range(n, n + len(rows))))
+        self.slots.extend(rows)
+        self.starts.extend(cache.pos - len(s) for s in seqs)
+        return logits
+
+    # --- one step ------------------------------------------------------------------------------------
+    def _decode(self) -> torch.Tensor | None:
+        """Feed each slot's last drawn token (B,) and return the next logits (B, V)."""
+        if not self.slots:
+            return None
+        cache = self.cache
+        if cache.pos >= cache.max_len:
+            self._make_room()
+        tokens = torch.tensor(self._last, device=self.device)[:, None]  # (B, 1)
+        if max(self.starts) == 0:
+            logits = self.model(tokens, kv_cache=cache, last_only=True)
+        else:
+            starts = torch.tensor(self.starts, device=self.device)[:, None]  # (B, 1)
+            mask = torch.arange(cache.pos + 1, device=self.device)[None, :] >= starts  # (B, pos + 1)
+            logits = self.model(tokens, kv_cache=cache, position_ids=cache.pos - starts, attention_mask=mask,
                                 last_only=True)
         return logits[:, -1]  # (B, V)
 
-    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (B,) and return the next logits (B, V)."""
-        if self.cache.pos >= self.cache.max_len:  # context full: slide the window
-            return self._prefill([r[-self.keep:] for r in self.rows])
-        if self.mask is None:
-            logits = self.model(tokens[:, None], kv_cache=self.cache, last_only=True)
-        else:
-            end = self.cache.pos + 1
-            logits = self.model(tokens[:, None], kv_cache=self.cache, position_ids=self.next_pos,
-                                attention_mask=self.mask[:, :end], last_only=True)
-            self.next_pos = self.next_pos + 1
-        return logits[:, -1]  # (B, V)
+    def _make_room(self) -> None:
+        """The cache is full: grow it (up to the context), else drop positions no row uses, else slide."""
+        cache = self.cache
+        if cache.max_len < self.ctx:
+            cache.grow(cache.batch_size, min(self.ctx, 2 * cache.max_len))
+            return
+        lowest = min(self.starts)
+        if lowest > 0:
+            cache.shift(-lowest, rows=len(self.slots))
+            self.starts = [s - lowest for s in self.starts]
+            return
+        # rows that fill the context slide: each restarts from its most recent `keep` tokens, all but the
+        # last prefilled here (in place of its old positions), the last fed with the other rows' tokens
+        full = [i for i, s in enumerate(self.starts) if s == 0]
+        windows = [self.slots[i].tokens[-self.keep:][:-1] for i in full]
+        filled = [(i, w) for i, w in zip(full, windows) if w]
+        if filled:
+            small, _ = self._prefill([w for _, w in filled])
+            cache.place(small, [i for i, _ in filled])
+        for i, w in zip(full, windows):
+            self.starts[i] = cache.pos - len(w)
+        lowest = min(self.starts)
+        cache.shift(-lowest, rows=len(self.slots))
+        self.starts = [s - lowest for s in self.starts]
 
-    def _accept(self, out: list[int | None]) -> list[int | None]:
-        """Record one step's tokens (B,): the end-of-text id ends a row (None), others join the row."""
-        for i, t in enumerate(out):
-            if self.done[i] or t in self.eos_ids:
-                self.done[i] = True
-                out[i] = None
-            else:
-                self.rows[i].append(t)
+    def _drop_finished(self) -> None:
+        """Finished rows leave an open batch; the last row takes each leaving row's place."""
+        i = 0
+        while i < len(self.slots):
+            if not self.slots[i].done:
+                i += 1
+                continue
+            last = len(self.slots) - 1
+            if i != last:
+                self.cache.move_row(last, i)
+                self.slots[i], self.starts[i], self._last[i] = self.slots[last], self.starts[last], self._last[last]
+            self.slots.pop()
+            self.starts.pop()
+            self._last.pop()
+        if not self.slots and self.cache is not None:
+            self.cache.reset()
+
+    def _sample(self, logits: torch.Tensor) -> list[int]:
+        """One token per slot: rows with the same settings (and generator, when sampling) drawn together."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(self.slots):
+            c = r.config
+            key = (c.temperature, c.top_k, c.top_p, c.repetition_penalty, id(r.generator) if c.temperature else None)
+            groups.setdefault(key, []).append(i)
+        out = [0] * len(self.slots)
+        for idx in groups.values():
+            first = self.slots[idx[0]]
+            c = first.config
+            sub = logits if len(idx) == len(self.slots) else logits[torch.tensor(idx, device=self.device)]
+            seen = None
+            if c.repetition_penalty != 1.0:
+                seen = torch.stack([self.slots[i].seen for i in idx])  # (B, V)
+            nxt = sample_next(sub, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+                              repetition_penalty=c.repetition_penalty, prev_ids=seen, generator=first.generator)
+            for i, t in zip(idx, nxt.tolist()):
+                out[i] = t
+        return out
+
+    def _record(self, row: Row, token: int) -> int | None:
+        """Count one drawn token for `row`: the end-of-text id ends it (None), others join its tokens."""
+        row.emitted += 1
+        if token in row.eos_ids:
+            row.done = True
+            return None
+        row.tokens.append(token)
+        if row.seen is not None:
+            row.seen[token] = True
+        if row.emitted >= row.config.max_new_tokens:
+            row.done = True
+        return token
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Row, int | None]]:
+        """One decoding step: (row, its new token) for every row that was running (None: the row drew its
+        end-of-text id). Rows finished before the step are not in it; in an open batch they have left."""
+        if self.open:
+            self._drop_finished()
+        logits = self._logits
+        self._logits = None
+        if logits is None and self._last:
+            logits = self._decode()
+        if self.pending:
+            joining, self.pending = self.pending, []
+            fresh = self._join(joining, [r.tokens for r in joining])
+            logits = fresh if logits is None else torch.cat([logits, fresh])
+        if logits is None:
+            return []
+        drawn = self._sample(logits)
+        self._last = drawn
+        out = []
+        for i, (row, t) in enumerate(zip(self.slots, drawn)):
+            if row.done:  # a fixed batch keeps its finished rows; nothing to report
+                continue
+            if row.logprobs is not None:
+                lp = torch.log_softmax(logits[i].float(), dim=-1)  # (V,)
+                row.logprob = lp[t].item()
+                top = torch.topk(lp, min(row.logprobs, lp.shape[-1])) if row.logprobs else None
+                row.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
+            out.append((row, self._record(row, t)))
         return out
 
     @torch.inference_mode()
     def __iter__(self) -> Iterator[list[int | None]]:
-        c = self.config
-        if c.max_new_tokens == 0:
+        if self.open:
+            raise UserError("an open batch is driven by step(), not iterated")
+        if self.config.max_new_tokens == 0:
             return
-        speculate = self.speculate
-        logits = self._prefill(self.rows)
-        emitted = 0
+        index = {id(r): i for i, r in enumerate(self._fixed)}
         while True:
-            nxt = sample_next(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
-                              repetition_penalty=c.repetition_penalty, prev_ids=self.seen,
-                              generator=self.generator)  # (B,)
-            out = self._accept(nxt.tolist())
-            if self.seen is not None:
-                self.seen.scatter_(1, nxt[:, None], True)
-            yield out
-            emitted += 1
-            if all(self.done) or emitted == c.max_new_tokens:
+            for r, stopped in zip(self._fixed, self.done):
+                r.done = r.done or stopped  # the caller's stops
+            if all(r.done for r in self._fixed):
                 return
-            checked = None
-            if speculate:
-                checked = verify_draft(self.model, self.cache, self.rows[0], out[0],
-                                       min(c.prompt_lookup, c.max_new_tokens - emitted), self.device)
-            if checked is None:
-                logits = self._decode(nxt)
-                continue
-            drafts, logits = checked
-            for t in drafts:  # each accepted draft is a step of its own for the caller
-                yield self._accept([t])
-                emitted += 1
-                if all(self.done) or emitted == c.max_new_tokens:
-                    return
+            out: list[int | None] = [None] * len(self._fixed)
+            for row, t in self.step():
+                out[index[id(row)]] = t
+            for i, r in enumerate(self._fixed):
+                self.done[i] = self.done[i] or (r.done and out[i] is None)
+            yield out
+            if self.speculate and not self._fixed[0].done and out[0] is not None:
+                yield from self._speculate(out[0])
+
+    def _speculate(self, last: int) -> Iterator[list[int | None]]:
+        """Prompt lookup for the one row: check drafts after `last` in one pass; each accepted draft is a
+        step of its own for the caller."""
+        row, c = self._fixed[0], self.config
+        if self.cache.pos >= self.cache.max_len:
+            return
+        checked = verify_draft(self.model, self.cache, row.tokens, last,
+                               min(c.prompt_lookup, c.max_new_tokens - row.emitted), self.device)
+        if checked is None:
+            return
+        drafts, logits = checked
+        self._logits = logits  # the row's last token is in the cache: the next step samples from these
+        for t in drafts:
+            self._record(row, t)
+            yield [t]
+            if row.done or self.done[0]:
+                return
 
 
 def generate_batch(model, prompts: Sequence[Sequence[int]], config: SampleConfig, *, eos_id: int | None = None,
