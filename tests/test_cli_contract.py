@@ -485,6 +485,9 @@ ROWS = [
     (["serve", "-m", "{evmodel}", "--max-n", "20"], "max_n (20) must be <= max_batch (16)", "", None),
     (["serve", "-m", "{evmodel}", "--request-timeout", "-1"], "request_timeout must be > 0", "", None),
     (["serve", "-m", "{evmodel}", "--api-key", " "], "api_key is empty", "", None),
+    (["serve", "-m", "{evmodel}", "--feedback", " "], "feedback is empty", "", None),
+    (["serve", "-m", "{evmodel}", "--feedback", "{nodir}/feedback.jsonl"], "does not exist; create it", "", None),
+    (["serve", "-m", "{evmodel}", "--feedback", "{ro}"], "is a folder", "", None),
 ]
 
 

@@ -170,3 +170,16 @@ def test_char_tokenizer_round_trips_the_chat_markers():
     t = char_tokenizer()
     text = chat_prompt([{"role": "user", "content": "Hi"}])
     assert t.decode(t.encode(text)) == text
+
+
+@pytest.mark.parametrize("name", ["chat", "alpaca", "base"])
+def test_the_server_reads_the_same_text_as_the_chat(folders, name):
+    from scratchllm.serve.chat import answer_stops
+    from scratchllm.serve.models import load_models
+
+    served = load_models([str(folders[name])])[name]
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a colour."}]
+    template = None if name == "base" else name
+    assert served.template == template
+    assert served.chat_prompt(turns) == (conversation_prompt(template, turns), answer_stops(template))

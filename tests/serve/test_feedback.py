@@ -151,3 +151,26 @@ def test_finetune_dpo_trains_on_the_pairs_the_routes_wrote(app, tmp_path):
     assert json.loads((runs / "fb" / "report.json").read_text())["test"]["pairs"] == 1
     assert conversation_prompt("chat", [{"role": "user", "content": "Say 0."}]) == \
         json.loads(log.path.read_text().splitlines()[0])["prompt"]
+
+
+def test_in_the_server_the_page_is_open_and_feedback_needs_the_key(tmp_path):
+    from scratchllm.config.serve import ServeConfig
+    from scratchllm.serve.app import create_app
+    from scratchllm.serve.models import load_models
+
+    models = load_models([f"tiny-chat={save_tiny(tmp_path / 'tiny', 'chat')}"])
+    feedback = tmp_path / "feedback.jsonl"
+    client = TestClient(create_app(ServeConfig(api_key="sesame", feedback=str(feedback)), models))
+    assert client.get("/").status_code == 200 and client.get("/static/chat.js").status_code == 200
+    assert client.get("/v1/models").status_code == 401
+    body = {"model": "tiny-chat", "messages": MESSAGES, "chosen": "Blue.", "rejected": "No."}
+    assert client.post("/feedback/pair", json=body).status_code == 401
+    r = client.post("/feedback/pair", json=body, headers={"Authorization": "Bearer sesame"})
+    assert r.status_code == 200, r.text
+    # the prompt is the one the server's chat route reads for this model
+    assert json.loads(feedback.read_text())["prompt"] == models["tiny-chat"].chat_prompt(MESSAGES)[0]
+
+    off = TestClient(create_app(ServeConfig(), models))  # no --feedback: the page still works, judgments are refused
+    r = off.post("/feedback/rating", json={"model": "tiny-chat", "messages": MESSAGES, "answer": "a", "rating": "up"})
+    assert r.status_code == 404 and "start it with --feedback FILE" in r.json()["error"]["message"]
+    assert off.get("/").status_code == 200

@@ -59,7 +59,7 @@ def server(tmp_path_factory):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("the server did not start:\n" + (root / "server.log").read_text())
+                    raise AssertionError("the server did not start:\n" + (root / "server.log").read_text()) from None
                 time.sleep(0.1)
         yield url, folder, feedback
     finally:

@@ -22,7 +22,8 @@ import os
 
 # ServeConfig's fields, each a flag.
 SERVE_FLAGS = ("host", "port", "api_key", "max_batch", "max_queue", "retry_after", "max_prompt_tokens",
-               "max_output_tokens", "default_completion_tokens", "max_n", "request_timeout", "max_classify_inputs")
+               "max_output_tokens", "default_completion_tokens", "max_n", "request_timeout", "max_classify_inputs",
+               "feedback")
 # The environment variable that holds the API key when --api-key is not given.
 API_KEY_ENV = "SCRATCHLLM_API_KEY"
 
@@ -40,7 +41,8 @@ def register(subparsers) -> None:
     from scratchllm.cli.settings import add_setting_flags
     from scratchllm.config.serve import ServeConfig
 
-    add_setting_flags(p, ServeConfig(), SERVE_FLAGS, "server (ServeConfig)", metavars={"api_key": "KEY"})
+    add_setting_flags(p, ServeConfig(), SERVE_FLAGS, "server (ServeConfig)",
+                      metavars={"api_key": "KEY", "feedback": "FILE"})
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default info: one line per request)")
     p.set_defaults(func=run)

@@ -28,7 +28,8 @@ interleaved, and a line that was acknowledged is on disk. A bad request gets a 4
 shape and nothing is written.
 
 `mount_page(app)` serves the page itself: `GET /` is `static/index.html`, `/static/...` its script and
-style sheet (no build step, nothing fetched from elsewhere).
+style sheet (no build step, nothing fetched from elsewhere). The page and its files need no API key
+(they hold no data); the page sends the key the person types with every request it makes.
 
 Not here: the chat completions the page calls (`serve.app`), the preference tuning (`finetune.dpo`).
 """
@@ -133,23 +134,28 @@ def check_judgment(body: Any, kind: str) -> dict[str, Any]:
     return out
 
 
-def error_response(message: str, status: int = 400, param: str | None = None):
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+def error_response(message: str, status: int = 400, param: str | None = None, code: str | None = None):
+    """OpenAI's error shape (`serve.protocol.APIError`) as a response: this router answers its own errors,
+    so it works in any FastAPI app."""
     from fastapi.responses import JSONResponse
 
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
-                        status_code=status)
+    from scratchllm.serve.protocol import APIError
+
+    return JSONResponse(APIError(message, status=status, param=param, code=code).body(), status_code=status)
 
 
-def feedback_router(log: FeedbackLog, render: Callable[[str, list[dict[str, str]]], str]):
+def feedback_router(log: FeedbackLog | None, render: Callable[[str, list[dict[str, str]]], str]):
     """The two routes as an APIRouter. `render(model, messages)` is the prompt text the model read
-    (KeyError for a model the server does not have)."""
+    (KeyError for a model the server does not have). Without a log (a server started without a
+    feedback file) both routes answer 404 and say how to turn feedback on."""
     from fastapi import APIRouter, Request
 
     router = APIRouter()
 
     async def judgment(request: Request, kind: str):
+        if log is None:
+            return error_response("this server keeps no feedback; start it with --feedback FILE (a JSONL file of "
+                                  "preference pairs)", 404, code="feedback_off")
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -159,7 +165,7 @@ def feedback_router(log: FeedbackLog, render: Callable[[str, list[dict[str, str]
             prompt = render(j["model"], j["messages"])
         except KeyError:
             return error_response(f"the model {j['model']!r} does not exist; GET /v1/models lists the models", 404,
-                                  "model")
+                                  "model", "model_not_found")
         except UserError as e:
             return error_response(str(e))
         about = {"model": j["model"], "messages": j["messages"]}
@@ -193,10 +199,10 @@ def template_renderer(templates: dict[str, str | None]) -> Callable[[str, list[d
     return render
 
 
-def add_feedback_routes(app, path: str | os.PathLike, render: Callable[[str, list[dict[str, str]]], str]):
-    """Add POST /feedback/pair and /feedback/rating to `app`, writing to `path` and its ratings file;
-    the FeedbackLog."""
-    log = FeedbackLog(path)
+def add_feedback_routes(app, path: str | os.PathLike | None, render: Callable[[str, list[dict[str, str]]], str]):
+    """Add POST /feedback/pair and /feedback/rating to `app`, writing to `path` and its ratings file
+    (None: the routes say feedback is off); the FeedbackLog (or None)."""
+    log = FeedbackLog(path) if path is not None else None
     app.include_router(feedback_router(log, render))
     return log
 
@@ -211,3 +217,6 @@ def mount_page(app) -> None:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    open_paths = getattr(app.state, "open_paths", None)  # the server's routes that need no API key
+    if open_paths is not None:
+        open_paths.add("/")  # the page holds no data; what it fetches asks for the key
