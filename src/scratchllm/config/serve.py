@@ -35,8 +35,8 @@ class ServeConfig(Config):
     max_output_tokens: int = 1024
     # OpenAI's default max_tokens for /v1/completions when the request names none.
     default_completion_tokens: int = 16
-    # Most answers one request may ask for (n).
-    max_n: int = 8
+    # Most answers one request may ask for (n); None: max_batch (a request's answers are decoded together).
+    max_n: int | None = None
     # Seconds a request may take, waiting included; then it is ended (504) and its rows freed.
     request_timeout: float = 300.0
     # Most texts one classification request may send.
@@ -60,9 +60,15 @@ class ServeConfig(Config):
         check(1 <= self.default_completion_tokens <= self.max_output_tokens,
               f"default_completion_tokens must be in 1..max_output_tokens ({self.max_output_tokens}), "
               f"got {self.default_completion_tokens}")
-        check(self.max_n >= 1, f"max_n must be >= 1, got {self.max_n}")
-        check(self.max_n <= self.max_batch, f"max_n ({self.max_n}) must be <= max_batch ({self.max_batch}): "
-              f"a request's answers are decoded together")
+        if self.max_n is not None:
+            check(self.max_n >= 1, f"max_n must be >= 1, got {self.max_n}")
+            check(self.max_n <= self.max_batch, f"max_n ({self.max_n}) must be <= max_batch ({self.max_batch}): "
+                  f"a request's answers are decoded together")
+
+    @property
+    def answers_limit(self) -> int:
+        """The most answers (n) a request may ask for."""
+        return self.max_n if self.max_n is not None else self.max_batch
         check(self.request_timeout > 0, f"request_timeout must be > 0 seconds, got {self.request_timeout}")
         check(self.feedback is None or bool(self.feedback.strip()),
               "feedback is empty; give a file such as feedback.jsonl, or leave it unset for no feedback")

@@ -283,7 +283,7 @@ def chat_logprobs(m: ServedModel, records: list) -> dict[str, Any]:
 
 async def completions(request: Request):
     config: ServeConfig = request.app.state.config
-    req = api.parse_completion(api.parse_json(await request.body()), config.max_n)
+    req = api.parse_completion(api.parse_json(await request.body()), config.answers_limit)
     m = served(request, req.model, "generate")
     prompts = [encode(m, p) for p in req.prompts]
     max_tokens = output_tokens(config, m, req, prompts, config.default_completion_tokens)
@@ -326,7 +326,7 @@ async def completions(request: Request):
 
 async def chat_completions(request: Request):
     config: ServeConfig = request.app.state.config
-    req = api.parse_chat(api.parse_json(await request.body()), config.max_n)
+    req = api.parse_chat(api.parse_json(await request.body()), config.answers_limit)
     m = served(request, req.model, "generate")
     text, stops = m.chat_prompt(req.messages)
     prompt = encode(m, text)
