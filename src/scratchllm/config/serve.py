@@ -64,12 +64,12 @@ class ServeConfig(Config):
             check(self.max_n >= 1, f"max_n must be >= 1, got {self.max_n}")
             check(self.max_n <= self.max_batch, f"max_n ({self.max_n}) must be <= max_batch ({self.max_batch}): "
                   f"a request's answers are decoded together")
+        check(self.request_timeout > 0, f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+        check(self.feedback is None or bool(self.feedback.strip()),
+              "feedback is empty; give a file such as feedback.jsonl, or leave it unset for no feedback")
+        check(self.max_classify_inputs >= 1, f"max_classify_inputs must be >= 1, got {self.max_classify_inputs}")
 
     @property
     def answers_limit(self) -> int:
         """The most answers (n) a request may ask for."""
         return self.max_n if self.max_n is not None else self.max_batch
-        check(self.request_timeout > 0, f"request_timeout must be > 0 seconds, got {self.request_timeout}")
-        check(self.feedback is None or bool(self.feedback.strip()),
-              "feedback is empty; give a file such as feedback.jsonl, or leave it unset for no feedback")
-        check(self.max_classify_inputs >= 1, f"max_classify_inputs must be >= 1, got {self.max_classify_inputs}")
