@@ -139,13 +139,19 @@ class Scheduler:
         return sum(1 for job in self._running[name] for a in job.answers if a.finish_reason is None)
 
     def submit(self, job: Job) -> None:
-        """Queue `job`; `Busy` when it would wait behind `max_queue` waiting jobs."""
+        """Queue `job`; `Busy` when it would wait (its model's batch is full) behind `max_queue` waiting jobs."""
         with self._lock:
             name = job.model.name
-            waiting = [j for j in self._waiting if j.model.name == name]
-            wanted = self.rows_in_use(name) + sum(len(j.answers) for j in waiting) + len(job.answers)
-            if wanted > self.config.max_batch and len(waiting) >= self.config.max_queue:
-                raise Busy(f"the server is busy ({len(waiting)} requests wait for {name}); retry shortly")
+            free, queued = self.config.max_batch - self.rows_in_use(name), 0
+            for j in self._waiting:  # those that fit the batch join at the next step; the others wait
+                if j.model.name != name:
+                    continue
+                if queued == 0 and len(j.answers) <= free:
+                    free -= len(j.answers)
+                else:
+                    queued += 1
+            if (queued or len(job.answers) > free) and queued >= self.config.max_queue:
+                raise Busy(f"the server is busy ({queued} requests wait for {name}); retry shortly")
             self._waiting.append(job)
             self._lock.notify_all()
 
