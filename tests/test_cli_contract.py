@@ -356,6 +356,9 @@ ROWS = [
     (["generate", "--model", "tiny", "hi", "--device", "mps"], "mps", "", None),
     (["generate", "--model", "tiny", "hi", "--device", "tpu9"], "device", "", None),
     (["generate", "--model", "tiny", "hi", "--data-dir", "{nodir}"], "does not exist", "", None),
+    (["chat", "--model", "{missing}"], "neither a folder nor a preset", "", None),
+    (["chat", "--model", "{binary}"], "checkpoint", "", None),
+    (["chat", "--model", "tiny", "--top-p", "2"], "top_p must be in (0, 1]", "", None),
     # --- train ---------------------------------------------------------------------------------------
     (["train"], "name a recipe", "", None),
     (["train", "--config", "{missing}"], "not found", "", None),
@@ -569,6 +572,9 @@ ROWS = [
     (["serve", "-m", "{evmodel}", "--max-n", "20"], "max_n (20) must be <= max_batch (16)", "", None),
     (["serve", "-m", "{evmodel}", "--request-timeout", "-1"], "request_timeout must be > 0", "", None),
     (["serve", "-m", "{evmodel}", "--api-key", " "], "api_key is empty", "", None),
+    (["serve", "-m", "{evmodel}", "--feedback", " "], "feedback is empty", "", None),
+    (["serve", "-m", "{evmodel}", "--feedback", "{nodir}/feedback.jsonl"], "does not exist; create it", "", None),
+    (["serve", "-m", "{evmodel}", "--feedback", "{ro}"], "is a folder", "", None),
 ]
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "quantize", "prune",
             "importer", "export", "download", "lora", "inspect",
-            "serve"]
+            "serve", "chat"]
 
 
 def build_parser() -> argparse.ArgumentParser:

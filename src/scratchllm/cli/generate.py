@@ -156,6 +156,7 @@ def load(args):
         raise UserError(f"{where} has no {files}; cannot turn text into tokens")
     what = "checkpoint" if meta["format"] == "scratchllm" else f"{meta['format']} model"
     args.prompt_template = (meta.get("generation") or {}).get("prompt_template")  # for --instruction
+    args.generation = meta.get("generation") or {}  # for chat: the template (serve.chat.model_template)
     # an imported model's own end-of-text ids (generation_config.json: Llama 3 has several), else the tokenizer's
     eos = (meta.get("generation") or {}).get("eos_token_id")
     return model, tokenizer, f"{what} {where}", TOKENIZER_EOS if eos is None else eos

@@ -12,7 +12,9 @@ Hugging Face folder, a quantized checkpoint, LoRA adapters). Requests that arriv
 generate share the same decoding steps (continuous batching, --max-batch rows); beyond that up to
 --max-queue wait, and the rest get 503 with Retry-After. The server listens on 127.0.0.1 (this
 machine) unless --host says otherwise; with --api-key (or SCRATCHLLM_API_KEY) every route but
-/health needs `Authorization: Bearer KEY`. Ctrl-C stops it.
+/health needs `Authorization: Bearer KEY`. A web page at / chats with the models; with --feedback FILE
+its picks between two answers are appended to FILE as preference pairs for `scratchllm finetune dpo`,
+and its up/down ratings to FILE's .ratings.jsonl sibling (`serve.feedback`). Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import os
 
 # ServeConfig's fields, each a flag.
 SERVE_FLAGS = ("host", "port", "api_key", "max_batch", "max_queue", "retry_after", "max_prompt_tokens",
-               "max_output_tokens", "default_completion_tokens", "max_n", "request_timeout", "max_classify_inputs")
+               "max_output_tokens", "default_completion_tokens", "max_n", "request_timeout", "max_classify_inputs",
+               "feedback")
 # The environment variable that holds the API key when --api-key is not given.
 API_KEY_ENV = "SCRATCHLLM_API_KEY"
 
@@ -40,7 +43,8 @@ def register(subparsers) -> None:
     from scratchllm.cli.settings import add_setting_flags
     from scratchllm.config.serve import ServeConfig
 
-    add_setting_flags(p, ServeConfig(), SERVE_FLAGS, "server (ServeConfig)", metavars={"api_key": "KEY"})
+    add_setting_flags(p, ServeConfig(), SERVE_FLAGS, "server (ServeConfig)",
+                      metavars={"api_key": "KEY", "feedback": "FILE"})
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default info: one line per request)")
     p.set_defaults(func=run)
@@ -101,6 +105,7 @@ def run(args) -> int:
             f"template {m.template or 'none (plain continuation)'}"
         print(f"[{m.name}: {m.source}, {what}]", file=sys.stderr)
     key = " (API key required)" if config.api_key else ""
-    print(f"serving on http://{config.host}:{config.port}/v1{key}; Ctrl-C stops", file=sys.stderr)
+    print(f"serving on http://{config.host}:{config.port}/v1{key}; the chat page is at "
+          f"http://{config.host}:{config.port}/; Ctrl-C stops", file=sys.stderr)
     uvicorn.run(create_app(config, models), host=config.host, port=config.port, log_level=args.log_level)
     return 0

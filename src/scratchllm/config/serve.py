@@ -41,6 +41,9 @@ class ServeConfig(Config):
     request_timeout: float = 300.0
     # Most texts one classification request may send.
     max_classify_inputs: int = 64
+    # The web page's feedback: picked pairs are appended to this JSONL file (what `scratchllm finetune dpo
+    # --data FILE` reads) and single ratings to FILE's .ratings.jsonl sibling; None keeps no feedback.
+    feedback: str | None = None
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -61,10 +64,12 @@ class ServeConfig(Config):
             check(self.max_n >= 1, f"max_n must be >= 1, got {self.max_n}")
             check(self.max_n <= self.max_batch, f"max_n ({self.max_n}) must be <= max_batch ({self.max_batch}): "
                   f"a request's answers are decoded together")
+        check(self.request_timeout > 0, f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+        check(self.feedback is None or bool(self.feedback.strip()),
+              "feedback is empty; give a file such as feedback.jsonl, or leave it unset for no feedback")
+        check(self.max_classify_inputs >= 1, f"max_classify_inputs must be >= 1, got {self.max_classify_inputs}")
 
     @property
     def answers_limit(self) -> int:
         """The most answers (n) a request may ask for."""
         return self.max_n if self.max_n is not None else self.max_batch
-        check(self.request_timeout > 0, f"request_timeout must be > 0 seconds, got {self.request_timeout}")
-        check(self.max_classify_inputs >= 1, f"max_classify_inputs must be >= 1, got {self.max_classify_inputs}")

@@ -12,6 +12,8 @@
                                   (`ServedModel.chat_prompt`)
     POST /v1/classifications      labels of texts, for classifier models: {"model", "input": str | [str]}
                                   -> {"data": [{"index", "label", "probability", "probabilities"}]}
+    GET  /                        the web page (chat, ratings, two answers to pick from; `serve.feedback`)
+    POST /feedback/pair, /rating  the page's judgments, appended to config.feedback (`serve.feedback`)
 
 With an API key (config.api_key) every route but those in `app.state.open_paths` (/health) needs
 `Authorization: Bearer KEY`. Errors are OpenAI's JSON (`serve.protocol.APIError`), for anything:
@@ -50,6 +52,7 @@ from scratchllm.config.sample import SampleConfig
 from scratchllm.config.serve import ServeConfig
 from scratchllm.generate.text import prompt_ids
 from scratchllm.serve import protocol as api
+from scratchllm.serve.feedback import add_feedback_routes, mount_page
 from scratchllm.serve.models import ServedModel
 from scratchllm.serve.protocol import APIError
 from scratchllm.serve.scheduler import Answer, Busy, Event, Job, Scheduler
@@ -85,6 +88,9 @@ def create_app(config: ServeConfig, models: dict[str, ServedModel]) -> FastAPI:
     app.post("/v1/completions")(completions)
     app.post("/v1/chat/completions")(chat_completions)
     app.post("/v1/classifications")(classifications)
+    # the web page at / and its feedback routes (config.feedback: the preference file)
+    add_feedback_routes(app, config.feedback, lambda name, messages: models[name].chat_prompt(messages)[0])
+    mount_page(app)
     return app
 
 
