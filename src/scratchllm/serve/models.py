@@ -31,14 +31,7 @@ from typing import Any
 
 from scratchllm.errors import UserError
 from scratchllm.generate.engine import TOKENIZER_EOS, end_of_text
-from scratchllm.generate.templates import (
-    ALPACA_RESPONSE,
-    CHAT_START,
-    alpaca_prompt,
-    chat_prompt,
-    check_template,
-    template_stops,
-)
+from scratchllm.serve.chat import answer_stops, conversation_prompt, model_template
 
 
 @dataclass
@@ -71,32 +64,13 @@ class ServedModel:
 
     @property
     def template(self) -> str | None:
-        """The prompt template the chat route uses (module doc); None: plain continuation."""
-        if self.generation.get("prompt_template"):
-            return check_template(self.generation["prompt_template"])
-        if CHAT_START in str(self.generation.get("chat_template") or ""):
-            return "chat"
-        return None
+        """The prompt template the chat route uses (`serve.chat.model_template`); None: plain continuation."""
+        return model_template(self.generation)
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
-        """(the text the model reads before its answer, the stop strings that end the answer)."""
-        template = self.template
-        if template == "chat":
-            return chat_prompt(messages), template_stops(template)
-        if template == "alpaca":
-            parts = []
-            for m in messages:
-                if m["role"] == "user":
-                    parts.append(alpaca_prompt(m["content"]) + ALPACA_RESPONSE)
-                else:
-                    parts.append(m["content"] + "\n\n")
-            return "".join(parts), template_stops(template)
-        text = ""
-        for m in messages:
-            if m["role"] == "user" and text and not text.endswith("\n"):
-                text += "\n"
-            text += m["content"]
-        return text, ()
+        """(the text the model reads before its answer, the stop strings that end the answer): the same
+        rule as the terminal chat's (`serve.chat.conversation_prompt`)."""
+        return conversation_prompt(self.template, messages), answer_stops(self.template)
 
     def card(self) -> dict[str, Any]:
         """The model as /v1/models lists it (OpenAI's fields, then this server's)."""
