@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -480,8 +481,8 @@ def _storage(kind: str, path: Path) -> Any:
 
 
 class _MetadataUnpickler:
-    """pickle.Unpickler that builds only what DCP's metadata holds: its dataclasses, torch.Size, dtypes,
-    and plain containers; anything else in the file is an error, not code run."""
+    """pickle.Unpickler that builds only what DCP's metadata holds: its dataclasses, torch.Size, dtypes and
+    layouts, paths and plain containers; anything else in the file is an error, not code run."""
 
     ALLOWED_MODULES = ("torch.distributed.checkpoint.",)
 
@@ -502,7 +503,9 @@ class _MetadataUnpickler:
                     return getattr(torch, name)
                 if module == "collections" and name == "OrderedDict":
                     return collections.OrderedDict
-                if module == "builtins" and name in ("set", "frozenset", "slice"):
+                if (module, name) in (("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+                                      ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                                      ("torch.serialization", "_get_layout")):  # a layout by its name
                     return super().find_class(module, name)
                 raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP's metadata")
 
@@ -573,7 +576,9 @@ def load_sharded(folder: Path, model: Any, optimizer: Any) -> None:
     if optimizer is not None:
         wanted["optim"] = optim_sd
     try:
-        dcp.load(wanted, storage_reader=_storage("r", folder))
+        with warnings.catch_warnings():  # one process reading a sharded checkpoint is what it is for
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load(wanted, storage_reader=_storage("r", folder))
     except CheckpointError:
         raise
     except (RuntimeError, ValueError, KeyError, AssertionError) as e:
