@@ -116,6 +116,24 @@ def setup(strategy: str, device: str = "auto", timeout: float = 300.0) -> torch.
     return dev
 
 
+# What a collective raises when another rank died or hangs (gloo's and NCCL's words, and the timeout's).
+LOST = ("Connection reset", "Connection closed", "connection closed", "Broken pipe", "Timed out", "timed out",
+        "Timeout", "NCCL communicator was aborted", "DistNetworkError")
+
+
+def lost_contact(e: BaseException) -> UserError | None:
+    """A UserError for a collective that failed because another rank died or hangs (None for other errors)."""
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or any(word in text for word in LOST)):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return UserError(f"rank {rank()} lost contact with another process of this job ({first}); it failed, was "
+                     f"stopped or hangs. Continue "
+                     f"from the last checkpoint with --resume")
+
+
 def teardown() -> None:
     """Leave the process group (at the end of the job)."""
     if dist.is_available() and dist.is_initialized():

@@ -222,6 +222,11 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
         if folder is None:
             raise UserError("rank 0 could not pick the run folder; see its error")
         return pretrain_in(Path(folder), run, progress=False, source=source, init=init)
+    except RuntimeError as e:
+        lost = distributed.lost_contact(e)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         distributed.teardown()
 
