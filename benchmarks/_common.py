@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # Sections of RESULTS.md, in this order; each benchmark owns the one named after its file.
 SECTIONS = ("gemv", "generate", "quantize", "train_throughput", "pretrain_quality", "tokenizer", "load",
-            "finetune_speed", "finetune_quality")
+            "finetune_speed", "finetune_quality", "distributed")
 
 
 def header(title: str) -> str:

@@ -25,6 +25,7 @@ import json
 import math
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,16 +196,18 @@ def init_from(model: Any, source: Any, path: str) -> None:
     print(f"initialised from {path}")
 
 
-def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None) -> TrainState:
+def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None,
+             hooks: Sequence[Any] = ()) -> TrainState:
     """Prepare the data, build the model, train, sample, and leave everything in the run folder.
 
     `source`: how the settings were given on the command line ("--config PATH" or "--preset NAME"),
-    for the command that continues a stopped run (`resume_command`).
+    for the command that continues a stopped run (`resume_command`). `hooks`: more `train.loop` hooks
+    (a sweep's reports to its pruner).
     """
     init = load_init(run)  # a bad init_from is an error before any folder is made
     if run.train.strategy == "none":
         with pick_run_folder(run) as folder:  # locked until the job ends, however it ends
-            return pretrain_in(folder, run, progress=progress, source=source, init=init)
+            return pretrain_in(folder, run, progress=progress, source=source, init=init, hooks=hooks)
     from scratchllm.train import distributed
 
     distributed.setup(run.train.strategy, run.train.device, run.train.dist_timeout)
@@ -217,11 +220,11 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
             finally:
                 folder = distributed.broadcast_object(str(lock.folder) if lock is not None else None)
             with lock as folder:
-                return pretrain_in(folder, run, progress=progress, source=source, init=init)
+                return pretrain_in(folder, run, progress=progress, source=source, init=init, hooks=hooks)
         folder = distributed.broadcast_object(None)
         if folder is None:
             raise UserError("rank 0 could not pick the run folder; see its error")
-        return pretrain_in(Path(folder), run, progress=False, source=source, init=init)
+        return pretrain_in(Path(folder), run, progress=False, source=source, init=init, hooks=hooks)
     except RuntimeError as e:
         lost = distributed.lost_contact(e)
         if lost is None:
@@ -232,7 +235,7 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
 
 
 def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: str | None = None,
-                init: Any = None) -> TrainState:
+                init: Any = None, hooks: Sequence[Any] = ()) -> TrainState:
     """`pretrain` in a run folder this process has locked; `init`: a model to copy the weights of."""
     from scratchllm.data.datasets import EvalBatches, RandomWindowBatches, need_tokens
     from scratchllm.data.prepare import prepare
@@ -286,7 +289,7 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
         if event == "start" and main:
             write_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
 
-    hooks = [record_config]
+    hooks = [record_config, *hooks]
     # (FSDP's weights are shards: its samples come from the consolidated checkpoint at the end)
     if tc.sample_interval and run.sample.max_new_tokens and main and tc.strategy != "fsdp":
         def sample_hook(event: str, state: TrainState, info: dict) -> None:
