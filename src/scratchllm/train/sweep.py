@@ -210,7 +210,8 @@ def _worker(config: dict[str, Any], space_path: str, sweep_dir: str, name: str, 
     base = RunConfig.from_dict(config)
     space = load_space(space_path, base)
     study = make_study(space, Path(sweep_dir), name)
-    study.optimize(objective(base, space, Path(sweep_dir)), callbacks=[MaxTrialsCallback(trials)],
+    # every trial counts toward the total, pruned and failed ones too (states=None)
+    study.optimize(objective(base, space, Path(sweep_dir)), callbacks=[MaxTrialsCallback(trials, states=None)],
                    catch=(UserError,))
 
 
@@ -230,9 +231,8 @@ def sweep(base: RunConfig, space_path: str | os.PathLike, trials: int, *, parall
     study = make_study(space, sweep_dir, name)
     todo = trials  # the study's total: a sweep run again in its folder continues up to `trials`
     if parallel == 1:
-        from optuna.study import MaxTrialsCallback
-
-        study.optimize(objective(base, space, sweep_dir), callbacks=[MaxTrialsCallback(todo)], catch=(UserError,))
+        study.optimize(objective(base, space, sweep_dir), n_trials=max(0, todo - len(study.trials)),
+                       catch=(UserError,))
     else:
         import multiprocessing as mp
 
