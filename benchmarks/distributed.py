@@ -73,6 +73,8 @@ def instrument(counter: Counter) -> None:
     def size(t: torch.Tensor) -> int:
         return t.numel() * t.element_size()
 
+    original_reduce = dist.all_reduce
+
     def wrap(name: str, kind: str, full) -> None:
         original = getattr(dist, name)
 
@@ -89,13 +91,19 @@ def instrument(counter: Counter) -> None:
     wrap("reduce_scatter_tensor", "reduce-scatter", lambda ts: max(size(t) for t in ts))
     wrap("all_reduce", "all-reduce (scalars)", lambda ts: sum(size(t) for t in ts))
     init = DistributedDataParallel.__init__
+    reduce = dist.all_reduce  # the counting one: the hook's all-reduce goes through it
 
     def ddp_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
 
         def hook(state, bucket):
+            # counted here as gradients, and not again as scalars by the wrapped all_reduce it calls
             counter.add("all-reduce (gradients)", size(bucket.buffer()))
-            return default_hooks.allreduce_hook(state, bucket)
+            dist.all_reduce = original_reduce
+            try:
+                return default_hooks.allreduce_hook(state, bucket)
+            finally:
+                dist.all_reduce = reduce
 
         self.register_comm_hook(None, hook)
 
