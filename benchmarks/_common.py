@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 # Sections of RESULTS.md, in this order; each benchmark owns the one named after its file.
 SECTIONS = ("gemv", "generate", "quantize", "train_throughput", "pretrain_quality", "tokenizer", "load",
-            "finetune_speed", "finetune_quality", "prune", "llamacpp", "serve")
+            "finetune_speed", "finetune_quality", "prune", "llamacpp", "serve",
+            "distributed")
 
 
 def header(title: str) -> str:

@@ -377,6 +377,17 @@ ROWS = [
     (["train", "--config", "{tiny_toml}", "--init-from", "{nodir}"], "does not exist", "", None),
     (["train", "--config", "{tiny_toml}", "--init-from", "{hf_bert}"], "architecture (model_type 'bert')", "", None),
     (["train", "--config", "{tiny_toml}", "--init-from", "{hf_truncated}"], "corrupted or truncated", "", None),
+    (["train", "--config", "{tiny_toml}", "--nproc", "2"], "needs a strategy for the processes", "", None),
+    (["train", "--config", "{tiny_toml}", "--nproc", "0", "--train.strategy", "ddp"], "--nproc must be at least 1",
+     "", None),
+    (["train", "--config", "{tiny_toml}", "--train.strategy", "bogus"], "train.strategy 'bogus' is unknown", "", None),
+    (["train", "--config", "{tiny_toml}", "--train.strategy", "fsdp", "--optimizer", "muon"], "use train.strategy ddp",
+     "", None),
+    # --- sweep ------------------------------------------------------------------------------------------
+    (["sweep", "--config", "{tiny_toml}", "--space", "{missing}"], "not found", "", None),
+    (["sweep", "--config", "{tiny_toml}", "--space", "{malformed_toml}"], "is not valid TOML", "", None),
+    (["sweep", "--config", "{tiny_toml}", "--space", "{shape_toml}"], "unknown table [data]", "", None),
+    (["sweep", "--space", "{tiny_toml}"], "name the recipe", "", None),
     # --- import and export (Hugging Face folders: the hf_inputs fixture) -------------------------------
     (["import", "{nodir}", "--out", "{out}"], "does not exist", "", None),
     (["import", "{hf_noconfig}", "--out", "{out}"], "has no config.json", "", None),

@@ -20,7 +20,7 @@ LAYERS = {
     "checkpoint": 2, "data": 2, "generate": 2, "steps": 2,
     "train": 3, "evaluate": 3, "compress": 3, "interop": 3, "visualize": 3,
     "finetune": 4, "serve": 4,
-    "cli": 5,
+    "cli": 5, "__main__": 5,  # `python -m scratchllm` is the command line
 }
 
 

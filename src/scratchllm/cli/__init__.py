@@ -23,7 +23,7 @@ from collections.abc import Callable
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ["data", "tokenizer", "model", "generate", "train", "finetune", "classify", "eval", "quantize", "prune",
             "importer", "export", "download", "lora", "inspect",
-            "serve", "chat"]
+            "serve", "chat", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra and not getattr(args, "accepts_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
+        args.argv = argv  # the command line as given (train --nproc starts it again in each process)
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
     except UserError as e:

@@ -4,12 +4,19 @@
     scratchllm train --preset shakespeare-char --train.lr 3e-4 --n_layer 6
     scratchllm train --config configs/shakespeare-bpe.toml --resume # continue runs/shakespeare-bpe
     scratchllm train --list-presets                                 # the shipped recipes
+    scratchllm train --config my.toml --nproc 2 --train.strategy ddp   # 2 processes on this machine
+    torchrun --nproc-per-node 8 -m scratchllm train --config my.toml --train.strategy fsdp  # any torchrun launch
 
 A recipe is required (`--config` or `--preset`; a preset is a shipped recipe, `configs/NAME.toml`).
 Settings come from the preset, then the recipe, then `--key value` flags (`--train.lr 3e-4`,
 `--model.n_layer 4`, or undotted when the name is unique: `--lr 3e-4`, `--n_layer 4`). `--help`
 lists every setting from the config dataclasses. Ctrl-C saves a checkpoint and exits with code 130,
 SIGTERM (timeout, Docker, Slurm) the same with 143; `--resume` continues exactly.
+
+`--nproc N` starts N processes on this machine through torchrun's own launcher (standalone
+rendezvous; `train.distributed`): a shortcut for `torchrun --standalone --nproc-per-node N -m
+scratchllm train ...`. When one process fails, torchrun stops the others and this prints one line
+saying which and how to continue.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in runs/<name> from its latest checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run N processes on this machine (torchrun, standalone); needs train.strategy ddp or fsdp")
     add_setting_flags(p, RunConfig(), RUN_FLAGS, "where the run goes (RunConfig)")
     add_settings_help(p, RunConfig(), "run settings (top level of the TOML)", skip=RUN_FLAGS,
                       note="Settings (TOML table, or --table.key value; undotted --key works when the name is "
@@ -71,6 +80,8 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
+    if args.nproc is not None:
+        return launch(args, config)
     import shlex
 
     from scratchllm.train.pretrain import pretrain
@@ -80,3 +91,60 @@ def run(args) -> int:
     state = pretrain(config, progress=not args.quiet, source=shlex.join(source + list(args.overrides)))
     # Ctrl-C (SIGINT) and SIGTERM both save a checkpoint and stop; the exit code says which (128 + signal)
     return {"interrupted": 130, "terminated": 143}.get(state.stop_reason, 0)
+
+
+def launch(args, config) -> int:
+    """`--nproc N`: this command again in N processes, through torchrun's launcher (in this process, so
+    that a failure becomes one clear line instead of torchrun's report)."""
+    import os
+    import sys
+
+    from scratchllm.errors import UserError
+
+    n = args.nproc
+    if n < 1:
+        raise UserError(f"--nproc must be at least 1, got {n}")
+    if config.train.strategy == "none" and n > 1:
+        raise UserError(f"--nproc {n} needs a strategy for the processes: add --train.strategy ddp (each process "
+                        f"holds the model) or --train.strategy fsdp (the model is sharded across them)")
+    if config.train.batch_size % n:
+        raise UserError(f"train.batch_size {config.train.batch_size} must be a multiple of --nproc {n} (each "
+                        f"process takes an equal share of every batch)")
+    if "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc inside a torchrun job: drop --nproc (torchrun already started the processes)")
+    argv = sys.argv[1:] if getattr(args, "argv", None) is None else list(args.argv)
+    rest, skip = [], False
+    for a in argv:  # the same command without --nproc
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    targs = get_args_parser().parse_args([f"--nproc-per-node={n}", "--standalone", "-m", "scratchllm", *rest])
+    targs.rdzv_backend, targs.rdzv_endpoint, targs.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
+    targs.master_port = targs.master_port or 29500
+    launch_config, cmd, cmd_args = config_from_args(targs)
+    try:
+        elastic_launch(config=launch_config, entrypoint=cmd)(*cmd_args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        codes = {r: f.exitcode for r, f in e.failures.items()}
+        if all(c in (130, 143) for c in codes.values()):  # every rank stopped by a signal after saving
+            return max(codes.values())
+        how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+               else f"exited with code {failure.exitcode}")
+        resume = "" if config.train.resume else " --resume"
+        raise UserError(f"process {rank} of {n} (pid {failure.pid}) {how}; torchrun stopped the others. "
+                        f"Continue from the last checkpoint with: scratchllm {' '.join(rest)}{resume} --nproc {n}"
+                        ) from None
+    return 0

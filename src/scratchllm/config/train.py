@@ -28,6 +28,18 @@ from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "muon", "sgd")
+# what train.distributed can do with many processes (checked here: that module imports torch.distributed)
+STRATEGIES = ("none", "ddp", "fsdp")
+
+
+def processes() -> int:
+    """The processes of this job: torchrun's WORLD_SIZE (1 when started without it)."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -124,6 +136,27 @@ class TrainConfig(Config):
     keep_last: int = 2
     # Continue the run in the run folder from its latest good checkpoint.
     resume: bool = False
+    # --- many processes (torchrun; train.distributed) -------------------------------------------
+    # "none": one process. "ddp": DistributedDataParallel, every process holds the whole model and the
+    # gradients are averaged; "fsdp": FSDP2 (fully_shard per block), weights, gradients and optimizer
+    # state sharded across processes, for models whose training state does not fit one device. Start
+    # the processes with torchrun (or `scratchllm train --nproc N`). batch_size stays the job's
+    # micro-batch: each of N processes takes batch_size / N of its rows, so N changes the speed, not the math.
+    strategy: str = "none"
+    # FSDP: gather the parameters in this dtype for the forward and backward ("bf16": half the traffic and
+    # memory of the gathered weights; gradients are still reduced in fp32 and the fp32 shards stay the
+    # optimizer's master weights); "fp32" keeps everything fp32.
+    fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"
+    # FSDP: free each block's gathered weights after its forward and gather them again for the backward
+    # (the memory FSDP exists to save); false keeps them, trading memory for one all-gather per block.
+    fsdp_reshard_after_forward: bool = True
+    # FSDP: keep the parameter shards, gradients and optimizer state in CPU memory, the optimizer step on
+    # the CPU (CPUOffloadPolicy): fits larger models on small GPUs at the cost of copies every step.
+    fsdp_cpu_offload: bool = False
+    # Seconds a collective may wait for the other processes before the job fails: a process that died
+    # or hangs ends the job with an error after this long instead of hanging it (torchrun then stops the
+    # rest). 300 s leaves room for a slow checkpoint save on rank 0.
+    dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         check_finite(self, "train.")
@@ -164,6 +197,19 @@ class TrainConfig(Config):
         check(self.keep_last >= 1, f"train.keep_last must be >= 1, got {self.keep_last}")
         if self.threads is not None:
             check(self.threads > 0, f"train.threads must be positive or none, got {self.threads}")
+        check(self.strategy in STRATEGIES,
+              f"train.strategy {self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+        check(self.fsdp_param_dtype in ("fp32", "bf16"),
+              f"train.fsdp_param_dtype {self.fsdp_param_dtype!r} is unknown; choose fp32 or bf16")
+        check(self.dist_timeout > 0, f"train.dist_timeout must be a positive number of seconds, got "
+                                     f"{self.dist_timeout}")
+        check(not (self.strategy == "fsdp" and self.optimizer == "muon"),
+              "train.optimizer muon orthogonalises whole matrices, which FSDP shards across processes; "
+              "use train.strategy ddp with muon, or adamw with fsdp")
+        world = processes()
+        check(world == 1 or self.batch_size % world == 0,
+              f"train.batch_size {self.batch_size} must be a multiple of the {world} processes (each takes an "
+              f"equal share of every batch)")
 
     @property
     def final_lr(self) -> float:

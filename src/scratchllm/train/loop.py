@@ -27,6 +27,13 @@ dropout) is seeded with `config.seed` at step 0 (or restored from the checkpoint
 caller's: two fresh runs draw the same dropout masks, and the caller's RNG states are as they were
 when `train` returns. The peak FLOP/s for MFU is measured once per machine (`runtime.peak_flops`).
 
+Many processes (`config.strategy` "ddp" or "fsdp", started by torchrun): the model is wrapped
+(`train.distributed.wrap`), each rank takes its rows of each global batch, the micro-batches before
+the last of an accumulation skip the gradient reduction, clipping uses the job's gradient norm, the
+logged loss is the job's, and the ranks agree on when to stop (a signal or time budget seen by one is
+acted on by all at the same step). Rank 0 alone prints and writes; every rank runs the evaluation.
+With "none" (the default) none of this is imported or run.
+
 Not here: the losses (`train.losses`), the FLOPs formula (`model.info`), the run folder
 (`train.run`), what to train on (`train.pretrain`).
 """
@@ -235,8 +242,11 @@ def train(model: Any, batches: Iterable[Any], loss_fn: Callable[[Any, Any], Any]
                     val = t.evaluate().get("val_loss") if t.eval_due() else None
                     if t.checkpoint_due():
                         t.checkpoint(val)
-                    if signals.reason or t.state.should_stop:
-                        t.state.stop_reason = signals.reason or "hook"
+                    reason = signals.reason or ("hook" if t.state.should_stop else "")
+                    if t.dist is not None:
+                        reason = t.agree(reason)  # every rank stops at the same step, or none does
+                    if reason:
+                        t.state.stop_reason = reason
                         break
                 t.end()  # a last evaluation and checkpoint
         finally:
@@ -251,11 +261,36 @@ class _Training:
                  eval_fn: Callable | None, hooks: Sequence[Hook], run: Any, optimizer: Any) -> None:
         self.batches, self.loss_fn, self.config = batches, loss_fn, config
         self.eval_fn, self.hooks, self.run = eval_fn, hooks, run
-        self.device = pick_device(config.device)
+        strategy = getattr(config, "strategy", "none")
+        self.dist: Any = None  # train.distributed in a job of several processes
+        self.rank, self.world = 0, 1
+        if strategy == "none":
+            import os
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise UserError(f"this job runs as {os.environ['WORLD_SIZE']} processes but train.strategy is "
+                                f"none; set train.strategy ddp or fsdp (or start one process)")
+            self.device = pick_device(config.device)
+        else:
+            from scratchllm.train import distributed
+
+            self.device = distributed.setup(strategy, config.device, config.dist_timeout)
+            if distributed.world_size() > 1:
+                self.dist = distributed
+                self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
         self.precision = resolve_precision(config.precision, self.device)
         model.to(self.device)
         model.train()
         self.model = model
+        self.wrapped = None  # the DDP or FSDP wrapper of a LossModule around `model`
+        if self.dist is not None:
+            if optimizer is not None and strategy == "fsdp":
+                raise UserError("train.strategy fsdp builds its optimizer over the sharded parameters; "
+                                "call train without an optimizer")
+            if config.compile:
+                model.compile()  # in place: the wrapper calls the compiled forward
+            self.wrapped = self.dist.wrap(model, config, self.device)
         self.optimizer = optimizer if optimizer is not None else build_optimizer(model, config, self.device)
         self.amp = autocast(self.device, self.precision)
         self.state = TrainState()
@@ -269,8 +304,12 @@ class _Training:
 
         restored = self.run.restore(self.model, self.optimizer) if self.run is not None and self.config.resume \
             else None
+        if restored is None or (self.rank > 0 and restored.get("rng_ranks") is not None
+                                and len(restored["rng_ranks"]) != self.world):
+            # a resumed run has its RNG state from the checkpoint instead; in a job of several processes
+            # each rank draws its own dropout masks (and keeps its seed when the process count changed)
+            torch.manual_seed(self.config.seed + self.rank * 1_000_003 + (restored or {}).get("step", 0))
         if restored is None:
-            torch.manual_seed(self.config.seed)  # a resumed run has its RNG state from the checkpoint instead
             return
         self.state = TrainState(step=int(restored["step"]), tokens=int(restored.get("tokens", 0)),
                                 elapsed=float(restored.get("elapsed", 0.0)), best_val=restored.get("best_val"),
@@ -280,7 +319,8 @@ class _Training:
             self.batches.load_state_dict(restored["data"])
         elif hasattr(self.batches, "state_dict"):
             warnings.warn("the checkpoint has no data position; batches restart from the beginning", stacklevel=3)
-        tqdm.write(f"resumed from {restored['checkpoint']} at step {self.state.step}")
+        if self.main:
+            tqdm.write(f"resumed from {restored['checkpoint']} at step {self.state.step}")
 
     def begin(self) -> None:
         """What the steps need: the (compiled) model, the batch iterator, the peak FLOP/s, the clock."""
@@ -288,12 +328,12 @@ class _Training:
         from tqdm import tqdm
 
         c = self.config
-        self.fwd_model = torch.compile(self.model) if c.compile else self.model
+        self.fwd_model = torch.compile(self.model) if c.compile and self.dist is None else self.model
         self.it: Iterator[Any] = iter(self.batches)
         self.peak = c.peak_flops if c.peak_flops is not None else peak_flops(self.device, self.precision)
         self.flops_per_token: float | None = None  # from the first batch's length, at the first log
-        self.pbar = tqdm(total=c.max_steps, initial=self.state.step, disable=not c.progress, unit="step",
-                         dynamic_ncols=True, leave=False)
+        self.pbar = tqdm(total=c.max_steps, initial=self.state.step, disable=not (c.progress and self.main),
+                         unit="step", dynamic_ncols=True, leave=False)
         self.emit("start", {})
         self.t_start = time.perf_counter()
         self.elapsed0 = self.state.elapsed
@@ -314,8 +354,22 @@ class _Training:
         if self.state.step >= self.config.max_steps:
             self.state.stop_reason = "max_steps"
         elif self.config.max_seconds is not None and elapsed >= self.config.max_seconds:
-            self.state.stop_reason = "max_seconds"
+            # several processes: rank 0's clock decides for all (`agree`)
+            self.state.stop_reason = "max_seconds" if self.dist is None or self.main else ""
+        if self.dist is not None and self.config.max_seconds is not None:
+            self.state.stop_reason = self.agree(self.state.stop_reason)
         return bool(self.state.stop_reason)
+
+    STOP_REASONS = ("", "hook", "max_seconds", "interrupted", "terminated")
+
+    def agree(self, reason: str) -> str:
+        """Several processes: the strongest stop reason any rank has (a signal, a hook, the time budget
+        on rank 0), so that all ranks stop after the same step."""
+        import torch
+
+        code = torch.tensor([self.STOP_REASONS.index(reason) if reason in self.STOP_REASONS else 1])
+        self.dist.all_reduce_max(code)
+        return self.STOP_REASONS[int(code)]
 
     # --- step -------------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -327,17 +381,27 @@ class _Training:
         set_lr(self.optimizer, self.lr)
         loss_sum = 0.0
         try:
-            for _ in range(c.grad_accum):
-                batch = to_device(next(self.it), self.device)
-                state.tokens += count_tokens(batch)
-                with self.amp:
-                    loss = self.loss_fn(self.fwd_model, batch)
-                (loss / c.grad_accum).backward()
+            for i in range(c.grad_accum):
+                batch = next(self.it)
+                state.tokens += count_tokens(batch)  # the job's tokens: every rank counts the global batch
+                if self.dist is None:
+                    batch = to_device(batch, self.device)
+                    with self.amp:
+                        loss = self.loss_fn(self.fwd_model, batch)
+                    (loss / c.grad_accum).backward()
+                else:  # this rank's rows; gradients reduced after the last micro-batch only
+                    batch = to_device(self.dist.local_rows(batch, self.rank, self.world), self.device)
+                    with self.dist.no_sync(self.wrapped, skip=i < c.grad_accum - 1):
+                        with self.amp:
+                            loss = self.wrapped(self.loss_fn, batch)
+                        (loss / c.grad_accum).backward()
                 loss_sum += loss.detach().float()
         except StopIteration:
             self.optimizer.zero_grad(set_to_none=True)
             state.stop_reason = "data"
             return False
+        if self.dist is not None:
+            loss_sum = self.dist.mean_over_ranks(loss_sum)  # the job's loss (and a NaN anywhere is seen by all)
         self.loss = float(loss_sum) / c.grad_accum
         if not math.isfinite(self.loss):
             where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was saved"
@@ -345,7 +409,9 @@ class _Training:
                 f"loss became {self.loss} at step {state.step + 1}: training diverged; {where}. "
                 f"Lower train.lr (now {c.lr}), keep train.grad_clip on, or use precision fp32")
         self.grad_norm = None
-        if c.grad_clip > 0:
+        if c.grad_clip > 0 and self.dist is not None:  # the norm of the job's gradients (FSDP: of all shards)
+            self.grad_norm = self.dist.clip_grad_norm(list(self.model.parameters()), c.grad_clip)
+        elif c.grad_clip > 0:
             self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -370,7 +436,7 @@ class _Training:
             self.flops_per_token = model_flops_per_token(self.model, self.seq_len)
         rec = {"step": state.step, "loss": self.loss, "lr": self.lr, "tokens": state.tokens, "tok_s": round(tok_s, 1)}
         if self.flops_per_token is not None:
-            rec["mfu"] = round(mfu(tok_s, self.flops_per_token, self.peak), 5)
+            rec["mfu"] = round(mfu(tok_s, self.flops_per_token, self.peak * self.world), 5)  # the job's peak
         rec["elapsed"] = round(state.elapsed, 3)
         if self.grad_norm is not None:
             rec["grad_norm"] = self.grad_norm
@@ -388,7 +454,11 @@ class _Training:
         from tqdm import tqdm
 
         state = self.state
-        metrics = run_eval(self.fwd_model, self.eval_fn, self.amp)
+        if self.wrapped is not None and self.dist.is_sharded(self.model):
+            # FSDP: through the wrapper's forward, which gathers the root's weights (blocks gather their own)
+            metrics = run_eval(self.wrapped, lambda w: w(lambda m: self.eval_fn(m)), self.amp)
+        else:
+            metrics = run_eval(self.fwd_model, self.eval_fn, self.amp)
         if "val_loss" in metrics and (state.best_val is None or metrics["val_loss"] < state.best_val):
             state.best_val = metrics["val_loss"]
         state.last_eval = metrics
@@ -399,7 +469,8 @@ class _Training:
             self.run.log(rec)
             self.run.plot()
         parts = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("_loss"))
-        tqdm.write(f"step {state.step}: {parts}")
+        if self.main:
+            tqdm.write(f"step {state.step}: {parts}")
         self.emit("eval", rec)
         return metrics
 

@@ -12,6 +12,10 @@ long enough for the context, and the batch's activations must fit in the free me
 that owns the process it also makes the process-wide settings (`configure_process`: threads, the
 allocator, TF32) and seeds the model's initialisation; the loop itself sets none of them.
 
+Many processes (`train.strategy` ddp or fsdp under torchrun, `train.distributed`): every rank runs
+this job; rank 0 picks and locks the run folder and prepares the data first, and alone prints,
+samples, plots and writes the model card; the other ranks follow it.
+
 Not here: the loop (`train.loop`), checkpoints (`checkpoint`, `train.checkpoint`), the data pipeline (`data`).
 """
 
@@ -21,6 +25,7 @@ import json
 import math
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +86,8 @@ def estimate_training_memory(model_config: Any, batch_size: int, precision: str 
 
 def check_memory(run: RunConfig) -> None:
     device = pick_device(run.train.device)
-    need = estimate_training_memory(run.model, run.train.batch_size, resolve_precision(run.train.precision, device),
+    per_process = max(1, run.train.batch_size // _processes())  # each process holds its share of the batch
+    need = estimate_training_memory(run.model, per_process, resolve_precision(run.train.precision, device),
                                     device.type)
     have = available_memory()
     if have and need > 0.9 * have:
@@ -190,28 +196,62 @@ def init_from(model: Any, source: Any, path: str) -> None:
     print(f"initialised from {path}")
 
 
-def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None) -> TrainState:
+def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None,
+             hooks: Sequence[Any] = ()) -> TrainState:
     """Prepare the data, build the model, train, sample, and leave everything in the run folder.
 
     `source`: how the settings were given on the command line ("--config PATH" or "--preset NAME"),
-    for the command that continues a stopped run (`resume_command`).
+    for the command that continues a stopped run (`resume_command`). `hooks`: more `train.loop` hooks
+    (a sweep's reports to its pruner).
     """
     init = load_init(run)  # a bad init_from is an error before any folder is made
-    with pick_run_folder(run) as folder:  # locked until the job ends, however it ends
-        return pretrain_in(folder, run, progress=progress, source=source, init=init)
+    if run.train.strategy == "none":
+        with pick_run_folder(run) as folder:  # locked until the job ends, however it ends
+            return pretrain_in(folder, run, progress=progress, source=source, init=init, hooks=hooks)
+    from scratchllm.train import distributed
+
+    distributed.setup(run.train.strategy, run.train.device, run.train.dist_timeout)
+    try:
+        if distributed.is_main():
+            # rank 0 alone claims and locks the folder, then tells the others which it is
+            lock = None
+            try:
+                lock = pick_run_folder(run)
+            finally:
+                folder = distributed.broadcast_object(str(lock.folder) if lock is not None else None)
+            with lock as folder:
+                return pretrain_in(folder, run, progress=progress, source=source, init=init, hooks=hooks)
+        folder = distributed.broadcast_object(None)
+        if folder is None:
+            raise UserError("rank 0 could not pick the run folder; see its error")
+        return pretrain_in(Path(folder), run, progress=False, source=source, init=init, hooks=hooks)
+    except RuntimeError as e:
+        lost = distributed.lost_contact(e)
+        if lost is None:
+            raise
+        raise lost from None
+    finally:
+        distributed.teardown()
 
 
 def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: str | None = None,
-                init: Any = None) -> TrainState:
+                init: Any = None, hooks: Sequence[Any] = ()) -> TrainState:
     """`pretrain` in a run folder this process has locked; `init`: a model to copy the weights of."""
     from scratchllm.data.datasets import EvalBatches, RandomWindowBatches, need_tokens
     from scratchllm.data.prepare import prepare
     from scratchllm.model import GPT
 
     t0 = time.perf_counter()
-    ensure_writable(Path(run.runs_dir))
+    main = _is_main()
+    if main:
+        ensure_writable(Path(run.runs_dir))
+    say = print if main else _quiet
 
-    prepared = prepare(run.data, data_folder(run), progress=progress)
+    if not main:
+        _barrier()  # the other ranks wait for rank 0's prepared data, then read it from the cache
+    prepared = prepare(run.data, data_folder(run), progress=progress and main)
+    if main:
+        _barrier()
     tok = prepared.tokenizer
     if run.model.vocab_size != tok.vocab_size:
         run = run.override({"model.vocab_size": tok.vocab_size})
@@ -222,20 +262,21 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
         per_step = run.train.batch_size * run.train.grad_accum * ctx
         steps = max(1, math.ceil(run.train.epochs * len(prepared.train) / per_step))
         run = run.override({"train.max_steps": steps})
-        print(f"{run.train.epochs:g} epochs of {len(prepared.train):,} training tokens = {steps:,} steps")
+        say(f"{run.train.epochs:g} epochs of {len(prepared.train):,} training tokens = {steps:,} steps")
     check_memory(run)
     configure_process(run)
 
-    ensure_writable(folder)
+    if main:
+        ensure_writable(folder)
     tc = run.train
     seed_everything(tc.seed)
     model = GPT(run.model)
     if init is not None:
         init_from(model, init, run.init_from)
-    print(f"model: {model.num_params():,} parameters ({run.model.n_layer} layers, {run.model.n_head} heads, "
+    say(f"model: {model.num_params():,} parameters ({run.model.n_layer} layers, {run.model.n_head} heads, "
           f"{run.model.n_embd} dims, context {ctx}); data: {len(prepared.train):,} train / "
-          f"{len(prepared.val):,} val tokens; run folder: {folder}")
-    if not tc.resume and run.sample.max_new_tokens:
+          f"{len(prepared.val):,} val tokens; run folder: {folder}" + _processes_note(tc))
+    if not tc.resume and run.sample.max_new_tokens and main:
         _show("sample before training", run.prompt, sample_text(model, tok, run.prompt, run.sample))
 
     batches = RandomWindowBatches(prepared.train, tc.batch_size, ctx, seed=tc.seed)
@@ -245,11 +286,12 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
     })
     def record_config(event: str, state: TrainState, info: dict) -> None:
         # at "start", after a resume's checkpoint is restored: a resume that fails leaves the old config
-        if event == "start":
+        if event == "start" and main:
             write_atomic(folder / RUN_CONFIG_FILE, json.dumps(run.to_dict(), indent=1))
 
-    hooks = [record_config]
-    if tc.sample_interval and run.sample.max_new_tokens:
+    hooks = [record_config, *hooks]
+    # (FSDP's weights are shards: its samples come from the consolidated checkpoint at the end)
+    if tc.sample_interval and run.sample.max_new_tokens and main and tc.strategy != "fsdp":
         def sample_hook(event: str, state: TrainState, info: dict) -> None:
             if event == "eval" and state.step and state.step % tc.sample_interval == 0:
                 from tqdm import tqdm
@@ -259,16 +301,23 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
 
         hooks.append(sample_hook)
     out = Run(folder, keep_last=tc.keep_last, tokenizer=tok, tensorboard=tc.tensorboard, title=run.name,
-              meta={"run_config": run.to_dict(), "data_dir": str(prepared.dir)})
+              meta={"run_config": run.to_dict(), "data_dir": str(prepared.dir)}, main=main)
     try:
         state = train(model, batches, loss_for(run.model), tc, eval_fn=eval_fn, hooks=hooks, run=out)
     finally:
         out.close()
+    if not main:
+        return state
     out.plot()
     write_atomic(Path(run.runs_dir) / "latest", folder.name + "\n")
 
     if run.sample.max_new_tokens and state.stop_reason != "terminated":  # SIGTERM: the grace period is short
-        _show("sample after training", run.prompt, sample_text(model, tok, run.prompt, run.sample))
+        sampler = model
+        if tc.strategy == "fsdp" and _processes() > 1 and state.checkpoint:  # the consolidated weights
+            from scratchllm.checkpoint import load_model
+
+            sampler = load_model(state.checkpoint)[0]
+        _show("sample after training", run.prompt, sample_text(sampler, tok, run.prompt, run.sample))
     write_model_card(folder, card_info(run, folder, prepared, model, state, time.perf_counter() - t0))
     final = state.last_eval
     losses = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.endswith("_loss"))
@@ -277,6 +326,34 @@ def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: 
     if state.stop_reason in ("interrupted", "terminated"):
         print(f"continue with: {resume_command(run, folder, source)}")
     return state
+
+
+def _is_main() -> bool:
+    from scratchllm.runtime import is_rank_zero
+
+    return is_rank_zero()
+
+
+def _processes() -> int:
+    from scratchllm.config.train import processes
+
+    return processes()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """print for ranks other than 0: nothing."""
+
+
+def _processes_note(tc: Any) -> str:
+    n = _processes()
+    return f"; {n} processes ({tc.strategy}), {tc.batch_size // n} rows of each batch per process" if n > 1 else ""
 
 
 def card_info(run: RunConfig, folder: Path, prepared: Any, model: Any, state: TrainState,

@@ -1,8 +1,10 @@
 """A run folder as the training loop sees it: checkpoints, metrics, plot, TensorBoard, in one object.
 
 `Run(folder)` is what `train.loop.train(..., run=...)` writes to; it holds the folder's lock
-(`train.lock`) until `close()`, so one folder has one writer. Without a run the loop trains in
-memory only (tests, notebooks). Not here: what goes in a checkpoint (`checkpoint`,
+(`train.lock`) until `close()`, so one folder has one writer. In a job of several processes
+(`train.distributed`) rank 0's Run is that writer; the other ranks' (`main=False`) take no lock and
+write no metrics or plots, and join in saving and restoring checkpoints, which need every rank.
+Without a run the loop trains in memory only (tests, notebooks). Not here: what goes in a checkpoint (`checkpoint`,
 `train.checkpoint`) or how metrics are drawn (`train.logging`).
 """
 
@@ -34,10 +36,12 @@ class Run:
 
     def __init__(self, folder: str | os.PathLike, *, keep_last: int = 2, tokenizer: Any = None,
                  meta: dict[str, Any] | None = None, tensorboard: bool = False, title: str = "",
-                 files: dict[str, Any] | None = None) -> None:
+                 files: dict[str, Any] | None = None, main: bool = True) -> None:
         self.folder = Path(folder)
-        ensure_writable(self.folder)
-        self.lock = RunLock.acquire(self.folder)  # released by close()
+        self.main = main
+        if main:
+            ensure_writable(self.folder)
+        self.lock = RunLock.acquire(self.folder) if main else None  # released by close()
         self.checkpoints = Checkpoints(self.folder, keep_last=keep_last)
         self.metrics = MetricsLog(self.folder / METRICS_FILE)
         self.tokenizer = tokenizer
@@ -47,17 +51,22 @@ class Run:
         self.files = dict(files or {})
         self.title = title or self.folder.name
         try:
-            self.tb = TensorBoard(self.folder / TENSORBOARD) if tensorboard else None
+            self.tb = TensorBoard(self.folder / TENSORBOARD) if tensorboard and main else None
         except BaseException:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
             raise
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
         self.metrics.write(record)
         if self.tb is not None:
             self.tb.write(record)
 
     def plot(self) -> Path | None:
+        if not self.main:
+            return None
         return plot_losses(read_metrics(self.metrics.path), self.folder / PLOT_FILE, title=self.title)
 
     def save(self, step: int, model: Any, optimizer: Any, state: dict[str, Any],
@@ -71,7 +80,8 @@ class Run:
         if found is None:
             return None
         folder, state = found
-        self.metrics.truncate_after(int(state["step"]))
+        if self.main:
+            self.metrics.truncate_after(int(state["step"]))
         state["checkpoint"] = str(folder)
         return state
 
