@@ -9,10 +9,8 @@ import threading
 
 import pytest
 from chat_helpers import save_tiny
-
-fastapi = pytest.importorskip("fastapi", reason="the serve extra (pip install scratchllm[serve])")
-from fastapi import FastAPI  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from scratchllm.cli import main  # noqa: E402
 from scratchllm.finetune.dpo import read_preferences  # noqa: E402

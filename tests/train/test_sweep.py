@@ -10,8 +10,6 @@ from scratchllm.cli import main
 from scratchllm.config.train import RunConfig
 from scratchllm.errors import ConfigError
 
-pytest.importorskip("optuna")
-
 # two learning rates: one that learns, one too small to move the loss. After 2 complete trials the median
 # pruner stops a trial whose loss at its second evaluation is worse than theirs at that step.
 SPACE = """[sweep]
