@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 WHEELS ?= $(or $(SCRATCHLLM_CACHE_DIR),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/scratchllm),$(HOME)/.cache/scratchllm)/wheels
 
-.PHONY: demo test install dev lint docs clean llama-cpp
+.PHONY: demo test install dev lint docs clean llama-cpp chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,7 +55,12 @@ lint: $(VENV)/.dev
 # the documentation site into site/ (mkdocs.yml; strict: a broken link or a missing page fails the build)
 MKDOCS = NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-test: $(VENV)/.dev
+# the web page's browser test drives Debian's chromium with its driver: installed with apt-get when missing
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { s="$$(command -v sudo || true)"; $$s apt-get update -q && $$s apt-get install -y -q chromium chromium-driver; }
+
+test: $(VENV)/.dev chromium
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/python -m pytest -q
 	$(MKDOCS) --quiet -d site
