@@ -12,6 +12,8 @@
   equals ours (0.1%), f16 within 0.5%, q8_0 within 1% and q4_0 within 5% of it.
 - Tokenizer: llama.cpp encodes text to our ids (and decodes them back to the text) for GPT-2's
   tokenizer and for byte-level BPEs trained by scratchllm with each pre-tokenisation pattern it maps.
+- The main job's recipe (`make demo`) shrunk, trained a few steps by `scratchllm train`, exported by
+  `export gguf`: llama.cpp tokenizes as its BPE and gives its logits and greedy tokens.
 - The chat template of instruction-tuned runs; the command and its errors.
 Needs the export extra (gguf) and llama-cpp-python (installed by `make dev` from its wheel cache).
 """
@@ -367,6 +369,67 @@ def test_export_gguf_command_writes_a_file_llama_cpp_runs(bpe, tmp_path, capsys)
     assert np.abs(their_logits(llama_cpp(out), ids) - our_logits(model, ids)).max() < 0.1
 
 
+# The main job's recipe (`make demo`), shrunk: its own [model] table (RoPE, RMSNorm, SwiGLU, no biases, tied
+# head: Llama's block) with smaller sizes, its tokenizer kind (a byte-level BPE trained on the data), its
+# optimizer (Muon), trained for a few steps by `scratchllm train` on a small local text.
+DEMO = """preset = "shakespeare-bpe"
+name = "demo"
+[data]
+dataset = "{data}"
+tokenizer = {{ vocab_size = {vocab} }}
+[model]
+n_layer = 2
+n_embd = 64
+context_length = 64
+vocab_size = {vocab}
+[train]
+max_steps = 60
+warmup_steps = 10
+batch_size = 8
+eval_interval = 30
+eval_batches = 2
+peak_flops = 1e9
+[sample]
+max_new_tokens = 8
+"""
+
+
+def test_the_demo_recipe_trains_then_runs_in_llama_cpp_as_in_scratchllm(tmp_path, capsys):
+    """What a user of `make demo` does next: export the run to GGUF and run it in llama.cpp."""
+    from scratchllm.checkpoint import latest_run, load_model
+    from scratchllm.config.train import RunConfig
+    from scratchllm.train.logging import read_metrics
+
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(DEMO.format(data=DATA / "the-verdict.txt", vocab=VOCAB))
+    shipped, shrunk = RunConfig.load(preset="shakespeare-bpe"), RunConfig.load(recipe)
+    sizes = ("n_layer", "n_embd", "context_length", "vocab_size")
+    assert {k: v for k, v in vars(shrunk.model).items() if k not in sizes} == \
+        {k: v for k, v in vars(shipped.model).items() if k not in sizes}  # the recipe's architecture
+    assert shrunk.data.tokenizer.kind == "bpe" and shrunk.train.optimizer == "muon"
+    assert gx.gguf_arch(shipped.model) == "llama"
+
+    runs = tmp_path / "runs"
+    assert main(["train", "--config", str(recipe), "--runs_dir", str(runs), "--quiet"]) == 0
+    run = latest_run(runs)
+    out = tmp_path / "demo.gguf"
+    assert main(["export", "gguf", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    model, tok, meta = load_model(run)
+    assert meta["step"] == 60 and model.config.mlp == "swiglu" and model.config.tie_weights
+    evals = [r["val_loss"] for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r]
+    assert evals[-1] < evals[0] - 1.0  # trained: its greedy tokens are not noise
+    llm = llama_cpp(out)
+    assert llm.metadata["general.architecture"] == "llama"
+    text = shrunk.prompt + TEXT[:200]
+    ids = tok.encode(text)[:48]
+    assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:48] == ids  # its tokenizer is ours
+    assert np.abs(their_logits(llm, ids) - our_logits(model, ids)).max() <= 1e-3
+    prompt = ids[:8]
+    ours = greedy(model, prompt, 40)
+    assert their_greedy(llm, prompt, 40) == ours
+
+
 def test_export_gguf_help_says_how_to_run_the_file(capsys):
     with pytest.raises(SystemExit):
         main(["export", "gguf", "--help"])
@@ -394,7 +457,7 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, message, bpe, tmp
     tok = bpe
     if case == "architecture":
         model = GPT(ModelConfig(**config, position="rope"))
-    elif case == "demo":  # the demo recipe's shape: RoPE, RMSNorm, a GELU MLP
+    elif case == "demo":  # RoPE, RMSNorm and a GELU MLP (the demo recipe's block before it took SwiGLU)
         model = GPT(ModelConfig(**config, position="rope", norm="rmsnorm", bias=False, qkv_bias=False))
     elif case == "classifier":
         model = GPT(ModelConfig(**config, n_classes=2, tie_weights=False))
