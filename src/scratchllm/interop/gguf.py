@@ -117,7 +117,7 @@ def gguf_arch(config) -> str:
         return "qwen3"
     parts = f"position={config.position}, norm={config.norm}, mlp={config.mlp}, qk_norm={config.qk_norm}"
     hint = ""
-    if config.position == "rope" and config.norm == "rmsnorm":  # e.g. the demo recipe's GELU MLP
+    if config.position == "rope" and config.norm == "rmsnorm":  # a GELU MLP (e.g. older demo runs)
         hint = "; a model trained with model.mlp=swiglu (Llama's MLP) exports as a Llama"
     raise UserError(f"llama.cpp has no architecture for this model ({parts}); GGUF export takes GPT-2-style "
                     f"models (learned, layernorm, gelu), Llama-style (rope, rmsnorm, swiglu) and Qwen3-style "
