@@ -82,6 +82,15 @@ def test_a_runs_folder_is_named_as_such(tmp_path, capsys):
         load_model(empty_runs)
 
 
+def test_the_latest_pointers_stand_for_what_they_name(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs / "shakespeare")
+    make_run(runs / "verdict")
+    (runs / LATEST).write_text("shakespeare\n")  # runs/latest names a run; runs/X/latest names a step
+    assert resolve_checkpoint(runs / LATEST) == runs / "shakespeare" / "checkpoints" / "step-0000004"
+    assert resolve_checkpoint(runs / "verdict" / LATEST) == runs / "verdict" / "checkpoints" / "step-0000004"
+
+
 def test_a_file_an_empty_folder_and_a_run_without_checkpoints(tmp_path):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(UserError, match="f.txt is a file, not a folder; pass a run folder"):

@@ -101,6 +101,8 @@ def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
     p = Path(folder)
     if not p.exists():
         raise UserError(f"{p} does not exist; {RUN_HINT}")
+    if p.is_file() and p.name == LATEST:  # `runs/latest` (names a run) or `runs/X/latest` (names a step)
+        p = p.parent if _is_run_folder(p.parent) else latest_run(p.parent)
     if not p.is_dir():
         raise UserError(f"{p} is a file, not a folder; {RUN_HINT}")
     if _is_run_folder(p):

@@ -102,7 +102,10 @@ def export_gguf(args: argparse.Namespace) -> int:
         raise UserError(f"unknown --type {args.type!r}; choose one of {', '.join(TYPES)}")
     require_gguf()
     model, tokenizer, meta = _load(args.run)
-    out = write_gguf(model, tokenizer, args.out, args.type, meta.get("generation"), name=Path(args.run).name)
+    name = Path(args.run).name
+    if name == "latest" and meta.get("checkpoint"):  # runs/latest: the run it names (runs/X/checkpoints/step-N)
+        name = Path(meta["checkpoint"]).parent.parent.name
+    out = write_gguf(model, tokenizer, args.out, args.type, meta.get("generation"), name=name)
     print(f"wrote {out} ({args.type}, {out.stat().st_size / 1e6:.1f} MB; run it: llama-cli -m {out})")
     return 0
 
