@@ -6,7 +6,7 @@ the same rows through the same function). The book reports 95.67% test accuracy 
 124M (chapter 6, last block + final norm + head trained, 5 epochs); it is printed as the
 reference line. Rows:
 
-(a) the pretrained model: the main job's recipe (configs/shakespeare-bpe.toml: a 4.2M-parameter GPT
+(a) the pretrained model: the main job's recipe (configs/shakespeare-bpe.toml: a 4.3M-parameter Llama-style GPT
     with a 4,096-token BPE, both trained from scratch on the complete works of Shakespeare, bounded
     at 1,200 s of training with the rate decayed over them), pretrained by this script (`scratchllm
     train`) unless `--pretrained RUN` names such a run folder; then `scratchllm finetune classify`
