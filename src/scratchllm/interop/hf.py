@@ -31,7 +31,6 @@ raw tensors).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.checkpoint import check_tensors
+from scratchllm.checkpoint.load import skip_init
 from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
 from scratchllm.files import fsync_dir
@@ -171,28 +171,6 @@ def generation_info(folder: Path, hf: dict | None = None) -> dict[str, Any]:
     if "chat_template" not in out and (folder / "chat_template.jinja").is_file():
         out["chat_template"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     return out
-
-
-# torch.nn.init's functions, which `skip_init` turns into no-ops.
-INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-                  "trunc_normal_", "zeros_", "ones_", "constant_")
-
-
-@contextlib.contextmanager
-def skip_init():
-    """Within the block, torch.nn.init leaves tensors as they are: a model built here is not randomly
-    initialised (its weights are about to be replaced). On the meta device this also keeps torch from
-    importing its Python reference kernels, which costs seconds the first time."""
-    import torch.nn.init as init
-
-    saved = {name: getattr(init, name) for name in INIT_FUNCTIONS}
-    try:
-        for name in INIT_FUNCTIONS:
-            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(init, name, fn)
 
 
 def release_pages(t: Any) -> None:
