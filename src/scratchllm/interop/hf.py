@@ -234,6 +234,9 @@ def contiguous_tensors(sd: dict, dtype: Any = None, mapped: bool = False) -> dic
     if not todo:
         return sd
 
+    # New memory from torch's allocator (small pages). Not huge pages (an mmap with MADV_HUGEPAGE): fewer
+    # page faults, but where the kernel hands free memory back to a hypervisor (virtio-balloon free page
+    # reporting: whole 2 MB blocks) a fresh huge page's first touch costs more than the small pages'.
     def copy(t: torch.Tensor) -> torch.Tensor:
         out = torch.empty(t.shape, dtype=dtype_of(t), device=t.device).copy_(t)
         if mapped and t.device.type == "cpu":
