@@ -6,8 +6,12 @@ runs in its own fresh process, so neither inherits the other's memory or file ca
 unfairly (the file is read once before any timing, so every run finds it in the page cache):
 - scratchllm: `scratchllm.interop.hf.read_hf(folder)` -> our GPT in eval mode (weights translated
   by model.weights, shapes checked, built on the meta device: no random init; memory-mapped tensors
-  kept, the transposed Conv1D matrices copied into nn.Linear's layout on torch's threads);
-- transformers: `GPT2LMHeadModel.from_pretrained(folder).eval()`.
+  kept, the transposed Conv1D matrices copied into nn.Linear's layout on torch's threads, and the
+  file pages of each one copied let go of, so the process does not hold both);
+- transformers: `GPT2LMHeadModel.from_pretrained(folder).eval()`;
+- scratchllm ckpt: the same weights as scratchllm's own checkpoint folder (`save_checkpoint`), read by
+  `scratchllm.checkpoint.load_model` (built on the meta device, the file's tensors memory-mapped as
+  they are: our layout needs no transposing).
 Imports (torch, the library) happen before the clock starts; the time is folder -> ready model
 ("load"), and with the first forward pass of 16 tokens ("+1st fwd"): transformers maps the file and
 reads a tensor's pages when it is first used, scratchllm copies the Conv1D matrices (out of the
@@ -52,6 +56,10 @@ if kind == "new memory":  # the floor: first touch of argv[3] fp32 values of new
     n = int(sys.argv[3])
     load = lambda: torch.empty(n).fill_(0.0)
     model = None
+elif kind == "scratchllm ckpt":  # our own checkpoint folder of the same weights
+    import safetensors.torch
+    from scratchllm.checkpoint import load_model
+    load = lambda: load_model(folder)[0]
 elif kind == "scratchllm":
     import safetensors.torch
     import scratchllm.model.weights
@@ -110,25 +118,31 @@ def main() -> None:
             conv = sum(m.weight.numel() for m in ref.modules() if type(m).__name__ == "Conv1D")
             del ref
             size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-            (folder / "model.safetensors").read_bytes()  # in the page cache for every loader
+            from scratchllm.checkpoint import save_checkpoint
+            from scratchllm.interop.hf import read_hf
+
+            ckpt = save_checkpoint(Path(tmp) / "ckpt", read_hf(folder)[0])  # ours: config.json + model.safetensors
+            for f in (folder / "model.safetensors", ckpt / "model.safetensors"):
+                f.read_bytes()  # in the page cache for every loader
             print(f"folder: config.json + model.safetensors ({size:.0f} MB, fp32), written by transformers "
                   f"{transformers.__version__}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
                   f"best of {args.repeats} fresh processes")
             results = {}
             for _ in range(args.repeats):  # interleaved, so drift on the shared machine hits all alike
-                for kind in ("scratchllm", "transformers", "new memory"):
-                    results.setdefault(kind, []).append(run_child(kind, folder, str(conv)))
-        print(f"{'loader':<14}{'precision':>10}{'load s':>9}{'median':>9}{'+1st fwd s':>11}{'peak RSS MB':>13}"
+                for kind in ("scratchllm", "transformers", "new memory", "scratchllm ckpt"):
+                    where = ckpt if kind == "scratchllm ckpt" else folder
+                    results.setdefault(kind, []).append(run_child(kind, where, str(conv)))
+        print(f"{'loader':<16}{'precision':>10}{'load s':>9}{'median':>9}{'+1st fwd s':>11}{'peak RSS MB':>13}"
               f"{'rise MB':>9}")
         best = {}
         for kind, runs in results.items():
             b = min(runs, key=lambda r: r["seconds"])
             best[kind] = b
             fwd = f"{b['seconds'] + b['first']:>11.3f}" if b["logits"] else f"{'-':>11}"
-            print(f"{kind:<14}{'fp32':>10}{b['seconds']:>9.3f}{statistics.median(r['seconds'] for r in runs):>9.3f}"
+            print(f"{kind:<16}{'fp32':>10}{b['seconds']:>9.3f}{statistics.median(r['seconds'] for r in runs):>9.3f}"
                   f"{fwd}{b['peak_mb']:>13.0f}{b['peak_mb'] - b['base_mb']:>9.0f}")
         s, t = best["scratchllm"], best["transformers"]
-        same = max(abs(a - b) for a, b in zip(s["logits"], t["logits"]))
+        same = max(abs(a - b) for a, b in zip(s["logits"] + best["scratchllm ckpt"]["logits"], t["logits"] * 2))
         print(f"scratchllm / transformers: load {s['seconds'] / t['seconds']:.2f}x, load + first forward "
               f"{(s['seconds'] + s['first']) / (t['seconds'] + t['first']):.2f}x, peak RSS "
               f"{s['peak_mb'] / t['peak_mb']:.2f}x; logits max abs diff {same:.1e}")

@@ -107,3 +107,45 @@ def test_a_file_an_empty_folder_and_a_run_without_checkpoints(tmp_path):
     (tmp_path / "gutted" / LATEST).write_text("step-0000003\n")
     with pytest.raises(CheckpointError, match="gutted/latest names step-0000003, which is not a checkpoint folder"):
         find_checkpoints(tmp_path / "gutted")
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_a_model_given_the_files_tensors_saves_the_same_file_and_trains(tied, tmp_path):
+    """load_model gives a plain checkpoint's model the file's own (memory-mapped, copy-on-write) tensors: saved
+    again it writes the same bytes; training it changes the model, never the file; it loads again after."""
+    import hashlib
+
+    from scratchllm.checkpoint import save_checkpoint
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, context_length=16, n_layer=2, n_head=2, n_embd=32, tie_weights=tied))
+    first = save_checkpoint(tmp_path / "a", model)
+    sha = hashlib.sha256((first / "model.safetensors").read_bytes()).hexdigest()
+    loaded, _, _ = load_model(first)
+    assert (loaded.lm_head.weight is loaded.tok_emb.weight) == tied
+    again = save_checkpoint(tmp_path / "b", loaded)
+    assert (again / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
+    loaded.train()
+    opt = torch.optim.AdamW(loaded.parameters(), lr=1e-2)
+    x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    _, loss = loaded(x[:, :-1], x[:, 1:])
+    loss.backward()
+    opt.step()
+    assert not torch.equal(loaded.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    assert hashlib.sha256((first / "model.safetensors").read_bytes()).hexdigest() == sha
+    reread, _, _ = load_model(first)
+    assert all(torch.equal(a, b) for a, b in zip(reread.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_bf16_checkpoint_loads_as_the_models_fp32(tmp_path):
+    """A file's tensors of another dtype become the model's, as copying them into a built model did."""
+    from scratchllm.checkpoint import save_checkpoint
+    from scratchllm.config.model import ModelConfig
+    from scratchllm.model import GPT
+
+    model = GPT(ModelConfig(vocab_size=64, context_length=16, n_layer=1, n_head=2, n_embd=32)).to(torch.bfloat16)
+    loaded, _, _ = load_model(save_checkpoint(tmp_path / "a", model))
+    assert {t.dtype for t in loaded.state_dict().values()} == {torch.float32}
+    assert all(torch.equal(a.float(), b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

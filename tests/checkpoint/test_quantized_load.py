@@ -34,12 +34,27 @@ def test_a_quantized_checkpoint_loads_on_meta_and_computes_the_same(kw, scheme, 
     assert torch.equal(loaded(x), model(x))
 
 
-def test_a_plain_checkpoint_is_still_built_on_the_cpu(tmp_path, monkeypatch):
+def test_a_plain_checkpoint_is_built_empty_and_a_lora_one_on_the_cpu(tmp_path, monkeypatch):
+    """A plain checkpoint's model is built on the meta device too and given the file's tensors (nothing random,
+    nothing copied); a LoRA checkpoint's is still built on the CPU (its adapters are added to real layers)."""
     import scratchllm.model.gpt as gpt
+    from scratchllm.config.lora import LoraConfig
+    from scratchllm.model.lora import add_lora
 
-    folder = save_checkpoint(tmp_path / "p", GPT(ModelConfig(**GPT2ISH)))
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**GPT2ISH)).eval()
+    folder = save_checkpoint(tmp_path / "p", model)
+    lora = GPT(ModelConfig(**GPT2ISH)).eval()
+    add_lora(lora, LoraConfig(r=2))
+    lora_folder = save_checkpoint(tmp_path / "l", lora)
     devices = []
     real_init = gpt.init_weights
     monkeypatch.setattr(gpt, "init_weights", lambda m: devices.append(m.tok_emb.weight.device.type) or real_init(m))
-    load_model(folder)
+    loaded, _, _ = load_model(folder)
+    assert devices == ["meta"]
+    assert loaded.lm_head.weight is loaded.tok_emb.weight  # the tied head is one tensor again
+    x = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(loaded(x), model(x))
+    devices.clear()
+    load_model(lora_folder)
     assert devices == ["cpu"]

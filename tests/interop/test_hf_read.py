@@ -154,3 +154,29 @@ def test_contiguous_tensors_copies_only_what_it_must():
     converted = contiguous_tensors(shared, torch.float32)
     assert converted["a"] is converted["b"]
     assert contiguous_tensors({}) == {}
+
+
+def test_release_pages_lets_go_of_a_mapped_tensors_pages_and_keeps_its_values(tmp_path):
+    """A tensor read from a memory-mapped safetensors file, once released, no longer counts in the process's
+    resident file pages; reading it again gives the same values (the pages come back from the file)."""
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from scratchllm.interop.hf import release_pages
+
+    def rss_file_mb() -> float:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no RssFile in /proc/self/status")
+
+    w = torch.randn(4096, 1024, generator=torch.Generator().manual_seed(0))  # 16 MB
+    save_file({"w": w, "b": torch.ones(3)}, str(tmp_path / "m.safetensors"))
+    sd = load_file(str(tmp_path / "m.safetensors"))
+    assert torch.equal(sd["w"], w)  # every page read: mapped into this process
+    if sys.platform.startswith("linux"):
+        before = rss_file_mb()
+        release_pages(sd["w"])
+        assert before - rss_file_mb() >= 15
+    assert torch.equal(sd["w"], w) and torch.equal(sd["b"], torch.ones(3))

@@ -403,10 +403,10 @@ def _load_base(m: Any, p: Path) -> None:
                 f"{_shape(tensor.shape)} in this model; use the model settings the checkpoint was made "
                 f"with (its {CONFIG_FILE})")
     try:
-        if is_quantized(m):  # no shared tensors to restore, and GPT.load_state_dict's re-tying is for nn.Linear heads
-            # a model built on the meta device (`checkpoint.load.build_model`) takes the file's tensors as they are
-            meta = any(t.is_meta for t in m.state_dict().values())
-            missing, unexpected = nn.Module.load_state_dict(m, load_file(str(p)), strict=False, assign=meta)
+        if any(t.is_meta for t in ours.values()):  # built empty (`checkpoint.load.build_model`)
+            missing, unexpected = _assign_file(m, load_file(str(p)))
+        elif is_quantized(m):  # no shared tensors to restore, and GPT.load_state_dict's re-tying is for nn.Linear heads
+            missing, unexpected = nn.Module.load_state_dict(m, load_file(str(p)), strict=False)
         else:
             missing, unexpected = st_load_model(m, str(p), strict=False)
     except Exception as e:
@@ -418,6 +418,33 @@ def _load_base(m: Any, p: Path) -> None:
         raise CheckpointMismatch(f"the model shapes differ: checkpoint {p} does not fit this model: "
                                  f"{'; '.join(what)}; use the model settings the checkpoint was made with "
                                  f"(its {CONFIG_FILE})")
+
+
+def _assign_file(m: Any, sd: dict) -> tuple[list[str], list[str]]:
+    """Give the model `m`, built on the meta device, the tensors `sd` of its file themselves (memory-mapped
+    copy-on-write by safetensors: the file never changes, the model's writes go to its own pages);
+    (missing, unexpected) names as `load_state_dict` says them.
+
+    A tensor the model holds under two names (a tied head), which the file keeps once, goes to both;
+    a tensor of another dtype than the model's (a bf16 file) becomes the model's, as copying into a
+    built model would make it."""
+    from torch import nn
+
+    from scratchllm.model.quant_linear import is_quantized
+
+    ours = m.state_dict(keep_vars=True)  # the parameters themselves: a tied one is one object
+    names: dict[int, list[str]] = {}
+    for name, t in ours.items():
+        names.setdefault(id(t), []).append(name)
+    for group in names.values():
+        present = [n for n in group if n in sd]
+        for name in group:
+            if present and name not in sd:
+                sd[name] = sd[present[0]]
+    sd = {k: v.to(ours[k].dtype) if k in ours and v.dtype != ours[k].dtype else v for k, v in sd.items()}
+    # GPT.load_state_dict ties the head again; a quantized model's layers are not nn.Linear heads
+    load = nn.Module.load_state_dict if is_quantized(m) else type(m).load_state_dict
+    return load(m, sd, strict=False, assign=True)
 
 
 # --- LoRA adapters ----------------------------------------------------------------------------------------

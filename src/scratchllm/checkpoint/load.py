@@ -16,6 +16,7 @@ Not here: optimizer and RNG state, resume (`train.checkpoint`); the folder forma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -179,7 +180,10 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
         raise CheckpointError(f"checkpoint file {cfg_path} is corrupted (not valid JSON)") from None
     except (UserError, TypeError, AttributeError) as e:  # valid JSON of the wrong shape or values
         raise CheckpointError(f"checkpoint file {cfg_path} does not describe a model ({e})") from None
-    model = build_model(cfg, quantized=(folder / QUANT_CONFIG).is_file())
+    quantized = (folder / QUANT_CONFIG).is_file()
+    # LoRA layers and pruning masks are added to a model with real tensors; everything else is built empty
+    empty = quantized or not ((folder / ADAPTERS_CONFIG).is_file() or (folder / MASKS_FILE).exists())
+    model = build_model(cfg, quantized=quantized, empty=empty)
     load_weights(model, folder)
     if model.config.position == "rope" and model.rope_cos.is_meta:  # built on the meta device (quantized)
         model.init_rope()
@@ -198,19 +202,42 @@ def read_model(folder: Path, device: Any = "cpu", merge: bool = True) -> tuple[A
     return model.to(device).eval(), tok, meta
 
 
-def build_model(config: Any, quantized: bool = False) -> Any:
-    """An empty GPT of `config` for a checkpoint to fill. A quantized checkpoint's model is built on the meta
-    device (no memory, no initialisation): `load_weights` gives it its quantized layers, then assigns the
-    file's tensors (the rest: norms, biases, the position embedding) and the RoPE tables are computed.
-    Peak memory then follows the quantized file, not the fp32 model it was made from."""
+def build_model(config: Any, quantized: bool = False, empty: bool = False) -> Any:
+    """A GPT of `config` for a checkpoint to fill. With `empty` (always for a quantized checkpoint) it is
+    built on the meta device without initialisation (`skip_init`): no memory, no random numbers to
+    throw away; `load_weights` then gives it the file's tensors themselves (memory-mapped, copy-on-write:
+    nothing is copied), a quantized one after its quantized layers. The RoPE tables are computed after.
+    Peak memory then follows the file (a quantized one's, not the fp32 model it was made from)."""
     import torch
 
     from scratchllm.model import GPT
 
-    if not quantized:
+    if not (quantized or empty):
         return GPT(config)
-    with torch.device("meta"):
+    with skip_init(), torch.device("meta"):
         return GPT(config)
+
+
+# torch.nn.init's functions, which `skip_init` turns into no-ops.
+INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                  "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Within the block, torch.nn.init leaves tensors as they are: a model built here is not randomly
+    initialised (its weights are about to be replaced). On the meta device this also keeps torch from
+    importing its Python reference kernels, which costs seconds the first time."""
+    import torch.nn.init as init
+
+    saved = {name: getattr(init, name) for name in INIT_FUNCTIONS}
+    try:
+        for name in INIT_FUNCTIONS:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
 
 
 def load_model(folder: str | os.PathLike, device: Any = "cpu", merge: bool = True) -> tuple[Any, Any, dict[str, Any]]:

@@ -16,7 +16,8 @@ Reading (`read_hf`): config.json -> ModelConfig and the weights -> our names thr
 tensor is checked against the model's shapes (a missing, extra or misshapen tensor is one error
 naming it and the file), and the model is built on the meta device (no random initialisation to
 throw away) and given the loaded tensors: memory-mapped ones as they are, the others (GPT-2's
-transposed matrices, other dtypes) copied once, on torch's threads.
+transposed matrices, other dtypes) copied once, on torch's threads, each copied one's file pages then
+let go of (the process keeps the copy, not both).
 Writing (`write_hf`): the inverse, GPT-2-shaped models as `GPT2LMHeadModel`, Llama-style ones as
 `LlamaForCausalLM`, QK-norm ones as `Qwen3ForCausalLM`, into a temporary folder renamed into place at
 the end, so an error leaves nothing half-written.
@@ -30,9 +31,10 @@ raw tensors).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import json
+import mmap
 import os
 import pickle
 import shutil
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchllm.checkpoint import check_tensors
+from scratchllm.checkpoint.load import skip_init
 from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
 from scratchllm.files import fsync_dir
@@ -170,29 +173,48 @@ def generation_info(folder: Path, hf: dict | None = None) -> dict[str, Any]:
     return out
 
 
-# torch.nn.init's functions, which `skip_init` turns into no-ops.
-INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
-                  "trunc_normal_", "zeros_", "ones_", "constant_")
+def release_pages(t: Any) -> None:
+    """Let go of the memory pages that lie wholly inside tensor `t`, which must have been read from a
+    memory-mapped file and never written (safetensors maps files copy-on-write: `_safetensors`).
+
+    `madvise(MADV_DONTNEED)`: the process stops counting those pages in its resident memory (its
+    RSS); the kernel keeps them in its page cache, and a later read of `t` maps them back, the same
+    bytes, from the file. Used once a tensor has been copied (GPT-2's transposed matrices, other
+    dtypes), so that a loaded model does not hold both the file's pages and their copies. On a
+    written (copy-on-write) or anonymous page it would lose the data: callers pass only tensors of a
+    file they mapped. Linux only; elsewhere it does nothing."""
+    madvise = _libc_madvise()
+    if madvise is None:
+        return
+    start = t.data_ptr()
+    end = start + t.numel() * t.element_size()
+    start = -(-start // PAGE) * PAGE  # whole pages only: the tensors before and after keep theirs
+    end = end // PAGE * PAGE
+    if end > start:
+        madvise(start, end - start, MADV_DONTNEED)
 
 
-@contextlib.contextmanager
-def skip_init():
-    """Within the block, torch.nn.init leaves tensors as they are: a model built here is not randomly
-    initialised (its weights are about to be replaced). On the meta device this also keeps torch from
-    importing its Python reference kernels, which costs seconds the first time."""
-    import torch.nn.init as init
+@functools.cache
+def _libc_madvise() -> Any:
+    """libc's madvise(addr, length, advice) through ctypes, or None where it is not Linux's."""
+    import ctypes
+    import sys
 
-    saved = {name: getattr(init, name) for name in INIT_FUNCTIONS}
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        for name in INIT_FUNCTIONS:
-            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(init, name, fn)
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
 
 
-def contiguous_tensors(sd: dict, dtype: Any = None) -> dict:
+PAGE = mmap.PAGESIZE
+MADV_DONTNEED = 4  # Linux's value (<sys/mman.h>); Python's mmap module applies it only to maps it made
+
+
+def contiguous_tensors(sd: dict, dtype: Any = None, mapped: bool = False) -> dict:
     """`sd` with every tensor contiguous, and the floating-point ones of `dtype` (None: as they are).
 
     A tensor that already is stays itself, not a copy: a memory-mapped one goes on reading the
@@ -200,7 +222,9 @@ def contiguous_tensors(sd: dict, dtype: Any = None) -> dict:
     the file). The others (views such as GPT-2's transposed Conv1D weights, other dtypes) are copied
     into new memory, one tensor per task on `torch.get_num_threads()` threads, largest first: such a
     copy is a strided read plus the first touch of every new page, work that torch does on one
-    thread per tensor. A tensor under two names (a tied head) stays one tensor."""
+    thread per tensor. A tensor under two names (a tied head) stays one tensor. `mapped`: the tensors
+    are read from memory-mapped files and never written; each copied one then lets go of its file
+    pages (`release_pages`), so the model's resident memory is its tensors, not those plus the file."""
     import torch
 
     def dtype_of(t: torch.Tensor) -> torch.dtype:
@@ -210,8 +234,14 @@ def contiguous_tensors(sd: dict, dtype: Any = None) -> dict:
     if not todo:
         return sd
 
+    # New memory from torch's allocator (small pages). Not huge pages (an mmap with MADV_HUGEPAGE): fewer
+    # page faults, but where the kernel hands free memory back to a hypervisor (virtio-balloon free page
+    # reporting: whole 2 MB blocks) a fresh huge page's first touch costs more than the small pages'.
     def copy(t: torch.Tensor) -> torch.Tensor:
-        return torch.empty(t.shape, dtype=dtype_of(t), device=t.device).copy_(t)
+        out = torch.empty(t.shape, dtype=dtype_of(t), device=t.device).copy_(t)
+        if mapped and t.device.type == "cpu":
+            release_pages(t)
+        return out
 
     order = sorted(todo, key=lambda k: -todo[k].numel())
     threads = min(torch.get_num_threads(), len(order))
@@ -223,10 +253,12 @@ def contiguous_tensors(sd: dict, dtype: Any = None) -> dict:
     return {name: copies.get(id(t), t) for name, t in sd.items()}
 
 
-def build_model(config: ModelConfig, sd: dict, source: str = "the weights", dtype: Any = None) -> Any:
+def build_model(config: ModelConfig, sd: dict, source: str = "the weights", dtype: Any = None,
+                mapped: bool = False) -> Any:
     """Our GPT holding the tensors of `sd` (our names), checked first (`check_tensors`); built on the
     meta device without initialisation (`skip_init`), and given the tensors themselves where they are
     contiguous and of `dtype` (a torch dtype; None: any), else contiguous copies (`contiguous_tensors`).
+    `mapped`: `sd`'s tensors are memory-mapped file pages, released once copied (`contiguous_tensors`).
     Buffers (RoPE tables) come from a one-block copy of the model, built on the CPU."""
     import torch
 
@@ -235,7 +267,7 @@ def build_model(config: ModelConfig, sd: dict, source: str = "the weights", dtyp
     with skip_init(), torch.device("meta"):
         model = GPT(config)
     check_tensors(model.state_dict(), sd, source)
-    model.load_state_dict(contiguous_tensors(sd, dtype), strict=True, assign=True)
+    model.load_state_dict(contiguous_tensors(sd, dtype, mapped), strict=True, assign=True)
     if config.tie_weights:
         model.lm_head.weight = model.tok_emb.weight
     meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
@@ -272,7 +304,8 @@ def read_hf(folder: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but {folder / CONFIG} says "
                         f"vocab_size {config.vocab_size}: the files are from different models")
-    model = build_model(config, ours, source, dtype)  # converted and made contiguous after the checks
+    mapped = all(p.suffix == ".safetensors" for p in where.values())  # memory-mapped by `_safetensors`
+    model = build_model(config, ours, source, dtype, mapped)  # converted and made contiguous after the checks
     generation = generation_info(folder, hf)
     for key in ("eos_token_id", "bos_token_id"):  # GPT2Config's default 50256 in a smaller vocabulary: unusable
         ids = generation.get(key)
