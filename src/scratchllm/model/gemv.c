@@ -273,12 +273,42 @@ static inline vec load_vec(const void *p, long i, const int bf16) {
     return f;
 }
 
+typedef int int_vec __attribute__((vector_size(LANES * sizeof(int))));
+
+/* e^x for x <= 0, LANES at once: Cephes' expf (x = n ln 2 + r, |r| <= ln 2 / 2, e^r by a degree-7 polynomial,
+ * 2^n put into the exponent bits), within 2 ulp of expf; x below -87.3 is taken as -87.3 (e^x ~ 1e-38). */
+static inline vec exp_neg(vec x) {
+    vec lo = x * 0.0f - 87.3365f;
+    int_vec below = x < lo;
+    x = (vec)(((int_vec)x & ~below) | ((int_vec)lo & below));
+    int_vec n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, int_vec); /* nearest (x <= 0) */
+    vec nf = __builtin_convertvector(n, vec);
+    vec r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    vec e = p * r * r + r + 1.0f;
+    return e * (vec)((n + 127) << 23);
+}
+
+/* q . K[row] over d values (the first dv by vectors) */
+static inline __attribute__((always_inline)) float key_dot(const float *qh, const void *kc, long row, long d, long dv,
+                                                           const int bf16) {
+    vec a = {0};
+    for (long i = 0; i < dv; i += LANES) a += load(qh + i) * load_vec(kc, row + i, bf16);
+    float dot = lane_sum(a);
+    for (long i = dv; i < d; i++) dot += qh[i] * load_val(kc, row + i, bf16);
+    return dot;
+}
+
 /* one head; `bf16` is a constant at each call (the compiler makes a copy of the loops for each dtype) */
 static inline __attribute__((always_inline)) void attend_head(const void *q, const void *kc, const void *vc,
                                                               void *y, long h, long g, long d, long n_keys,
                                                               long head_stride, float scale, const int bf16) {
     float qh[MAX_HEAD_DIM] __attribute__((aligned(64))), acc[MAX_HEAD_DIM] __attribute__((aligned(64)));
-    float s[CHUNK];
+    float s[CHUNK] __attribute__((aligned(64)));
     long dv = d / LANES * LANES; /* columns done by vectors; the rest one by one */
     for (long i = 0; i < d; i++) {
         qh[i] = load_val(q, h * d + i, bf16) * scale;
@@ -289,23 +319,34 @@ static inline __attribute__((always_inline)) void attend_head(const void *q, con
     for (long j0 = 0; j0 < n_keys; j0 += CHUNK) {
         long n = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
         float cm = -__builtin_inff();
-        for (long j = 0; j < n; j++) {
+        long j = 0;
+        for (; j + 4 <= n && dv == d; j += 4) { /* four keys at once: four independent sums */
             long row = base + (j0 + j) * d;
-            vec a = {0};
-            for (long i = 0; i < dv; i += LANES) a += load(qh + i) * load_vec(kc, row + i, bf16);
-            float dot = lane_sum(a);
-            for (long i = dv; i < d; i++) dot += qh[i] * load_val(kc, row + i, bf16);
-            s[j] = dot;
-            cm = dot > cm ? dot : cm;
+            vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (long i = 0; i < d; i += LANES) {
+                vec qv = load(qh + i);
+                a0 += qv * load_vec(kc, row + i, bf16);
+                a1 += qv * load_vec(kc, row + d + i, bf16);
+                a2 += qv * load_vec(kc, row + 2 * d + i, bf16);
+                a3 += qv * load_vec(kc, row + 3 * d + i, bf16);
+            }
+            s[j] = lane_sum(a0), s[j + 1] = lane_sum(a1), s[j + 2] = lane_sum(a2), s[j + 3] = lane_sum(a3);
         }
+        for (; j < n; j++) s[j] = key_dot(qh, kc, base + (j0 + j) * d, d, dv, bf16);
+        for (j = 0; j < n; j++) cm = s[j] > cm ? s[j] : cm;
         if (cm > m) { /* a new maximum: what was summed so far is rescaled to it */
             float c = __builtin_expf(m - cm);
             l *= c;
             for (long i = 0; i < d; i++) acc[i] *= c;
             m = cm;
         }
-        for (long j = 0; j < n; j++) {
-            float p = __builtin_expf(s[j] - m);
+        for (j = n; j < (n + LANES - 1) / LANES * LANES; j++) s[j] = m; /* whole vectors (these unused) */
+        for (j = 0; j < n; j += LANES) {
+            vec e = exp_neg(load(s + j) - m);
+            memcpy(s + j, &e, sizeof e);
+        }
+        for (j = 0; j < n; j++) {
+            float p = s[j];
             l += p;
             long row = base + (j0 + j) * d;
             for (long i = 0; i < dv; i += LANES) {
