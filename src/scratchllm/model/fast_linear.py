@@ -6,7 +6,8 @@ arithmetic's. torch's `F.linear` (MKL) reads an (out, in) fp32 weight well below
 gives. Two faster readers, by rows per call:
 - 1 row: scratchllm's C kernel (`model.gemv`), on the layer's own weight, about as fast as a plain
   sum of the weights reads; it also reads bf16 weights (half the bytes), where torch's bf16
-  matrix-vector product is slow too.
+  matrix-vector product is slow too. It takes smaller weights as well (KERNEL_MIN_WEIGHTS), and
+  `linear_plus` adds a residual inside the same call (a decode step's `x + proj(h)`).
 - up to `MAX_ROWS` rows (a batch, a prompt, speculative drafts): oneDNN's blocked ("packed")
   weight layout, the one torch.compile's CPU backend uses for frozen linears. Packing copies each
   large weight once per generation (GPT-2 124M fp32: +500 MB while it lasts).

@@ -5,7 +5,10 @@ which memory delivers the weights. torch's CPU `F.linear` (MKL's sgemv) reads a 
 weights well below the memory's speed; `gemv.c` (portable C, see its header) reads each thread's
 rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
-repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. Quantized weights
+repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32, with bf16 rows in and out. A product
+may also add a residual as it writes (`x + proj(h)` in one call). `Kernel.attend` is the rest of a
+batch-1 decode step's attention: the new keys and values written into the KV cache and one query per
+head attending over it, in one call (fp32 or bf16; see gemv.c). Quantized weights
 (`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored and multiplied
 as integers with the input row quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations;
 `quantize_input` is that rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`,

@@ -3,6 +3,9 @@
 Each class holds parameters and calls torch's fast kernels (or, for attention="explicit" and where
 "auto" finds it faster, the written-out math of `model.functional`, imported as `ops` so it never
 reads like torch's `F`). `explicit_attention` is the one statement of which attention path runs;
+a batch-1 decode step (one row, a KV cache, no autograd) takes a shorter road through the same modules
+where scratchllm's C kernel is built: `Block.decode_one` and `Attention.attend_one` (attention over the
+cache in one C call, residuals added inside the projections), tested equal to the general path;
 the training memory estimate (`train.pretrain`) asks it too. The book's hand-written teaching
 versions live in `scratchllm.steps` and are tested equal to these.
 """
@@ -128,18 +131,17 @@ class Attention(nn.Module):
         """A batch-1 decode step's attention in one C call (`gemv.Kernel.attend`): the new position's keys
         and values written into the cache in place and the query's heads attending over it; the heads'
         output (1, 1, n_head * head_dim), before `proj`. None where that call does not apply (no kernel,
-        autograd on, a forced "explicit" mode, another dtype or device in the cache): `forward` then runs
-        the general path, which gives the same numbers to float rounding (tested)."""
+        autograd or autocast on, a forced "explicit" mode, another dtype or device in the cache): `forward`
+        then runs the general path, which gives the same numbers to float rounding (tested)."""
         kernel = gemv.load()
         cache_k = kv_cache.k
         if (kernel is None or self.mode == "explicit" or self.training or torch.is_grad_enabled()
-                or x.device.type != "cpu" or cache_k.dtype is not x.dtype or cache_k.device.type != "cpu"
+                or torch.is_autocast_enabled("cpu") or x.device.type != "cpu" or cache_k.dtype is not x.dtype
+                or cache_k.device.type != "cpu"
                 or x.dtype not in (torch.float32, torch.bfloat16) or self.head_dim > gemv.MAX_HEAD_DIM
                 or kv_cache.pos >= kv_cache.max_len):
             return None
         qkv = self.qkv(x)  # (1, 1, (n_head + 2 n_kv_head) head_dim): queries, keys, values, head after head
-        if qkv.dtype is not x.dtype:  # (autocast)
-            return None
         h, hk, d = self.n_head, self.n_kv_head, self.head_dim
         if self.q_norm is None and rope is None:  # read in place
             qkv = qkv.contiguous()
@@ -208,9 +210,9 @@ class Block(nn.Module):
     def decode_one(self, x: torch.Tensor, rope, kv_cache, layer: int) -> torch.Tensor | None:
         """`forward` for a batch-1 decode step (one row, a KV cache, eval), with fewer calls: attention in one
         C call (`Attention.attend_one`), each residual added by the kernel as it writes the projection
-        (`fast_linear.linear_plus`; the second in place), the submodules' forwards called directly. None
-        (nothing done) where the attention call does not apply or a hook watches a submodule: `forward`
-        then runs the general path, equal to float rounding (tested)."""
+        (`fast_linear.linear_plus`; the second in place, into the block's own new tensor). None (nothing
+        done) where the attention call does not apply or a hook watches the attention or the MLP (whose
+        forwards this skips): `forward` then runs the general path, equal to float rounding (tested)."""
         attn, mlp = self.attn, self.mlp
         if attn._forward_pre_hooks or attn._forward_hooks or mlp._forward_pre_hooks or mlp._forward_hooks:
             return None
