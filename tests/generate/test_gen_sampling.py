@@ -4,6 +4,7 @@ import torch
 
 from scratchllm.generate.sampling import (
     apply_repetition_penalty,
+    greedy,
     make_generator,
     sample_next,
     top_k_filter,
@@ -14,6 +15,16 @@ from scratchllm.generate.sampling import (
 def test_greedy_is_argmax():
     logits = torch.randn(5, 100, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1))
+
+
+def test_greedy_takes_the_first_of_equal_maxima_and_nan_as_torch_does():
+    logits = torch.randn(4, 50257, generator=torch.Generator().manual_seed(1))
+    logits[1, 10:20] = 50.0  # ties: the first
+    logits[2, 7] = float("nan")  # NaN counts as the largest
+    logits[3, -1] = 60.0
+    for x in (logits, logits.bfloat16(), logits[:, None, :][:, -1], logits[0]):  # bf16, a strided view, one row
+        got = greedy(x)
+        assert got.dtype == torch.int64 and torch.equal(got, torch.argmax(x, dim=-1))
 
 
 def test_top_k_one_equals_greedy():

@@ -33,11 +33,14 @@ class Counting:
     def bind(self, weight, bias=None):
         product = self.kernel.bind(weight, bias)
 
-        def counted(x):
+        def counted(x, *args, **kwargs):
             self.calls += 1
-            return product(x)
+            return product(x, *args, **kwargs)
 
         return counted
+
+    def __getattr__(self, name):  # the kernel's other routines (attention) pass through uncounted
+        return getattr(self.kernel, name)
 
 
 def close(a, b):
@@ -125,6 +128,7 @@ def test_forward_and_greedy_generation_match_plain(kernel, monkeypatch):
     batch = generate_batch(model, [prompt, prompt[:7]], config)  # packed rows (and padding)
     lookup = generate(model, prompt, config.replace(prompt_lookup=4))  # speculative: a few rows
     monkeypatch.setattr(P, "MIN_WEIGHTS", 2**62)  # nothing wrapped
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 2**62)
     assert generate(model, prompt, config) == fast_tokens == batch[0] == lookup
     assert generate(model, prompt[:7], config) == batch[1]
 
@@ -151,6 +155,7 @@ def test_without_the_kernel_generation_packs_or_runs_plain(monkeypatch):
         assert all(m.product is None and (m.packed is not None) == P._ops_available() for m in wrapped)
     without_kernel = generate(model, prompt, config)
     monkeypatch.setattr(P, "MIN_WEIGHTS", 2**62)  # nothing wrapped
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 2**62)
     assert generate(model, prompt, config) == without_kernel
 
 

@@ -40,10 +40,12 @@ are identical until the first slide and differ (slightly shorter memory) after i
 
 Speed: at batch 1 a decode step reads every weight once, so the step is memory-bandwidth bound.
 The Decoder therefore runs the model's large linears through `model.fast_linear` for its duration
-(a C matrix-vector kernel for one row, oneDNN's packed layout for a few), and keeps its own work
-per step small: sampling, one `.tolist()`, no mask or position tensors unless the batch is padded,
-logits for the last position only, `torch.inference_mode`. torch.compile of the model is not used:
-on a small CPU it recompiles per layer and per cache length, and the compiled step was not faster.
+(a C matrix-vector kernel for one row, oneDNN's packed layout for a few; at batch 1 the model's
+blocks then also attend over the cache in C: `model.layers.Block.decode_one`), and keeps its own work
+per step small: sampling (greedy through numpy's argmax, `sampling.greedy`), one `.tolist()`, no mask
+or position tensors unless the batch is padded, logits for the last position only,
+`torch.inference_mode`. torch.compile of the model is not used: on a small CPU it recompiles per
+layer and per cache length, and the compiled step was not faster.
 `benchmarks/generate.py` measures it against HF transformers and the book's loop.
 
 Not here: the sampling math (`generate.sampling`), speculative drafts (`generate.speculative`),

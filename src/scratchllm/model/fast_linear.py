@@ -6,7 +6,8 @@ arithmetic's. torch's `F.linear` (MKL) reads an (out, in) fp32 weight well below
 gives. Two faster readers, by rows per call:
 - 1 row: scratchllm's C kernel (`model.gemv`), on the layer's own weight, about as fast as a plain
   sum of the weights reads; it also reads bf16 weights (half the bytes), where torch's bf16
-  matrix-vector product is slow too.
+  matrix-vector product is slow too. It takes smaller weights as well (KERNEL_MIN_WEIGHTS), and
+  `linear_plus` adds a residual inside the same call (a decode step's `x + proj(h)`).
 - up to `MAX_ROWS` rows (a batch, a prompt, speculative drafts): oneDNN's blocked ("packed")
   weight layout, the one torch.compile's CPU backend uses for frozen linears. Packing copies each
   large weight once per generation (GPT-2 124M fp32: +500 MB while it lasts).
@@ -34,9 +35,13 @@ from torch import nn
 
 from scratchllm.model import gemv
 
-# Wrap only weights of 2 MB or more (in * out >= 2^19 in fp32): smaller ones sit in the caches and
+# Pack only weights of 2 MB or more (in * out >= 2^19 in fp32): smaller ones sit in the caches and
 # F.linear reads them as fast. GPT-2 124M's smallest matrix (768 x 768, 0.6M) is in.
 MIN_WEIGHTS = 2**19
+# The one-row kernel takes smaller weights too, from 2^15 (128 KB in fp32): for those its gain is the call
+# (no dispatch through torch, the residual added as it writes), which a decode step makes ~5 times a layer;
+# a small model's layers (the demo's 256 x 768) are in, a toy's (32 x 96) stay with F.linear.
+KERNEL_MIN_WEIGHTS = 2**15
 # Rows (batch x new tokens) up to which the packed product is used: measured faster up to 32 rows
 # (a 32-token prompt) and batch-8 decode; beyond that matrix-matrix speed matters and F.linear's
 # kernels are tuned for it.
@@ -50,9 +55,10 @@ def _ops_available() -> bool:
             and hasattr(mkldnn, "_reorder_linear_weight") and hasattr(mkldnn, "_linear_pointwise"))
 
 
-def _eligible(m: nn.Module, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> bool:
+def _eligible(m: nn.Module, dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16),
+              least: int = MIN_WEIGHTS) -> bool:
     # exactly nn.Linear: a subclass (model.lora's LoRALinear) computes more than its weight's product
-    return (type(m) is nn.Linear and m.weight.numel() >= MIN_WEIGHTS and m.weight.dtype in dtypes
+    return (type(m) is nn.Linear and m.weight.numel() >= least and m.weight.dtype in dtypes
             and m.weight.device.type == "cpu")
 
 
@@ -79,13 +85,18 @@ class FastLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.linear.bias
 
+    def one_row(self, x: torch.Tensor) -> bool:
+        """Whether `x` goes through the kernel: one CPU row of the weight's dtype, no autograd, no autocast."""
+        return (self.product is not None and x.numel() == x.shape[-1] and x.dtype is self.dtype
+                and x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.one_row(x):
+            return self.product(x)
         if (x.dtype != self.dtype or x.device.type != "cpu" or torch.is_grad_enabled()
                 or torch.is_autocast_enabled("cpu")):
             return self.linear(x)
         rows = x.numel() // x.shape[-1]
-        if rows == 1 and self.product is not None:
-            return self.product(x)
         if rows > MAX_ROWS or self.packed is None:
             return self.linear(x)
         bias = self.bias.detach() if self.bias is not None else None
@@ -93,12 +104,22 @@ class FastLinear(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])  # (..., out)
 
 
+def linear_plus(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """`residual + layer(x)` (a block's residual connection), one kernel call when `layer` is a FastLinear
+    that takes `x` (`FastLinear.one_row`: the kernel adds the residual as it writes the product, rounded as
+    torch rounds the two steps). `in_place`: the sum is written into `residual` (the caller owns it)."""
+    if type(layer) is FastLinear and layer.one_row(x) and residual.dtype is x.dtype and residual.is_contiguous():
+        return layer.product(x, add=residual, out=residual if in_place else None)
+    y = layer(x)
+    return residual.add_(y) if in_place else residual + y
+
+
 def worth_wrapping(model: nn.Module) -> bool:
-    """Whether `fast_linears` would change anything: the model has a CPU linear of MIN_WEIGHTS or more
-    that a reader here takes (packing: fp32; the kernel: fp32 and bf16)."""
+    """Whether `fast_linears` would change anything: the model has a CPU linear that a reader here takes
+    (packing: fp32, MIN_WEIGHTS or more; the kernel: fp32 and bf16, KERNEL_MIN_WEIGHTS or more)."""
     if any(_eligible(m, (torch.float32,)) for m in model.modules()) and _ops_available():
         return True
-    return any(_eligible(m) for m in model.modules()) and gemv.load() is not None
+    return any(_eligible(m, least=KERNEL_MIN_WEIGHTS) for m in model.modules()) and gemv.load() is not None
 
 
 @contextmanager
@@ -111,9 +132,13 @@ def fast_linears(model: nn.Module, rows: int = MAX_ROWS) -> Iterator[nn.Module]:
         pack = _ops_available() and (rows > 1 or kernel is None)
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
-                if _eligible(child) and (kernel is not None or child.weight.dtype == torch.float32):
+                if kernel is not None and _eligible(child, least=KERNEL_MIN_WEIGHTS):
+                    setattr(parent, name, FastLinear(child, kernel, pack and _eligible(child)))
+                elif _eligible(child, (torch.float32,)):
                     setattr(parent, name, FastLinear(child, kernel, pack))
-                    swapped.append((parent, name, child))
+                else:
+                    continue
+                swapped.append((parent, name, child))
     try:
         yield model
     finally:

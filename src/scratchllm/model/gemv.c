@@ -15,7 +15,15 @@
  * runtime torch already loaded (same soname), so it shares torch's threads instead of competing.
  *
  * bf16 weights (scratchllm_gemv_bf16) are widened to fp32 as they are read (half the bytes to
- * read); inputs, sums and outputs are fp32.
+ * read); the input row and the output are bf16 (a bf16 model's activations, read and written without
+ * a conversion in torch), the sums fp32.
+ *
+ * Each output may get, besides the bias, a residual added (`add`, of the output's dtype: y = W x + b
+ * + add, `add` may be `y` itself), with the roundings a bf16 model makes in torch (the product and
+ * the sum each rounded to bf16), so a decode step's `x + proj(h)` is one call.
+ *
+ * scratchllm_attend is the other half of a decode step: one new query per head attending over a
+ * KV cache (the keys and values written into it first), for fp32 and bf16 caches.
  *
  * Sums run lane by lane and the lanes are then folded together: the result equals F.linear's up to
  * float rounding (another order of the same sums).
@@ -58,10 +66,47 @@ static inline float dot_tail(const float *wr, const float *x, long from, long in
     return s;
 }
 
+/* what happens to a row's sum before it is stored: bias, rounding to bf16, residual (see the header) */
+struct epilogue {
+    const float *b;   /* bias (out) fp32, or NULL */
+    const void *add;  /* residual (out) of the output's dtype, or NULL; may be y */
+    void *y;          /* output (out): fp32, or bf16 when bf16 */
+    int bf16;         /* output and residual are bf16 */
+};
+
+static inline float bf16_to_float(unsigned short h) {
+    unsigned int w = (unsigned int)h << 16;
+    float f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+
+/* fp32 -> bf16, rounding to nearest even (as torch's .to(torch.bfloat16)); NaN stays NaN */
+static inline unsigned short float_to_bf16(float f) {
+    unsigned int w;
+    memcpy(&w, &f, sizeof w);
+    if ((w & 0x7FFFFFFFu) > 0x7F800000u) return (unsigned short)((w >> 16) | 0x40);
+    w += 0x7FFFu + ((w >> 16) & 1u);
+    return (unsigned short)(w >> 16);
+}
+
+static inline float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
+
 static inline float with_bias(float v, const float *b, long r) { return b ? v + b[r] : v; }
 
-/* y[r] = W[r, :] . x (+ b[r]) for rows r0 <= r < r1, fp32 weights, as STREAMS streams (see above) */
-static void rows_dot(const float *w, const float *x, const float *b, float *y, long in, long r0, long r1) {
+static inline void finish(float v, const struct epilogue *e, long r) {
+    if (e->b) v += e->b[r];
+    if (e->bf16) {
+        if (e->add) v = round_bf16(v) + bf16_to_float(((const unsigned short *)e->add)[r]);
+        ((unsigned short *)e->y)[r] = float_to_bf16(v);
+    } else {
+        if (e->add) v += ((const float *)e->add)[r];
+        ((float *)e->y)[r] = v;
+    }
+}
+
+/* y[r] = W[r, :] . x, finished (bias, residual), for rows r0 <= r < r1, fp32 weights, as STREAMS streams */
+static void rows_dot(const float *w, const float *x, const struct epilogue *ep, long in, long r0, long r1) {
     long per = (r1 - r0) / STREAMS;  /* rows per stream; the last few rows are done one by one */
     long full = in / LANES * LANES; /* columns done by vectors */
     for (long j = 0; j < per; j++) {
@@ -77,14 +122,14 @@ static void rows_dot(const float *w, const float *x, const float *b, float *y, l
         }
         for (int s = 0; s < STREAMS; s++) {
             long r = r0 + s * per + j;
-            y[r] = with_bias(lane_sum(acc[s]) + dot_tail(wr[s], x, full, in), b, r);
+            finish(lane_sum(acc[s]) + dot_tail(wr[s], x, full, in), ep, r);
         }
     }
     for (long r = r0 + STREAMS * per; r < r1; r++) {
         const float *wr = w + r * in;
         vec acc = {0};
         for (long i = 0; i < full; i += LANES) acc += load(wr + i) * load(x + i);
-        y[r] = with_bias(lane_sum(acc) + dot_tail(wr, x, full, in), b, r);
+        finish(lane_sum(acc) + dot_tail(wr, x, full, in), ep, r);
     }
 }
 
@@ -103,13 +148,6 @@ static inline void load_bf16(const unsigned short *p, vec *even, vec *odd) {
     memcpy(odd, &hi, sizeof *odd);
 }
 
-static inline float bf16_to_float(unsigned short h) {
-    unsigned int w = (unsigned int)h << 16;
-    float f;
-    memcpy(&f, &w, sizeof f);
-    return f;
-}
-
 static float dot_tail_bf16(const unsigned short *wr, const float *x, long from, long in) {
     float s = 0.0f;
     for (long i = from; i < in; i++) s += bf16_to_float(wr[i]) * x[i];
@@ -118,8 +156,8 @@ static float dot_tail_bf16(const unsigned short *wr, const float *x, long from, 
 
 /* rows r0 <= r < r1 with bf16 weights, as rows_dot: STREAMS long streams; each step is two multiply-adds
  * (not a product sum, then an add) */
-static void rows_dot_bf16(const unsigned short *w, const float *x, const float *xe, const float *xo, const float *b,
-                          float *y, long in, long r0, long r1) {
+static void rows_dot_bf16(const unsigned short *w, const float *x, const float *xe, const float *xo,
+                          const struct epilogue *ep, long in, long r0, long r1) {
     long per = (r1 - r0) / STREAMS, full = in / (2 * LANES) * (2 * LANES);
     vec e, d;
     for (long j = 0; j < per; j++) {
@@ -139,7 +177,7 @@ static void rows_dot_bf16(const unsigned short *w, const float *x, const float *
         }
         for (int s = 0; s < STREAMS; s++) {
             long r = r0 + s * per + j;
-            y[r] = with_bias(lane_sum(acc[s]) + dot_tail_bf16(wr[s], x, full, in), b, r);
+            finish(lane_sum(acc[s]) + dot_tail_bf16(wr[s], x, full, in), ep, r);
         }
     }
     for (long r = r0 + STREAMS * per; r < r1; r++) {
@@ -150,7 +188,7 @@ static void rows_dot_bf16(const unsigned short *w, const float *x, const float *
             acc += e * load(xe + i / 2);
             acc += d * load(xo + i / 2);
         }
-        y[r] = with_bias(lane_sum(acc) + dot_tail_bf16(wr, x, full, in), b, r);
+        finish(lane_sum(acc) + dot_tail_bf16(wr, x, full, in), ep, r);
     }
 }
 
@@ -163,29 +201,192 @@ int omp_get_thread_num(void);
     long chunk = (out + n - 1) / n;                                          \
     long r0 = t * chunk, r1 = r0 + chunk > out ? out : r0 + chunk;
 
-/* y (out) = W (out, in) @ x (in) + b (out, or NULL), on `threads` threads; fp32 weights */
-void scratchllm_gemv(const float *w, const float *x, const float *b, float *y, long out, long in, int threads) {
+/* y (out) = W (out, in) @ x (in) + b (out, or NULL) + add (out, or NULL), on `threads` threads; fp32 weights */
+void scratchllm_gemv(const float *w, const float *x, const float *b, float *y, long out, long in, int threads,
+                     const float *add) {
+    struct epilogue ep = {b, add, y, 0};
+    if (threads <= 1) {
+        rows_dot(w, x, &ep, in, 0, out);
+        return;
+    }
 #pragma omp parallel num_threads(threads)
     {
         SHARE(out)
-        if (r0 < r1) rows_dot(w, x, b, y, in, r0, r1);
+        if (r0 < r1) rows_dot(w, x, &ep, in, r0, r1);
     }
 }
 
-/* the same with bf16 weights (raw 16-bit words); x, b and y stay fp32. `scratch` holds `in` floats. */
-void scratchllm_gemv_bf16(const unsigned short *w, const float *x, const float *b, float *y, long out, long in,
-                          int threads, float *scratch) {
+/* the same with bf16 weights, input, output and residual (raw 16-bit words); b stays fp32, sums are fp32.
+ * `scratch` holds `in` floats: the input widened and split into even- and odd-indexed halves. */
+void scratchllm_gemv_bf16(const unsigned short *w, const unsigned short *x, const float *b, unsigned short *y,
+                          long out, long in, int threads, float *scratch, const unsigned short *add) {
     long half = in / 2;
     float *xe = scratch, *xo = scratch + half;
     for (long j = 0; j < half; j++) {
-        xe[j] = x[2 * j];
-        xo[j] = x[2 * j + 1];
+        xe[j] = bf16_to_float(x[2 * j]);
+        xo[j] = bf16_to_float(x[2 * j + 1]);
+    }
+    /* the inputs past the whole vectors (dot_tail_bf16 reads them in order), widened */
+    long full = in / (2 * LANES) * (2 * LANES);
+    float tail[2 * LANES];
+    for (long i = full; i < in; i++) tail[i - full] = bf16_to_float(x[i]);
+    const float *xf = tail - full; /* xf[i] for full <= i < in */
+    struct epilogue ep = {b, add, y, 1};
+    if (threads <= 1) {
+        rows_dot_bf16(w, xf, xe, xo, &ep, in, 0, out);
+        return;
     }
 #pragma omp parallel num_threads(threads)
     {
         SHARE(out)
-        if (r0 < r1) rows_dot_bf16(w, x, xe, xo, b, y, in, r0, r1);
+        if (r0 < r1) rows_dot_bf16(w, xf, xe, xo, &ep, in, r0, r1);
     }
+}
+
+/* ---- single-query attention over a KV cache (a decode step, batch 1) ----
+ *
+ * q: n_head * head_dim new queries, k and v: n_kv_head * head_dim new keys and values (one position), laid
+ * out head after head. kc, vc: one layer's cache for one row, (n_kv_head, max_len, head_dim) with head
+ * stride `head_stride` elements. The new keys and values are written at position `pos`, then each query
+ * head h (grouped-query: it reads kv head h / (n_head / n_kv_head)) attends to positions 0..pos:
+ * y_h = softmax(q_h K^T / sqrt(head_dim)) V, computed in fp32, keys taken in chunks of CHUNK (scores of a
+ * chunk, then the running maximum and sum rescaled: the online softmax of flash attention). y is written
+ * head after head (n_head * head_dim), in the cache's dtype (bf16: rounded once, at the end). Heads are
+ * shared between threads. */
+#define CHUNK 128
+#define MAX_HEAD_DIM 512
+
+static inline float load_val(const void *p, long i, const int bf16) {
+    return bf16 ? bf16_to_float(((const unsigned short *)p)[i]) : ((const float *)p)[i];
+}
+
+typedef unsigned short bf16_vec __attribute__((vector_size(LANES * sizeof(unsigned short))));
+
+/* LANES values from p + i (fp32, or bf16 widened) */
+static inline vec load_vec(const void *p, long i, const int bf16) {
+    if (!bf16) return load((const float *)p + i);
+    bf16_vec h;
+    memcpy(&h, (const unsigned short *)p + i, sizeof h);
+    word_vec w = __builtin_convertvector(h, word_vec) << 16;
+    vec f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+
+typedef int int_vec __attribute__((vector_size(LANES * sizeof(int))));
+
+/* e^x for x <= 0, LANES at once: Cephes' expf (x = n ln 2 + r, |r| <= ln 2 / 2, e^r by a degree-7 polynomial,
+ * 2^n put into the exponent bits), within 2 ulp of expf; x below -87.3 is taken as -87.3 (e^x ~ 1e-38). */
+static inline vec exp_neg(vec x) {
+    vec lo = x * 0.0f - 87.3365f;
+    int_vec below = x < lo;
+    x = (vec)(((int_vec)x & ~below) | ((int_vec)lo & below));
+    int_vec n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, int_vec); /* nearest (x <= 0) */
+    vec nf = __builtin_convertvector(n, vec);
+    vec r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    vec e = p * r * r + r + 1.0f;
+    return e * (vec)((n + 127) << 23);
+}
+
+/* q . K[row] over d values (the first dv by vectors) */
+static inline __attribute__((always_inline)) float key_dot(const float *qh, const void *kc, long row, long d, long dv,
+                                                           const int bf16) {
+    vec a = {0};
+    for (long i = 0; i < dv; i += LANES) a += load(qh + i) * load_vec(kc, row + i, bf16);
+    float dot = lane_sum(a);
+    for (long i = dv; i < d; i++) dot += qh[i] * load_val(kc, row + i, bf16);
+    return dot;
+}
+
+/* one head; `bf16` is a constant at each call (the compiler makes a copy of the loops for each dtype) */
+static inline __attribute__((always_inline)) void attend_head(const void *q, const void *kc, const void *vc,
+                                                              void *y, long h, long g, long d, long n_keys,
+                                                              long head_stride, float scale, const int bf16) {
+    float qh[MAX_HEAD_DIM] __attribute__((aligned(64))), acc[MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float s[CHUNK] __attribute__((aligned(64)));
+    long dv = d / LANES * LANES; /* columns done by vectors; the rest one by one */
+    for (long i = 0; i < d; i++) {
+        qh[i] = load_val(q, h * d + i, bf16) * scale;
+        acc[i] = 0.0f;
+    }
+    float m = -__builtin_inff(), l = 0.0f;
+    long base = g * head_stride;
+    for (long j0 = 0; j0 < n_keys; j0 += CHUNK) {
+        long n = n_keys - j0 < CHUNK ? n_keys - j0 : CHUNK;
+        float cm = -__builtin_inff();
+        long j = 0;
+        for (; j + 4 <= n && dv == d; j += 4) { /* four keys at once: four independent sums */
+            long row = base + (j0 + j) * d;
+            vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (long i = 0; i < d; i += LANES) {
+                vec qv = load(qh + i);
+                a0 += qv * load_vec(kc, row + i, bf16);
+                a1 += qv * load_vec(kc, row + d + i, bf16);
+                a2 += qv * load_vec(kc, row + 2 * d + i, bf16);
+                a3 += qv * load_vec(kc, row + 3 * d + i, bf16);
+            }
+            s[j] = lane_sum(a0), s[j + 1] = lane_sum(a1), s[j + 2] = lane_sum(a2), s[j + 3] = lane_sum(a3);
+        }
+        for (; j < n; j++) s[j] = key_dot(qh, kc, base + (j0 + j) * d, d, dv, bf16);
+        for (j = 0; j < n; j++) cm = s[j] > cm ? s[j] : cm;
+        if (cm > m) { /* a new maximum: what was summed so far is rescaled to it */
+            float c = __builtin_expf(m - cm);
+            l *= c;
+            for (long i = 0; i < d; i++) acc[i] *= c;
+            m = cm;
+        }
+        for (j = n; j < (n + LANES - 1) / LANES * LANES; j++) s[j] = m; /* whole vectors (these unused) */
+        for (j = 0; j < n; j += LANES) {
+            vec e = exp_neg(load(s + j) - m);
+            memcpy(s + j, &e, sizeof e);
+        }
+        for (j = 0; j < n; j++) {
+            float p = s[j];
+            l += p;
+            long row = base + (j0 + j) * d;
+            for (long i = 0; i < dv; i += LANES) {
+                vec t = load(acc + i) + p * load_vec(vc, row + i, bf16);
+                memcpy(acc + i, &t, sizeof t);
+            }
+            for (long i = dv; i < d; i++) acc[i] += p * load_val(vc, row + i, bf16);
+        }
+    }
+    float inv = 1.0f / l;
+    for (long i = 0; i < d; i++) {
+        float v = acc[i] * inv;
+        if (bf16)
+            ((unsigned short *)y)[h * d + i] = float_to_bf16(v);
+        else
+            ((float *)y)[h * d + i] = v;
+    }
+}
+
+/* returns 0, or -1 when head_dim is larger than MAX_HEAD_DIM (nothing is done) */
+int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, void *vc, void *y, long n_head,
+                      long n_kv_head, long head_dim, long pos, long head_stride, int bf16, int threads) {
+    if (head_dim > MAX_HEAD_DIM) return -1;
+    long el = bf16 ? 2 : 4, rep = n_head / n_kv_head;
+    for (long g = 0; g < n_kv_head; g++) { /* the new position's keys and values into the cache */
+        memcpy((char *)kc + (g * head_stride + pos * head_dim) * el, (const char *)k + g * head_dim * el,
+               head_dim * el);
+        memcpy((char *)vc + (g * head_stride + pos * head_dim) * el, (const char *)v + g * head_dim * el,
+               head_dim * el);
+    }
+    float scale = 1.0f / __builtin_sqrtf((float)head_dim);
+    if (threads > n_head) threads = (int)n_head;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (long h = 0; h < n_head; h++) {
+        if (bf16)
+            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, 1);
+        else
+            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, 0);
+    }
+    return 0;
 }
 
 /* ---- quantized weights (model.quant_linear): integer dot products, scales applied per block in floats ----

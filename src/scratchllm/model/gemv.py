@@ -5,7 +5,10 @@ which memory delivers the weights. torch's CPU `F.linear` (MKL's sgemv) reads a 
 weights well below the memory's speed; `gemv.c` (portable C, see its header) reads each thread's
 rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
-repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. Quantized weights
+repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32, with bf16 rows in and out. A product
+may also add a residual as it writes (`x + proj(h)` in one call). `Kernel.attend` is the rest of a
+batch-1 decode step's attention: the new keys and values written into the KV cache and one query per
+head attending over it, in one call (fp32 or bf16; see gemv.c). Quantized weights
 (`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored and multiplied
 as integers with the input row quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations;
 `quantize_input` is that rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`,
@@ -57,6 +60,10 @@ COMPILE_TIMEOUT = 120.0  # seconds; far more than a build takes, short of a hang
 # The quantized products' paths, by number (gemv.c): portable C, AVX2 + FMA, AVX-512 with VNNI.
 ISAS = ("c", "avx2", "avx512")
 ISA_ENV = "SCRATCHLLM_KERNEL_ISA"  # forces a path (tests, comparisons); unset: the best this CPU runs
+# Weights (elements) under which a product runs on one thread: a team of threads costs a few microseconds to
+# start, more than two threads save on a matrix this small (it sits in the caches).
+PARALLEL_MIN = 2**16
+MAX_HEAD_DIM = 512  # the longest head `attend` takes (gemv.c's MAX_HEAD_DIM: its per-head buffers)
 QBLOCK = 32  # inputs per quantized block of the input row (gemv.c's QBLOCK, llama.cpp's q8_0 block)
 
 
@@ -75,7 +82,11 @@ class Kernel:
         for fn in self._fns.values():
             fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
             fn.restype = None
-        self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p]  # scratch: the inputs split in even/odd halves
+        self._fns[torch.float32].argtypes += [ctypes.c_void_p]  # the residual added (or NULL)
+        self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p] * 2  # scratch (the inputs split), the residual
+        self._attend = self._lib.scratchllm_attend
+        self._attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 5 + [ctypes.c_int] * 2
+        self._attend.restype = ctypes.c_int
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
         self._q8 = self._lib.scratchllm_gemv_q8
         self._q8.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_void_p,
@@ -102,33 +113,65 @@ class Kernel:
     def __call__(self, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return self.bind(weight, bias)(x)
 
-    def bind(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`x -> x @ weight.T + bias` with the weight checked and its address taken once (a decode step
-        makes ~50 such calls; binding halves their Python cost). The weight is read live, where it
-        is; the bias as it is now (a copy if it is not fp32)."""
-        out, n_in = weight.shape
+    def bind(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
+        """`product(x, add=None, out=None)`: `x @ weight.T + bias (+ add)` with the weight checked and its
+        address taken once (a decode step makes ~50 such calls; binding halves their Python cost).
+
+        x: one row (..., in) of the weight's dtype; bf16 weights take and give bf16 rows (sums in fp32).
+        add: a residual (..., out) of that dtype added to the result, rounded as torch's `y + add` would
+        (bf16: the product rounded, then the sum); out: the tensor written (default a new one; may be
+        `add` itself: an in-place residual). The weight is read live, where it is; the bias as it is now
+        (a copy if it is not fp32). Weights under PARALLEL_MIN elements run on one thread (a thread
+        team costs more than they take)."""
+        n_out, n_in = weight.shape
         fn = self._fns.get(weight.dtype)
         if fn is None or weight.device.type != "cpu" or not weight.is_contiguous():
             raise ValueError(f"gemv takes one CPU row and a contiguous fp32 or bf16 weight; got weight "
                              f"{tuple(weight.shape)} {weight.dtype} on {weight.device}")
-        bf16 = weight.dtype == torch.bfloat16
+        dtype = weight.dtype
+        bf16 = dtype == torch.bfloat16
         b32 = None if bias is None else bias.detach().float().contiguous()  # no copy for fp32
         scratch = torch.empty(n_in, dtype=torch.float32) if bf16 else None  # the row split in even/odd halves
-        fixed = (weight.data_ptr(), None if b32 is None else b32.data_ptr())
-        extra = (scratch.data_ptr(),) if bf16 else ()
+        w_ptr, b_ptr = weight.data_ptr(), None if b32 is None else b32.data_ptr()
+        s_ptr = scratch.data_ptr() if bf16 else None
+        single = weight.numel() < PARALLEL_MIN
+        num_threads = torch.get_num_threads
 
-        def product(x: torch.Tensor) -> torch.Tensor:
-            if x.numel() != n_in or x.dtype != weight.dtype or x.device.type != "cpu":
-                raise ValueError(f"gemv takes one CPU row of {n_in} of the weight's dtype ({weight.dtype}); "
+        def product(x: torch.Tensor, add: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype is not dtype or x.device.type != "cpu":
+                raise ValueError(f"gemv takes one CPU row of {n_in} of the weight's dtype ({dtype}); "
                                  f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
-            x32 = x.float().contiguous() if bf16 else x.contiguous()
-            y = torch.empty(*x.shape[:-1], out, dtype=torch.float32)  # (..., out)
-            fn(fixed[0], x32.data_ptr(), fixed[1], y.data_ptr(), out, n_in, torch.get_num_threads(), *extra)
-            return y.to(torch.bfloat16) if bf16 else y
+            if not x.is_contiguous():
+                x = x.contiguous()
+            if add is not None and (add.numel() != n_out or add.dtype is not dtype or not add.is_contiguous()):
+                raise ValueError(f"gemv's residual must be a contiguous {dtype} row of {n_out}; got "
+                                 f"{tuple(add.shape)} {add.dtype}")
+            if out is None:
+                out = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
+            elif out.numel() != n_out or out.dtype is not dtype or not out.is_contiguous():
+                raise ValueError(f"gemv's out must be a contiguous {dtype} row of {n_out}; got "
+                                 f"{tuple(out.shape)} {out.dtype}")
+            threads = 1 if single else num_threads()
+            a_ptr = None if add is None else add.data_ptr()
+            if bf16:
+                fn(w_ptr, x.data_ptr(), b_ptr, out.data_ptr(), n_out, n_in, threads, s_ptr, a_ptr)
+            else:
+                fn(w_ptr, x.data_ptr(), b_ptr, out.data_ptr(), n_out, n_in, threads, a_ptr)
+            return out
 
         product.keep_alive = (weight, b32, scratch)  # the addresses above stay valid while `product` lives
         return product
 
+    def attend(self, q: int, k: int, v: int, k_cache: int, v_cache: int, y: int, n_head: int, n_kv_head: int,
+               head_dim: int, pos: int, head_stride: int, bf16: bool) -> None:
+        """Single-query attention over one layer's KV cache (gemv.c's `scratchllm_attend`), on addresses: the
+        new position's keys `k` and values `v` (n_kv_head * head_dim each) are written into the caches
+        (n_kv_head, max_len, head_dim; head stride `head_stride` elements) at `pos`, then every query head
+        of `q` (n_head * head_dim) attends to positions 0..pos; the heads' outputs go to `y`
+        (n_head * head_dim). fp32, or bf16 throughout. The caller checks shapes, dtypes and room."""
+        if self._attend(q, k, v, k_cache, v_cache, y, n_head, n_kv_head, head_dim, pos, head_stride, int(bf16),
+                        torch.get_num_threads()):
+            raise ValueError(f"attend takes heads of at most {MAX_HEAD_DIM} values; got {head_dim}")
 
     def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
                 isa: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -7,6 +7,9 @@ keys and values in place. `pos` is how many positions are filled, the same for e
 prompts are left-padded so they end together; a row whose tokens start later leaves the positions
 before them unused, and the model's attention mask hides them).
 
+`addresses` gives a layer's buffers to C code that writes one position and reads the filled ones
+in place (a batch-1 decode step's attention, `model.layers.Attention`).
+
 `truncate` rolls `pos` back, so a verifier can write draft tokens and keep only the accepted ones.
 
 For a batch that rows join and leave while it runs (continuous batching, `generate.engine`), the
@@ -54,6 +57,16 @@ class KVCache:
         k_all.narrow(2, self.pos, end - self.pos).copy_(k)
         v_all.narrow(2, self.pos, end - self.pos).copy_(v)
         return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
+
+    def addresses(self, layer: int) -> tuple[int, int, int]:
+        """Where row 0 of `layer`'s keys and values start in memory, and the elements between two heads: what
+        a C routine that writes and reads the cache in place takes (`model.gemv`'s `attend`). Checks that one
+        more position fits."""
+        if self.pos + 1 > self.max_len:
+            raise UserError(f"the KV cache holds {self.max_len} positions; {self.pos + 1} were asked for")
+        k, v = self.k, self.v
+        step = k.stride(0) * k.element_size()
+        return k.data_ptr() + layer * step, v.data_ptr() + layer * step, k.stride(2)
 
     def advance(self, n: int) -> None:
         self.pos += n

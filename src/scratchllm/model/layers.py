@@ -3,6 +3,9 @@
 Each class holds parameters and calls torch's fast kernels (or, for attention="explicit" and where
 "auto" finds it faster, the written-out math of `model.functional`, imported as `ops` so it never
 reads like torch's `F`). `explicit_attention` is the one statement of which attention path runs;
+a batch-1 decode step (one row, a KV cache, no autograd) takes a shorter road through the same modules
+where scratchllm's C kernel is built: `Block.decode_one` and `Attention.attend_one` (attention over the
+cache in one C call, residuals added inside the projections), tested equal to the general path;
 the training memory estimate (`train.pretrain`) asks it too. The book's hand-written teaching
 versions live in `scratchllm.steps` and are tested equal to these.
 """
@@ -15,6 +18,8 @@ from torch import nn
 
 from scratchllm.config.model import ModelConfig
 from scratchllm.model import functional as ops
+from scratchllm.model import gemv
+from scratchllm.model.fast_linear import linear_plus
 
 # attention="auto" uses the explicit math for at most this many keys: beyond, its (B, n_head, T, T)
 # weights cost more memory than the speed is worth (see `explicit_attention`).
@@ -91,6 +96,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None, kv_cache=None, layer: int = 0) -> torch.Tensor:
+        if kv_cache is not None and mask is None and x.numel() == x.shape[-1]:
+            y = self.attend_one(x, rope, kv_cache, layer)
+            if y is not None:
+                return self.proj(y)
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split(self.qkv_sizes(), dim=-1)
         q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
@@ -118,6 +127,41 @@ class Attention(nn.Module):
         y = ops.merge_heads(y)  # (B, T, n_head * head_dim)
         return self.proj(y)
 
+    def attend_one(self, x: torch.Tensor, rope, kv_cache, layer: int) -> torch.Tensor | None:
+        """A batch-1 decode step's attention in one C call (`gemv.Kernel.attend`): the new position's keys
+        and values written into the cache in place and the query's heads attending over it; the heads'
+        output (1, 1, n_head * head_dim), before `proj`. None where that call does not apply (no kernel,
+        autograd or autocast on, a forced "explicit" mode, another dtype or device in the cache): `forward`
+        then runs the general path, which gives the same numbers to float rounding (tested)."""
+        kernel = gemv.load()
+        cache_k = kv_cache.k
+        if (kernel is None or self.mode == "explicit" or self.training or torch.is_grad_enabled()
+                or torch.is_autocast_enabled("cpu") or x.device.type != "cpu" or cache_k.dtype is not x.dtype
+                or cache_k.device.type != "cpu"
+                or x.dtype not in (torch.float32, torch.bfloat16) or self.head_dim > gemv.MAX_HEAD_DIM
+                or kv_cache.pos >= kv_cache.max_len):
+            return None
+        qkv = self.qkv(x)  # (1, 1, (n_head + 2 n_kv_head) head_dim): queries, keys, values, head after head
+        h, hk, d = self.n_head, self.n_kv_head, self.head_dim
+        if self.q_norm is None and rope is None:  # read in place
+            qkv = qkv.contiguous()
+            el, base = qkv.element_size(), qkv.data_ptr()
+            q, k, v = base, base + h * d * el, base + (h + hk) * d * el
+        else:
+            q_t, k_t, v_t = qkv.split(self.qkv_sizes(), dim=-1)
+            q_t, k_t = q_t.view(1, h, 1, d), k_t.view(1, hk, 1, d)  # (1, heads, 1, head_dim)
+            if self.q_norm is not None:
+                q_t, k_t = self.q_norm(q_t), self.k_norm(k_t)
+            if rope is not None:
+                q_t, k_t = ops.apply_rope(q_t, *rope), ops.apply_rope(k_t, *rope)
+            qkv = (q_t.contiguous(), k_t.contiguous(), v_t.contiguous())  # kept alive through the call
+            q, k, v = (t.data_ptr() for t in qkv)
+        k_cache, v_cache, head_stride = kv_cache.addresses(layer)
+        y = torch.empty(1, 1, h * d, dtype=x.dtype)
+        kernel.attend(q, k, v, k_cache, v_cache, y.data_ptr(), h, hk, d, kv_cache.pos, head_stride,
+                      x.dtype is torch.bfloat16)
+        return y
+
 
 class MLP(nn.Module):
     """Position-wise feed-forward: GELU (GPT-2's tanh form, or exact) or SwiGLU (Llama), hidden width
@@ -132,10 +176,14 @@ class MLP(nn.Module):
             self.gate = nn.Linear(config.n_embd, config.hidden_dim, bias=config.bias)
         self.proj = nn.Linear(config.hidden_dim, config.n_embd, bias=config.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The activations `proj` reads (..., hidden_dim)."""
         if self.swiglu:
-            return self.proj(F.silu(self.gate(x)) * self.fc(x))
-        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+            return F.silu(self.gate(x)) * self.fc(x)
+        return F.gelu(self.fc(x), approximate=self.approximate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.hidden(x))
 
 
 class Block(nn.Module):
@@ -150,7 +198,26 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, mask=None, kv_cache=None, layer: int = 0):
+        if kv_cache is not None and mask is None and not self.training and x.numel() == x.shape[-1]:
+            y = self.decode_one(x, rope, kv_cache, layer)
+            if y is not None:
+                return y
         a = self.attn(self.norm1(x), rope, mask, kv_cache, layer)
         x = x + (self.drop(a) if self.training else a)  # eval: no dropout call (decoding counts every op)
         m = self.mlp(self.norm2(x))
         return x + (self.drop(m) if self.training else m)
+
+    def decode_one(self, x: torch.Tensor, rope, kv_cache, layer: int) -> torch.Tensor | None:
+        """`forward` for a batch-1 decode step (one row, a KV cache, eval), with fewer calls: attention in one
+        C call (`Attention.attend_one`), each residual added by the kernel as it writes the projection
+        (`fast_linear.linear_plus`; the second in place, into the block's own new tensor). None (nothing
+        done) where the attention call does not apply or a hook watches the attention or the MLP (whose
+        forwards this skips): `forward` then runs the general path, equal to float rounding (tested)."""
+        attn, mlp = self.attn, self.mlp
+        if attn._forward_pre_hooks or attn._forward_hooks or mlp._forward_pre_hooks or mlp._forward_hooks:
+            return None
+        y = attn.attend_one(self.norm1(x), rope, kv_cache, layer)  # (1, 1, n_head * head_dim)
+        if y is None:
+            return None
+        x = linear_plus(attn.proj, y, x)  # x + proj(y): a new tensor (the caller's x is left as it was)
+        return linear_plus(mlp.proj, mlp.hidden(self.norm2(x)), x, in_place=True)
