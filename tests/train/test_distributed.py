@@ -25,23 +25,15 @@ WORKER = HERE / "dist_worker.py"
 sys.path.insert(0, str(HERE))
 from dist_worker import fixed_input, job  # noqa: E402
 
+from launch_helpers import env, ok  # noqa: E402
+from launch_helpers import torchrun as torchrun_  # noqa: E402
+
 STEPS = 20
-
-
-def env() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "LOGLEVEL": "ERROR"}
 
 
 def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node 2 dist_worker.py ARGS`, its output kept."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
-
-
-def ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torchrun_(str(WORKER), *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
