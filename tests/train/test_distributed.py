@@ -60,6 +60,12 @@ def test_ddp_matches_one_process(tmp_path, one_process):
     assert_same_run(tmp_path / "out", one_process)
 
 
+def test_fsdp_cpu_offload_runs_on_a_cpu_job(tmp_path, one_process):
+    """train.fsdp_cpu_offload in a job on the CPU (no pinned memory without a GPU): the same steps."""
+    ok(torchrun(str(tmp_path / "out"), "--strategy", "fsdp", "--steps", str(STEPS), "--cpu-offload"))
+    assert_same_run(tmp_path / "out", one_process)
+
+
 @pytest.mark.slow
 def test_ddp_with_compile_matches_one_process(tmp_path, one_process):
     """train.compile with DDP on the CPU: the model is compiled in place and then wrapped, and the job

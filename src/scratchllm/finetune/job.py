@@ -14,6 +14,10 @@
 5. run the method's report (test metrics, responses, plots), then write the model card (which names
    the source model and its licence) and point `runs/latest` at the run.
 
+Many processes (`train.strategy` ddp or fsdp, under torchrun or `--nproc`): every rank does steps 1-3
+alike, the loop gives each its rows of every batch, and rank 0 alone claims the run folder
+(`train.distributed.claimed_folder`), prints and does step 5; LoRA trains with ddp (`check_strategy`).
+
 A method is a loss plus batches for the loop, as DESIGN.md asks: nothing here knows about labels,
 prompts or preferences. Not here: the methods (`finetune.classify`, `finetune.instruct`,
 `finetune.dpo`), the loop (`train.loop`), LoRA's layer (`model.lora`).

@@ -216,7 +216,8 @@ def wrap(model: nn.Module, config: Any, device: torch.device) -> nn.Module:
         # parameters all-gathered and computed in this dtype; gradients reduced in fp32 (the sharded
         # fp32 parameters stay the optimizer's master weights)
         mp = MixedPrecisionPolicy(param_dtype=torch_dtype(config.fsdp_param_dtype), reduce_dtype=torch.float32)
-    offload = CPUOffloadPolicy() if config.fsdp_cpu_offload else OffloadPolicy()
+    # (pinned memory, for fast copies to the GPU, needs one: a CPU job's offload copies nothing)
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if config.fsdp_cpu_offload else OffloadPolicy()
     kw = {"mp_policy": mp, "offload_policy": offload}
     blocks = getattr(model, "blocks", None)
     for block in blocks if blocks is not None else ():
