@@ -1,7 +1,8 @@
 """One rank of a small training job, for the distributed tests (started by torchrun, or in-process).
 
 usage: torchrun --standalone --nproc-per-node 2 dist_worker.py OUT --strategy ddp|fsdp [--steps N]
-       [--folder RUN_DIR] [--resume] [--kill-rank R --kill-step S]
+       [--folder RUN_DIR] [--resume] [--kill-rank R --kill-step S] [--compile]
+       [--cpu-offload]
 Writes OUT/losses.json (the logged loss per step, rank 0) and OUT/weights.safetensors (the whole final
 weights; under FSDP gathered from the shards) and OUT/logits.safetensors (the final model's logits on a
 fixed batch, computed inside the job).
@@ -28,12 +29,14 @@ from scratchllm.train.loop import batch_eval_fn  # noqa: E402
 GLOBAL_BATCH, CONTEXT = 4, 16
 
 
-def config(strategy: str, steps: int, resume: bool = False) -> TrainConfig:
+def config(strategy: str, steps: int, resume: bool = False, compile: bool = False,
+           cpu_offload: bool = False) -> TrainConfig:
     # decay_steps fixed: the learning rate at a step does not depend on where this run stops
     return TrainConfig(lr=3e-3, warmup_steps=3, decay_steps=40, max_steps=steps, batch_size=GLOBAL_BATCH,
                        grad_accum=2, grad_clip=0.5, eval_interval=5, eval_batches=2, checkpoint_interval=4,
                        log_interval=1, precision="fp32",
-                       progress=False, resume=resume, peak_flops=1e9, seed=7, strategy=strategy, dist_timeout=60)
+                       progress=False, resume=resume, peak_flops=1e9, seed=7, strategy=strategy, dist_timeout=60,
+                       compile=compile, fsdp_cpu_offload=cpu_offload)
 
 
 def fixed_input() -> torch.Tensor:
@@ -41,7 +44,7 @@ def fixed_input() -> torch.Tensor:
 
 
 def job(out: Path, strategy: str, steps: int, run_dir: str | None = None, resume: bool = False,
-        kill: tuple[int, int] | None = None) -> dict:
+        kill: tuple[int, int] | None = None, compile: bool = False, cpu_offload: bool = False) -> dict:
     """Train the tiny model; returns {"losses": [...], "weights": {...}} (whole weights on rank 0)."""
     torch.set_num_threads(1)
     tokens = tiny_tokens(8000)
@@ -65,7 +68,8 @@ def job(out: Path, strategy: str, steps: int, run_dir: str | None = None, resume
 
     run = Run(run_dir, main=rank == 0) if run_dir else None
     try:
-        train(model, batches, lm_loss, config(strategy, steps, resume), eval_fn=eval_fn, hooks=[hook], run=run)
+        train(model, batches, lm_loss, config(strategy, steps, resume, compile, cpu_offload), eval_fn=eval_fn,
+              hooks=[hook], run=run)
     finally:
         if run is not None:
             run.close()
@@ -95,9 +99,11 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--kill-rank", type=int, default=None)
     ap.add_argument("--kill-step", type=int, default=None)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--cpu-offload", action="store_true")
     args = ap.parse_args()
     kill = (args.kill_rank, args.kill_step) if args.kill_rank is not None else None
-    job(Path(args.out), args.strategy, args.steps, args.folder, args.resume, kill)
+    job(Path(args.out), args.strategy, args.steps, args.folder, args.resume, kill, args.compile, args.cpu_offload)
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -9,6 +9,11 @@ Settings come from the method's defaults (the book's), then a TOML file (`--conf
 `--init-from`, `--data`, `--name`, `--runs-dir` and any setting as `--key value` (`--train.lr 1e-4`,
 `--epochs 3`, `--lora.r 8`). `--lora r=8,alpha=16,targets=attn,mlp` sets the adapters in one go.
 `--resume` continues a stopped run exactly; Ctrl-C saves and exits 130, SIGTERM 143.
+
+Many processes, as for `scratchllm train`: `torchrun --nproc-per-node N -m scratchllm finetune
+METHOD ... --train.strategy ddp` (or fsdp; LoRA trains with ddp), or `--nproc N` for N processes on
+this machine (`cli.train.launch`). train.batch_size stays the job's batch: each process takes its
+share of every batch, so the result is one process's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ def _register_method(sub, method: str, about: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run runs_dir/<name> from its latest checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run N processes on this machine (torchrun, standalone); needs train.strategy ddp or fsdp")
     add_setting_flags(p, config, FLAGS, "the run")
     add_settings_help(p, config, "settings (top level of the TOML)", skip=FLAGS,
                       note="Settings (TOML, or --table.key value; undotted --key works when the name is unique). "
@@ -85,6 +92,12 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
+    if args.nproc is not None:
+        from scratchllm.cli.train import launch
+        from scratchllm.finetune.job import check_strategy
+
+        check_strategy(config)  # one line here rather than one from each process
+        return launch(args, config)
     from scratchllm.finetune.job import finetune
 
     state = finetune(config, args.method, progress=not args.quiet)

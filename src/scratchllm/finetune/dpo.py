@@ -12,7 +12,9 @@ reward and beta * (pi_r - ref_r) the rejected one's; their difference is the rew
 preference accuracy is the fraction of pairs whose margin is positive. The reference model never
 changes, so its log-probabilities are computed once, for every pair, before training starts
 (`reference_logprobs`) and travel with the examples: the reference is not kept in memory and never
-run again.
+run again. In a job of several processes (`train.distributed`) each process computes them for its
+share of the batches and they are exchanged once; the reference is never wrapped by DDP or FSDP, and
+each process's part of a training batch is whole pairs (`PairBatch`) with their cached values.
 
 The preference data (`--data`): the book's `alpaca-book-preference`, or a file of entries, either a
 JSON list or JSON Lines (one object per line; what the ratings of the future web page produce):
@@ -167,7 +169,22 @@ def encode_pairs(entries: Sequence[tuple[str, str, str, str]], tokenizer: Any, e
 
 
 # --- batches ------------------------------------------------------------------------------------
-def collate(pairs: Sequence[Pair], pad_id: int, mask_prompt: bool = True) -> dict[str, Any]:
+class PairBatch(dict):
+    """A `collate` batch (a dict), which knows how several processes share it: process r of n takes
+    pairs [r*B/n, (r+1)*B/n), both the chosen and the rejected row of each (`local_rows`), so that
+    each pair's loss is computed where both its rows are."""
+
+    def local_rows(self, r: int, n: int) -> PairBatch:
+        b = self["input_ids"].shape[0] // 2
+        if b % n:
+            raise UserError(f"a batch of {b} preference pairs cannot be split evenly across {n} processes; make "
+                            f"train.batch_size a multiple of the number of processes")
+        k = b // n
+        rows = list(range(r * k, (r + 1) * k)) + list(range(b + r * k, b + (r + 1) * k))  # chosen, then rejected
+        return PairBatch({key: v[rows] for key, v in self.items()})
+
+
+def collate(pairs: Sequence[Pair], pad_id: int, mask_prompt: bool = True) -> PairBatch:
     """B pairs as one batch of 2B rows: the B chosen sequences, then the B rejected ones.
 
     input_ids (2B, T): padded to the longest with `pad_id` (the end-of-text id);
@@ -186,8 +203,8 @@ def collate(pairs: Sequence[Pair], pad_id: int, mask_prompt: bool = True) -> dic
         input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         response_mask[i, pairs[i % b].prompt_len if mask_prompt else 0:len(ids)] = True
     ref = [p.ref_chosen for p in pairs] + [p.ref_rejected for p in pairs]
-    return {"input_ids": input_ids, "response_mask": response_mask,
-            "ref_logps": torch.tensor(ref, dtype=torch.float32)}
+    return PairBatch(input_ids=input_ids, response_mask=response_mask,
+                     ref_logps=torch.tensor(ref, dtype=torch.float32))
 
 
 # --- log-probabilities and the loss -----------------------------------------------------------------
@@ -233,24 +250,32 @@ def reference_logprobs(model: Any, pairs: Sequence[Pair], batch_size: int, pad_i
     no gradients), `batch_size` pairs at a time in their order; the model's weights are untouched.
 
     In order, because evaluation (`fixed_batches`) cuts a split the same way: the policy's first
-    evaluation then runs the very computations that made the cache, so its rewards start at exactly 0."""
+    evaluation then runs the very computations that made the cache, so its rewards start at exactly 0.
+    In a job of several processes, process r of n computes every n-th of these batches from the r-th,
+    and all exchange their values (the same batches as one process cuts, so the same values)."""
     import contextlib
 
     import torch
     from tqdm import tqdm
 
     from scratchllm.runtime import eval_mode
+    from scratchllm.train import distributed
 
+    r, n = (distributed.rank(), distributed.world_size()) if distributed.active() else (0, 1)
     device = next(model.parameters()).device
-    starts = range(0, len(pairs), batch_size)
+    starts = range(0, len(pairs), batch_size)[r::n]  # this process's batches
+    values: dict[int, list[float]] = {}  # first pair's index -> the batch's log-probabilities
     with eval_mode(model), torch.no_grad(), amp or contextlib.nullcontext():
         for start in tqdm(starts, disable=not progress, unit="batch", desc="reference", leave=False):
-            chunk = pairs[start:start + batch_size]
-            batch = collate(chunk, pad_id, mask_prompt)
-            logps = sequence_logprobs(model, batch["input_ids"].to(device),
-                                      batch["response_mask"].to(device)).float().cpu()
-            for j, pair in enumerate(chunk):
-                pair.ref_chosen, pair.ref_rejected = float(logps[j]), float(logps[len(chunk) + j])
+            batch = collate(pairs[start:start + batch_size], pad_id, mask_prompt)
+            values[start] = sequence_logprobs(model, batch["input_ids"].to(device),
+                                              batch["response_mask"].to(device)).float().cpu().tolist()
+    if n > 1:
+        values = {start: v for part in distributed.gather_objects(values) for start, v in part.items()}
+    for start, logps in values.items():
+        chunk = pairs[start:start + batch_size]
+        for j, pair in enumerate(chunk):
+            pair.ref_chosen, pair.ref_rejected = logps[j], logps[len(chunk) + j]
 
 
 def preference_metrics(model: Any, batches: Sequence[dict[str, Any]], beta: float) -> dict[str, float]:
@@ -295,6 +320,7 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
     from scratchllm.finetune.instruct import end_of_text_id, generation_settings, split_entries
     from scratchllm.interop.load import GENERATION_FILE
     from scratchllm.runtime import autocast, eval_mode, pick_device
+    from scratchllm.train import distributed
     from scratchllm.train.loop import resolve_precision
 
     tc, beta = config.train, config.beta
@@ -322,11 +348,12 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
     batches = ExampleBatches(train, tc.batch_size, pad, seed=tc.seed, lengths=[p.length for p in train],
                              bucket=True)  # (collates when iterated: after the cache is filled)
 
-    device = pick_device(tc.device)
+    device = distributed.device_for(tc.device) if distributed.active() else pick_device(tc.device)
     amp = autocast(device, resolve_precision(tc.precision, device))  # as the loop will run the policy
     model.to(device)
     for split in (train, val, test):  # each pair once, before training changes the model
-        reference_logprobs(model, split, tc.batch_size, eos, config.mask_prompt, amp=amp, progress=tc.progress)
+        reference_logprobs(model, split, tc.batch_size, eos, config.mask_prompt, amp=amp,
+                           progress=tc.progress and distributed.is_main())
     watched = {"train": fixed_batches(train, tc.batch_size, pad, limit=tc.eval_batches),
                "val": fixed_batches(val, tc.batch_size, pad, limit=tc.eval_batches)}
 

@@ -16,8 +16,10 @@
    the prompt's targets too (`mask_prompt`, the book's exercise 7.2), then cut to `max_length`.
    With the prompt masked, an example whose response begins past max_length has no target left
    and is left out (counted: the model card's "skipped").
-   Training batches come length-grouped (`ExampleBatches(bucket=True)`); the loss is the next-token
-   loss (`train.losses.lm_loss`) and evaluation the validation loss on fixed batches.
+   Training batches come length-grouped (`ExampleBatches(bucket=True)`), each with the number of
+   targets that count in it; the loss (`loss_fn`) is the next-token cross-entropy averaged over
+   those targets, as `train.losses.lm_loss`, also when several processes share the batch; evaluation
+   is the validation loss on fixed batches.
 5. Report (`Plan.report`, after training): greedy responses to the test split's prompts, by the
    finetuned model and by the model it started from (reloaded), written beside the references in
    the book's format (each entry plus "model_response": test-responses.json, base-responses.json)
@@ -244,6 +246,32 @@ def collate(batch: Sequence[Example | Sequence[int]], pad_id: int, max_length: i
     return inputs, targets
 
 
+def counted_batch(batch: Sequence[Example | Sequence[int]], **settings: Any) -> tuple[Any, Any, int]:
+    """(inputs, targets, counted): a training batch, `collate(batch, **settings)` and how many of its
+    targets count (are not -100), for `loss_fn`."""
+    inputs, targets = collate(batch, **settings)
+    return inputs, targets, int((targets != settings.get("ignore_index", IGNORE_INDEX)).sum())
+
+
+def loss_fn(model: Any, batch: tuple[Any, Any, int]) -> Any:
+    """The next-token cross-entropy of a `counted_batch`, averaged over its counted targets.
+
+    Several processes each get some rows of the batch (`train.distributed.local_rows`; `counted`
+    stays the whole batch's) and their gradients are averaged; rows hold different numbers of
+    counted targets, so each process's loss is its summed cross-entropy over its share of the count,
+    counted / processes: their mean is the whole batch's mean, what one process computes (a mean of
+    each process's own mean would weigh the targets of short rows more)."""
+    import torch.nn.functional as F
+
+    from scratchllm.train.distributed import world_size
+
+    inputs, targets, counted = batch
+    logits = model(inputs)  # (B, T, vocab)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total * world_size() / counted
+
+
 def learnable(example: Example, max_length: int) -> bool:
     """Whether a prompt-masked example keeps a target within max_length: a response token (or the
     end-of-text after the text) at position max_length or before (target i is token i + 1)."""
@@ -307,9 +335,10 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
         if skipped:
             print(f"{skipped} examples have no response token within {max_length} tokens and are left out")
         train_ex, val_ex = kept_train, kept_val
-    batch = partial(collate, pad_id=eos_id, max_length=max_length, mask_prompt=config.mask_prompt)
-    batches = ExampleBatches(train_ex, tc.batch_size, batch, seed=tc.seed, lengths=[len(e.ids) for e in train_ex],
-                             bucket=True)
+    settings = {"pad_id": eos_id, "max_length": max_length, "mask_prompt": config.mask_prompt}
+    batch = partial(collate, **settings)
+    batches = ExampleBatches(train_ex, tc.batch_size, partial(counted_batch, **settings), seed=tc.seed,
+                             lengths=[len(e.ids) for e in train_ex], bucket=True)
     eval_fn = batch_eval_fn({"val": fixed_batches(val_ex, tc.batch_size, batch, limit=tc.eval_batches)}, lm_loss) \
         if val_ex else None
     generation = generation_settings(source_meta, template, eos_id)
@@ -320,7 +349,7 @@ def plan(config: Any, model: Any, tokenizer: Any, source_meta: dict[str, Any]) -
     def report(trained: Any, folder: Path) -> dict[str, Any]:
         return write_report(trained, folder, config, tokenizer, test, generation["eos_token_id"], truncated)
 
-    return Plan(model=model, batches=batches, loss_fn=lm_loss, eval_fn=eval_fn,
+    return Plan(model=model, batches=batches, loss_fn=loss_fn, eval_fn=eval_fn,
                 meta={"template": template, "mask_prompt": config.mask_prompt, "max_length": max_length},
                 files={GENERATION_FILE: write_generation}, report=report,
                 data={"name": name, "entries": len(entries), "train": len(train), "validation": len(val),

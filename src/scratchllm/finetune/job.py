@@ -14,6 +14,10 @@
 5. run the method's report (test metrics, responses, plots), then write the model card (which names
    the source model and its licence) and point `runs/latest` at the run.
 
+Many processes (`train.strategy` ddp or fsdp, under torchrun or `--nproc`): every rank does steps 1-3
+alike, the loop gives each its rows of every batch, and rank 0 alone claims the run folder
+(`train.distributed.claimed_folder`), prints and does step 5; LoRA trains with ddp (`check_strategy`).
+
 A method is a loss plus batches for the loop, as DESIGN.md asks: nothing here knows about labels,
 prompts or preferences. Not here: the methods (`finetune.classify`, `finetune.instruct`,
 `finetune.dpo`), the loop (`train.loop`), LoRA's layer (`model.lora`).
@@ -130,18 +134,54 @@ def run_name(config: Any, method: str) -> str:
     return f"{method}-{Path(config.data).stem}" if config.data else method
 
 
+def check_strategy(config: Any) -> None:
+    """LoRA trains with train.strategy none or ddp, not fsdp: the adapters train under FSDP, but its
+    checkpoints (the consolidated weights one process loads, `train.checkpoint`) keep no LoRA layers
+    apart from the base weights yet. DDP is what LoRA needs anyway: the trainable state is small."""
+    if config.train.strategy == "fsdp" and config.lora.r > 0:
+        raise UserError("LoRA (lora.r > 0) trains with train.strategy ddp, not fsdp (FSDP's checkpoints do not "
+                        "keep the adapters apart from the base weights): use --train.strategy ddp, or fsdp "
+                        "without --lora")
+
+
 def finetune(config: Any, method: str, *, progress: bool = True) -> Any:
     """Finetune `config.init_from` with `method` ("classify", "instruct", "dpo"); returns the loop's
-    final `TrainState`. Everything it writes is in runs_dir/<name> (see the module doc)."""
-    from scratchllm.interop.load import load_any
-    from scratchllm.runtime import pick_device, seed_everything, setup_process
-    from scratchllm.train.lock import RunLock, claim_fresh_folder
-    from scratchllm.train.run import ensure_writable
+    final `TrainState`. Everything it writes is in runs_dir/<name> (see the module doc).
 
+    Many processes (`train.strategy` ddp or fsdp under torchrun, `train.distributed`): every rank
+    loads the model and makes the plan (the same data, split and batches: the loop gives each rank
+    its rows of every global batch); rank 0 alone claims and locks the run folder, prints, and
+    writes the metrics, the plot, the report and the model card."""
     if not config.init_from:
         raise UserError("name the model to finetune: --init-from PATH (a run such as runs/shakespeare-bpe, a "
                         "checkpoint folder, a Hugging Face folder or OpenAI's GPT-2 folder); "
                         "`scratchllm download gpt2` fetches GPT-2")
+    check_strategy(config)
+    tc = config.train
+    if tc.strategy == "none":
+        return _finetune(config, method, progress)
+    from scratchllm.train import distributed
+
+    distributed.setup(tc.strategy, tc.device, tc.dist_timeout)
+    try:
+        with distributed.only_main_prints():
+            return _finetune(config, method, progress)
+    except RuntimeError as e:
+        lost = distributed.lost_contact(e)
+        if lost is None:
+            raise
+        raise lost from None
+    finally:
+        distributed.teardown()
+
+
+def _finetune(config: Any, method: str, progress: bool) -> Any:
+    from scratchllm.interop.load import load_any
+    from scratchllm.runtime import is_rank_zero, pick_device, seed_everything, setup_process
+    from scratchllm.train.distributed import claimed_folder
+    from scratchllm.train.lock import RunLock, claim_fresh_folder
+    from scratchllm.train.run import ensure_writable
+
     name = run_name(config, method)
     base = Path(config.runs_dir) / name
     if config.train.resume and not base.is_dir():
@@ -154,21 +194,45 @@ def finetune(config: Any, method: str, *, progress: bool = True) -> Any:
     setup_process(tc.threads, keep_freed=tc.keep_freed_memory, device=pick_device(tc.device))
     seed_everything(tc.seed)  # the split, a new head's initialisation
     plan = _plan_function(method)(config, model, tokenizer, source_meta)  # bad data fails here, nothing written
-    ensure_writable(Path(config.runs_dir))
+    main = is_rank_zero()
+    if main:
+        ensure_writable(Path(config.runs_dir))
     adapted = set_trainable(plan.model, config, plan.new_modules)
     trainable, total = count_trainable(plan.model)
     steps = steps_for(tc, plan.batches.batches_per_epoch)
     tc = tc.replace(max_steps=steps, epochs=None) if tc.epochs is not None else tc
     lora = f", LoRA r={config.lora.r} on {len(adapted)} layers" if adapted else ""
     print(f"finetune {method}: {config.init_from} -> {name}; {trainable:,} of {total:,} parameters train"
-          f"{lora}; {plan.batches.batches_per_epoch} batches per epoch, {steps} steps")
-    lock = RunLock.acquire(base) if config.train.resume else claim_fresh_folder(base)
-    with lock as folder:
-        return _train_in(folder, config, method, plan, tc, tokenizer, source_meta, progress)
+          f"{lora}; {plan.batches.batches_per_epoch} batches per epoch, {steps} steps" + _processes_note(tc))
+
+    def claim() -> Any:
+        return RunLock.acquire(base) if config.train.resume else claim_fresh_folder(base)
+
+    with claimed_folder(claim) as folder:  # rank 0 locks it; the other ranks of a job are told which it is
+        return _train_in(folder, config, method, plan, tc, tokenizer, source_meta, progress, main)
+
+
+def _processes_note(tc: Any) -> str:
+    from scratchllm.config.train import processes
+
+    n = processes()
+    return f"; {n} processes ({tc.strategy}), {tc.batch_size // n} rows of each batch per process" if n > 1 else ""
+
+
+def _trained_model(plan: Plan, state: Any) -> Any:
+    """The model the report runs: the trained one, or under FSDP (its weights are shards across the
+    ranks) the consolidated weights of the last checkpoint, loaded whole in this process."""
+    from scratchllm.train.distributed import is_sharded
+
+    if not state.checkpoint or not is_sharded(plan.model):
+        return plan.model
+    from scratchllm.checkpoint import load_model
+
+    return load_model(state.checkpoint)[0]
 
 
 def _train_in(folder: Path, config: Any, method: str, plan: Plan, tc: Any, tokenizer: Any,
-              source_meta: dict[str, Any], progress: bool) -> Any:
+              source_meta: dict[str, Any], progress: bool, main: bool = True) -> Any:
     import torch
 
     from scratchllm.checkpoint import unwrap
@@ -183,23 +247,25 @@ def _train_in(folder: Path, config: Any, method: str, plan: Plan, tc: Any, token
     tc = tc.replace(progress=tc.progress and progress)
 
     def record_config(event: str, state: Any, info: dict) -> None:
-        if event == "start":  # after a resume's checkpoint is restored: a failed resume leaves the old one
+        if event == "start" and main:  # after a resume's checkpoint is restored: a failed resume leaves the old one
             write_atomic(folder / RUN_CONFIG_FILE, json.dumps({"method": method, **config.to_dict()}, indent=1))
 
     out = Run(folder, keep_last=tc.keep_last, tokenizer=tokenizer, tensorboard=tc.tensorboard, title=folder.name,
               files=plan.files,
               meta={"init_from": config.init_from, "method": method, "finetune_config": config.to_dict(),
-                    "task": plan.meta})
+                    "task": plan.meta}, main=main)
     try:
         state = train(plan.model, plan.batches, plan.loss_fn, tc, eval_fn=plan.eval_fn, hooks=[record_config],
                       run=out)
     finally:
         out.close()
+    if not main:  # the other ranks of a job: rank 0 reports
+        return state
     out.plot()
     write_atomic(Path(config.runs_dir) / "latest", folder.name + "\n")
     results: dict[str, Any] = {}
     if plan.report is not None and state.stop_reason != "terminated":  # SIGTERM: the grace period is short
-        results = plan.report(plan.model, folder) or {}
+        results = plan.report(_trained_model(plan, state), folder) or {}
         write_atomic(folder / REPORT_FILE, json.dumps(results, indent=1))
     source = {"path": config.init_from, "format": source_meta.get("format"),
               "licence": source_meta.get("license") or source_meta.get("licence")}

@@ -543,6 +543,8 @@ def consolidated(model: Any) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # a frozen parameter's full tensor can be a view into a larger buffer, which safetensors refuses: copy it
+    full = {k: v if v.untyped_storage().nbytes() == v.nbytes else v.clone() for k, v in full.items()}
     # tied weights (the head and the token embedding) are one tensor again, so safetensors saves one name
     first: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):

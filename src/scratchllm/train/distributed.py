@@ -23,7 +23,9 @@ address. Here each copy:
   gradient, and the norm is reduced across ranks before clipping).
 
 The logged loss is the job's (the mean over ranks, `mean_over_ranks`); rank 0 alone writes logs,
-plots and the model card (`is_main`), every rank runs the same evaluation. Nothing here is imported
+plots and the model card (`is_main`), every rank runs the same evaluation. A job's run folder is
+claimed and locked by rank 0 alone, which tells the others which it is (`claimed_folder`); ranks
+other than 0 print nothing (`only_main_prints`). Nothing here is imported
 when `train.strategy` is "none": a single process pays no import or call for it.
 
 References: PyTorch's DDP notes (https://pytorch.org/docs/stable/notes/ddp.html), FSDP2
@@ -37,7 +39,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -140,6 +144,46 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def claimed_folder(claim: Callable[[], Any]) -> Iterator[Path]:
+    """`with claimed_folder(claim) as folder:` the job's run folder on every rank.
+
+    Rank 0 (or a single process) calls `claim()`, which returns the folder's lock (`train.lock.RunLock`:
+    a new folder, or the one to resume), holds it for the `with` block and sends the folder's path to
+    the other ranks, which take no lock (one folder, one writer; `train.run.Run(main=False)`). When
+    rank 0's claim fails (a busy or unwritable folder), the others stop with a line that points at
+    rank 0's error."""
+    if not active():
+        with claim() as folder:
+            yield folder
+        return
+    if is_main():
+        lock = None
+        try:
+            lock = claim()
+        finally:  # the others wait for the path; an error is sent as None
+            broadcast_object(str(lock.folder) if lock is not None else None)
+        with lock as folder:
+            yield folder
+        return
+    path = broadcast_object(None)
+    if path is None:
+        raise UserError("rank 0 could not claim the run folder; see its error")
+    yield Path(path)
+
+
+@contextlib.contextmanager
+def only_main_prints() -> Iterator[None]:
+    """On ranks other than 0: what the job prints goes nowhere and warnings are not shown (rank 0 says
+    each once); errors still reach stderr. On rank 0, nothing changes."""
+    if is_main():
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 # --- the model --------------------------------------------------------------------------------------
 class LossModule(nn.Module):
     """`forward(fn, *args) = fn(model, *args)`: DDP and FSDP wrap this, so any function of the model
@@ -172,7 +216,8 @@ def wrap(model: nn.Module, config: Any, device: torch.device) -> nn.Module:
         # parameters all-gathered and computed in this dtype; gradients reduced in fp32 (the sharded
         # fp32 parameters stay the optimizer's master weights)
         mp = MixedPrecisionPolicy(param_dtype=torch_dtype(config.fsdp_param_dtype), reduce_dtype=torch.float32)
-    offload = CPUOffloadPolicy() if config.fsdp_cpu_offload else OffloadPolicy()
+    # (pinned memory, for fast copies to the GPU, needs one: a CPU job's offload copies nothing)
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if config.fsdp_cpu_offload else OffloadPolicy()
     kw = {"mp_policy": mp, "offload_policy": offload}
     blocks = getattr(model, "blocks", None)
     for block in blocks if blocks is not None else ():
@@ -233,7 +278,10 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
 def local_rows(batch: Any, r: int, n: int) -> Any:
     """Rank `r` of `n`'s rows of a global batch: rows [r*B/n, (r+1)*B/n) of every tensor (tuples, lists,
     dicts nested). B must divide by n (`TrainConfig` checks batch_size; a batch source of its own must
-    yield such batches)."""
+    yield such batches). A batch whose rows belong together in another way (DPO's: the chosen rows,
+    then the rejected rows of the same pairs) says how it splits: its own `local_rows(r, n)`."""
+    if hasattr(batch, "local_rows"):
+        return batch.local_rows(r, n)
     if hasattr(batch, "shape") and hasattr(batch, "__getitem__"):
         b = batch.shape[0]
         if b % n:
