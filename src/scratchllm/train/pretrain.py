@@ -212,19 +212,10 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
 
     distributed.setup(run.train.strategy, run.train.device, run.train.dist_timeout)
     try:
-        if distributed.is_main():
-            # rank 0 alone claims and locks the folder, then tells the others which it is
-            lock = None
-            try:
-                lock = pick_run_folder(run)
-            finally:
-                folder = distributed.broadcast_object(str(lock.folder) if lock is not None else None)
-            with lock as folder:
-                return pretrain_in(folder, run, progress=progress, source=source, init=init, hooks=hooks)
-        folder = distributed.broadcast_object(None)
-        if folder is None:
-            raise UserError("rank 0 could not pick the run folder; see its error")
-        return pretrain_in(Path(folder), run, progress=False, source=source, init=init, hooks=hooks)
+        # rank 0 alone claims and locks the folder, then tells the others which it is
+        with distributed.claimed_folder(lambda: pick_run_folder(run)) as folder:
+            return pretrain_in(folder, run, progress=progress and distributed.is_main(), source=source, init=init,
+                               hooks=hooks)
     except RuntimeError as e:
         lost = distributed.lost_contact(e)
         if lost is None:
