@@ -555,10 +555,25 @@ static int usable(int isa) {
         }                                                                                                 \
     }
 
-/* y (nx, out) = x (nx, in) @ (q (out, in) int8 * scales (out)).T + b (out, or NULL), on `threads` threads, by
- * path `isa` (or the best below it this CPU runs); `scratch` holds nx * scratchllm_q_scratch_bytes(in) bytes */
-void scratchllm_gemv_q8(const signed char *w, const float *scales, const float *x, const float *b, float *y,
-                        long out, long in, long nx, int threads, void *scratch, int isa) {
+/* what stays the same from call to call of one layer's product: set once when it is bound (a call then passes
+ * 5 arguments, not 13: each costs the caller, ctypes, about 0.1 us) */
+struct q_weights {
+    const void *w;              /* int8 (out, in) or int4 packed (out, in / 2), in the kernel layout */
+    const float *scales;        /* int8 (out); int4 (out, in / group) */
+    const unsigned char *zeros; /* int4 (out, in / group), or NULL (symmetric: 8) */
+    const float *b;             /* bias (out), or NULL */
+    void *scratch;              /* nx * scratchllm_q_scratch_bytes(in) bytes, for the quantized input rows */
+    long out, in, group;        /* group: int4 only */
+    long isa;                   /* the path asked for (the best below it this CPU runs is taken) */
+};
+
+/* y (nx, out) = x (nx, in) @ (q (out, in) int8 * scales (out)).T + b, on `threads` threads */
+void scratchllm_gemv_q8(const struct q_weights *c, const float *x, float *y, long nx, int threads) {
+    const signed char *w = c->w;
+    const float *scales = c->scales, *b = c->b;
+    long out = c->out, in = c->in;
+    void *scratch = c->scratch;
+    int isa = (int)c->isa;
     for (long i = 0; i < nx; i++) {
         struct qin qi = carve(scratch, in, i);
         prep_q8(x + i * in, in, &qi);
@@ -582,11 +597,14 @@ void scratchllm_gemv_q8(const signed char *w, const float *scales, const float *
 
 /* y (nx, out) = x (nx, in) @ W.T + b with W int4 in the kernel layout (see above: packed bytes (out, in / 2),
  * scales (out, in / group), zero points (out, in / group) bytes or NULL for symmetric weights; group a multiple
- * of 32), by path `isa` (or the best below it this CPU runs); `scratch` holds nx * scratchllm_q_scratch_bytes(in)
- * bytes. Threads take equal runs of row blocks; each block is applied to every input row while in the cache. */
-void scratchllm_gemv_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *x,
-                        const float *b, float *y, long out, long in, long group, long nx, int threads, void *scratch,
-                        int isa) {
+ * of 32), on `threads` threads. Threads take equal runs of row blocks; each block is applied to every input row
+ * while it is in the cache. */
+void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, long nx, int threads) {
+    const unsigned char *w = c->w, *zeros = c->zeros;
+    const float *scales = c->scales, *b = c->b;
+    long out = c->out, in = c->in, group = c->group;
+    void *scratch = c->scratch;
+    int isa = (int)c->isa;
     long groups = in / group, blocks = (out + QROWS - 1) / QROWS;
     for (long i = 0; i < nx; i++) {
         struct qin qi = carve(scratch, in, i);

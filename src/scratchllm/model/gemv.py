@@ -77,12 +77,10 @@ class Kernel:
             fn.restype = None
         self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p]  # scratch: the inputs split in even/odd halves
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
-        self._q8 = self._lib.scratchllm_gemv_q8
-        self._q8.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-        self._q8.restype = None
-        self._q4 = self._lib.scratchllm_gemv_q4
-        self._q4.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 4 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-        self._q4.restype = None
+        self._q8, self._q4 = self._lib.scratchllm_gemv_q8, self._lib.scratchllm_gemv_q4
+        for fn in (self._q8, self._q4):  # (weights, x, y, rows, threads)
+            fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long, ctypes.c_int]
+            fn.restype = None
         self._scratch_bytes = self._lib.scratchllm_q_scratch_bytes
         self._scratch_bytes.argtypes, self._scratch_bytes.restype = [ctypes.c_long], ctypes.c_long
         self._lib.scratchllm_q_isas.restype = ctypes.c_int
@@ -139,9 +137,7 @@ class Kernel:
                 or not (qweight.is_contiguous() and scales.is_contiguous()) or qweight.device.type != "cpu"):
             raise ValueError(f"gemv int8 takes a contiguous CPU int8 weight and {out} fp32 scales; got "
                              f"{qweight.dtype} {tuple(qweight.shape)}, scales {scales.dtype} {tuple(scales.shape)}")
-        fixed = (qweight.data_ptr(), scales.data_ptr())
-        return self._bind_quantized(self._q8, fixed, (), out, n_in, bias, isa, rows, "int8",
-                                    keep=(qweight, scales))
+        return self._bind_quantized(self._q8, (qweight, scales, None), 0, out, n_in, bias, isa, rows, "int8")
 
     def bind_q4(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
                 bias: torch.Tensor | None = None, isa: str | None = None,
@@ -162,31 +158,36 @@ class Kernel:
             raise ValueError(f"gemv int4 takes contiguous CPU uint8 (out, in/2), fp32 scales and uint8 zeros "
                              f"(out, in/group), group a multiple of 32; got {tuple(qweight.shape)} "
                              f"{qweight.dtype}, scales {tuple(scales.shape)}, group {group}")
-        fixed = (qweight.data_ptr(), scales.data_ptr(), None if zeros is None else zeros.data_ptr())
-        return self._bind_quantized(self._q4, fixed, (group,), out, n_in, bias, isa, rows, "int4",
-                                    keep=(qweight, scales, zeros))
+        return self._bind_quantized(self._q4, (qweight, scales, zeros), group, out, n_in, bias, isa, rows, "int4")
 
-    def _bind_quantized(self, fn, fixed: tuple, extra: tuple, out: int, n_in: int, bias: torch.Tensor | None,
-                        isa: str | None, rows: int, what: str, keep: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The product of bind_q8/bind_q4: x (..., in) fp32 of up to `rows` rows -> (..., out) fp32, one C call."""
+    def _bind_quantized(self, fn, tensors: tuple, group: int, out: int, n_in: int, bias: torch.Tensor | None,
+                        isa: str | None, rows: int, what: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The product of bind_q8/bind_q4: x (..., in) fp32 of up to `rows` rows -> (..., out) fp32, one C call
+        with the weights' addresses and sizes set once (gemv.c's `struct q_weights`)."""
         b32 = None if bias is None else bias.detach().float().contiguous()
-        per_row = self._scratch_bytes(n_in)
-        scratch = torch.empty(rows * per_row + 64, dtype=torch.uint8)  # the quantized input rows (+ alignment)
-        path, b_ptr, scratch_ptr = self.isa(isa), None if b32 is None else b32.data_ptr(), scratch.data_ptr()
+        scratch = torch.empty(rows * self._scratch_bytes(n_in) + 64, dtype=torch.uint8)  # quantized rows (+ align)
+        ptrs = [0 if t is None else t.data_ptr() for t in (*tensors, b32, scratch)]
+        weights = _QWeights(*ptrs, out, n_in, group, self.isa(isa))
+        call = ctypes.addressof(weights)
 
         def product(x: torch.Tensor) -> torch.Tensor:
-            n = x.numel() // n_in if x.dim() else 0
-            if x.dtype is not torch.float32 or not 0 < n <= rows or x.shape[-1] != n_in or x.device.type != "cpu":
+            if x.dtype is not torch.float32 or not x.is_cpu or x.shape[-1] != n_in or not 0 < x.numel() <= rows * n_in:
                 raise ValueError(f"gemv {what} takes 1 to {rows} CPU fp32 rows of {n_in}; got x {tuple(x.shape)} "
                                  f"{x.dtype}")
             xc = x if x.is_contiguous() else x.contiguous()
             y = torch.empty(*x.shape[:-1], out)  # (..., out) fp32
-            fn(*fixed, xc.data_ptr(), b_ptr, y.data_ptr(), out, n_in, *extra, n, torch.get_num_threads(),
-               scratch_ptr, path)
+            fn(call, xc.data_ptr(), y.data_ptr(), x.numel() // n_in, torch.get_num_threads())
             return y
 
-        product.keep_alive = (*keep, b32, scratch)  # the addresses above stay valid while `product` lives
+        product.keep_alive = (*tensors, b32, scratch, weights)  # the addresses above stay valid while it lives
         return product
+
+
+class _QWeights(ctypes.Structure):
+    """gemv.c's `struct q_weights`: one quantized layer's fixed arguments."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("w", "scales", "zeros", "b", "scratch")] + [
+        (name, ctypes.c_long) for name in ("out", "n_in", "group", "isa")]
 
 
 def quantize_input(x: torch.Tensor) -> torch.Tensor:

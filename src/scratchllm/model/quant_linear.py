@@ -243,8 +243,7 @@ class QuantLinear(nn.Module):
         return product
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows <= KERNEL_ROWS and x.dtype is torch.float32 and x.device.type == "cpu":
+        if x.dtype is torch.float32 and x.is_cpu and x.numel() <= KERNEL_ROWS * self.in_features:
             product = self._product()
             if product is not None:
                 return product(x)
