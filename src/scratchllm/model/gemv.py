@@ -240,6 +240,9 @@ def kernel_layout_rows(t: torch.Tensor, idx: torch.Tensor, chunk: int) -> torch.
     """Rows idx (N,) of t (out, n) held in the kernel layout, as row-major rows (N, n) (a gather)."""
     out, n = t.shape
     full = out // QROWS * QROWS
+    if full == out or bool((idx < full).all()):  # rows of whole blocks only (a decode step's token, mostly)
+        blocks = t[:full].view(-1, n // chunk, QROWS, chunk)  # (blocks, chunks, rows, chunk)
+        return blocks[idx // QROWS, :, idx % QROWS].reshape(-1, n)  # (N, chunks, chunk) -> (N, n)
     block = torch.div(idx, QROWS, rounding_mode="floor")
     k = torch.where(block * QROWS + QROWS <= out, QROWS, out - full)  # rows in each row's block
     j = torch.arange(n, device=t.device)
