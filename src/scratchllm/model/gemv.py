@@ -6,10 +6,12 @@ weights well below the memory's speed; `gemv.c` (portable C, see its header) rea
 rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
 repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32. Quantized weights
-(`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored and multiplied
-as integers with the input row quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations;
-`quantize_input` is that rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`,
-`Kernel.bind_q4`; gemv.c's "quantized weights" comment). Their paths (AVX-512 VNNI, AVX2, portable C)
+(`model.quant_linear`'s int8 per row and int4 group-wise format) are multiplied as integers with the
+input rows quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations; `quantize_input` is that
+rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`, `Kernel.bind_q4`; gemv.c's
+"quantized weights" comment): int8 as stored, int4 in the kernel layout (16 rows side by side,
+`to_kernel_layout`), into which model.quant_linear rearranges its buffers in place.
+Their paths (AVX-512 VNNI, AVX2, portable C)
 are chosen when called, by what the CPU runs (`Kernel.isas`); `SCRATCHLLM_KERNEL_ISA=c|avx2|avx512`
 forces one (tests run each). `benchmarks/gemv.py`
 measures it against torch, HF's layout, oneDNN and the memory's read bandwidth; see
