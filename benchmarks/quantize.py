@@ -13,7 +13,10 @@ quality, and batch-1 greedy decode tokens/s (a 32-token prompt, then --new-token
 the same loop for every row: the model's forward with a KV cache, argmax; best of --repeats).
 Quality: for a trained model, perplexity on tinyshakespeare's last 10% through the model's tokenizer
 (non-overlapping windows of the context length; the demo checkpoint may have seen that text in training,
-so only the differences between rows mean something); for random weights perplexity says nothing, so
+so only the differences between rows mean something), computed twice for int8/int4: batched (a whole
+window at once: the weight dequantized, the exact input) and as decoding computes it (each window fed
+in pieces of `KERNEL_ROWS` tokens through the KV cache, so every product goes through the C kernel, with
+its input rounded to int8 blocks); for random weights perplexity says nothing, so
 the max |logit difference| from fp32 and the share of positions whose top-1 token is fp32's.
 Targets (issue 14): int8 perplexity within +1% of fp32 and decode >= 2x our fp32; int4 (group 32)
 within +5%, file <= 30% of fp32, decode >= 3x our fp32; both faster than the peer.
@@ -136,6 +139,29 @@ def perplexity(model, ids: list[int], windows: int) -> float:
     return math.exp(sum(losses) / len(losses))
 
 
+def kernel_perplexity(model, ids: list[int], windows: int) -> float:
+    """`perplexity` with each window fed in pieces of KERNEL_ROWS tokens through the KV cache: the quantized
+    layers then run the C kernel (input rows rounded to int8 blocks), as in decoding."""
+    import torch
+    import torch.nn.functional as F
+
+    from scratchllm.model import KVCache
+    from scratchllm.model.quant_linear import KERNEL_ROWS
+
+    cfg = model.config
+    t = cfg.context_length
+    n = min(windows, (len(ids) - 1) // t)
+    x = torch.tensor(ids[: n * t + 1])
+    losses = []
+    with torch.inference_mode():
+        for i in range(0, n * t, t):
+            cache = KVCache(cfg.n_layer, 1, cfg.kv_heads, t, cfg.head_dim)
+            logits = torch.cat([model(x[i + j:i + min(j + KERNEL_ROWS, t)][None], kv_cache=cache)
+                                for j in range(0, t, KERNEL_ROWS)], dim=1)  # (1, t, vocab)
+            losses.append(F.cross_entropy(logits[0], x[i + 1:i + t + 1]).item())
+    return math.exp(sum(losses) / len(losses))
+
+
 def logits_of(model, ids):
     import torch
 
@@ -166,14 +192,18 @@ def bench_model(title: str, source: str, trained: bool, args, work: Path) -> Non
     ref, tok, _ = load_model(source)
     if trained and tok is not None:
         ids = held_out_ids(tok)
-        ppl = {}
+        ppl, ppl_kernel = {}, {}
         for name in VARIANTS:
             model = ref if name == "fp32" else peer if name == "torch dynamic int8" else load_model(folders[name])[0]
             ppl[name] = perplexity(model, ids, args.windows)
             quality[name] = f"ppl {ppl[name]:8.3f} ({ppl[name] / ppl['fp32'] - 1:+6.2%})"
+            if name.startswith("int"):  # as decoding computes it: through the kernel, its input rounded
+                ppl_kernel[name] = kernel_perplexity(model, ids, args.windows)
+                quality[name] += f"; kernel {ppl_kernel[name]:8.3f} ({ppl_kernel[name] / ppl['fp32'] - 1:+6.2%})"
         n_tokens = min(args.windows, (len(ids) - 1) // ref.config.context_length) * ref.config.context_length
         print(f"quality: perplexity on tinyshakespeare's last 10% ({n_tokens:,} tokens, windows of "
-              f"{ref.config.context_length}); the demo checkpoint may have seen this text: compare rows only")
+              f"{ref.config.context_length}); the demo checkpoint may have seen this text: compare rows only; "
+              f"int8/int4 batched (dequantized weight) and as decoding computes it (kernel)")
     else:
         g = torch.Generator().manual_seed(3)
         ids = torch.randint(0, ref.config.vocab_size, (1, min(256, ref.config.context_length)), generator=g)
@@ -208,9 +238,11 @@ def bench_model(title: str, source: str, trained: bool, args, work: Path) -> Non
     peer_x = x["torch dynamic int8"]
     print("  targets:")
     if trained and tok is not None:
-        d8, d4 = ppl["int8"] / ppl["fp32"] - 1, ppl["int4-g32"] / ppl["fp32"] - 1
-        print(f"    int8 perplexity within +1% of fp32: {d8:+.2%} {verdict(d8 <= 0.01)}")
-        print(f"    int4 g32 perplexity within +5% of fp32: {d4:+.2%} {verdict(d4 <= 0.05)}")
+        d8, d4 = (max(p[n] for p in (ppl, ppl_kernel)) / ppl["fp32"] - 1 for n in ("int8", "int4-g32"))
+        print(f"    int8 perplexity within +1% of fp32 (the worse of batched and kernel): {d8:+.2%} "
+              f"{verdict(d8 <= 0.01)}")
+        print(f"    int4 g32 perplexity within +5% of fp32 (the worse of batched and kernel): {d4:+.2%} "
+              f"{verdict(d4 <= 0.05)}")
     else:
         print("    perplexity targets: not measurable on random weights (see the demo model)")
     print(f"    int8 decode >= 2x fp32: {x['int8']:.2f}x {verdict(x['int8'] >= 2)}")

@@ -91,7 +91,9 @@ def test_every_kernel_path_equals_dequantize_then_matmul(kernel, out, n_in, sche
         if scheme.bits == 8:
             product = kernel.bind_q8(q.qweight, q.scales, q.bias, isa=isa)
         else:
-            product = kernel.bind_q4(q.qweight, q.scales, q.zeros, scheme.group_size, q.bias, isa=isa)
+            zeros = None if q.zeros is None else gemv.to_kernel_layout(q.zeros, 1)  # the int4 kernel's layout
+            product = kernel.bind_q4(gemv.to_kernel_layout(q.qweight, 4), gemv.to_kernel_layout(q.scales, 1), zeros,
+                                     scheme.group_size, q.bias, isa=isa)
         results[isa] = product(x)
         kernel_check(results[isa], x, w, q.bias)
     assert set(kernel.isas) >= {"c"}
@@ -119,7 +121,7 @@ def test_many_rows_dequantize_then_matmul(scheme):
     x = torch.randn(3, 5, 128, generator=g)
     y = q(x)
     assert y.shape == (3, 5, 40)
-    w = dequantize(q.qweight, q.scales, q.zeros, scheme.bits)
+    w = dequantize(*q.file_buffers(), scheme.bits)  # (int4: the layer holds them in the kernel's layout now)
     if q._product() is not None:  # up to KERNEL_ROWS rows: the kernel, one row at a time
         kernel_check(y, x, w, q.bias)
     else:
@@ -159,3 +161,54 @@ def test_the_kernel_rebinds_when_the_buffers_change():
     assert torch.equal(q(x), other(x)) and not torch.allclose(q(x), y)
     q.qweight = other.qweight.clone()  # a new buffer: bound again
     assert torch.equal(q(x), other(x))
+
+
+@pytest.mark.parametrize("out", [1, 16, 37, 50])
+def test_the_kernel_layout_round_trips_and_gathers_rows(out):
+    g = torch.Generator().manual_seed(out)
+    for n, chunk in [(8, 4), (48, 4), (3, 1)]:
+        t = torch.randint(0, 256, (out, n), generator=g, dtype=torch.uint8)
+        k = gemv.to_kernel_layout(t, chunk)
+        assert k.shape == t.shape and torch.equal(gemv.from_kernel_layout(k, chunk), t)
+        blocks = out // gemv.QROWS
+        if blocks:  # a whole block: chunk c of its 16 rows side by side
+            first = k[:gemv.QROWS].reshape(-1)[:gemv.QROWS * chunk].view(gemv.QROWS, chunk)
+            assert torch.equal(first, t[:gemv.QROWS, :chunk])
+        idx = torch.tensor([0, out - 1, out // 2, out - 1])
+        assert torch.equal(gemv.kernel_layout_rows(k, idx, chunk), t[idx])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES[1:3], ids=lambda s: s.name)
+def test_int4_buffers_in_the_kernel_layout_read_as_the_format(kernel, scheme, tmp_path):
+    """After the kernel is bound the int4 buffers are in its layout; dequantize, the state dict, an embedding's
+    rows, copies and loading still see the format's."""
+    import copy
+
+    from scratchllm.model.quant_linear import QuantEmbedding
+
+    lin = torch.nn.Linear(64, 37)
+    q = quantize_linear(lin, scheme)
+    w, state = q.dequantize(), {k: v.clone() for k, v in q.state_dict().items()}
+    emb = QuantEmbedding(q, tied=True)
+    x = torch.randn(1, 64)
+    y = q(x)
+    assert q.in_kernel_layout() and not torch.equal(q.qweight, state["qweight"])  # rearranged in place
+    assert torch.equal(q.dequantize(), w)
+    assert all(torch.equal(v, state[k]) for k, v in q.state_dict().items())
+    idx = torch.tensor([[3, 36], [0, 20]])
+    assert torch.equal(emb(idx), w[idx])
+    twin = copy.deepcopy(q)
+    assert torch.equal(twin.dequantize(), w) and torch.equal(twin(x), y)
+    other = quantize_linear(torch.nn.Linear(64, 37), scheme)
+    q.load_state_dict(other.state_dict())  # back in the format's layout, loaded, rearranged at the next call
+    assert torch.equal(q(x), other(x)) and torch.equal(q.dequantize(), other.dequantize())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES[:3], ids=lambda s: s.name)
+def test_several_rows_in_one_call_equal_one_row_at_a_time(kernel, scheme):
+    g = torch.Generator().manual_seed(5)
+    q = quantize_linear(torch.nn.Linear(96, 70), scheme)
+    x = torch.randn(2, 7, 96, generator=g)
+    y = q(x)  # one call of the kernel: each weight read once for the 14 rows
+    rows = torch.stack([q(x[i, j]) for i in range(2) for j in range(7)]).view(2, 7, 70)
+    assert torch.equal(y, rows)

@@ -391,27 +391,36 @@ int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, voi
 
 /* ---- quantized weights (model.quant_linear): integer dot products, scales applied per block in floats ----
  *
- * The weights stay as they are stored (model.quant_linear's format; nothing is repacked). The input row is
- * quantized once per call the way llama.cpp quantizes activations for its q8_0/q4_0 products: in blocks
- * of QBLOCK = 32 values, each block one fp32 step d = max|x| / 127 and integers q = round(x / d) in
- * -127..127 (round half to even). A row's product is then a sum over blocks of float step times an
- * integer dot product, which the CPU computes 64 (AVX-512 VNNI `vpdpbusd`) or 32 (AVX2 `vpmaddubsw`,
- * `vpmaddwd`) bytes per instruction, with no widening of weights to floats.
+ * The input rows are quantized once per call the way llama.cpp quantizes activations for its q8_0/q4_0
+ * products: in blocks of QBLOCK = 32 values, each block one fp32 step d = max|x| / 127 and integers
+ * q = round(x / d) in -127..127 (round half to even). A row's product is then a sum over blocks of float
+ * steps times integer dot products, which the CPU computes 64 (AVX-512 VNNI `vpdpbusd`) or 32 (AVX2
+ * `vpmaddubsw`, `vpmaddwd`) bytes per instruction, with no widening of weights to floats. Up to `nx` input
+ * rows per call (a prompt's): each piece of the weight is read from memory once and applied to every row
+ * while it is in the cache.
  *
- * int8, one scale per row: y[r] = s[r] * sum_blocks d_b * (sum_i w_i q_i). The products of two signed
- * bytes go through the unsigned-times-signed instructions as |w| times (q with w's sign) (w and q are
- * never -128, so nothing saturates: 2 * 127 * 127 < 2^15).
- * int4, group-wise, two weights a byte (byte j of a row: weight 2j low, 2j + 1 high), each an unsigned
- * u in 0..15 standing for (u - z) s (z = 8 for symmetric weights): a byte's low nibbles meet the even
- * inputs and its high nibbles the odd ones, so the quantized input is stored split into even (xe) and odd
- * (xo) halves. Integer sums of u * q (unsigned times signed, < 2^15 in a pair), then the zero points are
- * taken out once per row in floats: sum (u - z) s d q = sum s d (u q) - sum_groups s z XS_g, with
- * XS_g = sum of d * q over the group's inputs (computed with the input, once per call).
+ * int8, one scale per row, read as stored (model.quant_linear's format):
+ * y[r] = s[r] * sum_blocks d_b * (sum_i w_i q_i). The products of two signed bytes go through the
+ * unsigned-times-signed instructions as |w| times (q with w's sign) (w and q are never -128, so nothing
+ * saturates: 2 * 127 * 127 < 2^15). 4 packed bytes sum into one int32 lane, multiplied by its block's d
+ * (`lane_d`). Rows are read in STREAMS streams per thread, as rows_dot.
  *
- * Lanes: 4 packed bytes (8 int4 weights, or 4 int8 ones) sum into one int32 lane; a lane never spans two
- * blocks or groups (both multiples of 32 weights, int4 groups here), so each lane is multiplied by its
- * block's d and its group's s (looked up per lane: `lidx` holds each lane's group) and added to a float
- * accumulator. Rows are read in STREAMS streams per thread, as rows_dot.
+ * int4, group-wise: each weight an unsigned u in 0..15 standing for (u - z) s (z = 8 for symmetric
+ * weights), two a byte (weight 2j low, 2j + 1 high, as the file has them), read in the KERNEL LAYOUT,
+ * into which model.quant_linear rearranges its buffers in place (gemv.to_kernel_layout) so that one
+ * vector holds the same inputs' weights of QROWS = 16 rows:
+ * - rows in blocks of QROWS (the last block may have fewer, t); within a block, each row's bytes cut in
+ *   chunks of 4 (8 weights) and stored chunk by chunk: chunk c of row 0, of row 1, ..., of row t - 1,
+ *   then chunk c + 1. So 64 bytes (an AVX-512 register) are 8 weights of 16 rows, and each 32-bit lane of
+ *   an integer dot product is one row's sum: no shuffles, no sums across lanes.
+ * - scales (and zero points) per block group by group: the t rows' scales of group 0, of group 1, ...
+ * A byte's low nibbles meet the even inputs and its high nibbles the odd ones, so the quantized input is
+ * stored split into even (xe) and odd (xo) halves and each 4-byte chunk meets one broadcast 4-byte word
+ * of each. Per input block (32 weights: 4 chunks) the integer sum of u q is corrected for the zero point
+ * in integers, sum (u - z) q = sum u q - z Q_b (Q_b = the block's sum of q, computed with the input), then
+ * converted once and scaled by s d: y[r] = sum_b s_g(b) d_b (sum_{i in b} u_i q_i - z Q_b). The high
+ * nibbles are summed in place, 16 times their value (AVX-512: 240 * 127 * 4 < 2^31), and divided by 16
+ * after (exact: a multiple of 16).
  *
  * The result differs from the product with the unquantized input by at most sum_b d_b / 2 * sum_{i in b}
  * |W_ri| (the input's rounding; tests check it) plus float rounding.
@@ -420,7 +429,8 @@ int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, voi
  * one): 2 = AVX-512 (F, BW, VL, VNNI), 1 = AVX2 + FMA, 0 = portable C. All three compute the same integer
  * sums; only the order of the float additions differs. */
 #define QBLOCK 32
-#define QPAD 64 /* bytes of zeros after the quantized input, so a last vector load stays inside */
+#define QPAD 64  /* bytes of zeros after the quantized input, so a last vector load stays inside */
+#define QROWS 16 /* rows side by side in the int4 kernel layout */
 
 #if defined(__x86_64__) || defined(__i386__)
 #define SCRATCHLLM_X86 1
@@ -442,33 +452,31 @@ int scratchllm_q_isas(void) {
     return isas;
 }
 
-/* the quantized input, carved out of the caller's scratch (scratchllm_q_scratch_bytes of it) */
+/* one quantized input row, carved out of the caller's scratch (scratchllm_q_scratch_bytes per row) */
 struct qin {
     signed char *xe, *xo; /* int4: even / odd inputs (in / 2 each); int8: xe holds all `in` inputs in order */
     float *xd;            /* per block: its step d */
-    float *lane_d;        /* per lane (4 packed bytes): its block's d */
-    int *lidx;            /* int4, per lane: its group */
-    float *xs;            /* int4, per group: sum of d * q over its inputs */
+    int *xq;              /* per block: the sum of its q */
+    float *lane_d;        /* int8, per lane (4 inputs): its block's d */
 };
 
 static long round_up(long n, long m) { return (n + m - 1) / m * m; }
 
-/* bytes of scratch a call with `in` inputs needs */
+/* bytes of scratch a call needs per input row of `in` inputs */
 long scratchllm_q_scratch_bytes(long in) {
     long lanes = round_up(in, 64) / 4 + 16, blocks = round_up(in, QBLOCK) / QBLOCK;
-    return 2 * (round_up(in, 64) + QPAD) + 4 * (2 * lanes + blocks + blocks) + 4 * 64;
+    return round_up(2 * (round_up(in, 64) + QPAD) + 4 * (lanes + 2 * blocks) + 64, 64);
 }
 
-static struct qin carve(void *scratch, long in) {
+static struct qin carve(void *scratch, long in, long row) {
     long lanes = round_up(in, 64) / 4 + 16, blocks = round_up(in, QBLOCK) / QBLOCK, nb = round_up(in, 64) + QPAD;
-    char *p = (char *)(((size_t)scratch + 63) & ~(size_t)63);
+    char *p = (char *)(((size_t)scratch + 63) & ~(size_t)63) + row * scratchllm_q_scratch_bytes(in);
     struct qin q;
     q.xe = (signed char *)p;
     q.xo = q.xe + nb / 2 + QPAD / 2;
     q.lane_d = (float *)(p + 2 * nb);
-    q.lidx = (int *)(q.lane_d + lanes);
-    q.xd = (float *)(q.lidx + lanes);
-    q.xs = q.xd + blocks;
+    q.xd = q.lane_d + lanes;
+    q.xq = (int *)(q.xd + blocks);
     return q;
 }
 
@@ -501,58 +509,125 @@ static void prep_q8(const float *x, long in, struct qin *q) {
     long blocks = round_up(in, QBLOCK) / QBLOCK;
     for (long b = 0; b < blocks; b++) {
         long n = in - b * QBLOCK < QBLOCK ? in - b * QBLOCK : QBLOCK;
-        quantize_block(x + b * QBLOCK, n, q->xe + b * QBLOCK, &q->xd[b]);
+        q->xq[b] = quantize_block(x + b * QBLOCK, n, q->xe + b * QBLOCK, &q->xd[b]);
     }
     memset(q->xe + in, 0, round_up(in, 64) + QPAD - in);
     long lanes = round_up(in, 64) / 4;
     for (long l = 0; l < lanes; l++) q->lane_d[l] = l * 4 < in ? q->xd[l * 4 / QBLOCK] : 0.0f;
 }
 
-/* int4 weights (in % 32 == 0, group % 32 == 0): the input split in even/odd halves, lane_d and lidx per
- * 8 inputs, xs per group */
-static void prep_q4(const float *x, long in, long group, struct qin *q) {
-    long blocks = in / QBLOCK, groups = in / group, half = in / 2;
+/* int4 weights (in % 32 == 0): the input split in even/odd halves, d and the sum of q per block */
+static void prep_q4(const float *x, long in, struct qin *q) {
     signed char t[QBLOCK];
-    for (long g = 0; g < groups; g++) q->xs[g] = 0.0f;
-    for (long b = 0; b < blocks; b++) {
-        float d;
-        int sum = quantize_block(x + b * QBLOCK, QBLOCK, t, &d);
-        q->xd[b] = d;
+    for (long b = 0; b < in / QBLOCK; b++) {
+        q->xq[b] = quantize_block(x + b * QBLOCK, QBLOCK, t, &q->xd[b]);
         for (int j = 0; j < QBLOCK / 2; j++) {
             q->xe[b * QBLOCK / 2 + j] = t[2 * j];
             q->xo[b * QBLOCK / 2 + j] = t[2 * j + 1];
         }
-        q->xs[b * QBLOCK / group] += d * (float)sum;
-    }
-    memset(q->xe + half, 0, round_up(half, 64) - half + QPAD / 2);
-    memset(q->xo + half, 0, round_up(half, 64) - half + QPAD / 2);
-    long lanes = half / 4, padded = round_up(half, 64) / 4 + 16;
-    for (long l = 0; l < padded; l++) {
-        q->lane_d[l] = l < lanes ? q->xd[l * 8 / QBLOCK] : 0.0f;
-        q->lidx[l] = (int)((l < lanes ? l : lanes - 1) * 8 / group);
     }
 }
 
-/* ---- the row sums: rows[0..nr) at once, each one stream; sums[s] = sum over lanes of s * d * (integer sum)
- * (int4: before the zero points are taken out; int8: before the row's scale) */
+static inline int word(const signed char *p) { /* 4 inputs as one 32-bit word (to broadcast) */
+    int v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* ---- int4: one block of t <= QROWS rows in the kernel layout (w, s, z at the block's start; b, y at its first
+ * row): y[0..t) = its rows' products with the input q (+ b) */
+
+/* portable C, any t */
+static void q4_block_c(const unsigned char *w, const float *s, const unsigned char *z, long in, long group, int t,
+                       const struct qin *q, const float *b, float *y) {
+    long per = group / QBLOCK; /* input blocks per group */
+    for (int r = 0; r < t; r++) {
+        float acc = 0.0f;
+        for (long k = 0; k < in / QBLOCK; k++) {
+            long g = k / per;
+            int isum = 0;
+            for (long c = k * QBLOCK / 8; c < (k + 1) * QBLOCK / 8; c++) { /* the block's 4 chunks */
+                const unsigned char *p = w + (c * t + r) * 4;
+                for (int j = 0; j < 4; j++) isum += (p[j] & 15) * q->xe[4 * c + j] + (p[j] >> 4) * q->xo[4 * c + j];
+            }
+            int zp = z ? z[g * t + r] : 8;
+            acc += s[g * t + r] * q->xd[k] * (float)(isum - zp * q->xq[k]);
+        }
+        y[r] = with_bias(acc, b, r);
+    }
+}
+
+#ifdef SCRATCHLLM_X86
+/* AVX-512, t = QROWS: a chunk of the 16 rows is one register, each lane one row; per input block 8 dot products
+ * into 4 accumulators (low and high nibbles, even and odd chunks: short dependency chains) */
+T512 static void q4_block_512(const unsigned char *w, const float *s, const unsigned char *z, long in, long group,
+                              const struct qin *q, const float *b, float *y) {
+    const __m512i low = _mm512_set1_epi8(15);
+    long per = group / QBLOCK;
+    __m512 acc = _mm512_setzero_ps();
+    for (long k = 0; k < in / QBLOCK; k++) {
+        const unsigned char *p = w + k * (QBLOCK / 2) * QROWS;
+        const signed char *xe = q->xe + k * QBLOCK / 2, *xo = q->xo + k * QBLOCK / 2;
+        __m512i lo[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}, hi[2] = {lo[0], lo[0]};
+        _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
+            __m512i v = _mm512_loadu_si512(p + 64 * c);
+            lo[c & 1] = _mm512_dpbusd_epi32(lo[c & 1], _mm512_and_si512(v, low), _mm512_set1_epi32(word(xe + 4 * c)));
+            hi[c & 1] = _mm512_dpbusd_epi32(hi[c & 1], _mm512_andnot_si512(low, v), _mm512_set1_epi32(word(xo + 4 * c)));
+        }
+        __m512i isum = _mm512_add_epi32(_mm512_add_epi32(lo[0], lo[1]),
+                                        _mm512_srai_epi32(_mm512_add_epi32(hi[0], hi[1]), 4));
+        long g = k / per;
+        __m512i zq = z ? _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(z + g * QROWS))),
+                                            _mm512_set1_epi32(q->xq[k]))
+                       : _mm512_set1_epi32(8 * q->xq[k]);
+        __m512 sd = _mm512_mul_ps(_mm512_loadu_ps(s + g * QROWS), _mm512_set1_ps(q->xd[k]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum, zq)), sd, acc);
+    }
+    if (b) acc = _mm512_add_ps(acc, _mm512_loadu_ps(b));
+    _mm512_storeu_ps(y, acc);
+}
+
+/* AVX2, t = QROWS: a chunk is two registers (rows 0-7, 8-15); pairs of products summed in 16 bits
+ * (15 * 127 * 4 < 2^15), then in 32 */
+T256 static void q4_block_256(const unsigned char *w, const float *s, const unsigned char *z, long in, long group,
+                              const struct qin *q, const float *b, float *y) {
+    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    long per = group / QBLOCK;
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (long k = 0; k < in / QBLOCK; k++) {
+        const unsigned char *p = w + k * (QBLOCK / 2) * QROWS;
+        const signed char *xe = q->xe + k * QBLOCK / 2, *xo = q->xo + k * QBLOCK / 2;
+        __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
+            __m256i e = _mm256_set1_epi32(word(xe + 4 * c)), o = _mm256_set1_epi32(word(xo + 4 * c));
+            for (int h = 0; h < 2; h++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * c + 32 * h));
+                __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, e), _mm256_maddubs_epi16(hi, o));
+                isum[h] = _mm256_add_epi32(isum[h], _mm256_madd_epi16(pairs, ones));
+            }
+        }
+        long g = k / per;
+        __m256 d = _mm256_set1_ps(q->xd[k]);
+        for (int h = 0; h < 2; h++) {
+            __m256i zq = z ? _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(z + g * QROWS + 8 * h))),
+                                                _mm256_set1_epi32(q->xq[k]))
+                           : _mm256_set1_epi32(8 * q->xq[k]);
+            __m256 sd = _mm256_mul_ps(_mm256_loadu_ps(s + g * QROWS + 8 * h), d);
+            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[h], zq)), sd, acc[h]);
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        if (b) acc[h] = _mm256_add_ps(acc[h], _mm256_loadu_ps(b + 8 * h));
+        _mm256_storeu_ps(y + 8 * h, acc[h]);
+    }
+}
+#endif
+
+/* ---- int8: the row sums, rows[0..nr) at once, each one stream; sums[s] = sum over lanes of d * (integer sum),
+ * before the row's scale */
 
 /* portable C */
-static void q4_rows_c(const unsigned char *w, const float *scales, long in, long groups, const struct qin *q,
-                      const long *rows, int nr, float *sums) {
-    long half = in / 2;
-    for (int s = 0; s < nr; s++) {
-        const unsigned char *p = w + rows[s] * half;
-        const float *sr = scales + rows[s] * groups;
-        float acc = 0.0f;
-        for (long l = 0; l < half / 4; l++) {
-            int isum = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++) isum += (p[j] & 15) * q->xe[j] + (p[j] >> 4) * q->xo[j];
-            acc += sr[q->lidx[l]] * q->lane_d[l] * (float)isum;
-        }
-        sums[s] = acc;
-    }
-}
-
 static void q8_rows_c(const signed char *w, long in, const struct qin *q, const long *rows, int nr, float *sums) {
     for (int s = 0; s < nr; s++) {
         const signed char *p = w + rows[s] * in;
@@ -568,48 +643,7 @@ static void q8_rows_c(const signed char *w, long in, const struct qin *q, const 
 }
 
 #ifdef SCRATCHLLM_X86
-/* AVX-512: 64 packed bytes (16 lanes) a step; the last step's bytes beyond the row masked to zero */
-T512 static inline __attribute__((always_inline)) void q4_rows_512(const unsigned char *w, const float *scales,
-                                                                    long in, long groups, const struct qin *q,
-                                                                    const long *rows, int nr, float *sums) {
-    long half = in / 2;
-    const unsigned char *p[STREAMS];
-    const float *sr[STREAMS];
-    __m512 acc[STREAMS];
-    for (int s = 0; s < nr; s++) {
-        p[s] = w + rows[s] * half;
-        sr[s] = scales + rows[s] * groups;
-        acc[s] = _mm512_setzero_ps();
-    }
-    const __m512i low = _mm512_set1_epi8(15);
-    for (long o = 0; o < half; o += 64) {
-        __mmask64 bytes = o + 64 <= half ? ~0ULL : (1ULL << (half - o)) - 1;
-        __m512i xe = _mm512_loadu_si512(q->xe + o), xo = _mm512_loadu_si512(q->xo + o);
-        __m512 d = _mm512_loadu_ps(q->lane_d + o / 4);
-        int base = q->lidx[o / 4];
-        __m512i idx = _mm512_sub_epi32(_mm512_loadu_si512(q->lidx + o / 4), _mm512_set1_epi32(base));
-        __mmask8 some = (__mmask8)((1u << (q->lidx[o / 4 + 15] - base + 1)) - 1); /* the step's groups: <= 4 */
-        int four = base + 4 <= groups; /* masked loads are slow (AMD Zen): only where a plain one would overrun */
-        _Pragma("GCC unroll 4") for (int s = 0; s < nr; s++) {
-            __m512i wb = bytes == ~0ULL ? _mm512_loadu_si512(p[s] + o) : _mm512_maskz_loadu_epi8(bytes, p[s] + o);
-            __m512i lo = _mm512_and_si512(wb, low), hi = _mm512_and_si512(_mm512_srli_epi16(wb, 4), low);
-            __m512i isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-            __m128 s4 = four ? _mm_loadu_ps(sr[s] + base) : _mm_maskz_loadu_ps(some, sr[s] + base);
-            __m512 sc = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s4));
-            acc[s] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), d), sc, acc[s]);
-        }
-    }
-    for (int s = 0; s < nr; s++) sums[s] = _mm512_reduce_add_ps(acc[s]);
-}
-
-T512 static void q4_rows_512_4(const unsigned char *w, const float *scales, long in, long groups,
-                               const struct qin *q, const long *rows, int nr, float *sums) {
-    if (nr == STREAMS)
-        q4_rows_512(w, scales, in, groups, q, rows, STREAMS, sums);
-    else
-        q4_rows_512(w, scales, in, groups, q, rows, 1, sums);
-}
-
+/* AVX-512: 64 bytes (16 lanes) a step; the last step's bytes beyond the row masked to zero */
 T512 static inline __attribute__((always_inline)) void q8_rows_512(const signed char *w, long in,
                                                                     const struct qin *q, const long *rows, int nr,
                                                                     float *sums) {
@@ -648,50 +682,7 @@ T256 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(a);
 }
 
-/* AVX2: 32 packed bytes (8 lanes) a step; a last half step (16 bytes) zero-extended */
-T256 static inline __attribute__((always_inline)) void q4_rows_256(const unsigned char *w, const float *scales,
-                                                                    long in, long groups, const struct qin *q,
-                                                                    const long *rows, int nr, float *sums) {
-    long half = in / 2;
-    const unsigned char *p[STREAMS];
-    const float *sr[STREAMS];
-    __m256 acc[STREAMS];
-    for (int s = 0; s < nr; s++) {
-        p[s] = w + rows[s] * half;
-        sr[s] = scales + rows[s] * groups;
-        acc[s] = _mm256_setzero_ps();
-    }
-    const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    for (long o = 0; o < half; o += 32) {
-        int whole = o + 32 <= half;
-        __m256i xe = _mm256_loadu_si256((const __m256i *)(q->xe + o));
-        __m256i xo = _mm256_loadu_si256((const __m256i *)(q->xo + o));
-        __m256 d = _mm256_loadu_ps(q->lane_d + o / 4);
-        int base = q->lidx[o / 4], two = q->lidx[o / 4 + 7] > base && q->lidx[o / 4 + 7] < groups;
-        __m256i idx = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(q->lidx + o / 4)),
-                                       _mm256_set1_epi32(base));
-        _Pragma("GCC unroll 4") for (int s = 0; s < nr; s++) {
-            __m256i wb = whole ? _mm256_loadu_si256((const __m256i *)(p[s] + o))
-                               : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(p[s] + o)));
-            __m256i lo = _mm256_and_si256(wb, low), hi = _mm256_and_si256(_mm256_srli_epi16(wb, 4), low);
-            __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
-            __m256i isum = _mm256_madd_epi16(pairs, ones);
-            __m128 s2 = two ? _mm_castpd_ps(_mm_load_sd((const double *)(sr[s] + base))) : _mm_load_ss(sr[s] + base);
-            __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(s2), idx);
-            acc[s] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum), d), sc, acc[s]);
-        }
-    }
-    for (int s = 0; s < nr; s++) sums[s] = hsum256(acc[s]);
-}
-
-T256 static void q4_rows_256_4(const unsigned char *w, const float *scales, long in, long groups,
-                               const struct qin *q, const long *rows, int nr, float *sums) {
-    if (nr == STREAMS)
-        q4_rows_256(w, scales, in, groups, q, rows, STREAMS, sums);
-    else
-        q4_rows_256(w, scales, in, groups, q, rows, 1, sums);
-}
-
+/* AVX2: 32 bytes (8 lanes) a step; the bytes after the last whole step one by one */
 T256 static inline __attribute__((always_inline)) void q8_rows_256(const signed char *w, long in,
                                                                     const struct qin *q, const long *rows, int nr,
                                                                     float *sums) {
@@ -738,82 +729,108 @@ static int usable(int isa) {
     return isa;
 }
 
-/* rows r0 <= r < r1 as STREAMS streams (as rows_dot), then the rest one by one; `one` computes nr rows */
-#define Q_ROWS(CALL)                                                                                      \
+/* int8: rows r0 <= r < r1 as STREAMS streams (as rows_dot), then the rest one by one; each step's rows applied to
+ * every input row i (`qi`, its quantized input) while they are in the cache; `CALL` computes nr rows' sums */
+#define Q8_ROWS(CALL)                                                                                     \
     {                                                                                                     \
         long per = (r1 - r0) / STREAMS, rows[STREAMS];                                                    \
         float sums[STREAMS];                                                                              \
         for (long j = 0; j < per; j++) {                                                                  \
             for (int s = 0; s < STREAMS; s++) rows[s] = r0 + s * per + j;                                 \
-            int nr = STREAMS;                                                                             \
-            CALL;                                                                                         \
-            for (int s = 0; s < STREAMS; s++) FINISH(rows[s], sums[s]);                                   \
+            for (long i = 0; i < nx; i++) {                                                               \
+                struct qin qi = carve(scratch, in, i);                                                    \
+                int nr = STREAMS;                                                                         \
+                CALL;                                                                                     \
+                for (int s = 0; s < STREAMS; s++) FINISH(i, rows[s], sums[s]);                            \
+            }                                                                                             \
         }                                                                                                 \
         for (long r = r0 + STREAMS * per; r < r1; r++) {                                                  \
             rows[0] = r;                                                                                  \
-            int nr = 1;                                                                                   \
-            CALL;                                                                                         \
-            FINISH(r, sums[0]);                                                                           \
+            for (long i = 0; i < nx; i++) {                                                               \
+                struct qin qi = carve(scratch, in, i);                                                    \
+                int nr = 1;                                                                               \
+                CALL;                                                                                     \
+                FINISH(i, r, sums[0]);                                                                    \
+            }                                                                                             \
         }                                                                                                 \
     }
 
-/* y (out) = (q (out, in) int8 * scales (out)) @ x (in) + b (out, or NULL), on `threads` threads, by path
- * `isa` (or the best below it this CPU runs); `scratch` holds scratchllm_q_scratch_bytes(in) bytes */
-void scratchllm_gemv_q8(const signed char *w, const float *scales, const float *x, const float *b, float *y,
-                        long out, long in, int threads, void *scratch, int isa) {
-    struct qin q = carve(scratch, in);
-    prep_q8(x, in, &q);
+/* what stays the same from call to call of one layer's product: set once when it is bound (a call then passes
+ * 5 arguments, not 13: each costs the caller, ctypes, about 0.1 us) */
+struct q_weights {
+    const void *w;              /* int8 (out, in) or int4 packed (out, in / 2), in the kernel layout */
+    const float *scales;        /* int8 (out); int4 (out, in / group) */
+    const unsigned char *zeros; /* int4 (out, in / group), or NULL (symmetric: 8) */
+    const float *b;             /* bias (out), or NULL */
+    void *scratch;              /* nx * scratchllm_q_scratch_bytes(in) bytes, for the quantized input rows */
+    long out, in, group;        /* group: int4 only */
+    long isa;                   /* the path asked for (the best below it this CPU runs is taken) */
+};
+
+/* y (nx, out) = x (nx, in) @ (q (out, in) int8 * scales (out)).T + b, on `threads` threads */
+void scratchllm_gemv_q8(const struct q_weights *c, const float *x, float *y, long nx, int threads) {
+    const signed char *w = c->w;
+    const float *scales = c->scales, *b = c->b;
+    long out = c->out, in = c->in;
+    void *scratch = c->scratch;
+    int isa = (int)c->isa;
+    for (long i = 0; i < nx; i++) {
+        struct qin qi = carve(scratch, in, i);
+        prep_q8(x + i * in, in, &qi);
+    }
     isa = usable(isa);
-#define FINISH(r, v) y[r] = with_bias(scales[r] * (v), b, r)
+#define FINISH(i, r, v) y[(i) * out + (r)] = with_bias(scales[r] * (v), b, r)
 #pragma omp parallel num_threads(threads)
     {
         SHARE(out)
 #ifdef SCRATCHLLM_X86
         if (isa == 2)
-            Q_ROWS(q8_rows_512_4(w, in, &q, rows, nr, sums))
+            Q8_ROWS(q8_rows_512_4(w, in, &qi, rows, nr, sums))
         else if (isa == 1)
-            Q_ROWS(q8_rows_256_4(w, in, &q, rows, nr, sums))
+            Q8_ROWS(q8_rows_256_4(w, in, &qi, rows, nr, sums))
         else
 #endif
-            Q_ROWS(q8_rows_c(w, in, &q, rows, nr, sums))
+            Q8_ROWS(q8_rows_c(w, in, &qi, rows, nr, sums))
     }
 #undef FINISH
 }
 
-/* the zero points' part of row r: sum over groups of s * z * XS (z = 8 for symmetric weights) */
-static inline float zero_part(const float *sr, const unsigned char *zr, const float *xs, long groups) {
-    float t = 0.0f;
-    if (zr) {
-        for (long g = 0; g < groups; g++) t += sr[g] * (float)zr[g] * xs[g];
-        return t;
+/* y (nx, out) = x (nx, in) @ W.T + b with W int4 in the kernel layout (see above: packed bytes (out, in / 2),
+ * scales (out, in / group), zero points (out, in / group) bytes or NULL for symmetric weights; group a multiple
+ * of 32), on `threads` threads. Threads take equal runs of row blocks; each block is applied to every input row
+ * while it is in the cache. */
+void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, long nx, int threads) {
+    const unsigned char *w = c->w, *zeros = c->zeros;
+    const float *scales = c->scales, *b = c->b;
+    long out = c->out, in = c->in, group = c->group;
+    void *scratch = c->scratch;
+    int isa = (int)c->isa;
+    long groups = in / group, blocks = (out + QROWS - 1) / QROWS;
+    for (long i = 0; i < nx; i++) {
+        struct qin qi = carve(scratch, in, i);
+        prep_q4(x + i * in, in, &qi);
     }
-    for (long g = 0; g < groups; g++) t += sr[g] * xs[g];
-    return 8.0f * t;
-}
-
-/* y (out) = W @ x + b with W int4 (packed (out, in / 2) bytes, scales (out, in / group), zero points
- * (out, in / group) bytes or NULL for symmetric weights; group a multiple of 32), by path `isa` (or the
- * best below it this CPU runs); `scratch` holds scratchllm_q_scratch_bytes(in) bytes */
-void scratchllm_gemv_q4(const unsigned char *w, const float *scales, const unsigned char *zeros, const float *x,
-                        const float *b, float *y, long out, long in, long group, int threads, void *scratch,
-                        int isa) {
-    long groups = in / group;
-    struct qin q = carve(scratch, in);
-    prep_q4(x, in, group, &q);
     isa = usable(isa);
-#define FINISH(r, v) \
-    y[r] = with_bias((v) - zero_part(scales + (r) * groups, zeros ? zeros + (r) * groups : 0, q.xs, groups), b, r)
 #pragma omp parallel num_threads(threads)
     {
-        SHARE(out)
+        SHARE(blocks)
+        for (long k = r0; k < r1; k++) {
+            long row = k * QROWS;
+            int t = out - row < QROWS ? (int)(out - row) : QROWS;
+            const unsigned char *wk = w + row * (in / 2), *zk = zeros ? zeros + row * groups : 0;
+            const float *sk = scales + row * groups, *bk = b ? b + row : 0;
+            for (long i = 0; i < nx; i++) {
+                struct qin qi = carve(scratch, in, i);
+                float *yk = y + i * out + row;
 #ifdef SCRATCHLLM_X86
-        if (isa == 2)
-            Q_ROWS(q4_rows_512_4(w, scales, in, groups, &q, rows, nr, sums))
-        else if (isa == 1)
-            Q_ROWS(q4_rows_256_4(w, scales, in, groups, &q, rows, nr, sums))
-        else
+                if (isa == 2 && t == QROWS)
+                    q4_block_512(wk, sk, zk, in, group, &qi, bk, yk);
+                else if (isa == 1 && t == QROWS)
+                    q4_block_256(wk, sk, zk, in, group, &qi, bk, yk);
+                else
 #endif
-            Q_ROWS(q4_rows_c(w, scales, in, groups, &q, rows, nr, sums))
+                    q4_block_c(wk, sk, zk, in, group, t, &qi, bk, yk);
+            }
+        }
     }
-#undef FINISH
 }

@@ -9,10 +9,12 @@ repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32, wit
 may also add a residual as it writes (`x + proj(h)` in one call). `Kernel.attend` is the rest of a
 batch-1 decode step's attention: the new keys and values written into the KV cache and one query per
 head attending over it, in one call (fp32 or bf16; see gemv.c). Quantized weights
-(`model.quant_linear`'s int8 per row and int4 group-wise format) are read as stored and multiplied
-as integers with the input row quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations;
-`quantize_input` is that rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`,
-`Kernel.bind_q4`; gemv.c's "quantized weights" comment). Their paths (AVX-512 VNNI, AVX2, portable C)
+(`model.quant_linear`'s int8 per row and int4 group-wise format) are multiplied as integers with the
+input rows quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations; `quantize_input` is that
+rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`, `Kernel.bind_q4`; gemv.c's
+"quantized weights" comment): int8 as stored, int4 in the kernel layout (16 rows side by side,
+`to_kernel_layout`), into which model.quant_linear rearranges its buffers in place.
+Their paths (AVX-512 VNNI, AVX2, portable C)
 are chosen when called, by what the CPU runs (`Kernel.isas`); `SCRATCHLLM_KERNEL_ISA=c|avx2|avx512`
 forces one (tests run each). `benchmarks/gemv.py`
 measures it against torch, HF's layout, oneDNN and the memory's read bandwidth; see
@@ -88,13 +90,10 @@ class Kernel:
         self._attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 5 + [ctypes.c_int] * 2
         self._attend.restype = ctypes.c_int
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
-        self._q8 = self._lib.scratchllm_gemv_q8
-        self._q8.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_void_p,
-                                                     ctypes.c_int]
-        self._q8.restype = None
-        self._q4 = self._lib.scratchllm_gemv_q4
-        self._q4.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-        self._q4.restype = None
+        self._q8, self._q4 = self._lib.scratchllm_gemv_q8, self._lib.scratchllm_gemv_q4
+        for fn in (self._q8, self._q4):  # (weights, x, y, rows, threads)
+            fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long, ctypes.c_int]
+            fn.restype = None
         self._scratch_bytes = self._lib.scratchllm_q_scratch_bytes
         self._scratch_bytes.argtypes, self._scratch_bytes.restype = [ctypes.c_long], ctypes.c_long
         self._lib.scratchllm_q_isas.restype = ctypes.c_int
@@ -174,39 +173,25 @@ class Kernel:
             raise ValueError(f"attend takes heads of at most {MAX_HEAD_DIM} values; got {head_dim}")
 
     def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-                isa: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`x -> x @ (qweight * scales).T + bias` for one fp32 row x quantized as `quantize_input` does:
-        int8 weights (out, in), one fp32 scale per row (scales (out, 1)), read in place. `isa`: the path
-        (see `isa`)."""
+                isa: str | None = None, rows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`x -> x @ (qweight * scales).T + bias` for up to `rows` fp32 rows x (..., in), each quantized as
+        `quantize_input` does: int8 weights (out, in), one fp32 scale per row (scales (out, 1)), read in place.
+        `isa`: the path (see `isa`)."""
         out, n_in = qweight.shape
         if (qweight.dtype != torch.int8 or scales.dtype != torch.float32 or scales.numel() != out
                 or not (qweight.is_contiguous() and scales.is_contiguous()) or qweight.device.type != "cpu"):
             raise ValueError(f"gemv int8 takes a contiguous CPU int8 weight and {out} fp32 scales; got "
                              f"{qweight.dtype} {tuple(qweight.shape)}, scales {scales.dtype} {tuple(scales.shape)}")
-        b32 = None if bias is None else bias.detach().float().contiguous()
-        scratch = torch.empty(self._scratch_bytes(n_in), dtype=torch.uint8)  # the quantized input
-        fn, path = self._q8, self.isa(isa)
-        w_ptr, s_ptr, b_ptr, scratch_ptr = (qweight.data_ptr(), scales.data_ptr(),
-                                            None if b32 is None else b32.data_ptr(), scratch.data_ptr())
-
-        def product(x: torch.Tensor) -> torch.Tensor:
-            if x.dtype is not torch.float32 or x.numel() != n_in or x.device.type != "cpu":
-                raise ValueError(f"gemv int8 takes one CPU fp32 row of {n_in}; got x {tuple(x.shape)} {x.dtype}")
-            xc = x if x.is_contiguous() else x.contiguous()
-            y = torch.empty(*x.shape[:-1], out)  # (..., out) fp32
-            fn(w_ptr, s_ptr, xc.data_ptr(), b_ptr, y.data_ptr(), out, n_in, torch.get_num_threads(), scratch_ptr,
-               path)
-            return y
-
-        product.keep_alive = (qweight, scales, b32, scratch)
-        return product
+        return self._bind_quantized(self._q8, (qweight, scales, None), 0, out, n_in, bias, isa, rows, "int8")
 
     def bind_q4(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
-                bias: torch.Tensor | None = None, isa: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`x -> x @ W.T + bias` for one fp32 row x quantized as `quantize_input` does, W int4 group-wise:
-        qweight (out, in / 2) uint8 (two weights a byte, the even one low), scales (out, in / group) fp32,
-        zeros (out, in / group) uint8 or None (symmetric: 8); group a multiple of 32. Read in place.
-        `isa`: the path (see `isa`)."""
+                bias: torch.Tensor | None = None, isa: str | None = None,
+                rows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`x -> x @ W.T + bias` for up to `rows` fp32 rows x (..., in), each quantized as `quantize_input` does,
+        W int4 group-wise IN THE KERNEL LAYOUT (`to_kernel_layout` of model.quant_linear's format): qweight
+        (out, in / 2) uint8 (two weights a byte, the even one low), scales (out, in / group) fp32, zeros
+        (out, in / group) uint8 or None (symmetric: 8); group a multiple of 32. Read in place. `isa`: the path
+        (see `isa`)."""
         out, n_in = qweight.shape[0], qweight.shape[1] * 2
         groups = n_in // group if group > 0 else 0
         ok = (qweight.dtype == torch.uint8 and scales.dtype == torch.float32 and group % 32 == 0 and group > 0
@@ -218,23 +203,36 @@ class Kernel:
             raise ValueError(f"gemv int4 takes contiguous CPU uint8 (out, in/2), fp32 scales and uint8 zeros "
                              f"(out, in/group), group a multiple of 32; got {tuple(qweight.shape)} "
                              f"{qweight.dtype}, scales {tuple(scales.shape)}, group {group}")
+        return self._bind_quantized(self._q4, (qweight, scales, zeros), group, out, n_in, bias, isa, rows, "int4")
+
+    def _bind_quantized(self, fn, tensors: tuple, group: int, out: int, n_in: int, bias: torch.Tensor | None,
+                        isa: str | None, rows: int, what: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The product of bind_q8/bind_q4: x (..., in) fp32 of up to `rows` rows -> (..., out) fp32, one C call
+        with the weights' addresses and sizes set once (gemv.c's `struct q_weights`)."""
         b32 = None if bias is None else bias.detach().float().contiguous()
-        scratch = torch.empty(self._scratch_bytes(n_in), dtype=torch.uint8)  # the quantized input
-        fn, path = self._q4, self.isa(isa)
-        fixed = (qweight.data_ptr(), scales.data_ptr(), None if zeros is None else zeros.data_ptr())
-        b_ptr, scratch_ptr = None if b32 is None else b32.data_ptr(), scratch.data_ptr()
+        scratch = torch.empty(rows * self._scratch_bytes(n_in) + 64, dtype=torch.uint8)  # quantized rows (+ align)
+        ptrs = [0 if t is None else t.data_ptr() for t in (*tensors, b32, scratch)]
+        weights = _QWeights(*ptrs, out, n_in, group, self.isa(isa))
+        call = ctypes.addressof(weights)
 
         def product(x: torch.Tensor) -> torch.Tensor:
-            if x.dtype is not torch.float32 or x.numel() != n_in or x.device.type != "cpu":
-                raise ValueError(f"gemv int4 takes one CPU fp32 row of {n_in}; got x {tuple(x.shape)} {x.dtype}")
+            if x.dtype is not torch.float32 or not x.is_cpu or x.shape[-1] != n_in or not 0 < x.numel() <= rows * n_in:
+                raise ValueError(f"gemv {what} takes 1 to {rows} CPU fp32 rows of {n_in}; got x {tuple(x.shape)} "
+                                 f"{x.dtype}")
             xc = x if x.is_contiguous() else x.contiguous()
             y = torch.empty(*x.shape[:-1], out)  # (..., out) fp32
-            fn(*fixed, xc.data_ptr(), b_ptr, y.data_ptr(), out, n_in, group, torch.get_num_threads(), scratch_ptr,
-               path)
+            fn(call, xc.data_ptr(), y.data_ptr(), x.numel() // n_in, torch.get_num_threads())
             return y
 
-        product.keep_alive = (qweight, scales, zeros, b32, scratch)
+        product.keep_alive = (*tensors, b32, scratch, weights)  # the addresses above stay valid while it lives
         return product
+
+
+class _QWeights(ctypes.Structure):
+    """gemv.c's `struct q_weights`: one quantized layer's fixed arguments."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("w", "scales", "zeros", "b", "scratch")] + [
+        (name, ctypes.c_long) for name in ("out", "n_in", "group", "isa")]
 
 
 def quantize_input(x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +246,54 @@ def quantize_input(x: torch.Tensor) -> torch.Tensor:
     inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
     q = torch.round(xp * inv)
     return (q * d).flatten(-2)[..., :n_in]
+
+
+# --- the int4 kernel layout (gemv.c's "quantized weights" comment): rows in blocks of QROWS, each block stored
+# chunk by chunk (chunk c of each of its rows, then chunk c + 1); chunks of 4 bytes for the packed weights
+# (8 weights), of 1 value for scales and zero points (a block's scales group by group).
+QROWS = 16  # rows side by side (gemv.c's QROWS: one AVX-512 register of int32 sums)
+Q4_CHUNKS = {"qweight": 4, "scales": 1, "zeros": 1}  # values per chunk, by model.quant_linear's buffer names
+
+
+def _blocks(t: torch.Tensor, chunk: int):
+    """(out, n) -> its whole blocks of QROWS rows and its last partial block: (rows from, rows to, t) each."""
+    out = t.shape[0]
+    full = out // QROWS * QROWS
+    return [(0, full, QROWS)] * (full > 0) + [(full, out, out - full)] * (out > full)
+
+
+def to_kernel_layout(t: torch.Tensor, chunk: int) -> torch.Tensor:
+    """A copy of t (out, n) (model.quant_linear's row-major format) whose memory is in the kernel layout, chunks of
+    `chunk` values (n a multiple of it); same shape and dtype."""
+    out, n = t.shape
+    res = torch.empty_like(t, memory_format=torch.contiguous_format)
+    for a, b, k in _blocks(t, chunk):  # (blocks, k rows, n / chunk, chunk) -> (blocks, n / chunk, k rows, chunk)
+        res[a:b].view(-1, n // chunk, k, chunk).copy_(t[a:b].reshape(-1, k, n // chunk, chunk).transpose(1, 2))
+    return res
+
+
+def from_kernel_layout(t: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`to_kernel_layout`'s inverse: a copy of t in the row-major format."""
+    out, n = t.shape
+    res = torch.empty_like(t, memory_format=torch.contiguous_format)
+    for a, b, k in _blocks(t, chunk):
+        res[a:b].view(-1, k, n // chunk, chunk).copy_(t[a:b].reshape(-1, n // chunk, k, chunk).transpose(1, 2))
+    return res
+
+
+def kernel_layout_rows(t: torch.Tensor, idx: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Rows idx (N,) of t (out, n) held in the kernel layout, as row-major rows (N, n) (a gather)."""
+    out, n = t.shape
+    full = out // QROWS * QROWS
+    if full == out or bool((idx < full).all()):  # rows of whole blocks only (a decode step's token, mostly)
+        blocks = t[:full].view(-1, n // chunk, QROWS, chunk)  # (blocks, chunks, rows, chunk)
+        return blocks[idx // QROWS, :, idx % QROWS].reshape(-1, n)  # (N, chunks, chunk) -> (N, n)
+    block = torch.div(idx, QROWS, rounding_mode="floor")
+    k = torch.where(block * QROWS + QROWS <= out, QROWS, out - full)  # rows in each row's block
+    j = torch.arange(n, device=t.device)
+    flat = (block * QROWS * n + (idx - block * QROWS) * chunk)[:, None] + (j // chunk * chunk)[None] * k[:, None] \
+        + (j % chunk)[None]  # (N, n)
+    return t.reshape(-1)[flat]
 
 
 def compiler() -> str | None:
@@ -350,7 +396,9 @@ def _self_check_quantized(kernel: Kernel, g: torch.Generator) -> str | None:
                 return f"its int8 result ({isa}) differs from F.linear for a {out}x{n_in} matrix"
             for z in (None, torch.randint(0, 16, (out, n_in // group), generator=g, dtype=torch.uint8)):
                 want = F.linear(xq, dequantize(q4, s4, z, bits=4), b)
-                if not torch.allclose(kernel.bind_q4(q4, s4, z, group, b, isa)(x), want, rtol=1e-3, atol=1e-3):
+                z_k = None if z is None else to_kernel_layout(z, 1)
+                got = kernel.bind_q4(to_kernel_layout(q4, 4), to_kernel_layout(s4, 1), z_k, group, b, isa)(x)
+                if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
                     return f"its int4 result ({isa}) differs from F.linear for a {out}x{n_in} matrix, group {group}"
     return None
 

@@ -15,12 +15,17 @@ chosen, rounding included, is `compress.quantize`).
 
 `QuantLinear` replaces an `nn.Linear` at inference: it holds the integers, scales (and zero points)
 and the bias as buffers, so its state dict is the file's content. Its forward, for fp32 inputs:
-- 1 row (batch-1 decoding), and up to KERNEL_ROWS rows one by one (a prompt, speculative drafts): the
-  C kernel (`model.gemv`: `scratchllm_gemv_q8`/`_q4`) reads the integers as they are stored and
-  multiplies them with the input row rounded to int8 in blocks of 32 (integer dot products, as
-  llama.cpp's q8_0/q4_0 do), the scales applied per block: a quarter (int8) or about an eighth
-  (int4) of fp32's bytes to read, and nothing dequantized in memory. int4 needs a group size that is
-  a multiple of 32 for it.
+- 1 row (batch-1 decoding), and up to KERNEL_ROWS rows in one call (a prompt, speculative drafts): the
+  C kernel (`model.gemv`: `scratchllm_gemv_q8`/`_q4`) reads the integers and multiplies them with the
+  input rows rounded to int8 in blocks of 32 (integer dot products, as llama.cpp's q8_0/q4_0 do), the
+  scales applied per block: a quarter (int8) or about an eighth (int4) of fp32's bytes to read, each
+  read once per call, and nothing dequantized in memory. int4 needs a group size that is a multiple of
+  32 for it, and reads its buffers in the kernel's layout (16 rows side by side, `gemv.to_kernel_layout`):
+  the first time the kernel is bound, the layer rearranges its int4 buffers into that layout IN PLACE
+  (no second copy). Everything that reads them as the format above goes through `file_buffers()` /
+  `rows()`: `dequantize`, the embedding's lookups, and the state dict (a hook puts the format's layout in
+  it, so files never hold the kernel's); loading a state dict, or moving the layer (`.to`, `.half`),
+  puts the buffers back in the format's layout first. Assign or load buffers, never write into them.
 - more rows, or no kernel (`SCRATCHLLM_NO_KERNEL=1`, no compiler), or other group sizes: the whole
   weight dequantized once per call, then `F.linear`.
 The second equals `F.linear(x, dequantize(...), bias)` to float rounding; the first equals it with x
@@ -41,6 +46,7 @@ Frantar et al. 2022, "GPTQ"; Lin et al. 2023, "AWQ".
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import torch
@@ -53,9 +59,9 @@ from scratchllm.model import gemv
 BITS = (8, 4)
 DEFAULT_GROUP = 32  # int4: GPTQ/AWQ's common 128 is coarser; 32 keeps the error small for 256-768 wide rows
 KERNEL_GROUP = 32  # the int4 kernel takes groups of a multiple of this many weights (2 x its 16 lanes)
-# Rows up to which the kernel runs once per row (each run reads the integers again) rather than the weight
-# being dequantized: a dequantized copy writes and reads 4 bytes a weight, several times the bytes of
-# 32 runs of the int8/int4 kernel; measured faster up to 32 rows (a 32-token prompt) on GPT-2's shapes.
+# Rows up to which the kernel runs (one call, the weight read once for all rows) rather than the weight being
+# dequantized: a dequantized copy writes and reads 4 bytes a weight; the kernel's integer products of 32 rows
+# cost less than that on GPT-2's shapes.
 KERNEL_ROWS = 32
 
 
@@ -149,6 +155,10 @@ class QuantLinear(nn.Module):
         self.register_buffer("zeros", zeros)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._bound: tuple[tuple[int, ...], Any] | None = None  # the kernel bound to the buffers' addresses
+        # int4: the buffers' addresses while they are in the kernel's layout (see the module doc), else None
+        self._kernel_layout: tuple[int, ...] | None = None
+        self.register_state_dict_post_hook(_state_in_file_layout)
+        self.register_load_state_dict_pre_hook(_load_in_file_layout)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -156,7 +166,55 @@ class QuantLinear(nn.Module):
         return self.dequantize()
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize(self.qweight, self.scales, self.zeros, self.scheme.bits)
+        return dequantize(*self.file_buffers(), self.scheme.bits)
+
+    # --- the int4 kernel layout (see the module doc) ------------------------------------------------------
+    def _buffer_ptrs(self) -> tuple[int, ...]:
+        return tuple(0 if self._buffers[n] is None else self._buffers[n].data_ptr() for n in gemv.Q4_CHUNKS)
+
+    def in_kernel_layout(self) -> bool:
+        """Whether the int4 buffers are in the kernel's layout (rearranged when the kernel was bound, and not
+        replaced since)."""
+        return self._kernel_layout is not None and self._kernel_layout == self._buffer_ptrs()
+
+    def _relayout(self, to_kernel: bool) -> None:
+        """Rearrange the int4 buffers in place into the kernel's layout or back into the format's."""
+        if self.in_kernel_layout() == to_kernel:
+            self._kernel_layout = self._kernel_layout if to_kernel else None  # (forgets buffers since replaced)
+            return
+        convert = gemv.to_kernel_layout if to_kernel else gemv.from_kernel_layout
+        with torch.no_grad():
+            for name, chunk in gemv.Q4_CHUNKS.items():
+                t = self._buffers[name]
+                if t is not None:
+                    t.copy_(convert(t, chunk))
+        self._kernel_layout = self._buffer_ptrs() if to_kernel else None
+        self._bound = None
+
+    def __getstate__(self):
+        self._relayout(False)  # a copy or a pickle gets the buffers in the format's layout
+        return self.__dict__.copy()
+
+    def file_buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(qweight, scales, zeros) in the format's layout: the buffers, or copies of them when they are in the
+        kernel's layout."""
+        q, s, z = self.qweight, self.scales, self.zeros
+        if not self.in_kernel_layout():
+            return q, s, z
+        back = gemv.from_kernel_layout
+        return back(q, 4), back(s, 1), None if z is None else back(z, 1)
+
+    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rows idx (N,) of (qweight, scales, zeros) in the format's layout (an embedding's lookup)."""
+        q, s, z = self.qweight, self.scales, self.zeros
+        if not self.in_kernel_layout():
+            return q[idx], s[idx], None if z is None else z[idx]
+        take = gemv.kernel_layout_rows
+        return take(q, idx, 4), take(s, idx, 1), None if z is None else take(z, idx, 1)
+
+    def _apply(self, fn, recurse=True):
+        self._relayout(False)  # moved or cast buffers are new tensors: hand them over in the format's layout
+        return super()._apply(fn, recurse)
 
     def _product(self):
         """The kernel's one-row product bound to the current buffers (rebound when they move), or None.
@@ -175,21 +233,20 @@ class QuantLinear(nn.Module):
                 or self.qweight.device.type != "cpu"):
             product = None
         elif self.scheme.bits == 8:
-            product = kernel.bind_q8(self.qweight, self.scales, self.bias)
+            product = kernel.bind_q8(self.qweight, self.scales, self.bias, rows=KERNEL_ROWS)
         else:
-            product = kernel.bind_q4(self.qweight, self.scales, self.zeros, self.scheme.group_size, self.bias)
+            with _RELAYOUT:  # once per layer, even when several threads bind it at once
+                self._relayout(True)
+            product = kernel.bind_q4(self.qweight, self.scales, self.zeros, self.scheme.group_size, self.bias,
+                                     rows=KERNEL_ROWS)
         self._bound = (key, product)
         return product
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows <= KERNEL_ROWS and x.dtype is torch.float32 and x.device.type == "cpu":
+        if x.dtype is torch.float32 and x.is_cpu and x.numel() <= KERNEL_ROWS * self.in_features:
             product = self._product()
-            if product is not None and rows == 1:
-                return product(x)
             if product is not None:
-                flat = x.reshape(rows, x.shape[-1])
-                return torch.cat([product(flat[i:i + 1]) for i in range(rows)]).view(*x.shape[:-1], self.out_features)
+                return product(x)
         w = self.dequantize().to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))  # (..., out)
 
@@ -228,14 +285,28 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = self.source
-        flat = idx.reshape(-1)
-        zeros = t.zeros[flat] if t.zeros is not None else None
-        rows = dequantize(t.qweight[flat], t.scales[flat], zeros, t.scheme.bits)  # (N, dim)
+        rows = dequantize(*t.rows(idx.reshape(-1)), t.scheme.bits)  # (N, dim)
         return rows.view(*idx.shape, rows.shape[-1])  # (..., dim)
 
     def extra_repr(self) -> str:
         t = self.source
         return f"{t.out_features}, {t.in_features}, {t.scheme.name}" + (", tied to the head" if self.tied else "")
+
+
+_RELAYOUT = threading.Lock()
+
+
+def _state_in_file_layout(module: QuantLinear, state: dict, prefix: str, local_metadata) -> None:
+    """State-dict hook: the int4 buffers in the format's layout, whatever layout the layer holds them in."""
+    if module.in_kernel_layout():
+        for name, t in zip(gemv.Q4_CHUNKS, module.file_buffers()):
+            if t is not None and prefix + name in state:
+                state[prefix + name] = t
+
+
+def _load_in_file_layout(module: QuantLinear, *args) -> None:
+    """Load-state-dict pre-hook: the buffers back in the format's layout, which the state dict is copied in."""
+    module._relayout(False)
 
 
 def quant_modules(model: nn.Module) -> dict[str, QuantLinear]:
