@@ -162,17 +162,8 @@ def finetune(config: Any, method: str, *, progress: bool = True) -> Any:
         return _finetune(config, method, progress)
     from scratchllm.train import distributed
 
-    distributed.setup(tc.strategy, tc.device, tc.dist_timeout)
-    try:
-        with distributed.only_main_prints():
-            return _finetune(config, method, progress)
-    except RuntimeError as e:
-        lost = distributed.lost_contact(e)
-        if lost is None:
-            raise
-        raise lost from None
-    finally:
-        distributed.teardown()
+    with distributed.job(tc.strategy, tc.device, tc.dist_timeout), distributed.only_main_prints():
+        return _finetune(config, method, progress)
 
 
 def _finetune(config: Any, method: str, progress: bool) -> Any:

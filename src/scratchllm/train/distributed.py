@@ -173,6 +173,22 @@ def claimed_folder(claim: Callable[[], Any]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def job(strategy: str, device: str, timeout: float) -> Iterator[None]:
+    """`with job(strategy, device, timeout):` a torchrun job's process group for the block (`setup`), torn down
+    however the block ends; a lost peer (a rank that died) becomes its one clear error (`lost_contact`)."""
+    setup(strategy, device, timeout)
+    try:
+        yield
+    except RuntimeError as e:
+        lost = lost_contact(e)
+        if lost is None:
+            raise
+        raise lost from None
+    finally:
+        teardown()
+
+
+@contextlib.contextmanager
 def only_main_prints() -> Iterator[None]:
     """On ranks other than 0: what the job prints goes nowhere and warnings are not shown (rank 0 says
     each once); errors still reach stderr. On rank 0, nothing changes."""

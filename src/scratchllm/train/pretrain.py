@@ -210,19 +210,11 @@ def pretrain(run: RunConfig, *, progress: bool = True, source: str | None = None
             return pretrain_in(folder, run, progress=progress, source=source, init=init, hooks=hooks)
     from scratchllm.train import distributed
 
-    distributed.setup(run.train.strategy, run.train.device, run.train.dist_timeout)
-    try:
-        # rank 0 alone claims and locks the folder, then tells the others which it is
-        with distributed.claimed_folder(lambda: pick_run_folder(run)) as folder:
-            return pretrain_in(folder, run, progress=progress and distributed.is_main(), source=source, init=init,
-                               hooks=hooks)
-    except RuntimeError as e:
-        lost = distributed.lost_contact(e)
-        if lost is None:
-            raise
-        raise lost from None
-    finally:
-        distributed.teardown()
+    # rank 0 alone claims and locks the folder, then tells the others which it is
+    with (distributed.job(run.train.strategy, run.train.device, run.train.dist_timeout),
+          distributed.claimed_folder(lambda: pick_run_folder(run)) as folder):
+        return pretrain_in(folder, run, progress=progress and distributed.is_main(), source=source, init=init,
+                           hooks=hooks)
 
 
 def pretrain_in(folder: Path, run: RunConfig, *, progress: bool = True, source: str | None = None,
