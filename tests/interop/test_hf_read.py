@@ -104,8 +104,9 @@ def test_bf16_folder_read_as_fp32(tmp_path):
 @pytest.mark.parametrize("tied", [True, False])
 def test_read_model_trains_without_touching_the_file(tmp_path, tied):
     """A model read from safetensors keeps memory-mapped tensors where they need no change: training it
-    must not write into the user's file. Every parameter is contiguous (the C decode kernel reads them
-    in place), a tied head stays tied through the step, and the step moves the weights."""
+    must not write into the user's file. Every parameter is in a layout the C decode kernel reads in place
+    (contiguous, or GPT-2's Conv1D matrices as transposed views of the file's tensors: not copied), a tied head
+    stays tied through the step, and the step moves the weights."""
     import hashlib
 
     ref = hf_model("gpt2", tied)
@@ -113,7 +114,11 @@ def test_read_model_trains_without_touching_the_file(tmp_path, tied):
     weights_file = folder / "model.safetensors"
     before = hashlib.sha256(weights_file.read_bytes()).hexdigest()
     model, _, _ = read_hf(folder)
-    assert all(p.is_contiguous() for p in model.parameters())
+    from scratchllm.model.gemv import Kernel
+
+    assert all(Kernel.takes(p) for p in model.parameters() if p.dim() == 2)
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() != 2)
+    assert not model.blocks[0].attn.qkv.weight.is_contiguous()  # the file's (in, out) matrix, in place
     assert (model.lm_head.weight is model.tok_emb.weight) == tied
     old = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.train()
@@ -132,28 +137,34 @@ def test_read_model_trains_without_touching_the_file(tmp_path, tied):
     assert (logits(again, ids) - ref(ids).logits).abs().max().item() <= 1e-4
 
 
-def test_contiguous_tensors_copies_only_what_it_must():
-    """Contiguous tensors of the wanted dtype come back as themselves; transposed views and other dtypes
-    as contiguous copies with the same values (on several threads); a tensor under two names stays one."""
-    from scratchllm.interop.hf import contiguous_tensors
+def test_model_tensors_copies_only_what_it_must():
+    """Contiguous tensors of the wanted dtype, and matrices stored transposed (GPT-2's Conv1D views), come back as
+    themselves; other strided views and other dtypes as contiguous copies with the same values (on several
+    threads); a tensor under two names stays one."""
+    from scratchllm.interop.hf import model_tensors
 
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(50, 8, generator=g)
     conv = [torch.randn(8, 24, generator=g) for _ in range(5)]  # Conv1D layout (in, out)
+    strided = [torch.randn(8, 48, generator=g)[:, ::2] for _ in range(3)]  # neither layout
     sd = {"emb": emb, "head": emb, "ids": torch.arange(6), "half": torch.randn(4, 8, generator=g).bfloat16(),
-          **{f"w{i}": w.t() for i, w in enumerate(conv)}}
-    out = contiguous_tensors(sd)
+          **{f"w{i}": w.t() for i, w in enumerate(conv)}, **{f"s{i}": s for i, s in enumerate(strided)}}
+    out = model_tensors(sd)
     assert out["emb"] is emb and out["head"] is emb and out["ids"] is sd["ids"] and out["half"] is sd["half"]
     for i, w in enumerate(conv):
-        assert out[f"w{i}"].is_contiguous() and torch.equal(out[f"w{i}"], w.t())
-        assert out[f"w{i}"].data_ptr() != w.data_ptr()
-    fp32 = contiguous_tensors(sd, torch.float32)
-    assert fp32["emb"] is emb and fp32["ids"] is sd["ids"]
+        assert out[f"w{i}"] is sd[f"w{i}"] and out[f"w{i}"].data_ptr() == w.data_ptr()  # read in place
+    for i, s in enumerate(strided):
+        assert out[f"s{i}"].is_contiguous() and torch.equal(out[f"s{i}"], s)
+    fp32 = model_tensors(sd, torch.float32)
+    assert fp32["emb"] is emb and fp32["ids"] is sd["ids"] and fp32["w0"] is sd["w0"]
     assert fp32["half"].dtype == torch.float32 and torch.equal(fp32["half"], sd["half"].float())
+    bf16 = model_tensors(sd, torch.bfloat16)  # converted: a new contiguous tensor
+    assert bf16["w1"].is_contiguous() and bf16["w1"].dtype == torch.bfloat16 and torch.equal(
+        bf16["w1"], conv[1].t().bfloat16())
     shared = {"a": sd["half"], "b": sd["half"]}
-    converted = contiguous_tensors(shared, torch.float32)
+    converted = model_tensors(shared, torch.float32)
     assert converted["a"] is converted["b"]
-    assert contiguous_tensors({}) == {}
+    assert model_tensors({}) == {}
 
 
 def test_release_pages_lets_go_of_a_mapped_tensors_pages_and_keeps_its_values(tmp_path):

@@ -21,9 +21,14 @@ def fresh_build(monkeypatch, tmp_path):
 @pytest.mark.parametrize("out,n_in", [(1, 1), (5, 16), (16, 16), (33, 17), (67, 53), (768, 768), (1003, 40),
                                       (100, 3072)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_equals_f_linear(kernel, out, n_in, threads):
+@pytest.mark.parametrize("stored", ["out, in", "in, out"])
+def test_equals_f_linear(kernel, out, n_in, threads, stored):
+    """Both layouts: nn.Linear's (out, in), and (in, out) read through a transposed view (GPT-2's Conv1D)."""
     g = torch.Generator().manual_seed(out * 1000 + n_in)
     w, x, b = torch.randn(out, n_in, generator=g), torch.randn(1, 1, n_in, generator=g), torch.randn(out, generator=g)
+    if stored == "in, out":
+        w = w.t().contiguous().t()
+        assert kernel.takes(w) and (not w.is_contiguous() or 1 in w.shape)  # a vector is both layouts
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -39,10 +44,16 @@ def test_equals_f_linear(kernel, out, n_in, threads):
     assert (y_nobias.double() - (exact[0, 0] - b.double())).abs().max().item() <= tol
 
 
-@pytest.mark.parametrize("out,n_in", [(5, 16), (67, 53), (300, 768), (1003, 40), (40, 3072)])
-def test_bf16_weights_sum_in_fp32(kernel, out, n_in):
+@pytest.mark.parametrize("out,n_in", [(5, 16), (67, 53), (300, 768), (1003, 40), (40, 3072), (98, 37)])
+@pytest.mark.parametrize("stored", ["out, in", "in, out"])
+def test_bf16_weights_sum_in_fp32(kernel, out, n_in, stored):
     g = torch.Generator().manual_seed(out + n_in)
     w = torch.randn(out, n_in, generator=g).bfloat16()
+    if stored == "in, out":
+        w = w.t().contiguous().t()
+        if out % 2:  # an (in, out) bf16 row is read as words of two outputs: odd widths stay with F.linear
+            assert not kernel.takes(w)
+            return
     x, b = torch.randn(1, n_in, generator=g).bfloat16(), torch.randn(out, generator=g).bfloat16()
     y = kernel(w, x, b)
     assert y.dtype == torch.bfloat16 and y.shape == (1, out)
@@ -56,9 +67,35 @@ def test_rejects_what_it_does_not_compute(kernel):
     for bad_w, bad_x in [(w, torch.randn(2, 16)),  # two rows
                          (w, torch.randn(1, 15)),  # wrong width
                          (w, torch.randn(1, 16, dtype=torch.float64)),  # dtype not the weight's
-                         (w.t().contiguous().t(), torch.randn(1, 16))]:  # weight not contiguous
+                         (torch.randn(8, 32)[:, ::2], torch.randn(1, 16)),  # weight neither layout
+                         (torch.randn(16, 7).bfloat16().t(), torch.randn(1, 16).bfloat16())]:  # odd bf16 (in, out)
         with pytest.raises(ValueError, match="gemv takes one CPU row"):
             kernel(bad_w, bad_x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_in_out_layout_adds_the_residual_like_the_other(kernel, dtype, threads):
+    """An (in, out) weight's product with a residual (`add`, also in place) equals the (out, in) one's to rounding,
+    bias and bf16 roundings included."""
+    g = torch.Generator().manual_seed(7)
+    for out, n_in in [(768, 3072), (2304, 768), (66, 35)]:
+        w = torch.randn(out, n_in, generator=g).to(dtype)
+        x, b, r = (torch.randn(1, 1, n, generator=g).to(dtype) for n in (n_in, out, out))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            want = kernel.bind(w, b[0, 0])(x, add=r)
+            t = w.t().contiguous().t()
+            got = kernel.bind(t, b[0, 0])(x, add=r)
+            inplace = r.clone()
+            kernel.bind(t, b[0, 0])(x, add=inplace, out=inplace)
+        finally:
+            torch.set_num_threads(before)
+        scale = (x.double().abs() @ w.double().abs().T).max().item()
+        tol = (1e-6 if dtype == torch.float32 else 1e-2) * scale + 1e-6
+        assert (got.double() - want.double()).abs().max().item() <= tol
+        assert torch.equal(inplace, got)
 
 
 def test_built_once_then_loaded_from_the_cache(kernel, fresh_build, monkeypatch):

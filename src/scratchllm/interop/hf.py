@@ -15,9 +15,10 @@ Reading (`read_hf`): config.json -> ModelConfig and the weights -> our names thr
 `model.weights` (the one place names are translated), dispatched on `model_type` (`weights.hf_model_type`); every
 tensor is checked against the model's shapes (a missing, extra or misshapen tensor is one error
 naming it and the file), and the model is built on the meta device (no random initialisation to
-throw away) and given the loaded tensors: memory-mapped ones as they are, the others (GPT-2's
-transposed matrices, other dtypes) copied once, on torch's threads, each copied one's file pages then
-let go of (the process keeps the copy, not both).
+throw away) and given the loaded tensors: memory-mapped ones as they are (GPT-2's Conv1D matrices too,
+as transposed views that nn.Linear and the decode kernel read in place: nothing is copied, so loading
+takes the time of mapping the file), the others (other dtypes) copied once, on torch's threads, each
+copied one's file pages then let go of (the process keeps the copy, not both).
 Writing (`write_hf`): the inverse, GPT-2-shaped models as `GPT2LMHeadModel`, Llama-style ones as
 `LlamaForCausalLM`, QK-norm ones as `Qwen3ForCausalLM`, into a temporary folder renamed into place at
 the end, so an error leaves nothing half-written.
@@ -179,8 +180,7 @@ def release_pages(t: Any) -> None:
 
     `madvise(MADV_DONTNEED)`: the process stops counting those pages in its resident memory (its
     RSS); the kernel keeps them in its page cache, and a later read of `t` maps them back, the same
-    bytes, from the file. Used once a tensor has been copied (GPT-2's transposed matrices, other
-    dtypes), so that a loaded model does not hold both the file's pages and their copies. On a
+    bytes, from the file. Used once a tensor has been copied (converted to another dtype), so that a loaded model does not hold both the file's pages and their copies. On a
     written (copy-on-write) or anonymous page it would lose the data: callers pass only tensors of a
     file they mapped. Linux only; elsewhere it does nothing."""
     madvise = _libc_madvise()
@@ -214,12 +214,14 @@ PAGE = mmap.PAGESIZE
 MADV_DONTNEED = 4  # Linux's value (<sys/mman.h>); Python's mmap module applies it only to maps it made
 
 
-def contiguous_tensors(sd: dict, dtype: Any = None, mapped: bool = False) -> dict:
-    """`sd` with every tensor contiguous, and the floating-point ones of `dtype` (None: as they are).
+def model_tensors(sd: dict, dtype: Any = None, mapped: bool = False) -> dict:
+    """`sd` as the model holds it: every tensor contiguous, or a matrix stored transposed (a 2-D view whose
+    transpose is contiguous: GPT-2's Conv1D weights as `weights.from_hf` maps them, which F.linear and the
+    decode kernel `model.gemv` read as they lie), and the floating-point ones of `dtype` (None: as they are).
 
     A tensor that already is stays itself, not a copy: a memory-mapped one goes on reading the
     file's pages (safetensors maps a file copy-on-write, so writing to such a tensor never changes
-    the file). The others (views such as GPT-2's transposed Conv1D weights, other dtypes) are copied
+    the file). The others (other dtypes, other strided views) are copied, contiguous,
     into new memory, one tensor per task on `torch.get_num_threads()` threads, largest first: such a
     copy is a strided read plus the first touch of every new page, work that torch does on one
     thread per tensor. A tensor under two names (a tied head) stays one tensor. `mapped`: the tensors
@@ -230,7 +232,10 @@ def contiguous_tensors(sd: dict, dtype: Any = None, mapped: bool = False) -> dic
     def dtype_of(t: torch.Tensor) -> torch.dtype:
         return dtype if dtype is not None and t.is_floating_point() else t.dtype
 
-    todo = {id(t): t for t in sd.values() if not t.is_contiguous() or dtype_of(t) != t.dtype}
+    def laid_out(t: torch.Tensor) -> bool:
+        return t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())
+
+    todo = {id(t): t for t in sd.values() if not laid_out(t) or dtype_of(t) != t.dtype}
     if not todo:
         return sd
 
@@ -257,8 +262,8 @@ def build_model(config: ModelConfig, sd: dict, source: str = "the weights", dtyp
                 mapped: bool = False) -> Any:
     """Our GPT holding the tensors of `sd` (our names), checked first (`check_tensors`); built on the
     meta device without initialisation (`skip_init`), and given the tensors themselves where they are
-    contiguous and of `dtype` (a torch dtype; None: any), else contiguous copies (`contiguous_tensors`).
-    `mapped`: `sd`'s tensors are memory-mapped file pages, released once copied (`contiguous_tensors`).
+    laid out as the model reads them and of `dtype` (a torch dtype; None: any), else contiguous copies
+    (`model_tensors`). `mapped`: `sd`'s tensors are memory-mapped file pages, released once copied.
     Buffers (RoPE tables) come from a one-block copy of the model, built on the CPU."""
     import torch
 
@@ -267,7 +272,7 @@ def build_model(config: ModelConfig, sd: dict, source: str = "the weights", dtyp
     with skip_init(), torch.device("meta"):
         model = GPT(config)
     check_tensors(model.state_dict(), sd, source)
-    model.load_state_dict(contiguous_tensors(sd, dtype, mapped), strict=True, assign=True)
+    model.load_state_dict(model_tensors(sd, dtype, mapped), strict=True, assign=True)
     if config.tie_weights:
         model.lm_head.weight = model.tok_emb.weight
     meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
@@ -305,7 +310,7 @@ def read_hf(folder: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but {folder / CONFIG} says "
                         f"vocab_size {config.vocab_size}: the files are from different models")
     mapped = all(p.suffix == ".safetensors" for p in where.values())  # memory-mapped by `_safetensors`
-    model = build_model(config, ours, source, dtype, mapped)  # converted and made contiguous after the checks
+    model = build_model(config, ours, source, dtype, mapped)  # converted where needed, after the checks
     generation = generation_info(folder, hf)
     for key in ("eos_token_id", "bos_token_id"):  # GPT2Config's default 50256 in a smaller vocabulary: unusable
         ids = generation.get(key)

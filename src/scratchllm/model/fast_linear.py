@@ -71,8 +71,9 @@ class FastLinear(nn.Module):
         super().__init__()
         self.linear = linear
         self.dtype = linear.weight.dtype
-        # the one-row product, bound to this layer's weight (None: no kernel, or a non-contiguous weight)
-        usable = kernel is not None and linear.weight.is_contiguous()
+        # the one-row product, bound to this layer's weight, (out, in) or a transposed (in, out) one
+        # (None: no kernel, or a layout it does not take)
+        usable = kernel is not None and kernel.takes(linear.weight)
         self.product = kernel.bind(linear.weight, linear.bias) if usable else None
         pack = pack and linear.weight.dtype == torch.float32
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1) if pack else None

@@ -243,6 +243,122 @@ void scratchllm_gemv_bf16(const unsigned short *w, const unsigned short *x, cons
     }
 }
 
+/* ---- weights stored (in, out): GPT-2's Conv1D layout, read where they are ----
+ * y = x W + b for W (in, out) row-major, the transpose of the layout above: y is a weighted sum of W's
+ * rows, x[i] times row i. Each thread takes an equal run of the rows (inputs): one long sequential read,
+ * cut again into STREAMS parts read at the same time (as above), each part's row scaled by its input and
+ * added into the thread's partial sum, a row of `out` floats that stays in the cache. Then the threads'
+ * partial rows are added up, each thread finishing an equal run of the outputs (bias, residual, rounding).
+ * `part` holds threads * out floats. bf16 weights: a row read as 32-bit words holds the even outputs in the
+ * words' low halves and the odd ones in their high halves (see load_bf16), so a partial row is kept as its
+ * even outputs then its odd ones (out must be even). */
+
+static inline void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
+
+/* part (out) = sum of x[i] W[i, :] for i0 <= i < i1, fp32 weights */
+static void cols_axpy(const float *w, const float *x, float *part, long out, long i0, long i1) {
+    long per = (i1 - i0) / STREAMS, full = out / LANES * LANES;
+    memset(part, 0, out * sizeof(float));
+    for (long j = 0; j < per; j++) {
+        const float *wr[STREAMS];
+        float xs[STREAMS];
+        for (int s = 0; s < STREAMS; s++) {
+            long i = i0 + s * per + j; /* row j of part s */
+            wr[s] = w + i * out;
+            xs[s] = x[i];
+        }
+        for (long c = 0; c < full; c += LANES) {
+            vec a = load(part + c);
+            for (int s = 0; s < STREAMS; s++) a += load(wr[s] + c) * xs[s];
+            store(part + c, a);
+        }
+        for (long c = full; c < out; c++)
+            for (int s = 0; s < STREAMS; s++) part[c] += wr[s][c] * xs[s];
+    }
+    for (long i = i0 + STREAMS * per; i < i1; i++) {
+        const float *wr = w + i * out;
+        for (long c = 0; c < full; c += LANES) store(part + c, load(part + c) + load(wr + c) * x[i]);
+        for (long c = full; c < out; c++) part[c] += wr[c] * x[i];
+    }
+}
+
+/* the same, bf16 weights: part = even outputs (out / 2) then odd ones (out / 2) */
+static void cols_axpy_bf16(const unsigned short *w, const unsigned short *x, float *part, long out, long i0,
+                           long i1) {
+    long half = out / 2, per = (i1 - i0) / STREAMS, full = out / (2 * LANES) * (2 * LANES);
+    float *pe = part, *po = part + half;
+    vec e, d;
+    memset(part, 0, out * sizeof(float));
+    for (long j = 0; j < per; j++) {
+        const unsigned short *wr[STREAMS];
+        float xs[STREAMS];
+        for (int s = 0; s < STREAMS; s++) {
+            long i = i0 + s * per + j;
+            wr[s] = w + i * out;
+            xs[s] = bf16_to_float(x[i]);
+        }
+        for (long c = 0; c < full; c += 2 * LANES) {
+            vec ae = load(pe + c / 2), ao = load(po + c / 2);
+            for (int s = 0; s < STREAMS; s++) {
+                load_bf16(wr[s] + c, &e, &d);
+                ae += e * xs[s];
+                ao += d * xs[s];
+            }
+            store(pe + c / 2, ae);
+            store(po + c / 2, ao);
+        }
+        for (long c = full; c < out; c++)
+            for (int s = 0; s < STREAMS; s++) (c % 2 ? po : pe)[c / 2] += bf16_to_float(wr[s][c]) * xs[s];
+    }
+    for (long i = i0 + STREAMS * per; i < i1; i++) {
+        const unsigned short *wr = w + i * out;
+        float xi = bf16_to_float(x[i]);
+        for (long c = 0; c < full; c += 2 * LANES) {
+            load_bf16(wr + c, &e, &d);
+            store(pe + c / 2, load(pe + c / 2) + e * xi);
+            store(po + c / 2, load(po + c / 2) + d * xi);
+        }
+        for (long c = full; c < out; c++) (c % 2 ? po : pe)[c / 2] += bf16_to_float(wr[c]) * xi;
+    }
+}
+
+/* y (out) = x (in) @ W (in, out) + b + add, on `threads` threads (fp32; bf16: weights, x, y and add bf16);
+ * `part`: threads * out floats of scratch */
+static void gemv_t(const void *w, const void *x, const float *b, void *y, long out, long in, int threads,
+                   float *part, const void *add, int bf16) {
+    struct epilogue ep = {b, add, y, bf16};
+    long half = out / 2;
+#pragma omp parallel num_threads(threads > 1 ? threads : 1)
+    {
+        long n = omp_get_num_threads(), t = omp_get_thread_num();
+        long chunk = (in + n - 1) / n, i0 = t * chunk, i1 = i0 + chunk > in ? in : i0 + chunk;
+        float *mine = part + t * out;
+        if (i0 > i1) i0 = i1;
+        if (bf16)
+            cols_axpy_bf16((const unsigned short *)w, (const unsigned short *)x, mine, out, i0, i1);
+        else
+            cols_axpy((const float *)w, (const float *)x, mine, out, i0, i1);
+#pragma omp barrier
+        long per = (out + n - 1) / n, c0 = t * per, c1 = c0 + per > out ? out : c0 + per;
+        for (long c = c0; c < c1; c++) {
+            long k = bf16 ? (c % 2 ? half + c / 2 : c / 2) : c; /* where output c sits in a partial row */
+            float v = 0.0f;
+            for (long u = 0; u < n; u++) v += part[u * out + k];
+            finish(v, &ep, c);
+        }
+    }
+}
+
+void scratchllm_gemv_t(const float *w, const float *x, const float *b, float *y, long out, long in, int threads,
+                       float *part, const float *add) {
+    gemv_t(w, x, b, y, out, in, threads, part, add, 0);
+}
+
+void scratchllm_gemv_t_bf16(const unsigned short *w, const unsigned short *x, const float *b, unsigned short *y,
+                            long out, long in, int threads, float *part, const unsigned short *add) {
+    gemv_t(w, x, b, y, out, in, threads, part, add, 1);
+}
+
 /* ---- single-query attention over a KV cache (a decode step, batch 1) ----
  *
  * q: n_head * head_dim new queries, k and v: n_kv_head * head_dim new keys and values (one position), laid

@@ -86,6 +86,12 @@ class Kernel:
             fn.restype = None
         self._fns[torch.float32].argtypes += [ctypes.c_void_p]  # the residual added (or NULL)
         self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p] * 2  # scratch (the inputs split), the residual
+        # weights stored (in, out) (a transposed view, GPT-2's Conv1D layout): (w, x, b, y, out, in, threads,
+        # partial sums, residual)
+        self._fns_t = {torch.float32: self._lib.scratchllm_gemv_t, torch.bfloat16: self._lib.scratchllm_gemv_t_bf16}
+        for fn in self._fns_t.values():
+            fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int] + [ctypes.c_void_p] * 2
+            fn.restype = None
         self._attend = self._lib.scratchllm_attend
         self._attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 5 + [ctypes.c_int] * 2
         self._attend.restype = ctypes.c_int
@@ -112,9 +118,21 @@ class Kernel:
     def __call__(self, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return self.bind(weight, bias)(x)
 
+    @staticmethod
+    def takes(weight: torch.Tensor) -> bool:
+        """Whether `bind` takes this weight: a CPU fp32 or bf16 matrix, contiguous (out, in) or the transposed
+        view of a contiguous (in, out) one (GPT-2's Conv1D matrices as model.weights maps them; bf16: out even)."""
+        if weight.dim() != 2 or weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+            return False
+        if weight.is_contiguous():
+            return True
+        return weight.t().is_contiguous() and (weight.dtype == torch.float32 or weight.shape[0] % 2 == 0)
+
     def bind(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
         """`product(x, add=None, out=None)`: `x @ weight.T + bias (+ add)` with the weight checked and its
         address taken once (a decode step makes ~50 such calls; binding halves their Python cost).
+        The weight is (out, in) contiguous, or a transposed view of an (in, out) one (`takes`), read as it lies
+        (gemv.c's "weights stored (in, out)").
 
         x: one row (..., in) of the weight's dtype; bf16 weights take and give bf16 rows (sums in fp32).
         add: a residual (..., out) of that dtype added to the result, rounded as torch's `y + add` would
@@ -123,18 +141,26 @@ class Kernel:
         (a copy if it is not fp32). Weights under PARALLEL_MIN elements run on one thread (a thread
         team costs more than they take)."""
         n_out, n_in = weight.shape
-        fn = self._fns.get(weight.dtype)
-        if fn is None or weight.device.type != "cpu" or not weight.is_contiguous():
-            raise ValueError(f"gemv takes one CPU row and a contiguous fp32 or bf16 weight; got weight "
-                             f"{tuple(weight.shape)} {weight.dtype} on {weight.device}")
+        if not self.takes(weight):
+            raise ValueError(f"gemv takes one CPU row and an fp32 or bf16 weight, contiguous (out, in) or a "
+                             f"transposed (in, out) one; got weight {tuple(weight.shape)} {weight.dtype} "
+                             f"{tuple(weight.stride())} on {weight.device}")
         dtype = weight.dtype
         bf16 = dtype == torch.bfloat16
+        transposed = not weight.is_contiguous()
         b32 = None if bias is None else bias.detach().float().contiguous()  # no copy for fp32
-        scratch = torch.empty(n_in, dtype=torch.float32) if bf16 else None  # the row split in even/odd halves
-        w_ptr, b_ptr = weight.data_ptr(), None if b32 is None else b32.data_ptr()
-        s_ptr = scratch.data_ptr() if bf16 else None
         single = weight.numel() < PARALLEL_MIN
         num_threads = torch.get_num_threads
+        if transposed:  # each thread's partial sums: a row of `out` floats a thread (room for every core)
+            most = max(torch.get_num_threads(), os.cpu_count() or 1)
+            fn, scratch = self._fns_t[dtype], torch.empty(most * n_out, dtype=torch.float32)
+
+            def num_threads() -> int:
+                return min(torch.get_num_threads(), most)
+        else:  # bf16: the row split in even/odd halves
+            fn, scratch = self._fns[dtype], torch.empty(n_in, dtype=torch.float32) if bf16 else None
+        w_ptr, b_ptr = weight.data_ptr(), None if b32 is None else b32.data_ptr()
+        s_ptr = scratch.data_ptr() if scratch is not None else None
 
         def product(x: torch.Tensor, add: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
             if x.numel() != n_in or x.dtype is not dtype or x.device.type != "cpu":
@@ -152,7 +178,7 @@ class Kernel:
                                  f"{tuple(out.shape)} {out.dtype}")
             threads = 1 if single else num_threads()
             a_ptr = None if add is None else add.data_ptr()
-            if bf16:
+            if bf16 or transposed:
                 fn(w_ptr, x.data_ptr(), b_ptr, out.data_ptr(), n_out, n_in, threads, s_ptr, a_ptr)
             else:
                 fn(w_ptr, x.data_ptr(), b_ptr, out.data_ptr(), n_out, n_in, threads, a_ptr)
@@ -363,18 +389,22 @@ def _compile(cc: str, flags: tuple[str, ...], dest: Path) -> str | None:
 
 
 def _self_check(kernel: Kernel) -> str | None:
-    """Compare with F.linear on shapes that take every code path (rows in streams, leftover rows and columns)."""
+    """Compare with F.linear on shapes that take every code path (rows in streams, leftover rows and columns),
+    weights stored (out, in) and (in, out)."""
     g = torch.Generator().manual_seed(0)
-    for out, n_in, with_bias in [(67, 53, True), (40, 64, False), (5, 16, True)]:
-        w, x = torch.randn(out, n_in, generator=g), torch.randn(n_in, generator=g)
+    for out, n_in, with_bias in [(67, 53, True), (40, 64, False), (5, 16, True), (98, 37, True)]:
+        stored, x = torch.randn(out, n_in, generator=g), torch.randn(n_in, generator=g)
         b = torch.randn(out, generator=g) if with_bias else None
-        if not torch.allclose(kernel(w, x, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
-            return f"its result differs from F.linear for a {out}x{n_in} matrix"
-        w16, x16 = w.bfloat16(), x.bfloat16()  # bf16: the same sums in fp32 over the bf16 values
-        b16 = b.bfloat16() if b is not None else None
-        want = F.linear(x16.float(), w16.float(), b16.float() if b16 is not None else None)
-        if not torch.allclose(kernel(w16, x16, b16).float(), want, rtol=1e-2, atol=1e-2):
-            return f"its bf16 result differs from F.linear for a {out}x{n_in} matrix"
+        for w, layout in ((stored, "(out, in)"), (stored.t().contiguous().t(), "(in, out)")):
+            if not torch.allclose(kernel(w, x, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
+                return f"its result differs from F.linear for a {out}x{n_in} matrix stored {layout}"
+            w16, x16 = w.bfloat16(), x.bfloat16()  # bf16: the same sums in fp32 over the bf16 values
+            if not kernel.takes(w16):
+                continue
+            b16 = b.bfloat16() if b is not None else None
+            want = F.linear(x16.float(), w16.float(), b16.float() if b16 is not None else None)
+            if not torch.allclose(kernel(w16, x16, b16).float(), want, rtol=1e-2, atol=1e-2):
+                return f"its bf16 result differs from F.linear for a {out}x{n_in} matrix stored {layout}"
     return _self_check_quantized(kernel, g)
 
 

@@ -151,8 +151,8 @@ def from_hf_gpt2(state_dict: StateDict, *, tied: bool | None = None) -> dict[str
     """HF GPT-2 weights (`GPT2LMHeadModel` or hub `GPT2Model` names) -> our GPT's state dict.
 
     Conv1D (in, out) weights become nn.Linear's (out, in) as transposed views (`w.t()`, no copy):
-    whoever needs them contiguous copies them once (interop.hf.build_model does, on torch's threads;
-    `load_state_dict` copies into the model's own parameters). A missing `lm_head.weight`
+    interop.hf.build_model gives them to the model as they are (F.linear and the decode kernel read that
+    layout in place); `load_state_dict` without `assign` copies them into the model's own parameters. A missing `lm_head.weight`
     (hub checkpoints) means the tied head: we give it the token embedding. `tied`: the config's
     tie_word_embeddings when known (False: a missing head is an error).
     """
@@ -169,7 +169,7 @@ def from_hf_gpt2(state_dict: StateDict, *, tied: bool | None = None) -> dict[str
             name = f"h.{i}.{theirs}"
             if name in sd:
                 w = sd.pop(name)
-                out[f"blocks.{i}.{ours}"] = w.t() if transposed else w  # a view: copied once, by the caller
+                out[f"blocks.{i}.{ours}"] = w.t() if transposed else w  # a view, no copy
             elif not ours.endswith("bias"):
                 raise UserError(f"the GPT-2 weights have no {name!r}; the checkpoint is incomplete")
     out["lm_head.weight"] = _head(sd, out["tok_emb.weight"], "GPT-2", tied)
