@@ -5,27 +5,24 @@ transformers writes GPT-2 124M's shape at random init (`GPT2LMHeadModel(GPT2Conf
 runs in its own fresh process, so neither inherits the other's memory or file cache warm-up order
 unfairly (the file is read once before any timing, so every run finds it in the page cache):
 - scratchllm: `scratchllm.interop.hf.read_hf(folder)` -> our GPT in eval mode (weights translated
-  by model.weights, shapes checked, built on the meta device: no random init; memory-mapped tensors
-  kept, the transposed Conv1D matrices copied into nn.Linear's layout on torch's threads, and the
-  file pages of each one copied let go of, so the process does not hold both);
+  by model.weights, shapes checked, built on the meta device: no random init; the memory-mapped
+  tensors kept as they are, GPT-2's Conv1D (in, out) matrices too, as transposed views that F.linear
+  and the decode kernel read in place: nothing is copied);
 - transformers: `GPT2LMHeadModel.from_pretrained(folder).eval()`;
 - scratchllm ckpt: the same weights as scratchllm's own checkpoint folder (`save_checkpoint`), read by
   `scratchllm.checkpoint.load_model` (built on the meta device, the file's tensors memory-mapped as
-  they are: our layout needs no transposing).
+  they are). It first checks the file's sha256 against the checkpoint's manifest, so that a damaged
+  checkpoint is never used (a run folder then falls back to the previous one); the time of that check
+  alone is printed too.
 Imports (torch, the library) happen before the clock starts; the time is folder -> ready model
-("load"), and with the first forward pass of 16 tokens ("+1st fwd"): transformers maps the file and
-reads a tensor's pages when it is first used, scratchllm copies the Conv1D matrices (out of the
-file's pages) while loading, so the second column compares like with like. Torch's default threads.
+("load"), and with the first forward pass of 16 tokens ("+1st fwd"): both map the file and read a
+tensor's pages when it is first used, so the second column counts those reads. Torch's default threads.
+The two scratchllm rows then decode 64 tokens (batch 1, greedy, `generate.Decoder`): the HF folder's
+model reads its Conv1D matrices through the kernel's (in, out) path, the checkpoint's its (out, in) ones.
 Peak RSS is the process's high-water mark (VmHWM, after the forward pass; not ru_maxrss, which after
 exec still holds this parent's RSS) and its rise over the RSS after the imports.
 Each loader runs `--repeats` times (fresh process each); the best time and that run's memory are shown.
-Both loaders also produce the same logits (checked here on one batch).
-
-Floor of a loader that gives nn.Linear contiguous (out, in) weights: GPT-2's Conv1D matrices
-(in, out) must be copied into new memory, and new memory costs its first touch (the kernel maps and
-zeroes every page; in a virtual machine the host may have to back it too). The "new memory" row
-times exactly that, in a fresh process: filling as many bytes as those matrices hold (torch's
-threads), no reading, no transposing. transformers keeps the file's layout and copies nothing.
+All loaders also produce the same logits (checked here on one batch).
 Precision: fp32 weights. Target: no slower than transformers.
 
     python benchmarks/load.py [--repeats 3] [--no-record]
@@ -52,11 +49,7 @@ CHILD = r"""
 import json, sys, time
 import torch
 kind, folder = sys.argv[1], sys.argv[2]
-if kind == "new memory":  # the floor: first touch of argv[3] fp32 values of new memory
-    n = int(sys.argv[3])
-    load = lambda: torch.empty(n).fill_(0.0)
-    model = None
-elif kind == "scratchllm ckpt":  # our own checkpoint folder of the same weights
+if kind == "scratchllm ckpt":  # our own checkpoint folder of the same weights
     import safetensors.torch
     from scratchllm.checkpoint import load_model
     load = lambda: load_model(folder)[0]
@@ -78,16 +71,31 @@ t0 = time.perf_counter()
 model = load()
 seconds = time.perf_counter() - t0
 peak = rss_mb("VmHWM:")
-first, logits = 0.0, []
-if kind != "new memory":
-    ids = torch.arange(16)[None] * 97 % 50257
+ids = torch.arange(16)[None] * 97 % 50257
+t0 = time.perf_counter()
+with torch.no_grad():
+    out = model(ids)
+first = time.perf_counter() - t0
+peak = rss_mb("VmHWM:")
+logits = (out[0] if isinstance(out, tuple) else getattr(out, "logits", out))[0, -1, :8].tolist()
+check, tok_s = 0.0, 0.0
+if kind.startswith("scratchllm"):  # then batch-1 greedy decoding, after the prefill and first token
+    from scratchllm.config.sample import SampleConfig
+    from scratchllm.generate import Decoder
+    n = 0
+    with Decoder(model, [ids[0].tolist()], SampleConfig(temperature=0.0, max_new_tokens=65), eos_id=None) as dec:
+        for _ in dec:
+            n += 1
+            if n == 1:
+                t0 = time.perf_counter()
+    tok_s = (n - 1) / (time.perf_counter() - t0)
+if kind == "scratchllm ckpt":  # the sha256 check alone, as load_model makes it
+    from scratchllm.checkpoint import verify_checkpoint
     t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(ids)
-    first = time.perf_counter() - t0
-    peak = rss_mb("VmHWM:")
-    logits = (out[0] if isinstance(out, tuple) else getattr(out, "logits", out))[0, -1, :8].tolist()
-print(json.dumps({"seconds": seconds, "first": first, "peak_mb": peak, "base_mb": base, "logits": logits}))
+    verify_checkpoint(folder)
+    check = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "first": first, "peak_mb": peak, "base_mb": base, "logits": logits,
+                  "check": check, "tok_s": tok_s}))
 """
 
 
@@ -114,8 +122,6 @@ def main() -> None:
             torch.manual_seed(0)
             ref = GPT2LMHeadModel(GPT2Config())
             ref.save_pretrained(folder)
-            # values in the Conv1D matrices: what a loader into nn.Linear's layout copies
-            conv = sum(m.weight.numel() for m in ref.modules() if type(m).__name__ == "Conv1D")
             del ref
             size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
             from scratchllm.checkpoint import save_checkpoint
@@ -129,28 +135,28 @@ def main() -> None:
                   f"best of {args.repeats} fresh processes")
             results = {}
             for _ in range(args.repeats):  # interleaved, so drift on the shared machine hits all alike
-                for kind in ("scratchllm", "transformers", "new memory", "scratchllm ckpt"):
+                for kind in ("scratchllm", "transformers", "scratchllm ckpt"):
                     where = ckpt if kind == "scratchllm ckpt" else folder
-                    results.setdefault(kind, []).append(run_child(kind, where, str(conv)))
+                    results.setdefault(kind, []).append(run_child(kind, where))
         print(f"{'loader':<16}{'precision':>10}{'load s':>9}{'median':>9}{'+1st fwd s':>11}{'peak RSS MB':>13}"
               f"{'rise MB':>9}")
         best = {}
         for kind, runs in results.items():
             b = min(runs, key=lambda r: r["seconds"])
             best[kind] = b
-            fwd = f"{b['seconds'] + b['first']:>11.3f}" if b["logits"] else f"{'-':>11}"
             print(f"{kind:<16}{'fp32':>10}{b['seconds']:>9.3f}{statistics.median(r['seconds'] for r in runs):>9.3f}"
-                  f"{fwd}{b['peak_mb']:>13.0f}{b['peak_mb'] - b['base_mb']:>9.0f}")
+                  f"{b['seconds'] + b['first']:>11.3f}{b['peak_mb']:>13.0f}{b['peak_mb'] - b['base_mb']:>9.0f}")
         s, t = best["scratchllm"], best["transformers"]
         same = max(abs(a - b) for a, b in zip(s["logits"] + best["scratchllm ckpt"]["logits"], t["logits"] * 2))
         print(f"scratchllm / transformers: load {s['seconds'] / t['seconds']:.2f}x, load + first forward "
               f"{(s['seconds'] + s['first']) / (t['seconds'] + t['first']):.2f}x, peak RSS "
               f"{s['peak_mb'] / t['peak_mb']:.2f}x; logits max abs diff {same:.1e}")
-        m = best["new memory"]
-        print(f"new memory: first touch of {conv * 4 / 1e6:.0f} MB (the Conv1D matrices) {m['seconds']:.3f} s = "
-              f"{m['seconds'] / t['seconds']:.2f}x transformers' load; scratchllm's load beyond it "
-              f"{s['seconds'] - m['seconds']:.3f} s")
-
+        c = best["scratchllm ckpt"]
+        print(f"scratchllm ckpt: of its {c['seconds']:.3f} s, the sha256 check of the file against the checkpoint's "
+              f"manifest takes {c['check']:.3f} s")
+        print(f"then batch-1 greedy decoding (64 tokens after the first): from the HF folder's matrices read in place "
+              f"(Conv1D, (in, out)) {s['tok_s']:.1f} tok/s, from our checkpoint's ((out, in)) {c['tok_s']:.1f} tok/s "
+              f"= {s['tok_s'] / c['tok_s']:.2f}x")
 
 if __name__ == "__main__":
     main()

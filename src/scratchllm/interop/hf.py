@@ -180,7 +180,8 @@ def release_pages(t: Any) -> None:
 
     `madvise(MADV_DONTNEED)`: the process stops counting those pages in its resident memory (its
     RSS); the kernel keeps them in its page cache, and a later read of `t` maps them back, the same
-    bytes, from the file. Used once a tensor has been copied (converted to another dtype), so that a loaded model does not hold both the file's pages and their copies. On a
+    bytes, from the file. Used once a tensor has been copied (converted to another dtype), so that a
+    loaded model does not hold both the file's pages and their copies. On a
     written (copy-on-write) or anonymous page it would lose the data: callers pass only tensors of a
     file they mapped. Linux only; elsewhere it does nothing."""
     madvise = _libc_madvise()

@@ -152,9 +152,9 @@ def from_hf_gpt2(state_dict: StateDict, *, tied: bool | None = None) -> dict[str
 
     Conv1D (in, out) weights become nn.Linear's (out, in) as transposed views (`w.t()`, no copy):
     interop.hf.build_model gives them to the model as they are (F.linear and the decode kernel read that
-    layout in place); `load_state_dict` without `assign` copies them into the model's own parameters. A missing `lm_head.weight`
-    (hub checkpoints) means the tied head: we give it the token embedding. `tied`: the config's
-    tie_word_embeddings when known (False: a missing head is an error).
+    layout in place); `load_state_dict` without `assign` copies them into the model's own parameters.
+    A missing `lm_head.weight` (hub checkpoints) means the tied head: we give it the token embedding.
+    `tied`: the config's tie_word_embeddings when known (False: a missing head is an error).
     """
     sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
     sd = {k: v for k, v in sd.items() if not re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", k)}
