@@ -7,11 +7,13 @@ far beyond the caches) through:
 - torch `F.linear` (MKL's sgemv on this build): what a plain PyTorch model does;
 - HF transformers' layout: GPT-2's Conv1D keeps weights (in, out) and calls `torch.addmm`;
 - oneDNN's packed layout (`torch.ops.mkldnn`), what scratchllm used before its kernel;
-- scratchllm's C kernel (`scratchllm.model.gemv`), on the weights in place;
+- scratchllm's C kernel (`scratchllm.model.gemv`), on the weights in place; and with the blocks'
+  matrices in HF's (in, out) layout read through transposed views, the head as it is (how scratchllm
+  holds an imported GPT-2: Conv1D matrices where the file maps them, the head tied to the embedding);
 - numpy's `W @ x` (OpenBLAS), another BLAS for reference;
 - a plain `sum` of the same weights: what torch reads when it only reads (a yardstick, not a
   hard ceiling: memory gives more to a few long streams than to 49 short reductions).
-and the same in bf16 (F.linear vs the kernel). Prints, for each reader, the precision, ms per step,
+and the same in bf16 (F.linear vs the kernel, both layouts). Prints, for each reader, the precision, ms per step,
 GB/s and the fraction reached of the memory's read bandwidth (the bound of a one-row product, which
 reads every weight once; measured just before and after each row, as benchmarks/generate.py does:
 see benchmarks/_common.ReadBandwidth), and ratios to the kernel. Replaces its section of
@@ -94,6 +96,10 @@ def run_all(args) -> None:
         err = max((kernel(w, x_for(w), b) - F.linear(x_for(w), w, b)).abs().max().item()
                   for w, b in zip(weights[:4], biases[:4]))
         print(f"    (max abs difference from F.linear: {err:.1e})")
+        # the blocks' matrices in HF's (in, out) memory, through transposed views, the head (the token embedding)
+        # as it is: an imported GPT-2 as interop.hf holds it
+        views = [wt.t() for wt in conv1d[:-1]] + weights[-1:]
+        run("scratchllm C kernel, weight (in, out)", lambda: [kernel(v, x_for(v), b) for v, b in zip(views, biases)])
     np_w = [w.numpy() for w in weights]
     np_x = {n: x.numpy()[0] for n, x in xs.items()}
     run("numpy W @ x (OpenBLAS)", lambda: [w @ np_x[w.shape[1]] for w in np_w])
@@ -106,6 +112,10 @@ def run_all(args) -> None:
     if kernel is not None:
         run("scratchllm C kernel (bf16)", lambda: [kernel(w, x16[w.shape[1]], b) for w, b in zip(w16, b16)],
             "bf16")
+        t16 = [w.t().contiguous().t() for w in w16[:-1]] + w16[-1:]
+        run("scratchllm C kernel (bf16), weight (in, out)",
+            lambda: [kernel(w, x16[w.shape[1]], b) for w, b in zip(t16, b16)], "bf16")
+        del t16
     print("ratios (time of the other / time of scratchllm's kernel):")
     if kernel is not None:
         ours = ms["scratchllm C kernel"]
@@ -117,6 +127,9 @@ def run_all(args) -> None:
               f"{ms['torch sum of the weights (a plain read)'] / ours:5.0%}")
         print(f"  {'bf16: torch F.linear / kernel':<48} "
               f"{ms['torch F.linear (bf16)'] / ms['scratchllm C kernel (bf16)']:5.2f}x")
+        for dtype, suffix in (("fp32", ""), ("bf16", " (bf16)")):
+            print(f"  {f'{dtype}: kernel on (in, out) / on (out, in)':<48} "
+                  f"{ms[f'scratchllm C kernel{suffix}, weight (in, out)'] / ms[f'scratchllm C kernel{suffix}']:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@
  * + add, `add` may be `y` itself), with the roundings a bf16 model makes in torch (the product and
  * the sum each rounded to bf16), so a decode step's `x + proj(h)` is one call.
  *
+ * Weights stored (in, out) (GPT-2's Conv1D matrices, which scratchllm reads where the file maps them,
+ * through transposed views) have their own product, scratchllm_gemv_t (_bf16): each thread streams a run of
+ * the rows and sums them, scaled by their inputs, into a partial output row (see its section).
+ *
  * scratchllm_attend is the other half of a decode step: one new query per head attending over a
  * KV cache (the keys and values written into it first), for fp32 and bf16 caches.
  *

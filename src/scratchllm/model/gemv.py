@@ -6,7 +6,9 @@ weights well below the memory's speed; `gemv.c` (portable C, see its header) rea
 rows as a few long streams, which the CPU's prefetchers follow, and so reads them about as fast as
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
 repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32, with bf16 rows in and out. A product
-may also add a residual as it writes (`x + proj(h)` in one call). `Kernel.attend` is the rest of a
+may also add a residual as it writes (`x + proj(h)` in one call). Weights stored (in, out), the transpose
+(an imported GPT-2's Conv1D matrices, which interop.hf leaves where the file maps them), are read in place
+too, through their transposed view (`Kernel.takes`). `Kernel.attend` is the rest of a
 batch-1 decode step's attention: the new keys and values written into the KV cache and one query per
 head attending over it, in one call (fp32 or bf16; see gemv.c). Quantized weights
 (`model.quant_linear`'s int8 per row and int4 group-wise format) are multiplied as integers with the
