@@ -1,7 +1,8 @@
 """`scratchllm finetune` with 2 processes on the CPU (gloo), launched the real way (torchrun, and
 `--nproc 2`), against one process on the same global batches: the same loss at every step (fp32,
 within 1e-5) and the same final weights, for instruct with LoRA under DDP, classify under DDP and
-FSDP, and DPO under DDP. Only rank 0 writes the run folder (one folder, each metric once, one model
+FSDP (also from a Hugging Face GPT-2 folder, whose Conv1D matrices the model reads in place), and DPO
+under DDP. Only rank 0 writes the run folder (one folder, each metric once, one model
 card) and prints; LoRA with FSDP is one clear error."""
 
 import csv
@@ -41,8 +42,8 @@ def work(tmp_path_factory, shared_data) -> Path:
     return d
 
 
-def argv(work: Path, method: str, data: str, runs: Path, *extra: str) -> list[str]:
-    return ["finetune", method, "--init-from", str(work / "base"), "--data", str(work / data), "--runs-dir",
+def argv(work: Path, method: str, data: str, runs: Path, *extra: str, base: str = "base") -> list[str]:
+    return ["finetune", method, "--init-from", str(work / base), "--data", str(work / data), "--runs-dir",
             str(runs), "--name", "job", *SETTINGS, *extra]
 
 
@@ -132,3 +133,21 @@ def test_lora_with_fsdp_is_one_clear_error(work, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "use --train.strategy ddp" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_classify_from_a_hugging_face_gpt2_folder_under_fsdp_equals_one_process(work, tmp_path):
+    """A GPT-2 read from a HF folder holds its Conv1D matrices as transposed views of the file (interop.hf):
+    FSDP, which shards contiguous parameters only, gets them copied into nn.Linear's layout first."""
+    hf = work / "hf-base"
+    if not hf.exists():
+        assert main(["export", "hf", str(work / "base"), "--out", str(hf)]) == 0
+    from scratchllm.interop.load import load_any
+
+    assert not load_any(str(hf))[0].blocks[0].attn.qkv.weight.is_contiguous()  # read in place
+    extra = ("--train.lr", "1e-3")
+    one_process(argv(work, "classify", "sms.csv", tmp_path / "one", *extra, base="hf-base"))
+    proc = scratchllm(*argv(work, "classify", "sms.csv", tmp_path / "two", *extra, base="hf-base"),
+                      "--train.strategy", "fsdp", "--nproc", "2")
+    ok(proc)
+    said_once(proc, "classify")
+    assert_same_job(tmp_path / "two", tmp_path / "one")

@@ -235,6 +235,12 @@ def wrap(model: nn.Module, config: Any, device: torch.device) -> nn.Module:
     # (pinned memory, for fast copies to the GPU, needs one: a CPU job's offload copies nothing)
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if config.fsdp_cpu_offload else OffloadPolicy()
     kw = {"mp_policy": mp, "offload_policy": offload}
+    # FSDP shards contiguous parameters only: an imported GPT-2's Conv1D matrices (transposed views of the
+    # file, interop.hf) are copied into nn.Linear's layout first (this rank keeps only its shard of them)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
     blocks = getattr(model, "blocks", None)
     for block in blocks if blocks is not None else ():
         fully_shard(block, reshard_after_forward=config.fsdp_reshard_after_forward, **kw)
