@@ -20,6 +20,10 @@ its input rounded to int8 blocks); for random weights perplexity says nothing, s
 the max |logit difference| from fp32 and the share of positions whose top-1 token is fp32's.
 Targets (issue 14): int8 perplexity within +1% of fp32 and decode >= 2x our fp32; int4 (group 32)
 within +5%, file <= 30% of fp32, decode >= 3x our fp32; both faster than the peer.
+Each decode step is also split into its matrix-vector products alone (every linear layer called on one
+row, back to back: `products_us`) and the rest: where the weights are small (the demo model: 17 MB in
+fp32, held in the caches) the rest, the same for every row, is most of a step, and the products' own
+speed-up is what the quantized kernels change.
 
     python benchmarks/quantize.py [--demo CHECKPOINT] [--new-tokens 100] [--repeats 3] [--no-record]
 """
@@ -64,6 +68,35 @@ def decode(model, prompt: list[int], n: int) -> tuple[float, list[int]]:
         return time.perf_counter() - t0, out
 
 
+def products_us(model, repeats: int) -> float:
+    """Microseconds for one decode step's matrix-vector products alone: every linear layer of the model (the
+    head included), in order, each called on one row as decoding calls it, back to back with no other work
+    between (best of `repeats` x 20 steps). The rest of a step (norms, attention, embedding, the argmax,
+    Python) is the same for every row of the table."""
+    import torch
+    from torch import nn
+
+    from scratchllm.model.fast_linear import FastLinear, fast_linears
+    from scratchllm.model.quant_linear import QuantLinear
+
+    with torch.inference_mode(), fast_linears(model, rows=1):
+        inner = {id(m.linear) for m in model.modules() if isinstance(m, FastLinear)}
+        layers = [m for m in model.modules()
+                  if isinstance(m, (FastLinear, QuantLinear)) or (hasattr(m, "in_features") and hasattr(m, "weight")
+                                                                  and not isinstance(m, nn.Embedding)
+                                                                  and id(m) not in inner)]
+        xs = [torch.randn(1, 1, m.in_features if hasattr(m, "in_features") else m.linear.in_features)
+              for m in layers]
+        best = float("inf")
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                for m, x in zip(layers, xs):
+                    m(x)
+            best = min(best, (time.perf_counter() - t0) / 20)
+    return best * 1e6
+
+
 def load_variant(folder: str, variant: str):
     import warnings
 
@@ -103,7 +136,7 @@ def child(args) -> None:
         t, tokens = decode(model, prompt, n)
         best = min(best, t)
     print(json.dumps({"tok_s": n / best, "rss_mb": peak_rss_mb(), "rss_torch_mb": rss_torch,
-                      "tokens": tokens}))
+                      "tokens": tokens, "products_us": products_us(model, args.repeats)}))
 
 
 def run_child(folder: str, variant: str, args) -> dict:
@@ -227,6 +260,13 @@ def bench_model(title: str, source: str, trained: bool, args, work: Path) -> Non
               f"{r['tok_s']:12.1f} {r['tok_s'] / speed['fp32']['tok_s']:6.2f}x  {quality[name]}", flush=True)
     print(f"  (peak RSS of the decoding process, `import torch` included: {speed['fp32']['rss_torch_mb']:.0f} MB "
           f"before the model)")
+    step = {n: 1e6 / speed[n]["tok_s"] for n in VARIANTS}
+    print("  one decode step, split: the matrix-vector products alone (every linear layer on one row, back to back) "
+          "and the rest (step - products)")
+    for n in VARIANTS:
+        prod = speed[n]["products_us"]
+        print(f"    {n:<20} step {step[n]:8.1f} us = products {prod:8.1f} us "
+              f"({speed['fp32']['products_us'] / prod:5.2f}x fp32's) + rest {step[n] - prod:8.1f} us")
     same = {n: sum(a == b for a, b in zip(speed[n]["tokens"], speed["fp32"]["tokens"])) for n in VARIANTS}
     print(f"  greedy tokens equal to fp32's (of {len(speed['fp32']['tokens'])}): "
           + ", ".join(f"{n} {same[n]}" for n in VARIANTS[1:]))
