@@ -67,6 +67,7 @@ ISA_ENV = "SCRATCHLLM_KERNEL_ISA"  # forces a path (tests, comparisons); unset: 
 PARALLEL_MIN = 2**16
 MAX_HEAD_DIM = 512  # the longest head `attend` takes (gemv.c's MAX_HEAD_DIM: its per-head buffers)
 QBLOCK = 32  # inputs per quantized block of the input row (gemv.c's QBLOCK, llama.cpp's q8_0 block)
+MLP_ACTS = {"swiglu": 0, "gelu_tanh": 1, "gelu": 2}  # `bind_mlp`'s activations, by gemv.c's number (ACT_*)
 
 
 class Kernel:
@@ -87,8 +88,17 @@ class Kernel:
         self._fns[torch.float32].argtypes += [ctypes.c_void_p]  # the residual added (or NULL)
         self._fns[torch.bfloat16].argtypes += [ctypes.c_void_p] * 2  # scratch (the inputs split), the residual
         self._attend = self._lib.scratchllm_attend
-        self._attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 5 + [ctypes.c_int] * 2
+        self._attend.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_long] * 5 + [ctypes.c_int] * 2
+                                 + [ctypes.c_void_p] * 2 + [ctypes.c_float] + [ctypes.c_void_p] * 2 + [ctypes.c_int])
         self._attend.restype = ctypes.c_int
+        # a decode step's glue (gemv.c's last section): one row's norm; the MLP's products with its activation
+        self._norm = self._lib.scratchllm_norm  # (x, weight, bias, y, n, eps, rms, bf16)
+        self._norm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_float, ctypes.c_int, ctypes.c_int]
+        self._norm.restype = None
+        self._mlp = self._lib.scratchllm_mlp_hidden  # (wf, bf, wg, bg, x, y, out, in, threads, scratch, act, bf16)
+        self._mlp.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_void_p]
+                              + [ctypes.c_int] * 2)
+        self._mlp.restype = None
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
         self._q8, self._q4 = self._lib.scratchllm_gemv_q8, self._lib.scratchllm_gemv_q4
         for fn in (self._q8, self._q4):  # (weights, x, y, rows, threads)
@@ -162,15 +172,79 @@ class Kernel:
         return product
 
     def attend(self, q: int, k: int, v: int, k_cache: int, v_cache: int, y: int, n_head: int, n_kv_head: int,
-               head_dim: int, pos: int, head_stride: int, bf16: bool) -> None:
+               head_dim: int, pos: int, head_stride: int, bf16: bool, *, q_norm: int | None = None,
+               k_norm: int | None = None, eps: float = 0.0, cos: int | None = None, sin: int | None = None,
+               table_bf16: bool = False) -> None:
         """Single-query attention over one layer's KV cache (gemv.c's `scratchllm_attend`), on addresses: the
         new position's keys `k` and values `v` (n_kv_head * head_dim each) are written into the caches
         (n_kv_head, max_len, head_dim; head stride `head_stride` elements) at `pos`, then every query head
         of `q` (n_head * head_dim) attends to positions 0..pos; the heads' outputs go to `y`
-        (n_head * head_dim). fp32, or bf16 throughout. The caller checks shapes, dtypes and room."""
+        (n_head * head_dim). fp32, or bf16 throughout. The caller checks shapes, dtypes and room.
+
+        Before that, the new query and key heads go through QK-norm when `q_norm` and `k_norm` (the RMSNorm
+        weights, head_dim values of the rows' dtype; `eps`) are given, then RoPE when `cos` and `sin` (the
+        position's rows of the tables, head_dim values, bf16 when `table_bf16` else fp32) are: what
+        model.layers' general path does to them, rounded as it rounds."""
         if self._attend(q, k, v, k_cache, v_cache, y, n_head, n_kv_head, head_dim, pos, head_stride, int(bf16),
-                        torch.get_num_threads()):
+                        torch.get_num_threads(), q_norm, k_norm, eps, cos, sin, int(table_bf16)):
             raise ValueError(f"attend takes heads of at most {MAX_HEAD_DIM} values; got {head_dim}")
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+             rms: bool) -> torch.Tensor:
+        """RMSNorm (`rms`) or LayerNorm of one row x (..., n) fp32 or bf16 with `weight` (n,) and `bias` (n,) or None
+        of x's dtype (gemv.c's `scratchllm_norm`): computed in fp32 and rounded once, as torch's CPU norms are.
+        A new tensor of x's shape and dtype."""
+        n, dtype = x.shape[-1], x.dtype
+        if (x.numel() != n or dtype not in self._fns or x.device.type != "cpu" or weight.dtype is not dtype
+                or weight.numel() != n or not weight.is_contiguous() or weight.device.type != "cpu"
+                or (bias is not None and (bias.dtype is not dtype or bias.numel() != n or not bias.is_contiguous()
+                                          or bias.device.type != "cpu"))):
+            raise ValueError(f"norm takes one CPU fp32 or bf16 row and contiguous weight and bias of its size and "
+                             f"dtype; got x {tuple(x.shape)} {dtype}, weight {tuple(weight.shape)} {weight.dtype}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty_like(x)
+        self._norm(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), n, eps,
+                   int(rms), int(dtype is torch.bfloat16))
+        return y
+
+    def bind_mlp(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, act: str,
+                 gate_weight: torch.Tensor | None = None,
+                 gate_bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`hidden(x)`: an MLP's hidden activations of one row x (..., in) in one call (gemv.c's
+        `scratchllm_mlp_hidden`): act "swiglu": silu(x @ gate_weight.T + gate_bias) * (x @ fc_weight.T + fc_bias);
+        "gelu_tanh" or "gelu" (exact): GELU(x @ fc_weight.T + fc_bias). Weights (out, in) contiguous fp32 or bf16
+        (x of their dtype; bf16 rounded where torch's steps round), read in place; biases taken as they are now."""
+        act_id = MLP_ACTS.get(act)
+        weights = [fc_weight] + ([gate_weight] if act == "swiglu" else [])
+        dtype = fc_weight.dtype
+        if (act_id is None or (act == "swiglu") != (gate_weight is not None) or dtype not in self._fns
+                or any(w.dtype is not dtype or w.device.type != "cpu" or not w.is_contiguous()
+                       or w.shape != fc_weight.shape for w in weights)):
+            raise ValueError(f"bind_mlp takes contiguous CPU fp32 or bf16 weights of one shape, a gate exactly for "
+                             f"swiglu, act one of {', '.join(MLP_ACTS)}; got act {act!r}, fc {tuple(fc_weight.shape)} "
+                             f"{dtype}")
+        n_out, n_in = fc_weight.shape
+        bf16 = dtype is torch.bfloat16
+        biases = [None if b is None else b.detach().float().contiguous() for b in (fc_bias, gate_bias)]
+        scratch = torch.empty(2 * n_out + (n_in if bf16 else 0), dtype=torch.float32)  # the sums, the input split
+        ptrs = [None if t is None else t.data_ptr() for t in (fc_weight, biases[0], gate_weight, biases[1])]
+        s_ptr, call, single = scratch.data_ptr(), self._mlp, fc_weight.numel() * len(weights) < PARALLEL_MIN
+        num_threads = torch.get_num_threads
+
+        def hidden(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype is not dtype or x.device.type != "cpu":
+                raise ValueError(f"the MLP takes one CPU row of {n_in} of its weights' dtype ({dtype}); "
+                                 f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
+            if not x.is_contiguous():
+                x = x.contiguous()
+            y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
+            call(*ptrs, x.data_ptr(), y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, act_id,
+                 int(bf16))
+            return y
+
+        hidden.keep_alive = (*weights, *biases, scratch)  # the addresses above stay valid while `hidden` lives
+        return hidden
 
     def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
                 isa: str | None = None, rows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
