@@ -23,7 +23,10 @@
  * the sum each rounded to bf16), so a decode step's `x + proj(h)` is one call.
  *
  * scratchllm_attend is the other half of a decode step: one new query per head attending over a
- * KV cache (the keys and values written into it first), for fp32 and bf16 caches.
+ * KV cache (the keys and values written into it first, after QK-norm and RoPE when the model has them),
+ * for fp32 and bf16 caches. The last section is the glue between the products: one row's RMSNorm or
+ * LayerNorm (scratchllm_norm), and an MLP's products with its activation in one call (SwiGLU, GELU:
+ * scratchllm_mlp_hidden).
  *
  * Sums run lane by lane and the lanes are then folded together: the result equals F.linear's up to
  * float rounding (another order of the same sums).

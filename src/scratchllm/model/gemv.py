@@ -7,8 +7,11 @@ rows as a few long streams, which the CPU's prefetchers follow, and so reads the
 a plain sum of the same weights. It reads the model's own weights in place: nothing is copied or
 repacked. bf16 weights are read as bf16 (half the bytes) and summed in fp32, with bf16 rows in and out. A product
 may also add a residual as it writes (`x + proj(h)` in one call). `Kernel.attend` is the rest of a
-batch-1 decode step's attention: the new keys and values written into the KV cache and one query per
-head attending over it, in one call (fp32 or bf16; see gemv.c). Quantized weights
+batch-1 decode step's attention: the new query and key heads through QK-norm and RoPE (when the model has
+them), the new keys and values written into the KV cache and one query per head attending over it, in one
+call (fp32 or bf16; see gemv.c). The glue between a step's products is C too, each a call where torch
+would dispatch several ops: `Kernel.norm` (one row's RMSNorm or LayerNorm) and `Kernel.bind_mlp` (an MLP's
+products and its SwiGLU or GELU in one call). Quantized weights
 (`model.quant_linear`'s int8 per row and int4 group-wise format) are multiplied as integers with the
 input rows quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations; `quantize_input` is that
 rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`, `Kernel.bind_q4`; gemv.c's
@@ -27,7 +30,7 @@ atomically). `<cpu>` hashes the CPU's model name and feature flags (`runtime.cpu
 home folder shared between machines never loads a library built with `-march=native` for another
 CPU; `<build>` hashes the source, compiler and flags. It loads the library with ctypes, checks it
 against `F.linear` on small matrices that take every code path (the quantized ones against `F.linear`
-of the dequantized weight), and returns a `Kernel`. When it has
+of the dequantized weight; the norms and MLP activations against torch's), and returns a `Kernel`. When it has
 built a new library that passes, it removes this CPU's libraries of other builds (older sources or
 compilers: `prune`), so they do not pile up; other CPUs' files are never touched. Where any
 step fails (no compiler, no OpenMP, a mismatch) it returns None and `status()` says why; callers
@@ -449,7 +452,27 @@ def _self_check(kernel: Kernel) -> str | None:
         want = F.linear(x16.float(), w16.float(), b16.float() if b16 is not None else None)
         if not torch.allclose(kernel(w16, x16, b16).float(), want, rtol=1e-2, atol=1e-2):
             return f"its bf16 result differs from F.linear for a {out}x{n_in} matrix"
-    return _self_check_quantized(kernel, g)
+    return _self_check_glue(kernel, g) or _self_check_quantized(kernel, g)
+
+
+def _self_check_glue(kernel: Kernel, g: torch.Generator) -> str | None:
+    """A decode step's glue (the norms, the MLP's activations, whose vector code the compiler shapes for this CPU)
+    against torch on one small shape (leftover lanes included), in fp32."""
+    n_in, out = 53, 67
+    x, w, b = torch.randn(n_in, generator=g), torch.rand(n_in, generator=g) + 0.5, torch.randn(n_in, generator=g)
+    if not (torch.allclose(kernel.norm(x, w, None, 1e-5, True), w * x * torch.rsqrt(x.pow(2).mean() + 1e-5),
+                           rtol=1e-4, atol=1e-5)
+            and torch.allclose(kernel.norm(x, w, b, 1e-5, False), F.layer_norm(x, (n_in,), w, b, 1e-5),
+                               rtol=1e-4, atol=1e-5)):
+        return "its one-row norm differs from torch's"
+    wf, wg, bf = torch.randn(out, n_in, generator=g), torch.randn(out, n_in, generator=g), torch.randn(out, generator=g)
+    f = F.linear(x, wf, bf)
+    for act, want in [("swiglu", F.silu(F.linear(x, wg)) * f), ("gelu_tanh", F.gelu(f, approximate="tanh")),
+                      ("gelu", F.gelu(f))]:
+        got = kernel.bind_mlp(wf, bf, act, wg if act == "swiglu" else None)(x)
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+            return f"its MLP activation {act} differs from torch's"
+    return None
 
 
 def _self_check_quantized(kernel: Kernel, g: torch.Generator) -> str | None:

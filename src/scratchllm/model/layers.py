@@ -4,9 +4,11 @@ Each class holds parameters and calls torch's fast kernels (or, for attention="e
 "auto" finds it faster, the written-out math of `model.functional`, imported as `ops` so it never
 reads like torch's `F`). `explicit_attention` is the one statement of which attention path runs;
 a batch-1 decode step (one row, a KV cache, no autograd) takes a shorter road through the same modules
-where scratchllm's C kernel is built: `Block.decode_one` and `Attention.attend_one` (attention over the
-cache in one C call, residuals added inside the projections), tested equal to the general path;
-the training memory estimate (`train.pretrain`) asks it too. The book's hand-written teaching
+and parameters where scratchllm's C kernel is built (`Block.decode_one`): each norm one C call
+(`norm_row`), attention the `qkv` product and one C call for QK-norm, RoPE, the cache and the heads
+(`Attention.attend_one`), the MLP's products and activation one call (`MLP.hidden_one`), residuals added
+inside the projections; tested equal to the general path. `explicit_attention` is also what the training
+memory estimate (`train.pretrain`) asks. The book's hand-written teaching
 versions live in `scratchllm.steps` and are tested equal to these.
 """
 
