@@ -198,10 +198,10 @@ class Kernel:
         of x's dtype (gemv.c's `scratchllm_norm`): computed in fp32 and rounded once, as torch's CPU norms are.
         A new tensor of x's shape and dtype."""
         n, dtype = x.shape[-1], x.dtype
-        if (x.numel() != n or dtype not in self._fns or x.device.type != "cpu" or weight.dtype is not dtype
-                or weight.numel() != n or not weight.is_contiguous() or weight.device.type != "cpu"
-                or (bias is not None and (bias.dtype is not dtype or bias.numel() != n or not bias.is_contiguous()
-                                          or bias.device.type != "cpu"))):
+        if (x.numel() != n or weight.numel() != n or dtype not in self._fns or weight.dtype is not dtype
+                or not (x.is_cpu and weight.is_cpu and weight.is_contiguous())
+                or (bias is not None and (bias.dtype is not dtype or bias.numel() != n
+                                          or not (bias.is_cpu and bias.is_contiguous())))):
             raise ValueError(f"norm takes one CPU fp32 or bf16 row and contiguous weight and bias of its size and "
                              f"dtype; got x {tuple(x.shape)} {dtype}, weight {tuple(weight.shape)} {weight.dtype}")
         if not x.is_contiguous():
@@ -236,7 +236,7 @@ class Kernel:
         num_threads = torch.get_num_threads
 
         def hidden(x: torch.Tensor) -> torch.Tensor:
-            if x.numel() != n_in or x.dtype is not dtype or x.device.type != "cpu":
+            if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
                 raise ValueError(f"the MLP takes one CPU row of {n_in} of its weights' dtype ({dtype}); "
                                  f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
             if not x.is_contiguous():

@@ -28,6 +28,7 @@ from scratchllm.model.fast_linear import FastLinear, linear_plus
 # attention="auto" uses the explicit math for at most this many keys: beyond, its (B, n_head, T, T)
 # weights cost more memory than the speed is worth (see `explicit_attention`).
 AUTO_EXPLICIT_MAX_KEYS = 512
+NORM_DTYPES = (torch.float32, torch.bfloat16)  # the rows `norm_row` takes to the C kernel
 # `MLP.hidden_one`'s bound C calls, by the FastLinear `fc` they read (with a reference to the `gate` they read):
 # an entry lives as long as that FastLinear (one `fast_linears` context), as its own bound product does.
 _MLP_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -90,15 +91,15 @@ def norm_row(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`norm(x)` (an RMSNorm or LayerNorm of make_norm's) for one row of a decode step (no autograd, no autocast),
     in one C call (`gemv.Kernel.norm`: torch's CPU RMSNorm of a row is several ops) where the kernel is built,
     else (or for another module, dtype or device, or a hooked norm) the module itself; equal to float rounding."""
-    kernel = gemv.load()
-    rms = type(norm) is RMSNorm
-    if (kernel is None or not (rms or type(norm) is nn.LayerNorm) or x.numel() != x.shape[-1] or hooked(norm)
-            or x.dtype not in (torch.float32, torch.bfloat16) or x.device.type != "cpu" or torch.is_grad_enabled()
+    kernel, kind = gemv.load(), type(norm)
+    if (kernel is None or not (kind is RMSNorm or kind is nn.LayerNorm) or hooked(norm) or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")):
         return norm(x)
+    rms = kind is RMSNorm
     weight, bias = norm.weight, None if rms else norm.bias
-    if (weight is None or weight.dtype is not x.dtype or weight.device.type != "cpu"
-            or (bias is not None and bias.dtype is not x.dtype) or len(getattr(norm, "normalized_shape", (1,))) != 1):
+    if (weight is None or weight.dim() != 1 or x.numel() != weight.numel() or weight.dtype is not x.dtype
+            or x.dtype not in NORM_DTYPES or not (x.is_cpu and weight.is_cpu)
+            or (bias is not None and bias.dtype is not x.dtype)):
         return norm(x)
     return kernel.norm(x, weight, bias, norm.eps, rms)
 
@@ -175,8 +176,8 @@ class Attention(nn.Module):
         kernel = gemv.load()
         cache_k = kv_cache.k
         if (kernel is None or self.mode == "explicit" or self.training or torch.is_grad_enabled()
-                or torch.is_autocast_enabled("cpu") or x.device.type != "cpu" or cache_k.dtype is not x.dtype
-                or cache_k.device.type != "cpu"
+                or torch.is_autocast_enabled("cpu") or not x.is_cpu or cache_k.dtype is not x.dtype
+                or not cache_k.is_cpu
                 or x.dtype not in (torch.float32, torch.bfloat16) or self.head_dim > gemv.MAX_HEAD_DIM
                 or kv_cache.pos >= kv_cache.max_len):
             return None
