@@ -43,12 +43,16 @@ class Counting:
         self.calls["norm"] += 1
         return self.kernel.norm(*args)
 
-    def bind_mlp(self, *args):
-        hidden = self.kernel.bind_mlp(*args)
+    def bind_mlp(self, *args, norm=None):
+        return self._counted(self.kernel.bind_mlp(*args, norm=norm), "mlp" if norm is None else "norm+mlp")
 
+    def bind_normed(self, *args):
+        return self._counted(self.kernel.bind_normed(*args), "norm+product")
+
+    def _counted(self, call, name):
         def counted(x):
-            self.calls["mlp"] += 1
-            return hidden(x)
+            self.calls[name] += 1
+            return call(x)
 
         return counted
 
@@ -82,9 +86,10 @@ def test_decoding_step_by_step_equals_the_full_forward(kernel, monkeypatch, name
     n = min(config.context_length, 200)
     ids = torch.randint(0, config.vocab_size, (1, n))
     full, steps, calls = decode_step_by_step(model, ids, monkeypatch, kernel)
-    # every step's attention, norms (two a block, the final one) and MLPs were the C calls
+    # every step's attention (its norm in the qkv product's call), MLP (its norm in the call) and final norm were
+    # the C calls
     layers = (n - 5) * config.n_layer
-    assert calls == {"attend": layers, "norm": layers * 2 + n - 5, "mlp": layers,
+    assert calls == {"attend": layers, "norm+product": layers, "norm+mlp": layers, "norm": n - 5,
                      "rope": layers * (config.position == "rope"), "qk_norm": layers * config.qk_norm}
     # fp32: float rounding apart; bf16: a few bf16 roundings of activations of size ~1
     tol = 1e-5 if dtype == torch.float32 else 0.03

@@ -905,7 +905,8 @@ void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, lon
  * dispatch; torch's RMSNorm of one row on the CPU is several ops). These do that glue in C, in as few calls:
  * - scratchllm_norm: RMSNorm or LayerNorm (weight, optional bias, eps) of one row, fp32 or bf16 (computed in
  *   fp32 and rounded once, as torch's CPU norms round).
- * - scratchllm_mlp_hidden: the MLP's hidden activations of one row in one call: SwiGLU silu(G x + bg) * (F x + bf)
+ * - scratchllm_gemv_normed: a product whose input row is normalized first (a block's norm and the product after it).
+ * - scratchllm_mlp_hidden: the MLP's hidden activations of one row in one call (its norm first, optionally): SwiGLU silu(G x + bg) * (F x + bf)
  *   or GELU(F x + bf) (tanh form or exact), the products read as rows_dot reads them (each thread's share of
  *   the rows of F, and of G), each thread then activating its own rows. bf16: rounded to bf16 where torch's
  *   steps round (each product, silu, their product; GELU once). silu, tanh and erfc come from exp_neg (within a
@@ -989,6 +990,26 @@ void scratchllm_norm(const void *x, const void *w, const void *b, void *y, long 
     }
 }
 
+/* a norm a product applies to its input row first (scratchllm_gemv_normed, scratchllm_mlp_hidden): set once when the
+ * call is bound */
+struct row_norm {
+    const void *w, *b; /* weight, bias (or NULL), of the row's dtype */
+    void *row;         /* the normalized row (in values of the row's dtype) */
+    float eps;
+    int rms; /* RMSNorm, else LayerNorm */
+};
+
+/* y (out) = W norm(x) + b for one row x (in): the norm (scratchllm_norm), then the product (scratchllm_gemv, or
+ * scratchllm_gemv_bf16 with its `scratch`) */
+void scratchllm_gemv_normed(const void *w, const void *x, const float *b, void *y, long out, long in, int threads,
+                            float *scratch, const struct row_norm *nm, int bf16) {
+    scratchllm_norm(x, nm->w, nm->b, nm->row, in, nm->eps, nm->rms, bf16);
+    if (bf16)
+        scratchllm_gemv_bf16(w, nm->row, b, y, out, in, threads, scratch, 0);
+    else
+        scratchllm_gemv(w, nm->row, b, y, out, in, threads, 0);
+}
+
 #define ACT_SWIGLU 0
 #define ACT_GELU_TANH 1
 #define ACT_GELU 2
@@ -1019,11 +1040,15 @@ static void activate(const float *f, const float *g, void *y, long r0, long r1, 
 /* y (out) = the MLP's hidden activations of one row x (in): act ACT_SWIGLU: silu(wg x + bg) * (wf x + bf),
  * ACT_GELU_TANH / ACT_GELU: GELU(wf x + bf); weights (out, in), x and y of the dtype (bf16 when bf16), biases fp32 or
  * NULL, wg NULL for GELU. scratch: 2 * out floats, and `in` more for bf16 (the input split, as scratchllm_gemv_bf16
- * splits it). */
+ * splits it). nm: a norm applied to x first, or NULL. */
 void scratchllm_mlp_hidden(const void *wf, const float *bf, const void *wg, const float *bg, const void *x, void *y,
-                           long out, long in, int threads, float *scratch, int act, int bf16) {
+                           long out, long in, int threads, float *scratch, int act, int bf16, const struct row_norm *nm) {
     float *sf = scratch, *sg = scratch + out, *xe = scratch + 2 * out, *xo = xe + in / 2;
     float tail[2 * LANES];
+    if (nm) { /* the row normalized first, into nm->row */
+        scratchllm_norm(x, nm->w, nm->b, nm->row, in, nm->eps, nm->rms, bf16);
+        x = nm->row;
+    }
     const float *xf = x;
     if (bf16) { /* as scratchllm_gemv_bf16: the input split in even- and odd-indexed halves, the tail widened */
         const unsigned short *xb = x;

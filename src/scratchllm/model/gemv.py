@@ -98,10 +98,15 @@ class Kernel:
         self._norm = self._lib.scratchllm_norm  # (x, weight, bias, y, n, eps, rms, bf16)
         self._norm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_float, ctypes.c_int, ctypes.c_int]
         self._norm.restype = None
-        self._mlp = self._lib.scratchllm_mlp_hidden  # (wf, bf, wg, bg, x, y, out, in, threads, scratch, act, bf16)
+        # (wf, bf, wg, bg, x, y, out, in, threads, scratch, act, bf16, norm)
+        self._mlp = self._lib.scratchllm_mlp_hidden
         self._mlp.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_void_p]
-                              + [ctypes.c_int] * 2)
+                              + [ctypes.c_int] * 2 + [ctypes.c_void_p])
         self._mlp.restype = None
+        self._normed = self._lib.scratchllm_gemv_normed  # (w, x, b, y, out, in, threads, scratch, norm, bf16)
+        self._normed.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_int]
+                                 + [ctypes.c_void_p] * 2 + [ctypes.c_int])
+        self._normed.restype = None
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
         self._q8, self._q4 = self._lib.scratchllm_gemv_q8, self._lib.scratchllm_gemv_q4
         for fn in (self._q8, self._q4):  # (weights, x, y, rows, threads)
@@ -212,27 +217,25 @@ class Kernel:
         return y
 
     def bind_mlp(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, act: str,
-                 gate_weight: torch.Tensor | None = None,
-                 gate_bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                 gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
+                 norm: RowNorm | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """`hidden(x)`: an MLP's hidden activations of one row x (..., in) in one call (gemv.c's
         `scratchllm_mlp_hidden`): act "swiglu": silu(x @ gate_weight.T + gate_bias) * (x @ fc_weight.T + fc_bias);
         "gelu_tanh" or "gelu" (exact): GELU(x @ fc_weight.T + fc_bias). Weights (out, in) contiguous fp32 or bf16
-        (x of their dtype; bf16 rounded where torch's steps round), read in place; biases taken as they are now."""
+        (x of their dtype; bf16 rounded where torch's steps round), read in place; biases taken as they are now.
+        `norm`: x is normalized by it first (see `RowNorm`), in the same call."""
         act_id = MLP_ACTS.get(act)
+        if act_id is None or (act == "swiglu") != (gate_weight is not None):
+            raise ValueError(f"bind_mlp takes act one of {', '.join(MLP_ACTS)}, and a gate exactly for swiglu; got "
+                             f"act {act!r}, gate {gate_weight is not None}")
         weights = [fc_weight] + ([gate_weight] if act == "swiglu" else [])
-        dtype = fc_weight.dtype
-        if (act_id is None or (act == "swiglu") != (gate_weight is not None) or dtype not in self._fns
-                or any(w.dtype is not dtype or w.device.type != "cpu" or not w.is_contiguous()
-                       or w.shape != fc_weight.shape for w in weights)):
-            raise ValueError(f"bind_mlp takes contiguous CPU fp32 or bf16 weights of one shape, a gate exactly for "
-                             f"swiglu, act one of {', '.join(MLP_ACTS)}; got act {act!r}, fc {tuple(fc_weight.shape)} "
-                             f"{dtype}")
-        n_out, n_in = fc_weight.shape
+        dtype, (n_out, n_in) = self._check_weights(weights, "bind_mlp"), fc_weight.shape
         bf16 = dtype is torch.bfloat16
         biases = [None if b is None else b.detach().float().contiguous() for b in (fc_bias, gate_bias)]
         scratch = torch.empty(2 * n_out + (n_in if bf16 else 0), dtype=torch.float32)  # the sums, the input split
         ptrs = [None if t is None else t.data_ptr() for t in (fc_weight, biases[0], gate_weight, biases[1])]
         s_ptr, call, single = scratch.data_ptr(), self._mlp, fc_weight.numel() * len(weights) < PARALLEL_MIN
+        nm, nm_keep = (None, ()) if norm is None else norm.bind(n_in, dtype)
         num_threads = torch.get_num_threads
 
         def hidden(x: torch.Tensor) -> torch.Tensor:
@@ -243,11 +246,51 @@ class Kernel:
                 x = x.contiguous()
             y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
             call(*ptrs, x.data_ptr(), y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, act_id,
+                 int(bf16), nm)
+            return y
+
+        # the addresses above stay valid while `hidden` lives (detached views: their storage even if a
+        # parameter's .data is replaced)
+        hidden.keep_alive = (*(w.detach() for w in weights), *biases, scratch, *nm_keep)
+        return hidden
+
+    def bind_normed(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                    norm: RowNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`product(x)`: `norm(x) @ weight.T + bias` for one row x (..., in) in one call (gemv.c's
+        `scratchllm_gemv_normed`: a block's norm and the product after it), as `norm` then `bind`'s product
+        compute it. Weight (out, in) contiguous fp32 or bf16, x of its dtype; the bias taken as it is now."""
+        dtype, (n_out, n_in) = self._check_weights([weight], "bind_normed"), weight.shape
+        bf16 = dtype is torch.bfloat16
+        b32 = None if bias is None else bias.detach().float().contiguous()
+        scratch = torch.empty(n_in, dtype=torch.float32) if bf16 else None  # the row split in even/odd halves
+        w_ptr, b_ptr, s_ptr = weight.data_ptr(), None if b32 is None else b32.data_ptr(), None
+        if scratch is not None:
+            s_ptr = scratch.data_ptr()
+        nm, nm_keep = norm.bind(n_in, dtype)
+        call, single, num_threads = self._normed, weight.numel() < PARALLEL_MIN, torch.get_num_threads
+
+        def product(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
+                raise ValueError(f"gemv takes one CPU row of {n_in} of the weight's dtype ({dtype}); "
+                                 f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
+            if not x.is_contiguous():
+                x = x.contiguous()
+            y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
+            call(w_ptr, x.data_ptr(), b_ptr, y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, nm,
                  int(bf16))
             return y
 
-        hidden.keep_alive = (*weights, *biases, scratch)  # the addresses above stay valid while `hidden` lives
-        return hidden
+        product.keep_alive = (weight.detach(), b32, scratch, *nm_keep)  # (as bind_mlp's)
+        return product
+
+    def _check_weights(self, weights: list[torch.Tensor], what: str) -> torch.dtype:
+        """The dtype of `weights`, contiguous CPU fp32 or bf16 matrices of one dtype and shape; else a ValueError."""
+        first = weights[0]
+        if first.dtype not in self._fns or any(w.dtype is not first.dtype or not w.is_cpu or not w.is_contiguous()
+                                               or w.shape != first.shape or w.dim() != 2 for w in weights):
+            raise ValueError(f"{what} takes contiguous CPU fp32 or bf16 weights of one shape and dtype; got "
+                             + ", ".join(f"{tuple(w.shape)} {w.dtype} on {w.device}" for w in weights))
+        return first.dtype
 
     def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
                 isa: str | None = None, rows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -303,6 +346,32 @@ class Kernel:
 
         product.keep_alive = (*tensors, b32, scratch, weights)  # the addresses above stay valid while it lives
         return product
+
+
+class RowNorm:
+    """A norm that a bound product applies to its input row first (`Kernel.bind_normed`, `Kernel.bind_mlp`): RMSNorm
+    (`rms`) or LayerNorm with `weight` (n,), `bias` (n,) or None, `eps`; computed as `Kernel.norm` computes it."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool) -> None:
+        self.weight, self.bias, self.eps, self.rms = weight, bias, eps, rms
+
+    def bind(self, n: int, dtype: torch.dtype) -> tuple[int, tuple]:
+        """gemv.c's `struct row_norm` for rows of `n` values of `dtype`: its address, and what keeps it valid."""
+        w, b = self.weight.detach(), None if self.bias is None else self.bias.detach()
+        if any(t is not None and (t.dtype is not dtype or t.numel() != n or not t.is_cpu or not t.is_contiguous())
+               for t in (w, b)):
+            raise ValueError(f"a norm of rows of {n} {dtype} takes contiguous CPU weight and bias of that size and "
+                             f"dtype; got weight {tuple(w.shape)} {w.dtype}")
+        row = torch.empty(n, dtype=dtype)  # the normalized row, which the product reads
+        s = _RowNorm(w.data_ptr(), None if b is None else b.data_ptr(), row.data_ptr(), self.eps, int(self.rms))
+        return ctypes.addressof(s), (w, b, row, s)
+
+
+class _RowNorm(ctypes.Structure):
+    """gemv.c's `struct row_norm`."""
+
+    _fields_ = [("w", ctypes.c_void_p), ("b", ctypes.c_void_p), ("row", ctypes.c_void_p), ("eps", ctypes.c_float),
+                ("rms", ctypes.c_int)]
 
 
 class _QWeights(ctypes.Structure):

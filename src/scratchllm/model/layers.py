@@ -4,12 +4,12 @@ Each class holds parameters and calls torch's fast kernels (or, for attention="e
 "auto" finds it faster, the written-out math of `model.functional`, imported as `ops` so it never
 reads like torch's `F`). `explicit_attention` is the one statement of which attention path runs;
 a batch-1 decode step (one row, a KV cache, no autograd) takes a shorter road through the same modules
-and parameters where scratchllm's C kernel is built (`Block.decode_one`): each norm one C call
-(`norm_row`), attention the `qkv` product and one C call for QK-norm, RoPE, the cache and the heads
-(`Attention.attend_one`), the MLP's products and activation one call (`MLP.hidden_one`), residuals added
-inside the projections; tested equal to the general path. `explicit_attention` is also what the training
-memory estimate (`train.pretrain`) asks. The book's hand-written teaching
-versions live in `scratchllm.steps` and are tested equal to these.
+and parameters where scratchllm's C kernel is built (`Block.decode_one`): attention the norm and `qkv`
+product in one C call (`normed_product`) and one more for QK-norm, RoPE, the cache and the heads
+(`Attention.attend_one`), the MLP's norm, products and activation one call (`MLP.hidden_one`), residuals
+added inside the projections, the final norm one call (`norm_row`); tested equal to the general path.
+`explicit_attention` is also what the training memory estimate (`train.pretrain`) asks. The book's
+hand-written teaching versions live in `scratchllm.steps` and are tested equal to these.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from scratchllm.model.fast_linear import FastLinear, linear_plus
 # weights cost more memory than the speed is worth (see `explicit_attention`).
 AUTO_EXPLICIT_MAX_KEYS = 512
 NORM_DTYPES = (torch.float32, torch.bfloat16)  # the rows `norm_row` takes to the C kernel
-# `MLP.hidden_one`'s bound C calls, by the FastLinear `fc` they read (with a reference to the `gate` they read):
-# an entry lives as long as that FastLinear (one `fast_linears` context), as its own bound product does.
+# The decode step's bound C calls (`normed_product`, `MLP.hidden_one`), by the FastLinear they read (`qkv`, `fc`), with
+# weak references to the other modules they read (the norm, the gate): an entry lives as long as that FastLinear (one
+# `fast_linears` context), as its own bound product does.
+_NORMED_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MLP_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -91,17 +93,38 @@ def norm_row(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`norm(x)` (an RMSNorm or LayerNorm of make_norm's) for one row of a decode step (no autograd, no autocast),
     in one C call (`gemv.Kernel.norm`: torch's CPU RMSNorm of a row is several ops) where the kernel is built,
     else (or for another module, dtype or device, or a hooked norm) the module itself; equal to float rounding."""
-    kernel, kind = gemv.load(), type(norm)
-    if (kernel is None or not (kind is RMSNorm or kind is nn.LayerNorm) or hooked(norm) or torch.is_grad_enabled()
-            or torch.is_autocast_enabled("cpu")):
+    kernel = gemv.load()
+    if kernel is None or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
         return norm(x)
-    rms = kind is RMSNorm
-    weight, bias = norm.weight, None if rms else norm.bias
+    params = kernel_norm(norm, x)
+    return norm(x) if params is None else kernel.norm(x, params.weight, params.bias, params.eps, params.rms)
+
+
+def kernel_norm(norm: nn.Module, x: torch.Tensor) -> gemv.RowNorm | None:
+    """`norm` as the C kernel computes it for the one row `x`: make_norm's RMSNorm or LayerNorm, unhooked, with
+    contiguous CPU parameters of x's dtype and size (fp32 or bf16); else None."""
+    kind = type(norm)
+    if not (kind is RMSNorm or kind is nn.LayerNorm) or hooked(norm):
+        return None
+    weight, bias = norm.weight, None if kind is RMSNorm else norm.bias
     if (weight is None or weight.dim() != 1 or x.numel() != weight.numel() or weight.dtype is not x.dtype
-            or x.dtype not in NORM_DTYPES or not (x.is_cpu and weight.is_cpu)
-            or (bias is not None and bias.dtype is not x.dtype)):
-        return norm(x)
-    return kernel.norm(x, weight, bias, norm.eps, rms)
+            or x.dtype not in NORM_DTYPES or not (x.is_cpu and weight.is_cpu and weight.is_contiguous())
+            or (bias is not None and (bias.dtype is not x.dtype or not (bias.is_cpu and bias.is_contiguous())))):
+        return None
+    return gemv.RowNorm(weight, bias, norm.eps, kind is RMSNorm)
+
+
+def normed_product(norm: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(norm(x))` for one row of a decode step (no autograd, no autocast: the caller checked): one C call
+    (`gemv.Kernel.bind_normed`, bound once per FastLinear) where `layer` runs through the kernel (a FastLinear of
+    x's dtype) and `kernel_norm` takes `norm`; else `norm_row`, then `layer`. Equal to float rounding."""
+    entry = _NORMED_CALLS.get(layer) if type(layer) is FastLinear else None
+    if entry is None or entry[0]() is not norm or hooked(norm):
+        params = kernel_norm(norm, x)
+        if params is None or not (type(layer) is FastLinear and layer.product is not None and layer.dtype is x.dtype):
+            return layer(norm_row(norm, x))
+        entry = _NORMED_CALLS[layer] = (weakref.ref(norm), gemv.load().bind_normed(layer.weight, layer.bias, params))
+    return entry[1](x)
 
 
 class Attention(nn.Module):
@@ -166,11 +189,13 @@ class Attention(nn.Module):
         y = ops.merge_heads(y)  # (B, T, n_head * head_dim)
         return self.proj(y)
 
-    def attend_one(self, x: torch.Tensor, rope, kv_cache, layer: int) -> torch.Tensor | None:
-        """A batch-1 decode step's attention: the `qkv` product, then one C call (`gemv.Kernel.attend`) that puts
-        the new query and key heads through QK-norm and RoPE (when the model has them), writes the new position's
-        keys and values into the cache in place and lets the query's heads attend over it; the heads' output
-        (1, 1, n_head * head_dim), before `proj`. None where that call does not apply (no kernel, autograd or
+    def attend_one(self, x: torch.Tensor, rope, kv_cache, layer: int,
+                   norm: nn.Module | None = None) -> torch.Tensor | None:
+        """A batch-1 decode step's attention: the `qkv` product (of `norm(x)` when a norm is given, the block's: in
+        the same call, `normed_product`), then one C call (`gemv.Kernel.attend`) that puts the new query and key
+        heads through QK-norm and RoPE (when the model has them), writes the new position's keys and values into
+        the cache in place and lets the query's heads attend over it; the heads' output (1, 1, n_head * head_dim),
+        before `proj`. None where that call does not apply (no kernel, autograd or
         autocast on, a forced "explicit" mode, another dtype or device in the cache or the tables): `forward` then
         runs the general path, which gives the same numbers to float rounding (tested)."""
         kernel = gemv.load()
@@ -196,7 +221,8 @@ class Attention(nn.Module):
                     or sin.numel() != d or not (cos.is_contiguous() and sin.is_contiguous())):
                 return None
             tables = dict(cos=cos.data_ptr(), sin=sin.data_ptr(), table_bf16=cos.dtype is torch.bfloat16)
-        qkv = self.qkv(x).contiguous()  # (1, 1, (n_head + 2 n_kv_head) head_dim): queries, keys, values, by head
+        qkv = self.qkv(x) if norm is None else normed_product(norm, self.qkv, x)
+        qkv = qkv.contiguous()  # (1, 1, (n_head + 2 n_kv_head) head_dim): queries, keys, values, head after head
         el, base = qkv.element_size(), qkv.data_ptr()
         k_cache, v_cache, head_stride = kv_cache.addresses(layer)
         y = torch.empty(1, 1, h * d, dtype=x.dtype)
@@ -227,23 +253,26 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.hidden(x))
 
-    def hidden_one(self, x: torch.Tensor) -> torch.Tensor:
-        """`hidden` for one row of a decode step (no autograd, no autocast): where `fc` (and `gate`) run through
-        the C kernel (FastLinears of x's dtype, see model.fast_linear), their products and the activation in one
-        call (`gemv.Kernel.bind_mlp`, bound once per FastLinear); else `hidden`. Equal to float rounding."""
+    def hidden_one(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """`hidden(norm(x))` (`norm` None: `hidden(x)`) for one row of a decode step (no autograd, no autocast):
+        where `fc` (and `gate`) run through the C kernel (FastLinears of x's dtype, see model.fast_linear) and
+        `kernel_norm` takes `norm`, the norm, the products and the activation in one call (`gemv.Kernel.bind_mlp`,
+        bound once per FastLinear); else `norm_row`, then `hidden`. Equal to float rounding."""
         fc = self.fc
         gate = self.gate if self.swiglu else None
         entry = _MLP_CALLS.get(fc) if type(fc) is FastLinear else None
-        if entry is None or entry[0]() is not gate:
-            if not (type(fc) is FastLinear and fc.product is not None and fc.dtype is x.dtype
+        if entry is None or entry[0]() is not gate or entry[1]() is not norm or (norm is not None and hooked(norm)):
+            params = None if norm is None else kernel_norm(norm, x)
+            if (norm is not None and params is None) or not (
+                    type(fc) is FastLinear and fc.product is not None and fc.dtype is x.dtype
                     and (gate is None or (type(gate) is FastLinear and gate.product is not None
                                           and gate.dtype is x.dtype))):
-                return self.hidden(x)
+                return self.hidden(x if norm is None else norm_row(norm, x))
             act = "swiglu" if self.swiglu else "gelu" if self.approximate == "none" else "gelu_tanh"
             call = gemv.load().bind_mlp(fc.weight, fc.bias, act, None if gate is None else gate.weight,
-                                        None if gate is None else gate.bias)
-            entry = _MLP_CALLS[fc] = (_ref(gate), call)
-        return entry[1](x)
+                                        None if gate is None else gate.bias, norm=params)
+            entry = _MLP_CALLS[fc] = (_ref(gate), _ref(norm), call)
+        return entry[2](x)
 
 
 class Block(nn.Module):
@@ -269,17 +298,17 @@ class Block(nn.Module):
 
     def decode_one(self, x: torch.Tensor, rope, kv_cache, layer: int) -> torch.Tensor | None:
         """`forward` for a batch-1 decode step (one row, a KV cache, eval), with fewer calls, each through the
-        same modules and parameters: the norms one C call each (`norm_row`); attention the `qkv` product and one
-        C call (`Attention.attend_one`: QK-norm, RoPE, the cache, the heads); the MLP's products and activation
-        one call (`MLP.hidden_one`); each residual added by the kernel as it writes the projection
+        same modules and parameters: attention `norm1` and the `qkv` product in one C call, then one more for
+        QK-norm, RoPE, the cache and the heads (`Attention.attend_one`); `norm2`, the MLP's products and its
+        activation one call (`MLP.hidden_one`); each residual added by the kernel as it writes the projection
         (`fast_linear.linear_plus`; the second in place, into the block's own new tensor). None (nothing
         done) where the attention call does not apply or a hook watches the attention or the MLP (whose
         forwards this skips): `forward` then runs the general path, equal to float rounding (tested)."""
         attn, mlp = self.attn, self.mlp
         if hooked(attn) or hooked(mlp):
             return None
-        y = attn.attend_one(norm_row(self.norm1, x), rope, kv_cache, layer)  # (1, 1, n_head * head_dim)
+        y = attn.attend_one(x, rope, kv_cache, layer, norm=self.norm1)  # (1, 1, n_head * head_dim)
         if y is None:
             return None
         x = linear_plus(attn.proj, y, x)  # x + proj(y): a new tensor (the caller's x is left as it was)
-        return linear_plus(mlp.proj, mlp.hidden_one(norm_row(self.norm2, x)), x, in_place=True)
+        return linear_plus(mlp.proj, mlp.hidden_one(x, norm=self.norm2), x, in_place=True)
