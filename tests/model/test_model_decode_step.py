@@ -252,3 +252,47 @@ def test_attend_with_qk_norm_and_rope_equals_the_general_steps(kernel, dtype, he
     else:  # the key stored as the general path rounds it (but for a rare last-bit tie)
         assert (k_cache != keys).float().mean().item() <= 0.02 and torch.equal(v_cache, values)
         assert (y.float() - want).abs().max().item() <= 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rms", [True, False])
+def test_a_norm_inside_the_product_equals_the_norm_then_the_product(kernel, dtype, rms):
+    g = torch.Generator().manual_seed(7)
+    n_in, out = 200, 300
+    x = (torch.randn(1, 1, n_in, generator=g) * 2 + 0.3).to(dtype)
+    nw, nb = (torch.rand(n_in, generator=g) + 0.5).to(dtype), torch.randn(n_in, generator=g).to(dtype)
+    nb = None if rms else nb
+    w, b = torch.randn(out, n_in, generator=g).to(dtype), torch.randn(out, generator=g).to(dtype)
+    norm = gemv.RowNorm(nw, nb, 1e-5, rms)
+    want = kernel.bind(w, b)(kernel.norm(x, nw, nb, 1e-5, rms))  # the two calls, each tested against torch
+    assert torch.equal(kernel.bind_normed(w, b, norm)(x), want)
+    wg = torch.randn(out, n_in, generator=g).to(dtype)
+    want = kernel.bind_mlp(w, b, "swiglu", wg)(kernel.norm(x, nw, nb, 1e-5, rms))
+    assert torch.equal(kernel.bind_mlp(w, b, "swiglu", wg, norm=norm)(x), want)
+    with pytest.raises(ValueError, match="a norm of rows of 200"):
+        kernel.bind_normed(w, b, gemv.RowNorm(nw[:-1], None, 1e-5, True))
+
+
+def test_hooks_on_a_norm_see_the_decode_step(kernel, monkeypatch):
+    """A hook on a block's norm (or the final one) still runs when decoding: the step leaves that norm to its module,
+    with the same numbers."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**CONFIGS["llama"])).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        want = model(ids)[:, -1]
+    seen = []
+    handles = [m.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+               for m in (model.blocks[0].norm1, model.blocks[1].norm2, model.norm_f)]
+    try:
+        with torch.inference_mode(), P.fast_linears(model, rows=1):
+            cache = model.new_kv_cache(1)
+            model(ids[:, :3], kv_cache=cache)
+            seen.clear()
+            got = model(ids[:, 3:], kv_cache=cache)[:, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == [(1, 1, 64)] * 3
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
