@@ -76,7 +76,7 @@ class GPT(nn.Module):
         else:
             cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (B, T, head_dim)
             rope = (cos[:, None], sin[:, None])  # (B, 1, T, head_dim)
-        x = self.drop(x)
+        x = self.drop(x) if self.training else x  # eval: no dropout call (decoding counts every op)
         mask = self._mask(t, start, attention_mask, idx.device)
         for i, block in enumerate(self.blocks):
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
