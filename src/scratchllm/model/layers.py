@@ -121,7 +121,8 @@ def normed_product(norm: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.
     entry = _NORMED_CALLS.get(layer) if type(layer) is FastLinear else None
     if entry is None or entry[0]() is not norm or hooked(norm):
         params = kernel_norm(norm, x)
-        if params is None or not (type(layer) is FastLinear and layer.product is not None and layer.dtype is x.dtype):
+        if params is None or not (type(layer) is FastLinear and layer.product is not None and layer.dtype is x.dtype
+                                  and layer.weight.is_contiguous()):  # (out, in) as stored: what the call reads
             return layer(norm_row(norm, x))
         entry = _NORMED_CALLS[layer] = (weakref.ref(norm), gemv.load().bind_normed(layer.weight, layer.bias, params))
     return entry[1](x)
@@ -263,10 +264,9 @@ class MLP(nn.Module):
         entry = _MLP_CALLS.get(fc) if type(fc) is FastLinear else None
         if entry is None or entry[0]() is not gate or entry[1]() is not norm or (norm is not None and hooked(norm)):
             params = None if norm is None else kernel_norm(norm, x)
-            if (norm is not None and params is None) or not (
-                    type(fc) is FastLinear and fc.product is not None and fc.dtype is x.dtype
-                    and (gate is None or (type(gate) is FastLinear and gate.product is not None
-                                          and gate.dtype is x.dtype))):
+            if (norm is not None and params is None) or not all(
+                    type(m) is FastLinear and m.product is not None and m.dtype is x.dtype
+                    and m.weight.is_contiguous() for m in (fc, gate) if m is not None):  # (out, in) as the call reads
                 return self.hidden(x if norm is None else norm_row(norm, x))
             act = "swiglu" if self.swiglu else "gelu" if self.approximate == "none" else "gelu_tanh"
             call = gemv.load().bind_mlp(fc.weight, fc.bias, act, None if gate is None else gate.weight,
