@@ -72,9 +72,6 @@ ISA_ENV = "SCRATCHLLM_KERNEL_ISA"  # forces a path (tests, comparisons); unset: 
 # start, more than two threads save on a matrix this small (it sits in the caches).
 PARALLEL_MIN = 2**16
 MAX_HEAD_DIM = 512  # the longest head `attend` takes (gemv.c's MAX_HEAD_DIM: its per-head buffers)
-# Cached keys x query heads x head_dim under which `attend` runs on one thread: for a short cache the thread team
-# costs more than sharing the heads saves (as PARALLEL_MIN for the products).
-ATTEND_PARALLEL_MIN = 3 * 2**13
 QBLOCK = 32  # inputs per quantized block of the input row (gemv.c's QBLOCK, llama.cpp's q8_0 block)
 MLP_ACTS = {"swiglu": 0, "gelu_tanh": 1, "gelu": 2}  # `bind_mlp`'s activations, by gemv.c's number (ACT_*)
 
@@ -199,9 +196,8 @@ class Kernel:
         weights, head_dim values of the rows' dtype; `eps`) are given, then RoPE when `cos` and `sin` (the
         position's rows of the tables, head_dim values, bf16 when `table_bf16` else fp32) are: what
         model.layers' general path does to them, rounded as it rounds."""
-        threads = 1 if (pos + 1) * n_head * head_dim < ATTEND_PARALLEL_MIN else torch.get_num_threads()
         if self._attend(q, k, v, k_cache, v_cache, y, n_head, n_kv_head, head_dim, pos, head_stride, int(bf16),
-                        threads, q_norm, k_norm, eps, cos, sin, int(table_bf16)):
+                        torch.get_num_threads(), q_norm, k_norm, eps, cos, sin, int(table_bf16)):
             raise ValueError(f"attend takes heads of at most {MAX_HEAD_DIM} values; got {head_dim}")
 
     def norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
