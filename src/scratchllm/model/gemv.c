@@ -25,7 +25,8 @@
  * scratchllm_attend is the other half of a decode step: one new query per head attending over a
  * KV cache (the keys and values written into it first, after QK-norm and RoPE when the model has them),
  * for fp32 and bf16 caches. The last section is the glue between the products: one row's RMSNorm or
- * LayerNorm (scratchllm_norm), and an MLP's products with its activation in one call (SwiGLU, GELU:
+ * LayerNorm (scratchllm_norm), a product whose input row is normalized first (scratchllm_gemv_normed),
+ * and an MLP's products with its activation, its norm first, in one call (SwiGLU, GELU:
  * scratchllm_mlp_hidden).
  *
  * Sums run lane by lane and the lanes are then folded together: the result equals F.linear's up to
@@ -899,18 +900,20 @@ void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, lon
     }
 }
 
-/* ---- the glue of a batch-1 decode step: a row's norm, the MLP's activation inside its products ----
+/* ---- the glue of a batch-1 decode step: a row's norm and the MLP's activation, inside the products' calls ----
  *
  * At batch 1 a small model's products take a few microseconds each, and so does each torch op between them (a
  * dispatch; torch's RMSNorm of one row on the CPU is several ops). These do that glue in C, in as few calls:
  * - scratchllm_norm: RMSNorm or LayerNorm (weight, optional bias, eps) of one row, fp32 or bf16 (computed in
  *   fp32 and rounded once, as torch's CPU norms round).
- * - scratchllm_gemv_normed: a product whose input row is normalized first (a block's norm and the product after it).
- * - scratchllm_mlp_hidden: the MLP's hidden activations of one row in one call (its norm first, optionally): SwiGLU silu(G x + bg) * (F x + bf)
- *   or GELU(F x + bf) (tanh form or exact), the products read as rows_dot reads them (each thread's share of
- *   the rows of F, and of G), each thread then activating its own rows. bf16: rounded to bf16 where torch's
- *   steps round (each product, silu, their product; GELU once). silu, tanh and erfc come from exp_neg (within a
- *   few fp32 ulp of libm's; erfc by Numerical Recipes' erfcc, within 1.2e-7 relative). */
+ * - scratchllm_gemv_normed: a product whose input row is normalized first (a block's norm and the product
+ *   after it), as the two calls would compute it.
+ * - scratchllm_mlp_hidden: the MLP's hidden activations of one row in one call (its norm first, optionally):
+ *   SwiGLU silu(G x + bg) * (F x + bf) or GELU(F x + bf) (tanh form or exact), the products read as rows_dot
+ *   reads them (each thread's share of the rows of F, and of G), each thread then activating its own rows.
+ *   bf16: rounded to bf16 where torch's steps round (each product, silu, their product; GELU once). silu, tanh
+ *   and erfc come from exp_neg (within a few fp32 ulp of libm's; erfc by Numerical Recipes' erfcc, within
+ *   1.2e-7 relative). */
 
 static inline vec select_vec(int_vec m, vec a, vec b) { /* m ? a : b, lane by lane */
     return (vec)(((int_vec)a & m) | ((int_vec)b & ~m));
@@ -1042,7 +1045,8 @@ static void activate(const float *f, const float *g, void *y, long r0, long r1, 
  * NULL, wg NULL for GELU. scratch: 2 * out floats, and `in` more for bf16 (the input split, as scratchllm_gemv_bf16
  * splits it). nm: a norm applied to x first, or NULL. */
 void scratchllm_mlp_hidden(const void *wf, const float *bf, const void *wg, const float *bg, const void *x, void *y,
-                           long out, long in, int threads, float *scratch, int act, int bf16, const struct row_norm *nm) {
+                           long out, long in, int threads, float *scratch, int act, int bf16,
+                           const struct row_norm *nm) {
     float *sf = scratch, *sg = scratch + out, *xe = scratch + 2 * out, *xo = xe + in / 2;
     float tail[2 * LANES];
     if (nm) { /* the row normalized first, into nm->row */

@@ -196,9 +196,9 @@ class Attention(nn.Module):
         the same call, `normed_product`), then one C call (`gemv.Kernel.attend`) that puts the new query and key
         heads through QK-norm and RoPE (when the model has them), writes the new position's keys and values into
         the cache in place and lets the query's heads attend over it; the heads' output (1, 1, n_head * head_dim),
-        before `proj`. None where that call does not apply (no kernel, autograd or
-        autocast on, a forced "explicit" mode, another dtype or device in the cache or the tables): `forward` then
-        runs the general path, which gives the same numbers to float rounding (tested)."""
+        before `proj`. None where that call does not apply (no kernel, autograd or autocast on, a forced "explicit"
+        mode, another dtype or device in the cache or the tables, a hooked QK-norm): `forward` then runs the
+        general path, which gives the same numbers to float rounding (tested)."""
         kernel = gemv.load()
         cache_k = kv_cache.k
         if (kernel is None or self.mode == "explicit" or self.training or torch.is_grad_enabled()
