@@ -25,14 +25,22 @@ MID = dict(n_layer=2, n_head=8, n_embd=1024, context_length=64, vocab_size=600, 
 
 
 class Counting:
-    """Wraps a kernel and counts the calls of the products it binds."""
+    """Wraps a kernel and counts the calls of the products it binds (an MLP's products with their activation, which
+    a decode step binds on its `fc` layer, count as one: that of `fc`; a norm and the product after it as one)."""
 
     def __init__(self, kernel):
         self.kernel, self.calls = kernel, 0
 
     def bind(self, weight, bias=None):
-        product = self.kernel.bind(weight, bias)
+        return self._counted(self.kernel.bind(weight, bias))
 
+    def bind_mlp(self, *args, **kwargs):
+        return self._counted(self.kernel.bind_mlp(*args, **kwargs))
+
+    def bind_normed(self, *args):  # a product whose input a norm normalizes first (in the same call)
+        return self._counted(self.kernel.bind_normed(*args))
+
+    def _counted(self, product):
         def counted(x, *args, **kwargs):
             self.calls += 1
             return product(x, *args, **kwargs)

@@ -27,7 +27,11 @@
  * the rows and sums them, scaled by their inputs, into a partial output row (see its section).
  *
  * scratchllm_attend is the other half of a decode step: one new query per head attending over a
- * KV cache (the keys and values written into it first), for fp32 and bf16 caches.
+ * KV cache (the keys and values written into it first, after QK-norm and RoPE when the model has them),
+ * for fp32 and bf16 caches. The last section is the glue between the products: one row's RMSNorm or
+ * LayerNorm (scratchllm_norm), a product whose input row is normalized first (scratchllm_gemv_normed),
+ * and an MLP's products with its activation, its norm first, in one call (SwiGLU, GELU:
+ * scratchllm_mlp_hidden).
  *
  * Sums run lane by lane and the lanes are then folded together: the result equals F.linear's up to
  * float rounding (another order of the same sums).
@@ -372,7 +376,13 @@ void scratchllm_gemv_t_bf16(const unsigned short *w, const unsigned short *x, co
  * y_h = softmax(q_h K^T / sqrt(head_dim)) V, computed in fp32, keys taken in chunks of CHUNK (scores of a
  * chunk, then the running maximum and sum rescaled: the online softmax of flash attention). y is written
  * head after head (n_head * head_dim), in the cache's dtype (bf16: rounded once, at the end). Heads are
- * shared between threads. */
+ * shared between threads.
+ *
+ * Before that, each new query and key head may go through Qwen3's QK-norm (an RMSNorm over the head, one
+ * weight of head_dim shared by the heads: q_norm for queries, k_norm for keys) and then RoPE (the rotate-half
+ * convention of model.functional.apply_rope: v cos + rotate_half(v) sin, with the position's rows of the
+ * model's cos and sin tables), with the roundings the general path makes: in a bf16 model the norm rounds
+ * once, and each product and the sum of RoPE round to bf16 when the tables are bf16 (fp32 tables: once). */
 #define CHUNK 128
 #define MAX_HEAD_DIM 512
 
@@ -423,17 +433,53 @@ static inline __attribute__((always_inline)) float key_dot(const float *qh, cons
     return dot;
 }
 
+/* what happens to a new query or key head before attention (see above): QK-norm weight and RoPE rows, or NULL */
+struct head_prep {
+    const void *norm; /* QK-norm weight (head_dim) of the row's dtype, or NULL */
+    float eps;
+    const void *cos, *sin; /* the position's RoPE rows (head_dim), or NULL */
+    int table_bf16;        /* cos and sin are bf16 (else fp32) */
+};
+
+/* v[0..d): one head's values (of the row's dtype, widened), through QK-norm and RoPE as `p` says, rounded as
+ * the general path rounds (bf16 rows: see the section's header) */
+static void prep_head(float *v, long d, const struct head_prep *p, int bf16) {
+    if (p->norm) {
+        float ss = 0.0f;
+        for (long i = 0; i < d; i++) ss += v[i] * v[i];
+        float r = 1.0f / __builtin_sqrtf(ss / (float)d + p->eps);
+        for (long i = 0; i < d; i++) {
+            float t = v[i] * r * load_val(p->norm, i, bf16);
+            v[i] = bf16 ? round_bf16(t) : t;
+        }
+    }
+    if (p->cos) {
+        float t[MAX_HEAD_DIM];
+        long half = d / 2;
+        int steps = bf16 && p->table_bf16; /* bf16 * bf16 tables: each product and the sum rounded */
+        for (long i = 0; i < d; i++) {
+            float rot = i < half ? -v[i + half] : v[i - half];
+            float a = v[i] * load_val(p->cos, i, p->table_bf16), b = rot * load_val(p->sin, i, p->table_bf16);
+            t[i] = steps ? round_bf16(a) + round_bf16(b) : a + b;
+        }
+        for (long i = 0; i < d; i++) v[i] = bf16 ? round_bf16(t[i]) : t[i];
+    }
+}
+
 /* one head; `bf16` is a constant at each call (the compiler makes a copy of the loops for each dtype) */
 static inline __attribute__((always_inline)) void attend_head(const void *q, const void *kc, const void *vc,
                                                               void *y, long h, long g, long d, long n_keys,
-                                                              long head_stride, float scale, const int bf16) {
+                                                              long head_stride, float scale,
+                                                              const struct head_prep *prep, const int bf16) {
     float qh[MAX_HEAD_DIM] __attribute__((aligned(64))), acc[MAX_HEAD_DIM] __attribute__((aligned(64)));
     float s[CHUNK] __attribute__((aligned(64)));
     long dv = d / LANES * LANES; /* columns done by vectors; the rest one by one */
     for (long i = 0; i < d; i++) {
-        qh[i] = load_val(q, h * d + i, bf16) * scale;
+        qh[i] = load_val(q, h * d + i, bf16);
         acc[i] = 0.0f;
     }
+    if (prep) prep_head(qh, d, prep, bf16);
+    for (long i = 0; i < d; i++) qh[i] *= scale;
     float m = -__builtin_inff(), l = 0.0f;
     long base = g * head_stride;
     for (long j0 = 0; j0 < n_keys; j0 += CHUNK) {
@@ -486,25 +532,44 @@ static inline __attribute__((always_inline)) void attend_head(const void *q, con
     }
 }
 
-/* returns 0, or -1 when head_dim is larger than MAX_HEAD_DIM (nothing is done) */
+/* returns 0, or -1 when head_dim is larger than MAX_HEAD_DIM (nothing is done). q_norm, k_norm: QK-norm weights
+ * (head_dim, the row's dtype) or NULL; cos, sin: the position's RoPE rows (head_dim; bf16 when table_bf16, else
+ * fp32) or NULL (see the section's header) */
 int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, void *vc, void *y, long n_head,
-                      long n_kv_head, long head_dim, long pos, long head_stride, int bf16, int threads) {
+                      long n_kv_head, long head_dim, long pos, long head_stride, int bf16, int threads,
+                      const void *q_norm, const void *k_norm, float eps, const void *cos, const void *sin,
+                      int table_bf16) {
     if (head_dim > MAX_HEAD_DIM) return -1;
     long el = bf16 ? 2 : 4, rep = n_head / n_kv_head;
+    struct head_prep qp = {q_norm, eps, cos, sin, table_bf16}, kp = {k_norm, eps, cos, sin, table_bf16};
+    int prep = q_norm || k_norm || cos;
     for (long g = 0; g < n_kv_head; g++) { /* the new position's keys and values into the cache */
-        memcpy((char *)kc + (g * head_stride + pos * head_dim) * el, (const char *)k + g * head_dim * el,
-               head_dim * el);
+        char *kd = (char *)kc + (g * head_stride + pos * head_dim) * el;
+        if (prep) { /* the key head through QK-norm and RoPE, then stored in the cache's dtype */
+            float t[MAX_HEAD_DIM];
+            for (long i = 0; i < head_dim; i++) t[i] = load_val(k, g * head_dim + i, bf16);
+            prep_head(t, head_dim, &kp, bf16);
+            for (long i = 0; i < head_dim; i++) {
+                if (bf16)
+                    ((unsigned short *)kd)[i] = float_to_bf16(t[i]);
+                else
+                    ((float *)kd)[i] = t[i];
+            }
+        } else {
+            memcpy(kd, (const char *)k + g * head_dim * el, head_dim * el);
+        }
         memcpy((char *)vc + (g * head_stride + pos * head_dim) * el, (const char *)v + g * head_dim * el,
                head_dim * el);
     }
     float scale = 1.0f / __builtin_sqrtf((float)head_dim);
+    const struct head_prep *qpp = prep ? &qp : 0;
     if (threads > n_head) threads = (int)n_head;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (long h = 0; h < n_head; h++) {
         if (bf16)
-            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, 1);
+            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, qpp, 1);
         else
-            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, 0);
+            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, qpp, 0);
     }
     return 0;
 }
@@ -951,6 +1016,188 @@ void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, lon
 #endif
                     q4_block_c(wk, sk, zk, in, group, t, &qi, bk, yk);
             }
+        }
+    }
+}
+
+/* ---- the glue of a batch-1 decode step: a row's norm and the MLP's activation, inside the products' calls ----
+ *
+ * At batch 1 a small model's products take a few microseconds each, and so does each torch op between them (a
+ * dispatch; torch's RMSNorm of one row on the CPU is several ops). These do that glue in C, in as few calls:
+ * - scratchllm_norm: RMSNorm or LayerNorm (weight, optional bias, eps) of one row, fp32 or bf16 (computed in
+ *   fp32 and rounded once, as torch's CPU norms round).
+ * - scratchllm_gemv_normed: a product whose input row is normalized first (a block's norm and the product
+ *   after it), as the two calls would compute it.
+ * - scratchllm_mlp_hidden: the MLP's hidden activations of one row in one call (its norm first, optionally):
+ *   SwiGLU silu(G x + bg) * (F x + bf) or GELU(F x + bf) (tanh form or exact), the products read as rows_dot
+ *   reads them (each thread's share of the rows of F, and of G), each thread then activating its own rows.
+ *   bf16: rounded to bf16 where torch's steps round (each product, silu, their product; GELU once). silu, tanh
+ *   and erfc come from exp_neg (within a few fp32 ulp of libm's; erfc by Numerical Recipes' erfcc, within
+ *   1.2e-7 relative). */
+
+static inline vec select_vec(int_vec m, vec a, vec b) { /* m ? a : b, lane by lane */
+    return (vec)(((int_vec)a & m) | ((int_vec)b & ~m));
+}
+
+static inline vec abs_vec(vec v) { return (vec)((int_vec)v & 0x7FFFFFFF); }
+
+static inline vec copysign_vec(vec mag, vec sign) {
+    return (vec)(((int_vec)mag & 0x7FFFFFFF) | ((int_vec)sign & (int)0x80000000u));
+}
+
+static inline vec silu_vec(vec g) { /* g / (1 + e^-g), from e^-|g| (never overflows) */
+    vec t = exp_neg(-abs_vec(g));
+    return select_vec(g < 0, g * t, g) / (1.0f + t);
+}
+
+static inline vec gelu_tanh_vec(vec x) { /* 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) */
+    vec u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    vec t = exp_neg(-2.0f * abs_vec(u)); /* tanh |u| = (1 - e^-2|u|) / (1 + e^-2|u|) */
+    return 0.5f * x * (1.0f + copysign_vec((1.0f - t) / (1.0f + t), u));
+}
+
+/* 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2), erfc(z) for z = |x| / sqrt 2 >= 0 by Numerical Recipes'
+ * erfcc (relative error below 1.2e-7: no cancellation in the negative tail), erfc(-z) = 2 - erfc(z) */
+static inline vec gelu_exact_vec(vec x) {
+    vec z = abs_vec(x) * 0.7071067811865476f;
+    vec t = 1.0f / (1.0f + 0.5f * z);
+    vec p = t * 0.17087277f - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    vec erfc = t * exp_neg(p * t - 1.26551223f - z * z);
+    return 0.5f * x * select_vec(x < 0, erfc, 2.0f - erfc);
+}
+
+static inline vec round_bf16_vec(vec v) { /* float_to_bf16 then back, LANES at once */
+    word_vec w = (word_vec)v;
+    word_vec nan = (word_vec)((w & 0x7FFFFFFFu) > 0x7F800000u);
+    word_vec r = (w + 0x7FFFu + ((w >> 16) & 1u)) & 0xFFFF0000u;
+    return (vec)((r & ~nan) | (((w >> 16 | 0x40u) << 16) & nan));
+}
+
+/* y = norm(x) for one row of n values (see the section's header): RMSNorm when rms, else LayerNorm; w (n) and b (n,
+ * or NULL) of the row's dtype */
+void scratchllm_norm(const void *x, const void *w, const void *b, void *y, long n, float eps, int rms, int bf16) {
+    long nv = n / LANES * LANES;
+    float mean = 0.0f;
+    if (!rms) {
+        vec s = {0};
+        for (long i = 0; i < nv; i += LANES) s += load_vec(x, i, bf16);
+        float sum = lane_sum(s);
+        for (long i = nv; i < n; i++) sum += load_val(x, i, bf16);
+        mean = sum / (float)n;
+    }
+    vec s2 = {0};
+    for (long i = 0; i < nv; i += LANES) {
+        vec d = load_vec(x, i, bf16) - mean;
+        s2 += d * d;
+    }
+    float sq = lane_sum(s2);
+    for (long i = nv; i < n; i++) {
+        float d = load_val(x, i, bf16) - mean;
+        sq += d * d;
+    }
+    float r = 1.0f / __builtin_sqrtf(sq / (float)n + eps);
+    for (long i = 0; i < n; i++) {
+        float v = (load_val(x, i, bf16) - mean) * r * load_val(w, i, bf16);
+        if (b) v += load_val(b, i, bf16);
+        if (bf16)
+            ((unsigned short *)y)[i] = float_to_bf16(v);
+        else
+            ((float *)y)[i] = v;
+    }
+}
+
+/* a norm a product applies to its input row first (scratchllm_gemv_normed, scratchllm_mlp_hidden): set once when the
+ * call is bound */
+struct row_norm {
+    const void *w, *b; /* weight, bias (or NULL), of the row's dtype */
+    void *row;         /* the normalized row (in values of the row's dtype) */
+    float eps;
+    int rms; /* RMSNorm, else LayerNorm */
+};
+
+/* y (out) = W norm(x) + b for one row x (in): the norm (scratchllm_norm), then the product (scratchllm_gemv, or
+ * scratchllm_gemv_bf16 with its `scratch`) */
+void scratchllm_gemv_normed(const void *w, const void *x, const float *b, void *y, long out, long in, int threads,
+                            float *scratch, const struct row_norm *nm, int bf16) {
+    scratchllm_norm(x, nm->w, nm->b, nm->row, in, nm->eps, nm->rms, bf16);
+    if (bf16)
+        scratchllm_gemv_bf16(w, nm->row, b, y, out, in, threads, scratch, 0);
+    else
+        scratchllm_gemv(w, nm->row, b, y, out, in, threads, 0);
+}
+
+#define ACT_SWIGLU 0
+#define ACT_GELU_TANH 1
+#define ACT_GELU 2
+
+/* y[r0..r1) = the activation of the sums f (and g, SwiGLU) (fp32, bias added), rounded as the section's header says */
+static void activate(const float *f, const float *g, void *y, long r0, long r1, int act, int bf16) {
+    for (long r = r0; r < r1; r += LANES) {
+        long k = r1 - r < LANES ? r1 - r : LANES;
+        vec fv = {0}, gv = {0}, h;
+        memcpy(&fv, f + r, k * sizeof(float));
+        if (g) memcpy(&gv, g + r, k * sizeof(float));
+        if (bf16) fv = round_bf16_vec(fv), gv = round_bf16_vec(gv);
+        if (act == ACT_SWIGLU) {
+            vec s = silu_vec(gv);
+            h = (bf16 ? round_bf16_vec(s) : s) * fv;
+        } else {
+            h = act == ACT_GELU_TANH ? gelu_tanh_vec(fv) : gelu_exact_vec(fv);
+        }
+        if (bf16) {
+            bf16_vec o = __builtin_convertvector((word_vec)round_bf16_vec(h) >> 16, bf16_vec);
+            memcpy((unsigned short *)y + r, &o, k * sizeof(unsigned short));
+        } else {
+            memcpy((float *)y + r, &h, k * sizeof(float));
+        }
+    }
+}
+
+/* y (out) = the MLP's hidden activations of one row x (in): act ACT_SWIGLU: silu(wg x + bg) * (wf x + bf),
+ * ACT_GELU_TANH / ACT_GELU: GELU(wf x + bf); weights (out, in), x and y of the dtype (bf16 when bf16), biases fp32 or
+ * NULL, wg NULL for GELU. scratch: 2 * out floats, and `in` more for bf16 (the input split, as scratchllm_gemv_bf16
+ * splits it). nm: a norm applied to x first, or NULL. */
+void scratchllm_mlp_hidden(const void *wf, const float *bf, const void *wg, const float *bg, const void *x, void *y,
+                           long out, long in, int threads, float *scratch, int act, int bf16,
+                           const struct row_norm *nm) {
+    float *sf = scratch, *sg = scratch + out, *xe = scratch + 2 * out, *xo = xe + in / 2;
+    float tail[2 * LANES];
+    if (nm) { /* the row normalized first, into nm->row */
+        scratchllm_norm(x, nm->w, nm->b, nm->row, in, nm->eps, nm->rms, bf16);
+        x = nm->row;
+    }
+    const float *xf = x;
+    if (bf16) { /* as scratchllm_gemv_bf16: the input split in even- and odd-indexed halves, the tail widened */
+        const unsigned short *xb = x;
+        for (long j = 0; j < in / 2; j++) {
+            xe[j] = bf16_to_float(xb[2 * j]);
+            xo[j] = bf16_to_float(xb[2 * j + 1]);
+        }
+        long full = in / (2 * LANES) * (2 * LANES);
+        for (long i = full; i < in; i++) tail[i - full] = bf16_to_float(xb[i]);
+        xf = tail - full;
+    }
+    const int gate = act == ACT_SWIGLU;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        SHARE(out)
+        if (r0 < r1) {
+            struct epilogue ef = {bf, 0, sf, 0}, eg = {bg, 0, sg, 0}; /* fp32 sums + bias; rounded in `activate` */
+            if (bf16) {
+                rows_dot_bf16(wf, xf, xe, xo, &ef, in, r0, r1);
+                if (gate) rows_dot_bf16(wg, xf, xe, xo, &eg, in, r0, r1);
+            } else {
+                rows_dot(wf, xf, &ef, in, r0, r1);
+                if (gate) rows_dot(wg, xf, &eg, in, r0, r1);
+            }
+            activate(sf, gate ? sg : 0, y, r0, r1, act, bf16);
         }
     }
 }

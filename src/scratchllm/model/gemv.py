@@ -22,6 +22,12 @@ forces one (tests run each). `benchmarks/gemv.py`
 measures it against torch, HF's layout, oneDNN and the memory's read bandwidth; see
 benchmarks/RESULTS.md.
 
+The glue between a decode step's products is C too, each one call where torch would dispatch several ops
+(gemv.c's last section): `Kernel.attend` also puts the new query and key heads through QK-norm and RoPE
+when the model has them; `Kernel.norm` is one row's RMSNorm or LayerNorm; `Kernel.bind_normed` a product
+whose input row is normalized first (a block's norm and the product after it); `Kernel.bind_mlp` an MLP's
+products and its SwiGLU or GELU (and its norm before them), in one call.
+
 `load()` builds the kernel once per machine with the system C compiler (`$CC`, else `cc`, `gcc`,
 `clang`; flags `-O3 -march=native -fopenmp -shared -fPIC`) into
 `<cache>/kernels/gemv-<cpu>-<build>.so` (the cache folder of `files.cache_dir`, written
@@ -29,7 +35,7 @@ atomically). `<cpu>` hashes the CPU's model name and feature flags (`runtime.cpu
 home folder shared between machines never loads a library built with `-march=native` for another
 CPU; `<build>` hashes the source, compiler and flags. It loads the library with ctypes, checks it
 against `F.linear` on small matrices that take every code path (the quantized ones against `F.linear`
-of the dequantized weight), and returns a `Kernel`. When it has
+of the dequantized weight; the norms and MLP activations against torch's), and returns a `Kernel`. When it has
 built a new library that passes, it removes this CPU's libraries of other builds (older sources or
 compilers: `prune`), so they do not pile up; other CPUs' files are never touched. Where any
 step fails (no compiler, no OpenMP, a mismatch) it returns None and `status()` says why; callers
@@ -69,6 +75,7 @@ ISA_ENV = "SCRATCHLLM_KERNEL_ISA"  # forces a path (tests, comparisons); unset: 
 PARALLEL_MIN = 2**16
 MAX_HEAD_DIM = 512  # the longest head `attend` takes (gemv.c's MAX_HEAD_DIM: its per-head buffers)
 QBLOCK = 32  # inputs per quantized block of the input row (gemv.c's QBLOCK, llama.cpp's q8_0 block)
+MLP_ACTS = {"swiglu": 0, "gelu_tanh": 1, "gelu": 2}  # `bind_mlp`'s activations, by gemv.c's number (ACT_*)
 
 
 class Kernel:
@@ -95,8 +102,22 @@ class Kernel:
             fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int] + [ctypes.c_void_p] * 2
             fn.restype = None
         self._attend = self._lib.scratchllm_attend
-        self._attend.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] * 5 + [ctypes.c_int] * 2
+        self._attend.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_long] * 5 + [ctypes.c_int] * 2
+                                 + [ctypes.c_void_p] * 2 + [ctypes.c_float] + [ctypes.c_void_p] * 2 + [ctypes.c_int])
         self._attend.restype = ctypes.c_int
+        # a decode step's glue (gemv.c's last section): one row's norm; the MLP's products with its activation
+        self._norm = self._lib.scratchllm_norm  # (x, weight, bias, y, n, eps, rms, bf16)
+        self._norm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_float, ctypes.c_int, ctypes.c_int]
+        self._norm.restype = None
+        # (wf, bf, wg, bg, x, y, out, in, threads, scratch, act, bf16, norm)
+        self._mlp = self._lib.scratchllm_mlp_hidden
+        self._mlp.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_void_p]
+                              + [ctypes.c_int] * 2 + [ctypes.c_void_p])
+        self._mlp.restype = None
+        self._normed = self._lib.scratchllm_gemv_normed  # (w, x, b, y, out, in, threads, scratch, norm, bf16)
+        self._normed.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_int]
+                                 + [ctypes.c_void_p] * 2 + [ctypes.c_int])
+        self._normed.restype = None
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
         self._q8, self._q4 = self._lib.scratchllm_gemv_q8, self._lib.scratchllm_gemv_q4
         for fn in (self._q8, self._q4):  # (weights, x, y, rows, threads)
@@ -190,15 +211,117 @@ class Kernel:
         return product
 
     def attend(self, q: int, k: int, v: int, k_cache: int, v_cache: int, y: int, n_head: int, n_kv_head: int,
-               head_dim: int, pos: int, head_stride: int, bf16: bool) -> None:
+               head_dim: int, pos: int, head_stride: int, bf16: bool, *, q_norm: int | None = None,
+               k_norm: int | None = None, eps: float = 0.0, cos: int | None = None, sin: int | None = None,
+               table_bf16: bool = False) -> None:
         """Single-query attention over one layer's KV cache (gemv.c's `scratchllm_attend`), on addresses: the
         new position's keys `k` and values `v` (n_kv_head * head_dim each) are written into the caches
         (n_kv_head, max_len, head_dim; head stride `head_stride` elements) at `pos`, then every query head
         of `q` (n_head * head_dim) attends to positions 0..pos; the heads' outputs go to `y`
-        (n_head * head_dim). fp32, or bf16 throughout. The caller checks shapes, dtypes and room."""
+        (n_head * head_dim). fp32, or bf16 throughout. The caller checks shapes, dtypes and room.
+
+        Before that, the new query and key heads go through QK-norm when `q_norm` and `k_norm` (the RMSNorm
+        weights, head_dim values of the rows' dtype; `eps`) are given, then RoPE when `cos` and `sin` (the
+        position's rows of the tables, head_dim values, bf16 when `table_bf16` else fp32) are: what
+        model.layers' general path does to them, rounded as it rounds."""
         if self._attend(q, k, v, k_cache, v_cache, y, n_head, n_kv_head, head_dim, pos, head_stride, int(bf16),
-                        torch.get_num_threads()):
+                        torch.get_num_threads(), q_norm, k_norm, eps, cos, sin, int(table_bf16)):
             raise ValueError(f"attend takes heads of at most {MAX_HEAD_DIM} values; got {head_dim}")
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+             rms: bool) -> torch.Tensor:
+        """RMSNorm (`rms`) or LayerNorm of one row x (..., n) fp32 or bf16 with `weight` (n,) and `bias` (n,) or None
+        of x's dtype (gemv.c's `scratchllm_norm`): computed in fp32 and rounded once, as torch's CPU norms are.
+        A new tensor of x's shape and dtype."""
+        n, dtype = x.shape[-1], x.dtype
+        if (x.numel() != n or weight.numel() != n or dtype not in self._fns or weight.dtype is not dtype
+                or not (x.is_cpu and weight.is_cpu and weight.is_contiguous())
+                or (bias is not None and (bias.dtype is not dtype or bias.numel() != n
+                                          or not (bias.is_cpu and bias.is_contiguous())))):
+            raise ValueError(f"norm takes one CPU fp32 or bf16 row and contiguous weight and bias of its size and "
+                             f"dtype; got x {tuple(x.shape)} {dtype}, weight {tuple(weight.shape)} {weight.dtype}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty_like(x)
+        self._norm(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), n, eps,
+                   int(rms), int(dtype is torch.bfloat16))
+        return y
+
+    def bind_mlp(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, act: str,
+                 gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
+                 norm: RowNorm | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`hidden(x)`: an MLP's hidden activations of one row x (..., in) in one call (gemv.c's
+        `scratchllm_mlp_hidden`): act "swiglu": silu(x @ gate_weight.T + gate_bias) * (x @ fc_weight.T + fc_bias);
+        "gelu_tanh" or "gelu" (exact): GELU(x @ fc_weight.T + fc_bias). Weights (out, in) contiguous fp32 or bf16
+        (x of their dtype; bf16 rounded where torch's steps round), read in place; biases taken as they are now.
+        `norm`: x is normalized by it first (see `RowNorm`), in the same call."""
+        act_id = MLP_ACTS.get(act)
+        if act_id is None or (act == "swiglu") != (gate_weight is not None):
+            raise ValueError(f"bind_mlp takes act one of {', '.join(MLP_ACTS)}, and a gate exactly for swiglu; got "
+                             f"act {act!r}, gate {gate_weight is not None}")
+        weights = [fc_weight] + ([gate_weight] if act == "swiglu" else [])
+        dtype, (n_out, n_in) = self._check_weights(weights, "bind_mlp"), fc_weight.shape
+        bf16 = dtype is torch.bfloat16
+        biases = [None if b is None else b.detach().float().contiguous() for b in (fc_bias, gate_bias)]
+        scratch = torch.empty(2 * n_out + (n_in if bf16 else 0), dtype=torch.float32)  # the sums, the input split
+        ptrs = [None if t is None else t.data_ptr() for t in (fc_weight, biases[0], gate_weight, biases[1])]
+        s_ptr, call, single = scratch.data_ptr(), self._mlp, fc_weight.numel() * len(weights) < PARALLEL_MIN
+        nm, nm_keep = (None, ()) if norm is None else norm.bind(n_in, dtype)
+        num_threads = torch.get_num_threads
+
+        def hidden(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
+                raise ValueError(f"the MLP takes one CPU row of {n_in} of its weights' dtype ({dtype}); "
+                                 f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
+            if not x.is_contiguous():
+                x = x.contiguous()
+            y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
+            call(*ptrs, x.data_ptr(), y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, act_id,
+                 int(bf16), nm)
+            return y
+
+        # the addresses above stay valid while `hidden` lives (detached views: their storage even if a
+        # parameter's .data is replaced)
+        hidden.keep_alive = (*(w.detach() for w in weights), *biases, scratch, *nm_keep)
+        return hidden
+
+    def bind_normed(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                    norm: RowNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`product(x)`: `norm(x) @ weight.T + bias` for one row x (..., in) in one call (gemv.c's
+        `scratchllm_gemv_normed`: a block's norm and the product after it), as `norm` then `bind`'s product
+        compute it. Weight (out, in) contiguous fp32 or bf16, x of its dtype; the bias taken as it is now."""
+        dtype, (n_out, n_in) = self._check_weights([weight], "bind_normed"), weight.shape
+        bf16 = dtype is torch.bfloat16
+        b32 = None if bias is None else bias.detach().float().contiguous()
+        scratch = torch.empty(n_in, dtype=torch.float32) if bf16 else None  # the row split in even/odd halves
+        w_ptr, b_ptr, s_ptr = weight.data_ptr(), None if b32 is None else b32.data_ptr(), None
+        if scratch is not None:
+            s_ptr = scratch.data_ptr()
+        nm, nm_keep = norm.bind(n_in, dtype)
+        call, single, num_threads = self._normed, weight.numel() < PARALLEL_MIN, torch.get_num_threads
+
+        def product(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
+                raise ValueError(f"gemv takes one CPU row of {n_in} of the weight's dtype ({dtype}); "
+                                 f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
+            if not x.is_contiguous():
+                x = x.contiguous()
+            y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
+            call(w_ptr, x.data_ptr(), b_ptr, y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, nm,
+                 int(bf16))
+            return y
+
+        product.keep_alive = (weight.detach(), b32, scratch, *nm_keep)  # (as bind_mlp's)
+        return product
+
+    def _check_weights(self, weights: list[torch.Tensor], what: str) -> torch.dtype:
+        """The dtype of `weights`, contiguous CPU fp32 or bf16 matrices of one dtype and shape; else a ValueError."""
+        first = weights[0]
+        if first.dtype not in self._fns or any(w.dtype is not first.dtype or not w.is_cpu or not w.is_contiguous()
+                                               or w.shape != first.shape or w.dim() != 2 for w in weights):
+            raise ValueError(f"{what} takes contiguous CPU fp32 or bf16 weights of one shape and dtype; got "
+                             + ", ".join(f"{tuple(w.shape)} {w.dtype} on {w.device}" for w in weights))
+        return first.dtype
 
     def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
                 isa: str | None = None, rows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -254,6 +377,32 @@ class Kernel:
 
         product.keep_alive = (*tensors, b32, scratch, weights)  # the addresses above stay valid while it lives
         return product
+
+
+class RowNorm:
+    """A norm that a bound product applies to its input row first (`Kernel.bind_normed`, `Kernel.bind_mlp`): RMSNorm
+    (`rms`) or LayerNorm with `weight` (n,), `bias` (n,) or None, `eps`; computed as `Kernel.norm` computes it."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool) -> None:
+        self.weight, self.bias, self.eps, self.rms = weight, bias, eps, rms
+
+    def bind(self, n: int, dtype: torch.dtype) -> tuple[int, tuple]:
+        """gemv.c's `struct row_norm` for rows of `n` values of `dtype`: its address, and what keeps it valid."""
+        w, b = self.weight.detach(), None if self.bias is None else self.bias.detach()
+        if any(t is not None and (t.dtype is not dtype or t.numel() != n or not t.is_cpu or not t.is_contiguous())
+               for t in (w, b)):
+            raise ValueError(f"a norm of rows of {n} {dtype} takes contiguous CPU weight and bias of that size and "
+                             f"dtype; got weight {tuple(w.shape)} {w.dtype}")
+        row = torch.empty(n, dtype=dtype)  # the normalized row, which the product reads
+        s = _RowNorm(w.data_ptr(), None if b is None else b.data_ptr(), row.data_ptr(), self.eps, int(self.rms))
+        return ctypes.addressof(s), (w, b, row, s)
+
+
+class _RowNorm(ctypes.Structure):
+    """gemv.c's `struct row_norm`."""
+
+    _fields_ = [("w", ctypes.c_void_p), ("b", ctypes.c_void_p), ("row", ctypes.c_void_p), ("eps", ctypes.c_float),
+                ("rms", ctypes.c_int)]
 
 
 class _QWeights(ctypes.Structure):
@@ -410,6 +559,27 @@ def _self_check(kernel: Kernel) -> str | None:
     return _self_check_quantized(kernel, g)
 
 
+def _self_check_glue(kernel: Kernel) -> str | None:
+    """A decode step's glue (the norms, the MLP's activations, whose vector code the compiler shapes for this CPU)
+    against torch on one small shape (leftover lanes included), in fp32."""
+    g = torch.Generator().manual_seed(1)
+    n_in, out = 53, 67
+    x, w, b = torch.randn(n_in, generator=g), torch.rand(n_in, generator=g) + 0.5, torch.randn(n_in, generator=g)
+    if not (torch.allclose(kernel.norm(x, w, None, 1e-5, True), w * x * torch.rsqrt(x.pow(2).mean() + 1e-5),
+                           rtol=1e-4, atol=1e-5)
+            and torch.allclose(kernel.norm(x, w, b, 1e-5, False), F.layer_norm(x, (n_in,), w, b, 1e-5),
+                               rtol=1e-4, atol=1e-5)):
+        return "its one-row norm differs from torch's"
+    wf, wg, bf = torch.randn(out, n_in, generator=g), torch.randn(out, n_in, generator=g), torch.randn(out, generator=g)
+    f = F.linear(x, wf, bf)
+    for act, want in [("swiglu", F.silu(F.linear(x, wg)) * f), ("gelu_tanh", F.gelu(f, approximate="tanh")),
+                      ("gelu", F.gelu(f))]:
+        got = kernel.bind_mlp(wf, bf, act, wg if act == "swiglu" else None)(x)
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+            return f"its MLP activation {act} differs from torch's"
+    return None
+
+
 def _self_check_quantized(kernel: Kernel, g: torch.Generator) -> str | None:
     """The int8 and int4 products, by every path this CPU runs, against F.linear of the dequantized weight
     and the input as the kernel quantizes it (`quantize_input`; model.quant_linear's format)."""
@@ -459,7 +629,7 @@ def _build() -> tuple[Kernel | None, str]:
         except (OSError, AttributeError) as e:
             errors.append(f"{path} did not load: {e}")
             continue
-        err = _self_check(kernel)
+        err = _self_check(kernel) or _self_check_glue(kernel)
         if err:
             errors.append(err)
             continue

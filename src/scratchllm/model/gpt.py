@@ -22,7 +22,7 @@ from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
 from scratchllm.model import functional as ops
 from scratchllm.model.kv_cache import KVCache
-from scratchllm.model.layers import Block, RMSNorm, make_norm
+from scratchllm.model.layers import Block, RMSNorm, make_norm, norm_row
 
 
 class GPT(nn.Module):
@@ -76,7 +76,7 @@ class GPT(nn.Module):
         else:
             cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (B, T, head_dim)
             rope = (cos[:, None], sin[:, None])  # (B, 1, T, head_dim)
-        x = self.drop(x)
+        x = self.drop(x) if self.training else x  # eval: no dropout call (decoding counts every op)
         mask = self._mask(t, start, attention_mask, idx.device)
         for i, block in enumerate(self.blocks):
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -85,6 +85,8 @@ class GPT(nn.Module):
                 x = block(x, rope, mask, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(t)
+            if b * t == 1 and not self.training:  # a batch-1 decode step: one C call where it applies
+                return norm_row(self.norm_f, x)
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,

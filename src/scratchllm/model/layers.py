@@ -4,13 +4,17 @@ Each class holds parameters and calls torch's fast kernels (or, for attention="e
 "auto" finds it faster, the written-out math of `model.functional`, imported as `ops` so it never
 reads like torch's `F`). `explicit_attention` is the one statement of which attention path runs;
 a batch-1 decode step (one row, a KV cache, no autograd) takes a shorter road through the same modules
-where scratchllm's C kernel is built: `Block.decode_one` and `Attention.attend_one` (attention over the
-cache in one C call, residuals added inside the projections), tested equal to the general path;
-the training memory estimate (`train.pretrain`) asks it too. The book's hand-written teaching
-versions live in `scratchllm.steps` and are tested equal to these.
+and parameters where scratchllm's C kernel is built (`Block.decode_one`): attention the norm and `qkv`
+product in one C call (`normed_product`) and one more for QK-norm, RoPE, the cache and the heads
+(`Attention.attend_one`), the MLP's norm, products and activation one call (`MLP.hidden_one`), residuals
+added inside the projections, the final norm one call (`norm_row`); tested equal to the general path.
+`explicit_attention` is also what the training memory estimate (`train.pretrain`) asks. The book's
+hand-written teaching versions live in `scratchllm.steps` and are tested equal to these.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +23,26 @@ from torch import nn
 from scratchllm.config.model import ModelConfig
 from scratchllm.model import functional as ops
 from scratchllm.model import gemv
-from scratchllm.model.fast_linear import linear_plus
+from scratchllm.model.fast_linear import FastLinear, linear_plus
 
 # attention="auto" uses the explicit math for at most this many keys: beyond, its (B, n_head, T, T)
 # weights cost more memory than the speed is worth (see `explicit_attention`).
 AUTO_EXPLICIT_MAX_KEYS = 512
+NORM_DTYPES = (torch.float32, torch.bfloat16)  # the rows `norm_row` takes to the C kernel
+# The decode step's bound C calls (`normed_product`, `MLP.hidden_one`), by the FastLinear they read (`qkv`, `fc`), with
+# weak references to the other modules they read (the norm, the gate): an entry lives as long as that FastLinear (one
+# `fast_linears` context), as its own bound product does.
+_NORMED_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MLP_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ref(module: nn.Module | None):
+    """A weak reference to `module`, or a callable giving None."""
+    return weakref.ref(module) if module is not None else _none
+
+
+def _none() -> None:
+    return None
 
 
 def explicit_attention(mode: str, device_type: str, training: bool, bf16: bool, n_keys: int) -> bool:
@@ -47,6 +66,11 @@ def explicit_attention(mode: str, device_type: str, training: bool, bf16: bool, 
     return device_type == "cpu" and training and bf16 and n_keys <= AUTO_EXPLICIT_MAX_KEYS
 
 
+def hooked(module: nn.Module) -> bool:
+    """Whether forward hooks watch `module` (a decode step's short road then leaves its forward to it)."""
+    return bool(module._forward_pre_hooks or module._forward_hooks)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -63,6 +87,45 @@ def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd, config.norm_eps)
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def norm_row(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` (an RMSNorm or LayerNorm of make_norm's) for one row of a decode step (no autograd, no autocast),
+    in one C call (`gemv.Kernel.norm`: torch's CPU RMSNorm of a row is several ops) where the kernel is built,
+    else (or for another module, dtype or device, or a hooked norm) the module itself; equal to float rounding."""
+    kernel = gemv.load()
+    if kernel is None or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        return norm(x)
+    params = kernel_norm(norm, x)
+    return norm(x) if params is None else kernel.norm(x, params.weight, params.bias, params.eps, params.rms)
+
+
+def kernel_norm(norm: nn.Module, x: torch.Tensor) -> gemv.RowNorm | None:
+    """`norm` as the C kernel computes it for the one row `x`: make_norm's RMSNorm or LayerNorm, unhooked, with
+    contiguous CPU parameters of x's dtype and size (fp32 or bf16); else None."""
+    kind = type(norm)
+    if not (kind is RMSNorm or kind is nn.LayerNorm) or hooked(norm):
+        return None
+    weight, bias = norm.weight, None if kind is RMSNorm else norm.bias
+    if (weight is None or weight.dim() != 1 or x.numel() != weight.numel() or weight.dtype is not x.dtype
+            or x.dtype not in NORM_DTYPES or not (x.is_cpu and weight.is_cpu and weight.is_contiguous())
+            or (bias is not None and (bias.dtype is not x.dtype or not (bias.is_cpu and bias.is_contiguous())))):
+        return None
+    return gemv.RowNorm(weight, bias, norm.eps, kind is RMSNorm)
+
+
+def normed_product(norm: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(norm(x))` for one row of a decode step (no autograd, no autocast: the caller checked): one C call
+    (`gemv.Kernel.bind_normed`, bound once per FastLinear) where `layer` runs through the kernel (a FastLinear of
+    x's dtype) and `kernel_norm` takes `norm`; else `norm_row`, then `layer`. Equal to float rounding."""
+    entry = _NORMED_CALLS.get(layer) if type(layer) is FastLinear else None
+    if entry is None or entry[0]() is not norm or hooked(norm):
+        params = kernel_norm(norm, x)
+        if params is None or not (type(layer) is FastLinear and layer.product is not None and layer.dtype is x.dtype
+                                  and layer.weight.is_contiguous()):  # (out, in) as stored: what the call reads
+            return layer(norm_row(norm, x))
+        entry = _NORMED_CALLS[layer] = (weakref.ref(norm), gemv.load().bind_normed(layer.weight, layer.bias, params))
+    return entry[1](x)
 
 
 class Attention(nn.Module):
@@ -127,39 +190,45 @@ class Attention(nn.Module):
         y = ops.merge_heads(y)  # (B, T, n_head * head_dim)
         return self.proj(y)
 
-    def attend_one(self, x: torch.Tensor, rope, kv_cache, layer: int) -> torch.Tensor | None:
-        """A batch-1 decode step's attention in one C call (`gemv.Kernel.attend`): the new position's keys
-        and values written into the cache in place and the query's heads attending over it; the heads'
-        output (1, 1, n_head * head_dim), before `proj`. None where that call does not apply (no kernel,
-        autograd or autocast on, a forced "explicit" mode, another dtype or device in the cache): `forward`
-        then runs the general path, which gives the same numbers to float rounding (tested)."""
+    def attend_one(self, x: torch.Tensor, rope, kv_cache, layer: int,
+                   norm: nn.Module | None = None) -> torch.Tensor | None:
+        """A batch-1 decode step's attention: the `qkv` product (of `norm(x)` when a norm is given, the block's: in
+        the same call, `normed_product`), then one C call (`gemv.Kernel.attend`) that puts the new query and key
+        heads through QK-norm and RoPE (when the model has them), writes the new position's keys and values into
+        the cache in place and lets the query's heads attend over it; the heads' output (1, 1, n_head * head_dim),
+        before `proj`. None where that call does not apply (no kernel, autograd or autocast on, a forced "explicit"
+        mode, another dtype or device in the cache or the tables, a hooked QK-norm): `forward` then runs the
+        general path, which gives the same numbers to float rounding (tested)."""
         kernel = gemv.load()
         cache_k = kv_cache.k
         if (kernel is None or self.mode == "explicit" or self.training or torch.is_grad_enabled()
-                or torch.is_autocast_enabled("cpu") or x.device.type != "cpu" or cache_k.dtype is not x.dtype
-                or cache_k.device.type != "cpu"
+                or torch.is_autocast_enabled("cpu") or not x.is_cpu or cache_k.dtype is not x.dtype
+                or not cache_k.is_cpu
                 or x.dtype not in (torch.float32, torch.bfloat16) or self.head_dim > gemv.MAX_HEAD_DIM
                 or kv_cache.pos >= kv_cache.max_len):
             return None
-        qkv = self.qkv(x)  # (1, 1, (n_head + 2 n_kv_head) head_dim): queries, keys, values, head after head
         h, hk, d = self.n_head, self.n_kv_head, self.head_dim
-        if self.q_norm is None and rope is None:  # read in place
-            qkv = qkv.contiguous()
-            el, base = qkv.element_size(), qkv.data_ptr()
-            q, k, v = base, base + h * d * el, base + (h + hk) * d * el
-        else:
-            q_t, k_t, v_t = qkv.split(self.qkv_sizes(), dim=-1)
-            q_t, k_t = q_t.view(1, h, 1, d), k_t.view(1, hk, 1, d)  # (1, heads, 1, head_dim)
-            if self.q_norm is not None:
-                q_t, k_t = self.q_norm(q_t), self.k_norm(k_t)
-            if rope is not None:
-                q_t, k_t = ops.apply_rope(q_t, *rope), ops.apply_rope(k_t, *rope)
-            qkv = (q_t.contiguous(), k_t.contiguous(), v_t.contiguous())  # kept alive through the call
-            q, k, v = (t.data_ptr() for t in qkv)
+        norms = {}  # QK-norm's weights, for the call
+        if self.q_norm is not None:
+            q_w, k_w = self.q_norm.weight, self.k_norm.weight
+            if (q_w.dtype is not x.dtype or k_w.dtype is not x.dtype or q_w.numel() != d or k_w.numel() != d
+                    or hooked(self.q_norm) or hooked(self.k_norm)):
+                return None
+            norms = dict(q_norm=q_w.data_ptr(), k_norm=k_w.data_ptr(), eps=self.q_norm.eps)
+        tables = {}  # the position's RoPE rows, for the call
+        if rope is not None:
+            cos, sin = rope
+            if (cos.dtype not in (torch.float32, x.dtype) or sin.dtype is not cos.dtype or cos.numel() != d
+                    or sin.numel() != d or not (cos.is_contiguous() and sin.is_contiguous())):
+                return None
+            tables = dict(cos=cos.data_ptr(), sin=sin.data_ptr(), table_bf16=cos.dtype is torch.bfloat16)
+        qkv = self.qkv(x) if norm is None else normed_product(norm, self.qkv, x)
+        qkv = qkv.contiguous()  # (1, 1, (n_head + 2 n_kv_head) head_dim): queries, keys, values, head after head
+        el, base = qkv.element_size(), qkv.data_ptr()
         k_cache, v_cache, head_stride = kv_cache.addresses(layer)
         y = torch.empty(1, 1, h * d, dtype=x.dtype)
-        kernel.attend(q, k, v, k_cache, v_cache, y.data_ptr(), h, hk, d, kv_cache.pos, head_stride,
-                      x.dtype is torch.bfloat16)
+        kernel.attend(base, base + h * d * el, base + (h + hk) * d * el, k_cache, v_cache, y.data_ptr(), h, hk, d,
+                      kv_cache.pos, head_stride, x.dtype is torch.bfloat16, **norms, **tables)
         return y
 
 
@@ -185,6 +254,26 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.hidden(x))
 
+    def hidden_one(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """`hidden(norm(x))` (`norm` None: `hidden(x)`) for one row of a decode step (no autograd, no autocast):
+        where `fc` (and `gate`) run through the C kernel (FastLinears of x's dtype, see model.fast_linear) and
+        `kernel_norm` takes `norm`, the norm, the products and the activation in one call (`gemv.Kernel.bind_mlp`,
+        bound once per FastLinear); else `norm_row`, then `hidden`. Equal to float rounding."""
+        fc = self.fc
+        gate = self.gate if self.swiglu else None
+        entry = _MLP_CALLS.get(fc) if type(fc) is FastLinear else None
+        if entry is None or entry[0]() is not gate or entry[1]() is not norm or (norm is not None and hooked(norm)):
+            params = None if norm is None else kernel_norm(norm, x)
+            if (norm is not None and params is None) or not all(
+                    type(m) is FastLinear and m.product is not None and m.dtype is x.dtype
+                    and m.weight.is_contiguous() for m in (fc, gate) if m is not None):  # (out, in) as the call reads
+                return self.hidden(x if norm is None else norm_row(norm, x))
+            act = "swiglu" if self.swiglu else "gelu" if self.approximate == "none" else "gelu_tanh"
+            call = gemv.load().bind_mlp(fc.weight, fc.bias, act, None if gate is None else gate.weight,
+                                        None if gate is None else gate.bias, norm=params)
+            entry = _MLP_CALLS[fc] = (_ref(gate), _ref(norm), call)
+        return entry[2](x)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), dropout on each branch."""
@@ -208,16 +297,18 @@ class Block(nn.Module):
         return x + (self.drop(m) if self.training else m)
 
     def decode_one(self, x: torch.Tensor, rope, kv_cache, layer: int) -> torch.Tensor | None:
-        """`forward` for a batch-1 decode step (one row, a KV cache, eval), with fewer calls: attention in one
-        C call (`Attention.attend_one`), each residual added by the kernel as it writes the projection
+        """`forward` for a batch-1 decode step (one row, a KV cache, eval), with fewer calls, each through the
+        same modules and parameters: attention `norm1` and the `qkv` product in one C call, then one more for
+        QK-norm, RoPE, the cache and the heads (`Attention.attend_one`); `norm2`, the MLP's products and its
+        activation one call (`MLP.hidden_one`); each residual added by the kernel as it writes the projection
         (`fast_linear.linear_plus`; the second in place, into the block's own new tensor). None (nothing
         done) where the attention call does not apply or a hook watches the attention or the MLP (whose
         forwards this skips): `forward` then runs the general path, equal to float rounding (tested)."""
         attn, mlp = self.attn, self.mlp
-        if attn._forward_pre_hooks or attn._forward_hooks or mlp._forward_pre_hooks or mlp._forward_hooks:
+        if hooked(attn) or hooked(mlp):
             return None
-        y = attn.attend_one(self.norm1(x), rope, kv_cache, layer)  # (1, 1, n_head * head_dim)
+        y = attn.attend_one(x, rope, kv_cache, layer, norm=self.norm1)  # (1, 1, n_head * head_dim)
         if y is None:
             return None
         x = linear_plus(attn.proj, y, x)  # x + proj(y): a new tensor (the caller's x is left as it was)
-        return linear_plus(mlp.proj, mlp.hidden(self.norm2(x)), x, in_place=True)
+        return linear_plus(mlp.proj, mlp.hidden_one(x, norm=self.norm2), x, in_place=True)
