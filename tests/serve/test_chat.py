@@ -114,8 +114,10 @@ def test_history_is_trimmed_to_the_context_with_a_note(tmp_path):
     assert kept.tokens() + 20 <= 128
 
 
-def test_chat_in_a_terminal_streams_stops_on_ctrl_c_and_leaves_on_ctrl_d(folders):
-    folder = folders["chat"]
+def test_chat_in_a_terminal_streams_stops_on_ctrl_c_and_leaves_on_ctrl_d(tmp_path):
+    # a long context, so the long answer (at most half the context) is still being written when Ctrl-C comes:
+    # this tiny model writes a 512-token context's 256 in a few milliseconds
+    folder = save_tiny(tmp_path / "chat", "chat", context_length=2**16)
     model, tokenizer, _ = load_any(folder)
     term = Terminal(["-m", "scratchllm.cli", "chat", "-m", str(folder), "--temperature", "0", "--max-new-tokens",
                      "12"])
