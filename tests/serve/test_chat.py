@@ -115,10 +115,18 @@ def test_history_is_trimmed_to_the_context_with_a_note(tmp_path):
 
 
 def test_chat_in_a_terminal_streams_stops_on_ctrl_c_and_leaves_on_ctrl_d(tmp_path):
-    # a long context, so the long answer (at most half the context) is still being written when Ctrl-C comes:
-    # this tiny model writes a 512-token context's 256 in a few milliseconds
-    folder = save_tiny(tmp_path / "chat", "chat", context_length=2**16)
+    # The long answer must still be being written when Ctrl-C comes: this tiny model writes a 512-token context's
+    # room (256 tokens) in milliseconds. So a long context (room: half of it), and a seed whose greedy answer
+    # runs on without the end-of-turn mark (checked below, in this process).
+    folder = save_tiny(tmp_path / "chat", "chat", context_length=2**15, seed=2)
     model, tokenizer, _ = load_any(folder)
+    first = generate_text(model, tokenizer, chat_prompt([{"role": "user", "content": "Hi there"}]),
+                          GREEDY.replace(stop=("<|im_end|>",)))
+    turns = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": first},
+             {"role": "user", "content": "Go on"}]
+    long = generate_text(model, tokenizer, chat_prompt(turns), GREEDY.replace(stop=("<|im_end|>",),
+                                                                              max_new_tokens=2000))
+    assert len(long) == 2000  # no end of turn in sight: seconds of writing in the terminal
     term = Terminal(["-m", "scratchllm.cli", "chat", "-m", str(folder), "--temperature", "0", "--max-new-tokens",
                      "12"])
     try:
