@@ -204,7 +204,14 @@ def test_weights_stored_in_out_decode_through_the_kernel_in_place(kernel, monkey
     assert views and all(not m.weight.is_contiguous() for n, m in stored.named_modules() if n in views)
     prompt = torch.randint(0, MID["vocab_size"], (9,)).tolist()
     config = SampleConfig(temperature=0.0, max_new_tokens=12)
-    counting = Counting(kernel)
+    normed = []  # layouts of the weights bound with a norm before them (qkv's, fc's): (in, out) ones too
+
+    class Recording(Counting):
+        def bind_normed(self, weight, *args):
+            normed.append("out, in" if weight.is_contiguous() else "in, out")
+            return super().bind_normed(weight, *args)
+
+    counting = Recording(kernel)
     monkeypatch.setattr(gemv, "load", lambda: counting)
     with P.fast_linears(stored, rows=1):
         wrapped = {n: m for n, m in stored.named_modules() if isinstance(m, P.FastLinear)}
@@ -212,6 +219,7 @@ def test_weights_stored_in_out_decode_through_the_kernel_in_place(kernel, monkey
         assert all(wrapped[n].weight.data_ptr() == ptr for n, ptr in views.items())  # no copy
     tokens = generate(stored, prompt, config)
     assert counting.calls == 1 + 11 * (2 * 4 + 1)
+    assert normed == ["in, out"] * 2 * MID["n_layer"]  # each block's norm1 + qkv and norm2 + fc, bound once
     if dtype == torch.float32:
         assert tokens == generate(model, prompt, config)
     else:  # bf16 sums in another order may round a near-tie the other way: compare a step's logits

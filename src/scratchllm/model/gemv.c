@@ -1123,11 +1123,13 @@ struct row_norm {
 };
 
 /* y (out) = W norm(x) + b for one row x (in): the norm (scratchllm_norm), then the product (scratchllm_gemv, or
- * scratchllm_gemv_bf16 with its `scratch`) */
+ * scratchllm_gemv_bf16 with its `scratch`; W stored (in, out), `transposed`: gemv_t, `scratch` its partial rows) */
 void scratchllm_gemv_normed(const void *w, const void *x, const float *b, void *y, long out, long in, int threads,
-                            float *scratch, const struct row_norm *nm, int bf16) {
+                            float *scratch, const struct row_norm *nm, int bf16, int transposed) {
     scratchllm_norm(x, nm->w, nm->b, nm->row, in, nm->eps, nm->rms, bf16);
-    if (bf16)
+    if (transposed) /* W stored (in, out): gemv_t, `scratch` its partial rows */
+        gemv_t(w, nm->row, b, y, out, in, threads, scratch, 0, bf16);
+    else if (bf16)
         scratchllm_gemv_bf16(w, nm->row, b, y, out, in, threads, scratch, 0);
     else
         scratchllm_gemv(w, nm->row, b, y, out, in, threads, 0);

@@ -114,9 +114,9 @@ class Kernel:
         self._mlp.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_long] * 2 + [ctypes.c_int, ctypes.c_void_p]
                               + [ctypes.c_int] * 2 + [ctypes.c_void_p])
         self._mlp.restype = None
-        self._normed = self._lib.scratchllm_gemv_normed  # (w, x, b, y, out, in, threads, scratch, norm, bf16)
+        self._normed = self._lib.scratchllm_gemv_normed  # (w, x, b, y, out, in, threads, scratch, norm, bf16, t)
         self._normed.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_int]
-                                 + [ctypes.c_void_p] * 2 + [ctypes.c_int])
+                                 + [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2)
         self._normed.restype = None
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
         self._q8, self._q4 = self._lib.scratchllm_gemv_q8, self._lib.scratchllm_gemv_q4
@@ -289,16 +289,27 @@ class Kernel:
                     norm: RowNorm) -> Callable[[torch.Tensor], torch.Tensor]:
         """`product(x)`: `norm(x) @ weight.T + bias` for one row x (..., in) in one call (gemv.c's
         `scratchllm_gemv_normed`: a block's norm and the product after it), as `norm` then `bind`'s product
-        compute it. Weight (out, in) contiguous fp32 or bf16, x of its dtype; the bias taken as it is now."""
-        dtype, (n_out, n_in) = self._check_weights([weight], "bind_normed"), weight.shape
+        compute it. Weight (out, in) contiguous fp32 or bf16, or stored (in, out) as `bind` takes it (`takes`), x of
+        its dtype; the bias taken as it is now."""
+        transposed = self.takes(weight) and not weight.is_contiguous()
+        dtype = weight.dtype if transposed else self._check_weights([weight], "bind_normed")
+        n_out, n_in = weight.shape
         bf16 = dtype is torch.bfloat16
         b32 = None if bias is None else bias.detach().float().contiguous()
-        scratch = torch.empty(n_in, dtype=torch.float32) if bf16 else None  # the row split in even/odd halves
+        num_threads = torch.get_num_threads
+        if transposed:  # gemv_t's partial rows, as in `bind`
+            most = max(torch.get_num_threads(), os.cpu_count() or 1)
+            scratch = torch.empty(most * n_out, dtype=torch.float32)
+
+            def num_threads() -> int:
+                return min(torch.get_num_threads(), most)
+        else:  # bf16: the row split in even/odd halves
+            scratch = torch.empty(n_in, dtype=torch.float32) if bf16 else None
         w_ptr, b_ptr, s_ptr = weight.data_ptr(), None if b32 is None else b32.data_ptr(), None
         if scratch is not None:
             s_ptr = scratch.data_ptr()
         nm, nm_keep = norm.bind(n_in, dtype)
-        call, single, num_threads = self._normed, weight.numel() < PARALLEL_MIN, torch.get_num_threads
+        call, single = self._normed, weight.numel() < PARALLEL_MIN
 
         def product(x: torch.Tensor) -> torch.Tensor:
             if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
@@ -308,7 +319,7 @@ class Kernel:
                 x = x.contiguous()
             y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
             call(w_ptr, x.data_ptr(), b_ptr, y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, nm,
-                 int(bf16))
+                 int(bf16), int(transposed))
             return y
 
         product.keep_alive = (weight.detach(), b32, scratch, *nm_keep)  # (as bind_mlp's)

@@ -118,11 +118,12 @@ def normed_product(norm: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.
     """`layer(norm(x))` for one row of a decode step (no autograd, no autocast: the caller checked): one C call
     (`gemv.Kernel.bind_normed`, bound once per FastLinear) where `layer` runs through the kernel (a FastLinear of
     x's dtype) and `kernel_norm` takes `norm`; else `norm_row`, then `layer`. Equal to float rounding."""
-    entry = _NORMED_CALLS.get(layer) if type(layer) is FastLinear else None
+    if type(layer) is not FastLinear or layer.product is None:  # no kernel product to fuse with (a QuantLinear...)
+        return layer(norm_row(norm, x))
+    entry = _NORMED_CALLS.get(layer)
     if entry is None or entry[0]() is not norm or hooked(norm):
         params = kernel_norm(norm, x)
-        if params is None or not (type(layer) is FastLinear and layer.product is not None and layer.dtype is x.dtype
-                                  and layer.weight.is_contiguous()):  # (out, in) as stored: what the call reads
+        if params is None or layer.dtype is not x.dtype:
             return layer(norm_row(norm, x))
         entry = _NORMED_CALLS[layer] = (weakref.ref(norm), gemv.load().bind_normed(layer.weight, layer.bias, params))
     return entry[1](x)
@@ -260,8 +261,13 @@ class MLP(nn.Module):
         `kernel_norm` takes `norm`, the norm, the products and the activation in one call (`gemv.Kernel.bind_mlp`,
         bound once per FastLinear); else `norm_row`, then `hidden`. Equal to float rounding."""
         fc = self.fc
+        if type(fc) is not FastLinear or fc.product is None:  # no kernel products to fuse (a QuantLinear...)
+            return self.hidden(x if norm is None else norm_row(norm, x))
         gate = self.gate if self.swiglu else None
-        entry = _MLP_CALLS.get(fc) if type(fc) is FastLinear else None
+        if gate is None and norm is not None and not fc.weight.is_contiguous():
+            # stored (in, out) (an imported GPT-2's Conv1D matrix): the norm inside fc's product, GELU after it
+            return F.gelu(normed_product(norm, fc, x), approximate=self.approximate)
+        entry = _MLP_CALLS.get(fc)
         if entry is None or entry[0]() is not gate or entry[1]() is not norm or (norm is not None and hooked(norm)):
             params = None if norm is None else kernel_norm(norm, x)
             if (norm is not None and params is None) or not all(
