@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from scratchllm.model import gemv
+from scratchllm.model.quant_linear import QuantLinear
 
 # Pack only weights of 2 MB or more (in * out >= 2^19 in fp32): smaller ones sit in the caches and
 # F.linear reads them as fast. GPT-2 124M's smallest matrix (768 x 768, 0.6M) is in.
@@ -108,9 +109,15 @@ class FastLinear(nn.Module):
 def linear_plus(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """`residual + layer(x)` (a block's residual connection), one kernel call when `layer` is a FastLinear
     that takes `x` (`FastLinear.one_row`: the kernel adds the residual as it writes the product, rounded as
-    torch rounds the two steps). `in_place`: the sum is written into `residual` (the caller owns it)."""
+    torch rounds the two steps), or a QuantLinear that runs `x` through the kernel (`QuantLinear.one_row_product`:
+    its product adds the fp32 residual likewise). `in_place`: the sum is written into `residual` (the caller owns
+    it)."""
     if type(layer) is FastLinear and layer.one_row(x) and residual.dtype is x.dtype and residual.is_contiguous():
         return layer.product(x, add=residual, out=residual if in_place else None)
+    if type(layer) is QuantLinear and residual.dtype is torch.float32 and residual.is_contiguous():
+        product = layer.one_row_product(x)
+        if product is not None and residual.numel() == layer.out_features:
+            return product(x, add=residual, out=residual if in_place else None)
     y = layer(x)
     return residual.add_(y) if in_place else residual + y
 

@@ -724,7 +724,7 @@ static inline int word(const signed char *p) { /* 4 inputs as one 32-bit word (t
 
 /* portable C, any t */
 static void q4_block_c(const unsigned char *w, const float *s, const unsigned char *z, long in, long group, int t,
-                       const struct qin *q, const float *b, float *y) {
+                       const struct qin *q, const float *b, const float *add, float *y) {
     long per = group / QBLOCK; /* input blocks per group */
     for (int r = 0; r < t; r++) {
         float acc = 0.0f;
@@ -738,7 +738,8 @@ static void q4_block_c(const unsigned char *w, const float *s, const unsigned ch
             int zp = z ? z[g * t + r] : 8;
             acc += s[g * t + r] * q->xd[k] * (float)(isum - zp * q->xq[k]);
         }
-        y[r] = with_bias(acc, b, r);
+        float v = with_bias(acc, b, r);
+        y[r] = add ? v + add[r] : v; /* add[r] read before y[r] is written: add may be y */
     }
 }
 
@@ -746,7 +747,7 @@ static void q4_block_c(const unsigned char *w, const float *s, const unsigned ch
 /* AVX-512, t = QROWS: a chunk of the 16 rows is one register, each lane one row; per input block 8 dot products
  * into 4 accumulators (low and high nibbles, even and odd chunks: short dependency chains) */
 T512 static void q4_block_512(const unsigned char *w, const float *s, const unsigned char *z, long in, long group,
-                              const struct qin *q, const float *b, float *y) {
+                              const struct qin *q, const float *b, const float *add, float *y) {
     const __m512i low = _mm512_set1_epi8(15);
     long per = group / QBLOCK;
     __m512 acc = _mm512_setzero_ps();
@@ -769,13 +770,14 @@ T512 static void q4_block_512(const unsigned char *w, const float *s, const unsi
         acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum, zq)), sd, acc);
     }
     if (b) acc = _mm512_add_ps(acc, _mm512_loadu_ps(b));
+    if (add) acc = _mm512_add_ps(acc, _mm512_loadu_ps(add)); /* read before y is written: add may be y */
     _mm512_storeu_ps(y, acc);
 }
 
 /* AVX2, t = QROWS: a chunk is two registers (rows 0-7, 8-15); pairs of products summed in 16 bits
  * (15 * 127 * 4 < 2^15), then in 32 */
 T256 static void q4_block_256(const unsigned char *w, const float *s, const unsigned char *z, long in, long group,
-                              const struct qin *q, const float *b, float *y) {
+                              const struct qin *q, const float *b, const float *add, float *y) {
     const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     long per = group / QBLOCK;
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -804,6 +806,7 @@ T256 static void q4_block_256(const unsigned char *w, const float *s, const unsi
     }
     for (int h = 0; h < 2; h++) {
         if (b) acc[h] = _mm256_add_ps(acc[h], _mm256_loadu_ps(b + 8 * h));
+        if (add) acc[h] = _mm256_add_ps(acc[h], _mm256_loadu_ps(add + 8 * h)); /* read before written (add may be y) */
         _mm256_storeu_ps(y + 8 * h, acc[h]);
     }
 }
@@ -941,81 +944,141 @@ static int usable(int isa) {
     }
 
 /* what stays the same from call to call of one layer's product: set once when it is bound (a call then passes
- * 5 arguments, not 13: each costs the caller, ctypes, about 0.1 us) */
+ * a handful of arguments, not 13: each costs the caller, ctypes, about 0.1 us) */
 struct q_weights {
     const void *w;              /* int8 (out, in) or int4 packed (out, in / 2), in the kernel layout */
     const float *scales;        /* int8 (out); int4 (out, in / group) */
     const unsigned char *zeros; /* int4 (out, in / group), or NULL (symmetric: 8) */
     const float *b;             /* bias (out), or NULL */
     void *scratch;              /* nx * scratchllm_q_scratch_bytes(in) bytes, for the quantized input rows */
-    long out, in, group;        /* group: int4 only */
+    long out, in, group;        /* group: int4 only (0: int8) */
     long isa;                   /* the path asked for (the best below it this CPU runs is taken) */
 };
 
-/* y (nx, out) = x (nx, in) @ (q (out, in) int8 * scales (out)).T + b, on `threads` threads */
-void scratchllm_gemv_q8(const struct q_weights *c, const float *x, float *y, long nx, int threads) {
+struct row_norm;
+static void norm_into_row(const float *x, const struct row_norm *nm, long n, const float **row);
+
+/* the input rows x (nx, in) quantized into `scratch` (int8 or int4 weights: c->group), each normalized by nm first
+ * (nm NULL: as they are); the normalized row goes through nm's row buffer, one row at a time */
+static void q_prep(const struct q_weights *c, void *scratch, const float *x, long nx, const struct row_norm *nm) {
+    long in = c->in;
+    for (long i = 0; i < nx; i++) {
+        struct qin qi = carve(scratch, in, i);
+        const float *row = x + i * in;
+        if (nm) norm_into_row(row, nm, in, &row);
+        if (c->group)
+            prep_q4(row, in, &qi);
+        else
+            prep_q8(row, in, &qi);
+    }
+}
+
+/* int8: y[i, r] (+ add[i, r]) for rows r0 <= r < r1 of every input row i, from the quantized rows in scratch */
+static void q8_part(const struct q_weights *c, void *scratch, long nx, float *y, const float *add, long r0, long r1,
+                    int isa) {
     const signed char *w = c->w;
     const float *scales = c->scales, *b = c->b;
     long out = c->out, in = c->in;
-    void *scratch = c->scratch;
-    int isa = (int)c->isa;
-    for (long i = 0; i < nx; i++) {
-        struct qin qi = carve(scratch, in, i);
-        prep_q8(x + i * in, in, &qi);
+    /* add's element read before y's is written: add may be y */
+#define FINISH(i, r, v)                                                  \
+    {                                                                    \
+        float f_ = with_bias(scales[r] * (v), b, r);                     \
+        y[(i) * out + (r)] = add ? f_ + add[(i) * out + (r)] : f_;       \
     }
-    isa = usable(isa);
-#define FINISH(i, r, v) y[(i) * out + (r)] = with_bias(scales[r] * (v), b, r)
-#pragma omp parallel num_threads(threads)
-    {
-        SHARE(out)
 #ifdef SCRATCHLLM_X86
-        if (isa == 2)
-            Q8_ROWS(q8_rows_512_4(w, in, &qi, rows, nr, sums))
-        else if (isa == 1)
-            Q8_ROWS(q8_rows_256_4(w, in, &qi, rows, nr, sums))
-        else
+    if (isa == 2)
+        Q8_ROWS(q8_rows_512_4(w, in, &qi, rows, nr, sums))
+    else if (isa == 1)
+        Q8_ROWS(q8_rows_256_4(w, in, &qi, rows, nr, sums))
+    else
 #endif
-            Q8_ROWS(q8_rows_c(w, in, &qi, rows, nr, sums))
-    }
+        Q8_ROWS(q8_rows_c(w, in, &qi, rows, nr, sums))
 #undef FINISH
 }
 
-/* y (nx, out) = x (nx, in) @ W.T + b with W int4 in the kernel layout (see above: packed bytes (out, in / 2),
- * scales (out, in / group), zero points (out, in / group) bytes or NULL for symmetric weights; group a multiple
- * of 32), on `threads` threads. Threads take equal runs of row blocks; each block is applied to every input row
- * while it is in the cache. */
-void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, long nx, int threads) {
+/* int4: y[i, rows of blocks k0 <= k < k1] (+ add) for every input row i; each block applied to every input row while
+ * it is in the cache */
+static void q4_part(const struct q_weights *c, void *scratch, long nx, float *y, const float *add, long k0, long k1,
+                    int isa) {
     const unsigned char *w = c->w, *zeros = c->zeros;
     const float *scales = c->scales, *b = c->b;
-    long out = c->out, in = c->in, group = c->group;
-    void *scratch = c->scratch;
-    int isa = (int)c->isa;
-    long groups = in / group, blocks = (out + QROWS - 1) / QROWS;
-    for (long i = 0; i < nx; i++) {
-        struct qin qi = carve(scratch, in, i);
-        prep_q4(x + i * in, in, &qi);
+    long out = c->out, in = c->in, group = c->group, groups = in / group;
+    for (long k = k0; k < k1; k++) {
+        long row = k * QROWS;
+        int t = out - row < QROWS ? (int)(out - row) : QROWS;
+        const unsigned char *wk = w + row * (in / 2), *zk = zeros ? zeros + row * groups : 0;
+        const float *sk = scales + row * groups, *bk = b ? b + row : 0;
+        for (long i = 0; i < nx; i++) {
+            struct qin qi = carve(scratch, in, i);
+            float *yk = y + i * out + row;
+            const float *ak = add ? add + i * out + row : 0;
+#ifdef SCRATCHLLM_X86
+            if (isa == 2 && t == QROWS)
+                q4_block_512(wk, sk, zk, in, group, &qi, bk, ak, yk);
+            else if (isa == 1 && t == QROWS)
+                q4_block_256(wk, sk, zk, in, group, &qi, bk, ak, yk);
+            else
+#endif
+                q4_block_c(wk, sk, zk, in, group, t, &qi, bk, ak, yk);
+        }
     }
-    isa = usable(isa);
+}
+
+/* y (nx, out) = x (nx, in) @ (q (out, in) int8 * scales (out)).T + b (+ add (nx, out), or NULL; may be y), on
+ * `threads` threads; nm: a norm applied to each input row first, or NULL */
+void scratchllm_gemv_q8(const struct q_weights *c, const float *x, float *y, long nx, int threads, const float *add,
+                        const struct row_norm *nm) {
+    q_prep(c, c->scratch, x, nx, nm);
+    int isa = usable((int)c->isa);
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(c->out)
+        q8_part(c, c->scratch, nx, y, add, r0, r1, isa);
+    }
+}
+
+/* y (nx, out) = x (nx, in) @ W.T + b (+ add, or NULL; may be y) with W int4 in the kernel layout (see above: packed
+ * bytes (out, in / 2), scales (out, in / group), zero points (out, in / group) bytes or NULL for symmetric weights;
+ * group a multiple of 32), on `threads` threads; nm: a norm applied to each input row first, or NULL. Threads take
+ * equal runs of row blocks. Each block's sums are complete before its outputs are written, so an in-place `add` is
+ * read before it is overwritten. */
+void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, long nx, int threads, const float *add,
+                        const struct row_norm *nm) {
+    q_prep(c, c->scratch, x, nx, nm);
+    int isa = usable((int)c->isa);
+    long blocks = (c->out + QROWS - 1) / QROWS;
 #pragma omp parallel num_threads(threads)
     {
         SHARE(blocks)
-        for (long k = r0; k < r1; k++) {
-            long row = k * QROWS;
-            int t = out - row < QROWS ? (int)(out - row) : QROWS;
-            const unsigned char *wk = w + row * (in / 2), *zk = zeros ? zeros + row * groups : 0;
-            const float *sk = scales + row * groups, *bk = b ? b + row : 0;
-            for (long i = 0; i < nx; i++) {
-                struct qin qi = carve(scratch, in, i);
-                float *yk = y + i * out + row;
-#ifdef SCRATCHLLM_X86
-                if (isa == 2 && t == QROWS)
-                    q4_block_512(wk, sk, zk, in, group, &qi, bk, yk);
-                else if (isa == 1 && t == QROWS)
-                    q4_block_256(wk, sk, zk, in, group, &qi, bk, yk);
-                else
-#endif
-                    q4_block_c(wk, sk, zk, in, group, t, &qi, bk, yk);
+        q4_part(c, c->scratch, nx, y, add, r0, r1, isa);
+    }
+}
+
+static void activate(const float *f, const float *g, void *y, long r0, long r1, int act, int bf16);
+
+/* y (out) = the MLP's hidden activations of one fp32 row x (in) with quantized weights f (and g, SwiGLU; of the same
+ * scheme and shape): as scratchllm_mlp_hidden (act, nm), the input quantized once (into f's scratch) for both
+ * products; sums: 2 * out floats. Threads take equal runs of rows (int8) or row blocks (int4) of both products, then
+ * activate their own rows. */
+void scratchllm_mlp_q(const struct q_weights *f, const struct q_weights *g, const float *x, float *y, int threads,
+                      int act, const struct row_norm *nm, float *sums) {
+    q_prep(f, f->scratch, x, 1, nm);
+    int isa = usable((int)f->isa);
+    long out = f->out, units = f->group ? (out + QROWS - 1) / QROWS : out; /* int4: row blocks */
+    float *sf = sums, *sg = sums + out;
+#pragma omp parallel num_threads(threads)
+    {
+        SHARE(units)
+        if (r0 < r1) {
+            if (f->group) {
+                q4_part(f, f->scratch, 1, sf, 0, r0, r1, isa);
+                if (g) q4_part(g, f->scratch, 1, sg, 0, r0, r1, isa);
+            } else {
+                q8_part(f, f->scratch, 1, sf, 0, r0, r1, isa);
+                if (g) q8_part(g, f->scratch, 1, sg, 0, r0, r1, isa);
             }
+            long a0 = f->group ? r0 * QROWS : r0, a1 = f->group ? (r1 * QROWS < out ? r1 * QROWS : out) : r1;
+            activate(sf, g ? sg : 0, y, a0, a1, act, 0);
         }
     }
 }
@@ -1121,6 +1184,12 @@ struct row_norm {
     float eps;
     int rms; /* RMSNorm, else LayerNorm */
 };
+
+/* x normalized by nm into nm's row (fp32); *row then points at it */
+static void norm_into_row(const float *x, const struct row_norm *nm, long n, const float **row) {
+    scratchllm_norm(x, nm->w, nm->b, nm->row, n, nm->eps, nm->rms, 0);
+    *row = nm->row;
+}
 
 /* y (out) = W norm(x) + b for one row x (in): the norm (scratchllm_norm), then the product (scratchllm_gemv, or
  * scratchllm_gemv_bf16 with its `scratch`; W stored (in, out), `transposed`: gemv_t, `scratch` its partial rows) */

@@ -120,9 +120,12 @@ class Kernel:
         self._normed.restype = None
         # quantized weights (model.quant_linear's format): int8 per row, int4 group-wise; the paths this CPU runs
         self._q8, self._q4 = self._lib.scratchllm_gemv_q8, self._lib.scratchllm_gemv_q4
-        for fn in (self._q8, self._q4):  # (weights, x, y, rows, threads)
-            fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long, ctypes.c_int]
+        for fn in (self._q8, self._q4):  # (weights, x, y, rows, threads, residual, norm)
+            fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long, ctypes.c_int] + [ctypes.c_void_p] * 2
             fn.restype = None
+        self._mlp_q = self._lib.scratchllm_mlp_q  # (fc weights, gate weights, x, y, threads, act, norm, sums)
+        self._mlp_q.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 2
+        self._mlp_q.restype = None
         self._scratch_bytes = self._lib.scratchllm_q_scratch_bytes
         self._scratch_bytes.argtypes, self._scratch_bytes.restype = [ctypes.c_long], ctypes.c_long
         self._lib.scratchllm_q_isas.restype = ctypes.c_int
@@ -335,25 +338,26 @@ class Kernel:
         return first.dtype
 
     def bind_q8(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
-                isa: str | None = None, rows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`x -> x @ (qweight * scales).T + bias` for up to `rows` fp32 rows x (..., in), each quantized as
-        `quantize_input` does: int8 weights (out, in), one fp32 scale per row (scales (out, 1)), read in place.
-        `isa`: the path (see `isa`)."""
+                isa: str | None = None, rows: int = 1, norm: RowNorm | None = None) -> Callable[..., torch.Tensor]:
+        """`product(x, add=None, out=None)`: `x @ (qweight * scales).T + bias (+ add)` for up to `rows` fp32 rows
+        x (..., in), each quantized as `quantize_input` does: int8 weights (out, in), one fp32 scale per row (scales
+        (out, 1)), read in place. `isa`: the path (see `isa`). add, out, norm: see `_bind_quantized`."""
         out, n_in = qweight.shape
         if (qweight.dtype != torch.int8 or scales.dtype != torch.float32 or scales.numel() != out
                 or not (qweight.is_contiguous() and scales.is_contiguous()) or qweight.device.type != "cpu"):
             raise ValueError(f"gemv int8 takes a contiguous CPU int8 weight and {out} fp32 scales; got "
                              f"{qweight.dtype} {tuple(qweight.shape)}, scales {scales.dtype} {tuple(scales.shape)}")
-        return self._bind_quantized(self._q8, (qweight, scales, None), 0, out, n_in, bias, isa, rows, "int8")
+        return self._bind_quantized(self._q8, (qweight, scales, None), 0, out, n_in, bias, isa, rows, "int8", norm)
 
     def bind_q4(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group: int,
-                bias: torch.Tensor | None = None, isa: str | None = None,
-                rows: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`x -> x @ W.T + bias` for up to `rows` fp32 rows x (..., in), each quantized as `quantize_input` does,
+                bias: torch.Tensor | None = None, isa: str | None = None, rows: int = 1,
+                norm: RowNorm | None = None) -> Callable[..., torch.Tensor]:
+        """`product(x, add=None, out=None)`: `x @ W.T + bias (+ add)` for up to `rows` fp32 rows x (..., in), each
+        quantized as `quantize_input` does,
         W int4 group-wise IN THE KERNEL LAYOUT (`to_kernel_layout` of model.quant_linear's format): qweight
         (out, in / 2) uint8 (two weights a byte, the even one low), scales (out, in / group) fp32, zeros
         (out, in / group) uint8 or None (symmetric: 8); group a multiple of 32. Read in place. `isa`: the path
-        (see `isa`)."""
+        (see `isa`). add, out, norm: see `_bind_quantized`."""
         out, n_in = qweight.shape[0], qweight.shape[1] * 2
         groups = n_in // group if group > 0 else 0
         ok = (qweight.dtype == torch.uint8 and scales.dtype == torch.float32 and group % 32 == 0 and group > 0
@@ -365,29 +369,77 @@ class Kernel:
             raise ValueError(f"gemv int4 takes contiguous CPU uint8 (out, in/2), fp32 scales and uint8 zeros "
                              f"(out, in/group), group a multiple of 32; got {tuple(qweight.shape)} "
                              f"{qweight.dtype}, scales {tuple(scales.shape)}, group {group}")
-        return self._bind_quantized(self._q4, (qweight, scales, zeros), group, out, n_in, bias, isa, rows, "int4")
+        return self._bind_quantized(self._q4, (qweight, scales, zeros), group, out, n_in, bias, isa, rows, "int4",
+                                    norm)
 
     def _bind_quantized(self, fn, tensors: tuple, group: int, out: int, n_in: int, bias: torch.Tensor | None,
-                        isa: str | None, rows: int, what: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The product of bind_q8/bind_q4: x (..., in) fp32 of up to `rows` rows -> (..., out) fp32, one C call
-        with the weights' addresses and sizes set once (gemv.c's `struct q_weights`)."""
+                        isa: str | None, rows: int, what: str,
+                        norm: RowNorm | None = None) -> Callable[..., torch.Tensor]:
+        """The product of bind_q8/bind_q4, `product(x, add=None, out=None)`: x (..., in) fp32 of up to `rows` rows ->
+        (..., out) fp32, one C call with the weights' addresses and sizes set once (gemv.c's `struct q_weights`).
+        add: a residual (..., out) fp32 added to the result (`x @ W.T + b + add`, as torch's `y + add`); out: the
+        tensor written (default a new one; may be `add` itself: an in-place residual). `norm`: each row is
+        normalized by it first (see `RowNorm`; fp32), in the same call, as `norm` then the product compute it."""
         b32 = None if bias is None else bias.detach().float().contiguous()
         scratch = torch.empty(rows * self._scratch_bytes(n_in) + 64, dtype=torch.uint8)  # quantized rows (+ align)
         ptrs = [0 if t is None else t.data_ptr() for t in (*tensors, b32, scratch)]
         weights = _QWeights(*ptrs, out, n_in, group, self.isa(isa))
         call = ctypes.addressof(weights)
+        nm, nm_keep = (None, ()) if norm is None else norm.bind(n_in, torch.float32)
+        n_out = out
 
-        def product(x: torch.Tensor) -> torch.Tensor:
+        def product(x: torch.Tensor, add: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
             if x.dtype is not torch.float32 or not x.is_cpu or x.shape[-1] != n_in or not 0 < x.numel() <= rows * n_in:
                 raise ValueError(f"gemv {what} takes 1 to {rows} CPU fp32 rows of {n_in}; got x {tuple(x.shape)} "
                                  f"{x.dtype}")
             xc = x if x.is_contiguous() else x.contiguous()
-            y = torch.empty(*x.shape[:-1], out)  # (..., out) fp32
-            fn(call, xc.data_ptr(), y.data_ptr(), x.numel() // n_in, torch.get_num_threads())
+            nx = x.numel() // n_in
+            for t, name in ((add, "residual"), (out, "out")):
+                if t is not None and (t.dtype is not torch.float32 or t.numel() != nx * n_out or not t.is_cpu
+                                      or not t.is_contiguous()):
+                    raise ValueError(f"gemv {what}'s {name} must be a contiguous CPU fp32 tensor of {nx} rows of "
+                                     f"{n_out}; got {tuple(t.shape)} {t.dtype}")
+            y = torch.empty(*x.shape[:-1], n_out) if out is None else out  # (..., out) fp32
+            fn(call, xc.data_ptr(), y.data_ptr(), nx, torch.get_num_threads(), None if add is None else add.data_ptr(),
+               nm)
             return y
 
-        product.keep_alive = (*tensors, b32, scratch, weights)  # the addresses above stay valid while it lives
+        product.weights = weights  # for `bind_mlp_quantized`, which reads two layers' weights in one call
+        product.keep_alive = (*tensors, b32, scratch, weights, *nm_keep)  # the addresses above stay valid while it lives
         return product
+
+    def bind_mlp_quantized(self, fc: Callable[..., torch.Tensor], act: str,
+                           gate: Callable[..., torch.Tensor] | None = None,
+                           norm: RowNorm | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`hidden(x)`: as `bind_mlp`'s, for quantized weights: `fc` and `gate` are products of `bind_q8` or
+        `bind_q4` (both the same scheme and shape), act "swiglu" (with `gate`) or "gelu_tanh"/"gelu"; one fp32
+        row x (..., in) in one call (gemv.c's `scratchllm_mlp_q`: the norm, the input quantized once for both
+        products, the products, the activation), as the separate calls compute it."""
+        act_id = MLP_ACTS.get(act)
+        f = fc.weights
+        g = None if gate is None else gate.weights
+        if act_id is None or (act == "swiglu") != (gate is not None) or (
+                g is not None and (g.out, g.n_in, g.group) != (f.out, f.n_in, f.group)):
+            raise ValueError(f"bind_mlp_quantized takes act one of {', '.join(MLP_ACTS)}, and a gate of fc's scheme "
+                             f"and shape exactly for swiglu; got act {act!r}, gate {gate is not None}")
+        n_out, n_in = f.out, f.n_in
+        sums = torch.empty(2 * n_out, dtype=torch.float32)
+        nm, nm_keep = (None, ()) if norm is None else norm.bind(n_in, torch.float32)
+        f_ptr, g_ptr, s_ptr, call = ctypes.addressof(f), None if g is None else ctypes.addressof(g), sums.data_ptr(), \
+            self._mlp_q
+
+        def hidden(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() != n_in or x.dtype is not torch.float32 or not x.is_cpu:
+                raise ValueError(f"the quantized MLP takes one CPU fp32 row of {n_in}; got x {tuple(x.shape)} "
+                                 f"{x.dtype} on {x.device}")
+            if not x.is_contiguous():
+                x = x.contiguous()
+            y = torch.empty(*x.shape[:-1], n_out)  # (..., out) fp32
+            call(f_ptr, g_ptr, x.data_ptr(), y.data_ptr(), torch.get_num_threads(), act_id, nm, s_ptr)
+            return y
+
+        hidden.keep_alive = (fc, gate, sums, *nm_keep)  # (the products keep their weights' addresses valid)
+        return hidden
 
 
 class RowNorm:

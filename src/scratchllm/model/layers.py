@@ -24,6 +24,7 @@ from scratchllm.config.model import ModelConfig
 from scratchllm.model import functional as ops
 from scratchllm.model import gemv
 from scratchllm.model.fast_linear import FastLinear, linear_plus
+from scratchllm.model.quant_linear import QuantLinear
 
 # attention="auto" uses the explicit math for at most this many keys: beyond, its (B, n_head, T, T)
 # weights cost more memory than the speed is worth (see `explicit_attention`).
@@ -117,15 +118,24 @@ def kernel_norm(norm: nn.Module, x: torch.Tensor) -> gemv.RowNorm | None:
 def normed_product(norm: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`layer(norm(x))` for one row of a decode step (no autograd, no autocast: the caller checked): one C call
     (`gemv.Kernel.bind_normed`, bound once per FastLinear) where `layer` runs through the kernel (a FastLinear of
-    x's dtype) and `kernel_norm` takes `norm`; else `norm_row`, then `layer`. Equal to float rounding."""
-    if type(layer) is not FastLinear or layer.product is None:  # no kernel product to fuse with (a QuantLinear...)
+    x's dtype, or a QuantLinear that takes the fp32 row: its quantized product normalizes the row first,
+    `QuantLinear.bind_normed`) and `kernel_norm` takes `norm`; else `norm_row`, then `layer`. Equal to float
+    rounding."""
+    kind = type(layer)
+    if kind is QuantLinear:  # its product bound to the buffers as they are now (rebound when they change)
+        base = layer.one_row_product(x)
+    else:
+        base = layer.product if kind is FastLinear else None
+    if base is None:  # no kernel product to fuse with
         return layer(norm_row(norm, x))
     entry = _NORMED_CALLS.get(layer)
-    if entry is None or entry[0]() is not norm or hooked(norm):
+    if entry is None or entry[0]() is not norm or entry[2] is not base or hooked(norm):
         params = kernel_norm(norm, x)
-        if params is None or layer.dtype is not x.dtype:
+        if params is None or (kind is FastLinear and layer.dtype is not x.dtype):
             return layer(norm_row(norm, x))
-        entry = _NORMED_CALLS[layer] = (weakref.ref(norm), gemv.load().bind_normed(layer.weight, layer.bias, params))
+        call = layer.bind_normed(params) if kind is QuantLinear else gemv.load().bind_normed(layer.weight,
+                                                                                            layer.bias, params)
+        entry = _NORMED_CALLS[layer] = (weakref.ref(norm), call, base)
     return entry[1](x)
 
 
@@ -261,7 +271,9 @@ class MLP(nn.Module):
         `kernel_norm` takes `norm`, the norm, the products and the activation in one call (`gemv.Kernel.bind_mlp`,
         bound once per FastLinear); else `norm_row`, then `hidden`. Equal to float rounding."""
         fc = self.fc
-        if type(fc) is not FastLinear or fc.product is None:  # no kernel products to fuse (a QuantLinear...)
+        if type(fc) is QuantLinear:
+            return self._hidden_one_quantized(x, norm)
+        if type(fc) is not FastLinear or fc.product is None:  # no kernel products to fuse
             return self.hidden(x if norm is None else norm_row(norm, x))
         gate = self.gate if self.swiglu else None
         if gate is None and norm is not None and not fc.weight.is_contiguous():
@@ -278,6 +290,26 @@ class MLP(nn.Module):
             call = gemv.load().bind_mlp(fc.weight, fc.bias, act, None if gate is None else gate.weight,
                                         None if gate is None else gate.bias, norm=params)
             entry = _MLP_CALLS[fc] = (_ref(gate), _ref(norm), call)
+        return entry[2](x)
+
+    def _hidden_one_quantized(self, x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+        """`hidden_one` for a QuantLinear `fc` (and `gate` of its scheme): the norm, both products (the input
+        quantized once) and the activation in one call (`gemv.Kernel.bind_mlp_quantized`, bound to the layers'
+        products as they are now, rebound when they change); else `norm_row`, then `hidden`."""
+        fc, gate = self.fc, self.gate if self.swiglu else None
+        bases = tuple(None if m is None else m.one_row_product(x) if type(m) is QuantLinear else False
+                      for m in (fc, gate))
+        if bases[0] is None or (gate is not None and (not bases[1] or gate.scheme != fc.scheme)):
+            return self.hidden(x if norm is None else norm_row(norm, x))
+        entry = _MLP_CALLS.get(fc)
+        if (entry is None or entry[0]() is not gate or entry[1]() is not norm or entry[3] != bases
+                or (norm is not None and hooked(norm))):
+            params = None if norm is None else kernel_norm(norm, x)
+            if norm is not None and params is None:
+                return self.hidden(norm_row(norm, x))
+            act = "swiglu" if self.swiglu else "gelu" if self.approximate == "none" else "gelu_tanh"
+            call = gemv.load().bind_mlp_quantized(bases[0], act, bases[1], norm=params)
+            entry = _MLP_CALLS[fc] = (_ref(gate), _ref(norm), call, bases)
         return entry[2](x)
 
 

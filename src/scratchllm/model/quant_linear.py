@@ -232,15 +232,33 @@ class QuantLinear(nn.Module):
         if (kernel is None or (self.scheme.bits == 4 and self.scheme.group_size % KERNEL_GROUP)
                 or self.qweight.device.type != "cpu"):
             product = None
-        elif self.scheme.bits == 8:
-            product = kernel.bind_q8(self.qweight, self.scales, self.bias, rows=KERNEL_ROWS)
         else:
-            with _RELAYOUT:  # once per layer, even when several threads bind it at once
-                self._relayout(True)
-            product = kernel.bind_q4(self.qweight, self.scales, self.zeros, self.scheme.group_size, self.bias,
-                                     rows=KERNEL_ROWS)
+            product = self._bind(kernel)
         self._bound = (key, product)
         return product
+
+    def _bind(self, kernel: gemv.Kernel, norm: gemv.RowNorm | None = None):
+        """The kernel's product (`gemv.Kernel.bind_q8`/`bind_q4`) bound to the buffers (int4: put in the kernel's
+        layout first), with `norm` applied to its input rows first when given."""
+        if self.scheme.bits == 8:
+            return kernel.bind_q8(self.qweight, self.scales, self.bias, rows=KERNEL_ROWS, norm=norm)
+        with _RELAYOUT:  # once per layer, even when several threads bind it at once
+            self._relayout(True)
+        return kernel.bind_q4(self.qweight, self.scales, self.zeros, self.scheme.group_size, self.bias,
+                              rows=KERNEL_ROWS, norm=norm)
+
+    def one_row_product(self, x: torch.Tensor):
+        """The kernel's product (`_product`) when `x` goes through it as one row (one CPU fp32 row), else None.
+        It takes `add=` and `out=` (a residual added as it writes: `fast_linear.linear_plus`)."""
+        if x.dtype is not torch.float32 or not x.is_cpu or x.numel() != self.in_features:
+            return None
+        return self._product()
+
+    def bind_normed(self, norm: gemv.RowNorm):
+        """`product(x)`: `self(norm(x))` for one fp32 row in one kernel call (the norm inside the product), bound
+        to the buffers as they are now (the caller rebinds when `_product()` changes), or None without the kernel."""
+        base = self._product()
+        return None if base is None else self._bind(gemv.load(), norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype is torch.float32 and x.is_cpu and x.numel() <= KERNEL_ROWS * self.in_features:
