@@ -405,7 +405,7 @@ class Kernel:
             return y
 
         product.weights = weights  # for `bind_mlp_quantized`, which reads two layers' weights in one call
-        product.keep_alive = (*tensors, b32, scratch, weights, *nm_keep)  # the addresses above stay valid while it lives
+        product.keep_alive = (*tensors, b32, scratch, weights, *nm_keep)  # the addresses above stay valid
         return product
 
     def bind_mlp_quantized(self, fc: Callable[..., torch.Tensor], act: str,
