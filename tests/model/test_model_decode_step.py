@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from scratchllm.compress.quantize import quantize_model
 from scratchllm.config.model import ModelConfig
 from scratchllm.model import GPT, gemv
 from scratchllm.model import fast_linear as P
 from scratchllm.model import functional as ops
+from scratchllm.model.quant_linear import QuantScheme
 
 CONFIGS = {
     "gpt2": dict(n_layer=2, n_head=4, n_embd=64, context_length=64, vocab_size=100),
@@ -56,6 +58,26 @@ class Counting:
 
         return counted
 
+    # quantized layers' calls (model.quant_linear): products (with a residual: "+add", a norm inside: "norm+"), MLPs
+    def bind_q8(self, *args, norm=None, **kwargs):
+        return self._counted_q(self.kernel.bind_q8(*args, norm=norm, **kwargs), norm)
+
+    def bind_q4(self, *args, norm=None, **kwargs):
+        return self._counted_q(self.kernel.bind_q4(*args, norm=norm, **kwargs), norm)
+
+    def _counted_q(self, product, norm):
+        def counted(x, add=None, out=None):
+            name = "q:" + ("norm+" if norm is not None else "") + "product" + ("+add" if add is not None else "")
+            self.calls[name] += x.numel() == x.shape[-1]  # one-row calls (a decode step's), not the prompt's
+            return product(x, add=add, out=out)
+
+        counted.weights = product.weights
+        return counted
+
+    def bind_mlp_quantized(self, fc, act, gate=None, norm=None):
+        return self._counted(self.kernel.bind_mlp_quantized(fc, act, gate, norm=norm),
+                             "q:mlp" if norm is None else "q:norm+mlp")
+
     def __getattr__(self, name):
         return getattr(self.kernel, name)
 
@@ -94,6 +116,29 @@ def test_decoding_step_by_step_equals_the_full_forward(kernel, monkeypatch, name
     # fp32: float rounding apart; bf16: a few bf16 roundings of activations of size ~1
     tol = 1e-5 if dtype == torch.float32 else 0.03
     assert (steps - full).abs().max().item() <= tol * max(1.0, full.abs().max().item())
+
+
+@pytest.mark.parametrize("scheme", [QuantScheme(8), QuantScheme(4, 32), QuantScheme(4, 32, symmetric=False)],
+                         ids=lambda s: s.name)
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_a_quantized_models_decode_step_makes_the_fused_calls(kernel, monkeypatch, name, scheme):
+    """A quantized model (compress.quantize: every linear a QuantLinear) decodes step by step through the fused
+    quantized calls (norm inside qkv's product, residuals inside the projections, the MLP's norm, products and
+    activation one call), with the numbers of the general forward."""
+    torch.manual_seed(0)
+    config = ModelConfig(**CONFIGS[name])
+    model = GPT(config).eval()
+    quantize_model(model, scheme)
+    n = 24  # the full forward's rows stay within the quantized kernel's (KERNEL_ROWS): the same input rounding
+    ids = torch.randint(0, config.vocab_size, (1, n))
+    full, steps, calls = decode_step_by_step(model, ids, monkeypatch, kernel)
+    layers = (n - 5) * config.n_layer
+    assert calls == {"attend": layers, "rope": layers * (config.position == "rope"), "qk_norm": 0,
+                     "q:norm+product": layers, "q:product+add": 2 * layers, "q:norm+mlp": layers,
+                     "norm": n - 5, "q:product": n - 5}  # (the final norm, then the head)
+    # float rounding apart (an input moved across a rounding boundary of its int8 block by it would cost more; none
+    # is, with these numbers)
+    assert (steps - full).abs().max().item() <= 1e-4 * max(1.0, full.abs().max().item())
 
 
 def test_bf16_model_with_fp32_rope_tables(kernel, monkeypatch):

@@ -212,3 +212,61 @@ def test_several_rows_in_one_call_equal_one_row_at_a_time(kernel, scheme):
     y = q(x)  # one call of the kernel: each weight read once for the 14 rows
     rows = torch.stack([q(x[i, j]) for i in range(2) for j in range(7)]).view(2, 7, 70)
     assert torch.equal(y, rows)
+
+
+# the fused calls of a decode step (gemv.c's scratchllm_gemv_q8/_q4 with a residual or a norm, scratchllm_mlp_q) equal
+# the separate calls, by every path this CPU runs: rows not a whole number of blocks or threads' shares, 1-2 threads
+@pytest.mark.parametrize("out,n_in", [(67, 64), (300, 192), (16, 96)])
+@pytest.mark.parametrize("scheme", SCHEMES[:3], ids=lambda s: s.name)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fused_quantized_calls_equal_the_separate_calls(kernel, out, n_in, scheme, threads):
+    g = torch.Generator().manual_seed(out + n_in + scheme.bits)
+    layers = []
+    for _ in range(2):  # fc and gate
+        lin = torch.nn.Linear(n_in, out)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(out, n_in, generator=g))
+            lin.bias.copy_(torch.randn(out, generator=g))
+        layers.append(quantize_linear(lin, scheme))
+    x = torch.randn(3, n_in, generator=g) * 2 + 0.3
+    residual = torch.randn(3, out, generator=g)
+    nw, nb = torch.rand(n_in, generator=g) + 0.5, torch.randn(n_in, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for isa in kernel.isas:
+            fc, gate = (bind(q, isa) for q in layers)
+            # the residual: product then add, into a new tensor and in place (out=add), several rows at once
+            want = fc(x) + residual
+            assert torch.allclose(fc(x, add=residual), want, rtol=1e-6, atol=1e-6), isa
+            r = residual.clone()
+            assert fc(x, add=r, out=r) is r and torch.allclose(r, want, rtol=1e-6, atol=1e-6), isa
+            for rms in (True, False):  # the norm inside: the same normalized row, rounded and summed the same way
+                norm = gemv.RowNorm(nw, None if rms else nb, 1e-5, rms)
+                xn = torch.stack([kernel.norm(row, nw, None if rms else nb, 1e-5, rms) for row in x])
+                assert torch.equal(bind(layers[0], isa, norm)(x), fc(xn)), isa
+                assert torch.equal(bind(layers[0], isa, norm)(x[:1], add=residual[:1]), fc(xn[:1], add=residual[:1]))
+                # the MLP: both products and the activation (norm first) in one call
+                f, h = fc(xn[:1]), gate(xn[:1])
+                got = kernel.bind_mlp_quantized(fc, "swiglu", gate, norm=norm)(x[:1])
+                assert torch.allclose(got, F.silu(h) * f, rtol=1e-5, atol=1e-5), isa
+                for act, approximate in (("gelu_tanh", "tanh"), ("gelu", "none")):
+                    got = kernel.bind_mlp_quantized(fc, act, norm=norm)(x[:1])
+                    assert torch.allclose(got, F.gelu(f, approximate=approximate), rtol=1e-5, atol=1e-5), (isa, act)
+            assert torch.allclose(kernel.bind_mlp_quantized(fc, "swiglu", gate)(x[:1]), F.silu(gate(x[:1])) * fc(x[:1]),
+                                  rtol=1e-5, atol=1e-5), isa
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="residual must be"):
+        fc(x, add=residual[:1])
+    with pytest.raises(ValueError, match="a gate of fc's scheme"):
+        kernel.bind_mlp_quantized(fc, "gelu", gate)
+
+
+def bind(q, isa: str, norm=None):
+    """q's kernel product by path `isa` (for up to 4 rows), with `norm` inside."""
+    if q.scheme.bits == 8:
+        return gemv.load().bind_q8(q.qweight, q.scales, q.bias, isa=isa, rows=4, norm=norm)
+    zeros = None if q.zeros is None else gemv.to_kernel_layout(q.zeros, 1)
+    return gemv.load().bind_q4(gemv.to_kernel_layout(q.qweight, 4), gemv.to_kernel_layout(q.scales, 1), zeros,
+                               q.scheme.group_size, q.bias, isa=isa, rows=4, norm=norm)
