@@ -31,7 +31,8 @@
  * for fp32 and bf16 caches. The last section is the glue between the products: one row's RMSNorm or
  * LayerNorm (scratchllm_norm), a product whose input row is normalized first (scratchllm_gemv_normed),
  * and an MLP's products with its activation, its norm first, in one call (SwiGLU, GELU:
- * scratchllm_mlp_hidden).
+ * scratchllm_mlp_hidden). The quantized products (int8, int4: their own section) take the same glue:
+ * a residual, a norm first, and the MLP in one call (scratchllm_mlp_q).
  *
  * Sums run lane by lane and the lanes are then folded together: the result equals F.linear's up to
  * float rounding (another order of the same sums).
@@ -609,6 +610,12 @@ int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, voi
  *
  * The result differs from the product with the unquantized input by at most sum_b d_b / 2 * sum_{i in b}
  * |W_ri| (the input's rounding; tests check it) plus float rounding.
+ *
+ * A decode step's glue, as the fp32/bf16 products have it: a residual added as the outputs are written
+ * (`add`, fp32, may be y: each output's sum is complete before it is stored, and `add` is read first), a norm
+ * applied to each input row before it is quantized (`struct row_norm`, scratchllm_norm), and an MLP's products
+ * with their activation in one call (scratchllm_mlp_q: the input quantized once for both products, then
+ * `activate`, as scratchllm_mlp_hidden).
  *
  * Paths, chosen at run time (`scratchllm_q_isas` says which this CPU runs; a caller may ask for a lesser
  * one): 2 = AVX-512 (F, BW, VL, VNNI), 1 = AVX2 + FMA, 0 = portable C. All three compute the same integer

@@ -15,7 +15,10 @@ head attending over it, in one call (fp32 or bf16; see gemv.c). Quantized weight
 input rows quantized to int8 in blocks of 32 (llama.cpp's q8_0 activations; `quantize_input` is that
 rounding in torch), the scales applied per block in floats (`Kernel.bind_q8`, `Kernel.bind_q4`; gemv.c's
 "quantized weights" comment): int8 as stored, int4 in the kernel layout (16 rows side by side,
-`to_kernel_layout`), into which model.quant_linear rearranges its buffers in place.
+`to_kernel_layout`), into which model.quant_linear rearranges its buffers in place. They take the same decode-step
+glue as the fp32/bf16 products: a residual added as they write (`add=`, `out=`), a norm applied to the input row
+before it is quantized (`norm=`, a `RowNorm`), and an MLP's two products and activation in one call
+(`Kernel.bind_mlp_quantized`).
 Their paths (AVX-512 VNNI, AVX2, portable C)
 are chosen when called, by what the CPU runs (`Kernel.isas`); `SCRATCHLLM_KERNEL_ISA=c|avx2|avx512`
 forces one (tests run each). `benchmarks/gemv.py`

@@ -7,7 +7,8 @@ a batch-1 decode step (one row, a KV cache, no autograd) takes a shorter road th
 and parameters where scratchllm's C kernel is built (`Block.decode_one`): attention the norm and `qkv`
 product in one C call (`normed_product`) and one more for QK-norm, RoPE, the cache and the heads
 (`Attention.attend_one`), the MLP's norm, products and activation one call (`MLP.hidden_one`), residuals
-added inside the projections, the final norm one call (`norm_row`); tested equal to the general path.
+added inside the projections, the final norm one call (`norm_row`); tested equal to the general path. The same
+calls run for quantized layers (model.quant_linear's QuantLinear, fp32 rows), through the quantized products.
 `explicit_attention` is also what the training memory estimate (`train.pretrain`) asks. The book's
 hand-written teaching versions live in `scratchllm.steps` and are tested equal to these.
 """
@@ -30,9 +31,10 @@ from scratchllm.model.quant_linear import QuantLinear
 # weights cost more memory than the speed is worth (see `explicit_attention`).
 AUTO_EXPLICIT_MAX_KEYS = 512
 NORM_DTYPES = (torch.float32, torch.bfloat16)  # the rows `norm_row` takes to the C kernel
-# The decode step's bound C calls (`normed_product`, `MLP.hidden_one`), by the FastLinear they read (`qkv`, `fc`), with
-# weak references to the other modules they read (the norm, the gate): an entry lives as long as that FastLinear (one
-# `fast_linears` context), as its own bound product does.
+# The decode step's bound C calls (`normed_product`, `MLP.hidden_one`), by the FastLinear or QuantLinear they read
+# (`qkv`, `fc`), with weak references to the other modules they read (the norm, the gate): an entry lives as long as
+# that layer (a FastLinear: one `fast_linears` context), as its own bound product does; a QuantLinear's entry also
+# holds the products it was bound with, and is rebound when the layer's products change (its buffers moved).
 _NORMED_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MLP_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -269,7 +271,8 @@ class MLP(nn.Module):
         """`hidden(norm(x))` (`norm` None: `hidden(x)`) for one row of a decode step (no autograd, no autocast):
         where `fc` (and `gate`) run through the C kernel (FastLinears of x's dtype, see model.fast_linear) and
         `kernel_norm` takes `norm`, the norm, the products and the activation in one call (`gemv.Kernel.bind_mlp`,
-        bound once per FastLinear); else `norm_row`, then `hidden`. Equal to float rounding."""
+        bound once per FastLinear; QuantLinears of one scheme: `_hidden_one_quantized`); else `norm_row`, then
+        `hidden`. Equal to float rounding."""
         fc = self.fc
         if type(fc) is QuantLinear:
             return self._hidden_one_quantized(x, norm)

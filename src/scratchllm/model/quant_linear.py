@@ -26,6 +26,9 @@ and the bias as buffers, so its state dict is the file's content. Its forward, f
   `rows()`: `dequantize`, the embedding's lookups, and the state dict (a hook puts the format's layout in
   it, so files never hold the kernel's); loading a state dict, or moving the layer (`.to`, `.half`),
   puts the buffers back in the format's layout first. Assign or load buffers, never write into them.
+  A decode step (model.layers' `Block.decode_one`) uses the kernel's fused calls with these layers as with
+  fp32 ones: the residual added inside the product (`fast_linear.linear_plus`, `one_row_product`), the block's
+  norm inside the next product (`bind_normed`), the MLP's norm, products and activation in one call.
 - more rows, or no kernel (`SCRATCHLLM_NO_KERNEL=1`, no compiler), or other group sizes: the whole
   weight dequantized once per call, then `F.linear`.
 The second equals `F.linear(x, dequantize(...), bias)` to float rounding; the first equals it with x
