@@ -397,6 +397,10 @@ class Kernel:
                                  f"{x.dtype}")
             xc = x if x.is_contiguous() else x.contiguous()
             nx = x.numel() // n_in
+            if add is None and out is None:  # the plain product (checks below skipped: each call counts)
+                y = torch.empty(*x.shape[:-1], n_out)  # (..., out) fp32
+                fn(call, xc.data_ptr(), y.data_ptr(), nx, torch.get_num_threads(), None, nm)
+                return y
             for t, name in ((add, "residual"), (out, "out")):
                 if t is not None and (t.dtype is not torch.float32 or t.numel() != nx * n_out or not t.is_cpu
                                       or not t.is_contiguous()):
