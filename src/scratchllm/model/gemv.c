@@ -862,11 +862,11 @@ T512 static inline __attribute__((always_inline)) void q8_rows_512(const signed 
     for (int s = 0; s < nr; s++) sums[s] = _mm512_reduce_add_ps(acc[s]);
 }
 
-/* (always inlined, as q8_rows_512: each caller's loop then holds the row sums in registers; called as a function it
- * measured a third slower at the demo model's sizes) */
+/* (always inlined, as q8_rows_512, into each of its callers' loops: called as a function, from the several callers
+ * the MLP call adds, it measured slower) */
 T512 static inline __attribute__((always_inline)) void q8_rows_512_4(const signed char *w, long in,
                                                                       const struct qin *q, const long *rows, int nr,
-                               float *sums) {
+                                                                      float *sums) {
     if (nr == STREAMS)
         q8_rows_512(w, in, q, rows, STREAMS, sums);
     else
@@ -913,7 +913,7 @@ T256 static inline __attribute__((always_inline)) void q8_rows_256(const signed 
 
 T256 static inline __attribute__((always_inline)) void q8_rows_256_4(const signed char *w, long in,
                                                                       const struct qin *q, const long *rows, int nr,
-                               float *sums) {
+                                                                      float *sums) {
     if (nr == STREAMS)
         q8_rows_256(w, in, q, rows, STREAMS, sums);
     else
