@@ -276,11 +276,7 @@ class Kernel:
         num_threads = torch.get_num_threads
 
         def hidden(x: torch.Tensor) -> torch.Tensor:
-            if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
-                raise ValueError(f"the MLP takes one CPU row of {n_in} of its weights' dtype ({dtype}); "
-                                 f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
-            if not x.is_contiguous():
-                x = x.contiguous()
+            x = one_row(x, n_in, dtype, "the MLP")
             y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
             call(*ptrs, x.data_ptr(), y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, act_id,
                  int(bf16), nm)
@@ -318,11 +314,7 @@ class Kernel:
         call, single = self._normed, weight.numel() < PARALLEL_MIN
 
         def product(x: torch.Tensor) -> torch.Tensor:
-            if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
-                raise ValueError(f"gemv takes one CPU row of {n_in} of the weight's dtype ({dtype}); "
-                                 f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
-            if not x.is_contiguous():
-                x = x.contiguous()
+            x = one_row(x, n_in, dtype, "gemv")
             y = torch.empty(*x.shape[:-1], n_out, dtype=dtype)  # (..., out)
             call(w_ptr, x.data_ptr(), b_ptr, y.data_ptr(), n_out, n_in, 1 if single else num_threads(), s_ptr, nm,
                  int(bf16), int(transposed))
@@ -447,6 +439,15 @@ class Kernel:
 
         hidden.keep_alive = (fc, gate, sums, *nm_keep)  # (the products keep their weights' addresses valid)
         return hidden
+
+
+def one_row(x: torch.Tensor, n_in: int, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """`x` as a one-row call reads it: one contiguous CPU row of `n_in` values of `dtype`; else a ValueError that
+    names the call (`what`)."""
+    if x.numel() != n_in or x.dtype is not dtype or not x.is_cpu:
+        raise ValueError(f"{what} takes one CPU row of {n_in} of its weights' dtype ({dtype}); "
+                         f"got x {tuple(x.shape)} {x.dtype} on {x.device}")
+    return x if x.is_contiguous() else x.contiguous()
 
 
 class RowNorm:
