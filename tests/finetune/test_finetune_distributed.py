@@ -90,26 +90,29 @@ def said_once(proc, method: str) -> None:
     assert "2 processes (" in proc.stdout and "Traceback" not in proc.stderr
 
 
+def two_equal_one(work: Path, tmp_path: Path, method: str, data: str, extra: tuple, launch: tuple,
+                  base: str = "base") -> None:
+    """`method` on 2 processes (`launch`: torchrun with a strategy, or scratchllm with --nproc) equals one process
+    on the same batches, and rank 0 alone wrote and printed."""
+    one_process(argv(work, method, data, tmp_path / "one", *extra, base=base))
+    runner, *flags = launch
+    args = argv(work, method, data, tmp_path / "two", *extra, base=base)
+    proc = torchrun("-m", "scratchllm", *args, *flags) if runner == "torchrun" else scratchllm(*args, *flags)
+    ok(proc)
+    said_once(proc, method)
+    assert_same_job(tmp_path / "two", tmp_path / "one")
+
+
 def test_instruct_with_lora_under_ddp_equals_one_process(work, tmp_path):
     extra = ("--lora", "r=4,alpha=8", "--train.lr", "1e-2", "--max_new_tokens", "2")
-    one_process(argv(work, "instruct", "instructions.json", tmp_path / "one", *extra))
-    proc = torchrun("-m", "scratchllm", *argv(work, "instruct", "instructions.json", tmp_path / "two", *extra),
-                    "--train.strategy", "ddp")
-    ok(proc)
-    said_once(proc, "instruct")
-    assert_same_job(tmp_path / "two", tmp_path / "one")
+    two_equal_one(work, tmp_path, "instruct", "instructions.json", extra, ("torchrun", "--train.strategy", "ddp"))
     assert any(k.startswith("adapters.safetensors:") for k in final_weights(tmp_path / "two" / "job"))
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_classify_with_nproc_equals_one_process(work, tmp_path, strategy):
-    extra = ("--train.lr", "1e-3")
-    one_process(argv(work, "classify", "sms.csv", tmp_path / "one", *extra))
-    proc = scratchllm(*argv(work, "classify", "sms.csv", tmp_path / "two", *extra), "--train.strategy", strategy,
-                      "--nproc", "2")
-    ok(proc)
-    said_once(proc, "classify")
-    assert_same_job(tmp_path / "two", tmp_path / "one")
+    two_equal_one(work, tmp_path, "classify", "sms.csv", ("--train.lr", "1e-3"),
+                  ("scratchllm", "--train.strategy", strategy, "--nproc", "2"))
     # the report (test metrics after training) is the one process's: under FSDP from the consolidated weights
     a, b = (json.loads((tmp_path / d / "job" / "report.json").read_text()) for d in ("two", "one"))
     assert a["test"]["confusion"] == b["test"]["confusion"]
@@ -118,13 +121,7 @@ def test_classify_with_nproc_equals_one_process(work, tmp_path, strategy):
 def test_dpo_under_ddp_equals_one_process(work, tmp_path):
     # (AdamW divides each update by the root of its second moment: an element whose gradient is nearly 0
     # turns last-bit differences of the reduction into updates ~lr x 1e-2; this lr keeps them below 1e-5)
-    extra = ("--train.lr", "3e-4")
-    one_process(argv(work, "dpo", "prefs.json", tmp_path / "one", *extra))
-    proc = torchrun("-m", "scratchllm", *argv(work, "dpo", "prefs.json", tmp_path / "two", *extra),
-                    "--train.strategy", "ddp")
-    ok(proc)
-    said_once(proc, "dpo")
-    assert_same_job(tmp_path / "two", tmp_path / "one")
+    two_equal_one(work, tmp_path, "dpo", "prefs.json", ("--train.lr", "3e-4"), ("torchrun", "--train.strategy", "ddp"))
 
 
 def test_lora_with_fsdp_is_one_clear_error(work, tmp_path):
@@ -144,10 +141,5 @@ def test_classify_from_a_hugging_face_gpt2_folder_under_fsdp_equals_one_process(
     from scratchllm.interop.load import load_any
 
     assert not load_any(str(hf))[0].blocks[0].attn.qkv.weight.is_contiguous()  # read in place
-    extra = ("--train.lr", "1e-3")
-    one_process(argv(work, "classify", "sms.csv", tmp_path / "one", *extra, base="hf-base"))
-    proc = scratchllm(*argv(work, "classify", "sms.csv", tmp_path / "two", *extra, base="hf-base"),
-                      "--train.strategy", "fsdp", "--nproc", "2")
-    ok(proc)
-    said_once(proc, "classify")
-    assert_same_job(tmp_path / "two", tmp_path / "one")
+    two_equal_one(work, tmp_path, "classify", "sms.csv", ("--train.lr", "1e-3"),
+                  ("scratchllm", "--train.strategy", "fsdp", "--nproc", "2"), base="hf-base")
