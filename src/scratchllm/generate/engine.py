@@ -67,6 +67,7 @@ from scratchllm.errors import UserError
 from scratchllm.generate.sampling import make_generator, sample_next
 from scratchllm.generate.speculative import rows_per_step, verify_draft
 from scratchllm.model.fast_linear import fast_linears
+from scratchllm.model.step_plan import StepPlan
 from scratchllm.runtime import eval_mode
 
 PAD_ID = 0  # id placed in padding slots; masked out, so any valid id works
@@ -170,6 +171,10 @@ class Decoder:
         self._last: list[int] = []  # each slot's token drawn at the last step, fed at the next
         self._logits: torch.Tensor | None = None  # (len(slots), V): the next logits, when already computed
         self._contexts: ExitStack | None = None
+        # batch-1 steps: the recorded step (model.step_plan), for which cache buffers, steps seen on them
+        self._plan: StepPlan | None = None
+        self._plan_key: tuple | None = None
+        self._plan_steps = 0
         # the fixed batch: rows in the caller's order, one shared config and generator
         self.rows: list[list[int]] = []
         self.done: list[bool] = []
@@ -200,6 +205,7 @@ class Decoder:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._plan, self._plan_key = None, None  # (its calls read the layers the contexts put back)
         if self._contexts is not None:
             self._contexts.close()
             self._contexts = None
@@ -290,6 +296,8 @@ class Decoder:
         cache = self.cache
         if cache.pos >= cache.max_len:
             self._make_room()
+        if len(self._last) == 1 and self.starts[0] == 0 and cache.batch_size == 1:
+            return self._decode_one(self._last[0], cache)[:, -1]  # (1, V)
         tokens = torch.tensor(self._last, device=self.device)[:, None]  # (B, 1)
         if max(self.starts) == 0:
             logits = self.model(tokens, kv_cache=cache, last_only=True)
@@ -299,6 +307,23 @@ class Decoder:
             logits = self.model(tokens, kv_cache=cache, position_ids=cache.pos - starts, attention_mask=mask,
                                 last_only=True)
         return logits[:, -1]  # (B, V)
+
+    def _decode_one(self, token: int, cache) -> torch.Tensor:
+        """A batch-1 step's logits (1, 1, V): the recorded step replayed in one C call (model.step_plan) where there
+        is a plan for this cache, else the model. The plan is recorded at the cache's second batch-1 step (the
+        first binds the layers' kernel calls), once per cache buffers (a grown cache gets a new one)."""
+        plan = self._plan
+        if plan is not None and plan.fits(cache):
+            return plan(token)
+        key = (id(cache), cache.k.data_ptr(), cache.v.data_ptr())
+        if key != self._plan_key:
+            self._plan, self._plan_key, self._plan_steps = None, key, 0
+        self._plan_steps += 1
+        tokens = torch.tensor([[token]], device=self.device)  # (1, 1)
+        if self._plan_steps == 2:
+            logits, self._plan = StepPlan.record(self.model, tokens, cache)
+            return logits
+        return self.model(tokens, kv_cache=cache, last_only=True)
 
     def _make_room(self) -> None:
         """The cache is full: grow it (up to the context), else drop positions no row uses, else slide."""

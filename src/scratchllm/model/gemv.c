@@ -1283,3 +1283,117 @@ void scratchllm_mlp_hidden(const void *wf, const float *bf, const void *wg, cons
         }
     }
 }
+
+/* ---- a decode step's first and last calls: the embedding row; and the whole step replayed in one call ----
+ *
+ * scratchllm_embed: one token's embedding row, table[token] (+ pos_table[pos], a learned position's row), fp32 or
+ * bf16 (the sum rounded once, as torch's bf16 add rounds it). scratchllm_embed_q: the same from a quantized table
+ * (struct q_weights: int8 per row, or int4 group-wise in the kernel layout), dequantized as model.quant_linear's
+ * `dequantize` computes it (q * s; (u - z) * s), fp32.
+ *
+ * scratchllm_run_plan: a batch-1 decode step recorded once as the list of the calls above it made (model.step_plan),
+ * run again in one call for the next position and token. Each `struct plan_op` names an entry point of this file
+ * (PLAN_*, gemv.py's PLAN_FNS in the same order) and holds its arguments as recorded: pointers and integers as
+ * longs, floats as a double's bits; the few that move with the step (the position, the token, the addresses of the
+ * position's rows in the RoPE and position tables) are `patch`ed: args[i] = base + (position or token) * step.
+ * Nothing else changes between steps: every buffer the step reads and writes stays where the recording left it.
+ * Returns 0, or the index + 1 of the first call that failed. */
+void scratchllm_embed(const void *table, const void *pos_table, long token, long pos, void *y, long n, int bf16) {
+    const char *row = (const char *)table + token * n * (bf16 ? 2 : 4);
+    const char *prow = pos_table ? (const char *)pos_table + pos * n * (bf16 ? 2 : 4) : 0;
+    if (!prow) {
+        memcpy(y, row, n * (bf16 ? 2 : 4));
+        return;
+    }
+    for (long i = 0; i < n; i++) {
+        float v = load_val(row, i, bf16) + load_val(prow, i, bf16);
+        if (bf16)
+            ((unsigned short *)y)[i] = float_to_bf16(v);
+        else
+            ((float *)y)[i] = v;
+    }
+}
+
+void scratchllm_embed_q(const struct q_weights *c, const float *pos_table, long token, long pos, float *y) {
+    long in = c->in;
+    if (c->group == 0) { /* int8 (out, in), one scale per row */
+        const signed char *q = (const signed char *)c->w + token * in;
+        float s = c->scales[token];
+        for (long i = 0; i < in; i++) y[i] = (float)q[i] * s;
+    } else { /* int4 in the kernel layout: rows in blocks of QROWS, each stored chunk by chunk */
+        long groups = in / c->group, block = token / QROWS, i = token % QROWS;
+        long k = c->out - block * QROWS < QROWS ? c->out - block * QROWS : QROWS; /* rows in this block */
+        const unsigned char *w = (const unsigned char *)c->w + block * QROWS * (in / 2);
+        const float *sc = c->scales + block * QROWS * groups;
+        const unsigned char *zc = c->zeros ? c->zeros + block * QROWS * groups : 0;
+        for (long j = 0; j < in; j++) {
+            long byte = j / 2, g = j / c->group;
+            unsigned char b = w[byte / 4 * k * 4 + i * 4 + byte % 4]; /* chunks of 4 bytes */
+            float u = (float)(j % 2 ? b >> 4 : b & 15), z = zc ? (float)zc[g * k + i] : 8.0f;
+            y[j] = (u - z) * sc[g * k + i];
+        }
+    }
+    if (pos_table)
+        for (long j = 0; j < in; j++) y[j] += pos_table[pos * in + j];
+}
+
+#define PLAN_ARGS 20
+#define PLAN_PATCHES 3
+struct plan_op {
+    long fn;                      /* the entry point: PLAN_* */
+    long args[PLAN_ARGS];         /* as recorded (patched ones: their base) */
+    long n_patch;                 /* args that move with the step */
+    long patch_arg[PLAN_PATCHES]; /* which */
+    long patch_var[PLAN_PATCHES]; /* 0: the position, 1: the token */
+    long patch_step[PLAN_PATCHES];
+};
+
+enum { PLAN_GEMV, PLAN_GEMV_BF16, PLAN_GEMV_T, PLAN_GEMV_T_BF16, PLAN_ATTEND, PLAN_NORM, PLAN_MLP_HIDDEN,
+       PLAN_GEMV_NORMED, PLAN_GEMV_Q8, PLAN_GEMV_Q4, PLAN_MLP_Q, PLAN_EMBED, PLAN_EMBED_Q };
+
+static inline float plan_float(long bits) {
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return (float)d;
+}
+
+static int plan_call(long fn, const long *a) {
+#define P(i) ((void *)a[i])
+#define I(i) ((int)a[i])
+    switch (fn) {
+    case PLAN_GEMV: scratchllm_gemv(P(0), P(1), P(2), P(3), a[4], a[5], I(6), P(7)); return 0;
+    case PLAN_GEMV_BF16: scratchllm_gemv_bf16(P(0), P(1), P(2), P(3), a[4], a[5], I(6), P(7), P(8)); return 0;
+    case PLAN_GEMV_T: scratchllm_gemv_t(P(0), P(1), P(2), P(3), a[4], a[5], I(6), P(7), P(8)); return 0;
+    case PLAN_GEMV_T_BF16: scratchllm_gemv_t_bf16(P(0), P(1), P(2), P(3), a[4], a[5], I(6), P(7), P(8)); return 0;
+    case PLAN_ATTEND:
+        return scratchllm_attend(P(0), P(1), P(2), P(3), P(4), P(5), a[6], a[7], a[8], a[9], a[10], I(11), I(12),
+                                 P(13), P(14), plan_float(a[15]), P(16), P(17), I(18));
+    case PLAN_NORM: scratchllm_norm(P(0), P(1), P(2), P(3), a[4], plan_float(a[5]), I(6), I(7)); return 0;
+    case PLAN_MLP_HIDDEN:
+        scratchllm_mlp_hidden(P(0), P(1), P(2), P(3), P(4), P(5), a[6], a[7], I(8), P(9), I(10), I(11), P(12));
+        return 0;
+    case PLAN_GEMV_NORMED:
+        scratchllm_gemv_normed(P(0), P(1), P(2), P(3), a[4], a[5], I(6), P(7), P(8), I(9), I(10));
+        return 0;
+    case PLAN_GEMV_Q8: scratchllm_gemv_q8(P(0), P(1), P(2), a[3], I(4), P(5), P(6)); return 0;
+    case PLAN_GEMV_Q4: scratchllm_gemv_q4(P(0), P(1), P(2), a[3], I(4), P(5), P(6)); return 0;
+    case PLAN_MLP_Q: scratchllm_mlp_q(P(0), P(1), P(2), P(3), I(4), I(5), P(6), P(7)); return 0;
+    case PLAN_EMBED: scratchllm_embed(P(0), P(1), a[2], a[3], P(4), a[5], I(6)); return 0;
+    case PLAN_EMBED_Q: scratchllm_embed_q(P(0), P(1), a[2], a[3], P(4)); return 0;
+    }
+#undef P
+#undef I
+    return 1;
+}
+
+long scratchllm_run_plan(const struct plan_op *ops, long n, long pos, long token) {
+    for (long i = 0; i < n; i++) {
+        const struct plan_op *op = ops + i;
+        long a[PLAN_ARGS];
+        memcpy(a, op->args, sizeof a);
+        for (long p = 0; p < op->n_patch; p++)
+            a[op->patch_arg[p]] += (op->patch_var[p] ? token : pos) * op->patch_step[p];
+        if (plan_call(op->fn, a)) return i + 1;
+    }
+    return 0;
+}

@@ -49,14 +49,16 @@ Not here: which layers use it and when (model.fast_linear, model.quant_linear).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -81,6 +83,100 @@ QBLOCK = 32  # inputs per quantized block of the input row (gemv.c's QBLOCK, lla
 MLP_ACTS = {"swiglu": 0, "gelu_tanh": 1, "gelu": 2}  # `bind_mlp`'s activations, by gemv.c's number (ACT_*)
 
 
+# The C functions a recorded decode step may call (model.step_plan), by gemv.c's number (PLAN_*, this order).
+PLAN_FNS = ("scratchllm_gemv", "scratchllm_gemv_bf16", "scratchllm_gemv_t", "scratchllm_gemv_t_bf16",
+            "scratchllm_attend", "scratchllm_norm", "scratchllm_mlp_hidden", "scratchllm_gemv_normed",
+            "scratchllm_gemv_q8", "scratchllm_gemv_q4", "scratchllm_mlp_q", "scratchllm_embed", "scratchllm_embed_q")
+PLAN_ARGS, PLAN_PATCHES = 20, 3  # gemv.c's: arguments per call, arguments that move with the step per call
+MOVES = ("pos", "token")  # what a moving argument follows (gemv.c's patch_var)
+
+
+class Recording:
+    """The kernel calls made while it is active (`recording()`): (function name, argument types, arguments, moves),
+    moves a tuple of (argument index, "pos" or "token", step): the arguments that follow the decode step's position
+    or token (argument = recorded + (now - then) * step). What model.step_plan replays."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list, tuple, tuple]] = []
+
+    def move(self, *moves: tuple[int, str, int]) -> None:
+        """Mark arguments of the last call as moving with the step."""
+        name, types, args, old = self.calls[-1]
+        self.calls[-1] = (name, types, args, old + moves)
+
+
+_recording: Recording | None = None
+
+
+def recording() -> Recording | None:
+    """The active Recording, or None (the kernel's methods mark their moving arguments through it)."""
+    return _recording
+
+
+@contextlib.contextmanager
+def record() -> Iterator[Recording]:
+    """Within the block, every call into the kernel's C functions is also written down (see `Recording`)."""
+    global _recording
+    if _recording is not None:
+        raise RuntimeError("a kernel recording is already running")
+    _recording = rec = Recording()
+    try:
+        yield rec
+    finally:
+        _recording = None
+
+
+class _Call:
+    """One C function of the library, called as ctypes calls it (`argtypes`, `restype` set on it); written down
+    while a Recording is active."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn, name: str) -> None:
+        self.fn, self.name = fn, name
+
+    def __call__(self, *args):
+        if _recording is not None:
+            _recording.calls.append((self.name, self.fn.argtypes, args, ()))
+        return self.fn(*args)
+
+    def __getattr__(self, attr: str):
+        return getattr(self.fn, attr)
+
+    def __setattr__(self, attr: str, value) -> None:
+        if attr in _Call.__slots__:
+            object.__setattr__(self, attr, value)
+        else:
+            setattr(self.fn, attr, value)
+
+
+class _Library:
+    """The loaded library, its functions as `_Call`s."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+
+    def __getattr__(self, name: str) -> _Call:
+        call = _Call(getattr(self._lib, name), name)
+        setattr(self, name, call)
+        return call
+
+
+class _PlanOp(ctypes.Structure):
+    """gemv.c's `struct plan_op`: one recorded call."""
+
+    _fields_ = [("fn", ctypes.c_long), ("args", ctypes.c_long * PLAN_ARGS), ("n_patch", ctypes.c_long),
+                ("patch_arg", ctypes.c_long * PLAN_PATCHES), ("patch_var", ctypes.c_long * PLAN_PATCHES),
+                ("patch_step", ctypes.c_long * PLAN_PATCHES)]
+
+
+def _as_long(value, kind) -> int:
+    """A recorded argument as gemv.c's plan holds it: floats as a double's bits, None as 0, the rest as integers."""
+    if kind is ctypes.c_float:
+        return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+    return 0 if value is None else int(value)
+
+
 class Kernel:
     """The loaded C functions, called as `kernel(weight, x, bias)` -> x @ weight.T + bias for one row x.
 
@@ -91,7 +187,7 @@ class Kernel:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lib = ctypes.CDLL(str(path))  # keeps the library loaded as long as the kernel lives
+        self._lib = _Library(ctypes.CDLL(str(path)))  # keeps the library loaded as long as the kernel lives
         self._fns = {torch.float32: self._lib.scratchllm_gemv, torch.bfloat16: self._lib.scratchllm_gemv_bf16}
         for fn in self._fns.values():
             fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
@@ -133,6 +229,17 @@ class Kernel:
         self._scratch_bytes.argtypes, self._scratch_bytes.restype = [ctypes.c_long], ctypes.c_long
         self._lib.scratchllm_q_isas.restype = ctypes.c_int
         bits = self._lib.scratchllm_q_isas()
+        # a decode step's first call (the token's embedding row) and the recorded step replayed (model.step_plan)
+        self._embed = self._lib.scratchllm_embed  # (table, pos_table, token, pos, y, n, bf16)
+        self._embed.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_void_p, ctypes.c_long,
+                                                                              ctypes.c_int]
+        self._embed.restype = None
+        self._embed_q = self._lib.scratchllm_embed_q  # (weights, pos_table, token, pos, y)
+        self._embed_q.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
+        self._embed_q.restype = None
+        self._run_plan = self._lib.scratchllm_run_plan.fn  # (ops, n, pos, token) -> 0 or the failed call + 1
+        self._run_plan.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3
+        self._run_plan.restype = ctypes.c_long
         self.isas = tuple(name for k, name in enumerate(ISAS) if bits >> k & 1)  # e.g. ("c", "avx2", "avx512")
 
     def isa(self, name: str | None = None) -> int:
@@ -233,6 +340,9 @@ class Kernel:
         if self._attend(q, k, v, k_cache, v_cache, y, n_head, n_kv_head, head_dim, pos, head_stride, int(bf16),
                         torch.get_num_threads(), q_norm, k_norm, eps, cos, sin, int(table_bf16)):
             raise ValueError(f"attend takes heads of at most {MAX_HEAD_DIM} values; got {head_dim}")
+        if _recording is not None:  # a recorded step: the next one writes the next position, RoPE's next rows
+            row = head_dim * (2 if table_bf16 else 4)
+            _recording.move((9, "pos", 1), *(((16, "pos", row), (17, "pos", row)) if cos is not None else ()))
 
     def norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
              rms: bool) -> torch.Tensor:
@@ -252,6 +362,66 @@ class Kernel:
         self._norm(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), n, eps,
                    int(rms), int(dtype is torch.bfloat16))
         return y
+
+    def embed(self, table: torch.Tensor, pos_table: torch.Tensor | None, token: int, pos: int) -> torch.Tensor:
+        """One token's embedding row (1, 1, n): `table[token]` (+ `pos_table[pos]`, a learned position's row), tables
+        (rows, n) contiguous CPU fp32 or bf16 of one dtype, the sum rounded once (gemv.c's `scratchllm_embed`).
+        Recorded, the token and the position move with the step. Indices out of the tables are a ValueError."""
+        rows, n = table.shape
+        dtype = table.dtype
+        if (dtype not in self._fns or not table.is_cpu or not table.is_contiguous() or not 0 <= token < rows
+                or (pos_table is not None and (pos_table.dtype is not dtype or pos_table.shape[-1] != n
+                                               or not pos_table.is_cpu or not pos_table.is_contiguous()
+                                               or not 0 <= pos < pos_table.shape[0]))):
+            raise ValueError(f"embed takes contiguous CPU fp32 or bf16 tables of one dtype and width, and rows inside "
+                             f"them; got table {tuple(table.shape)} {dtype}, token {token}, position {pos}")
+        y = torch.empty(1, 1, n, dtype=dtype)
+        self._embed(table.data_ptr(), None if pos_table is None else pos_table.data_ptr(), token, pos, y.data_ptr(),
+                    n, int(dtype is torch.bfloat16))
+        if _recording is not None:
+            _recording.move((2, "token", 1), (3, "pos", 1))
+        return y
+
+    def embed_q(self, product: Callable[..., torch.Tensor], pos_table: torch.Tensor | None, token: int,
+                pos: int) -> torch.Tensor:
+        """One token's embedding row (1, 1, n) fp32 from a quantized table: the weights of `product` (a bound
+        `bind_q8` or `bind_q4` product; int4 in the kernel layout) dequantized at row `token`, as
+        model.quant_linear's `dequantize` computes it (+ `pos_table[pos]`, fp32 (rows, n)). As `embed` otherwise."""
+        w = product.weights
+        n = w.n_in
+        if not 0 <= token < w.out or (pos_table is not None and (
+                pos_table.dtype is not torch.float32 or pos_table.shape[-1] != n or not pos_table.is_cpu
+                or not pos_table.is_contiguous() or not 0 <= pos < pos_table.shape[0])):
+            raise ValueError(f"embed_q takes a row of the table's {w.out} and a contiguous CPU fp32 position table "
+                             f"of width {n}; got token {token}, position {pos}")
+        y = torch.empty(1, 1, n)
+        self._embed_q(ctypes.addressof(w), None if pos_table is None else pos_table.data_ptr(), token, pos,
+                      y.data_ptr())
+        if _recording is not None:
+            _recording.move((2, "token", 1), (3, "pos", 1))
+        return y
+
+    def plan(self, rec: Recording, pos: int, token: int) -> ctypes.Array:
+        """The calls of `rec`, recorded at position `pos` for token `token`, as `run_plan` takes them (gemv.c's
+        `struct plan_op` array). A call of a function the plan cannot make is a ValueError."""
+        ops = (_PlanOp * len(rec.calls))()
+        for op, (name, types, args, moves) in zip(ops, rec.calls):
+            if name not in PLAN_FNS or len(args) > PLAN_ARGS or len(moves) > PLAN_PATCHES:
+                raise ValueError(f"a decode step's plan cannot replay a call of {name}")
+            op.fn = PLAN_FNS.index(name)
+            for i, (value, kind) in enumerate(zip(args, types)):
+                op.args[i] = _as_long(value, kind)
+            op.n_patch = len(moves)
+            for k, (i, var, step) in enumerate(moves):
+                op.args[i] -= (pos if var == "pos" else token) * step  # the base: argument = base + now * step
+                op.patch_arg[k], op.patch_var[k], op.patch_step[k] = i, MOVES.index(var), step
+        return ops
+
+    def run_plan(self, ops: ctypes.Array, pos: int, token: int) -> None:
+        """Make the calls of `ops` (`plan`) again, for position `pos` and token `token`, in one call."""
+        failed = self._run_plan(ctypes.addressof(ops), len(ops), pos, token)
+        if failed:
+            raise ValueError(f"a decode step's plan failed at its call {failed - 1} ({PLAN_FNS[ops[failed - 1].fn]})")
 
     def bind_mlp(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, act: str,
                  gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,

@@ -22,7 +22,7 @@ from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
 from scratchllm.model import functional as ops
 from scratchllm.model.kv_cache import KVCache
-from scratchllm.model.layers import Block, RMSNorm, make_norm, norm_row
+from scratchllm.model.layers import Block, RMSNorm, embed_row, make_norm, norm_row
 
 
 class GPT(nn.Module):
@@ -61,21 +61,27 @@ class GPT(nn.Module):
         """
         b, t = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
-        x = self.tok_emb(idx)  # (B, T, n_embd)
         rope = None
         if position_ids is None:  # positions start .. start+T-1 for every row: slices, no gathers
             if start + t > self.config.context_length:
                 raise UserError(f"a sequence of {start + t} tokens is longer than the model's context of "
                                 f"{self.config.context_length}; shorten the input or slide a window")
-            if self.pos_emb is not None:
-                x = x + self.pos_emb.weight[start:start + t]
-            else:
+            # a batch-1 decode step: the token's row (and its position's) in one C call where it applies
+            one = kv_cache is not None and b * t == 1 and not self.training
+            x = embed_row(self.tok_emb, self.pos_emb, idx, start) if one else None  # (1, 1, n_embd)
+            if x is None:
+                x = self.tok_emb(idx)  # (B, T, n_embd)
+                if self.pos_emb is not None:
+                    x = x + self.pos_emb.weight[start:start + t]
+            if self.pos_emb is None:
                 rope = (self.rope_cos[start:start + t], self.rope_sin[start:start + t])  # (T, head_dim)
-        elif self.pos_emb is not None:
-            x = x + self.pos_emb(position_ids)
         else:
-            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (B, T, head_dim)
-            rope = (cos[:, None], sin[:, None])  # (B, 1, T, head_dim)
+            x = self.tok_emb(idx)  # (B, T, n_embd)
+            if self.pos_emb is not None:
+                x = x + self.pos_emb(position_ids)
+            else:
+                cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]  # (B, T, head_dim)
+                rope = (cos[:, None], sin[:, None])  # (B, 1, T, head_dim)
         x = self.drop(x) if self.training else x  # eval: no dropout call (decoding counts every op)
         mask = self._mask(t, start, attention_mask, idx.device)
         for i, block in enumerate(self.blocks):

@@ -25,7 +25,7 @@ from scratchllm.config.model import ModelConfig
 from scratchllm.model import functional as ops
 from scratchllm.model import gemv
 from scratchllm.model.fast_linear import FastLinear, linear_plus
-from scratchllm.model.quant_linear import QuantLinear
+from scratchllm.model.quant_linear import QuantEmbedding, QuantLinear
 
 # attention="auto" uses the explicit math for at most this many keys: beyond, its (B, n_head, T, T)
 # weights cost more memory than the speed is worth (see `explicit_attention`).
@@ -37,6 +37,13 @@ NORM_DTYPES = (torch.float32, torch.bfloat16)  # the rows `norm_row` takes to th
 # holds the products it was bound with, and is rebound when the layer's products change (its buffers moved).
 _NORMED_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MLP_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bound_calls(model: nn.Module) -> list:
+    """The decode step's bound C calls of `model`'s modules as they are now (with the modules themselves, whose own
+    products they hold): what keeps the addresses a recorded step calls with valid (model.step_plan)."""
+    modules = list(model.modules())
+    return modules + [table[m] for table in (_NORMED_CALLS, _MLP_CALLS) for m in modules if m in table]
 
 
 def _ref(module: nn.Module | None):
@@ -101,6 +108,34 @@ def norm_row(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return norm(x)
     params = kernel_norm(norm, x)
     return norm(x) if params is None else kernel.norm(x, params.weight, params.bias, params.eps, params.rms)
+
+
+def embed_row(emb: nn.Module, pos_emb: nn.Embedding | None, idx: torch.Tensor, pos: int) -> torch.Tensor | None:
+    """`emb(idx)` (+ `pos_emb`'s row `pos`: learned positions) for a decode step's one token idx (1, 1) (no autograd):
+    one C call (`gemv.Kernel.embed`, `embed_q` for model.quant_linear's QuantEmbedding, whose rows it dequantizes
+    from the kernel's buffers) where the kernel is built; else (other modules or devices, hooked ones) None, and the
+    caller runs the modules. Equal to them exactly (a row copied, dequantized or added as torch does it)."""
+    kernel = gemv.load()
+    if (kernel is None or torch.is_grad_enabled() or hooked(emb) or (pos_emb is not None and hooked(pos_emb))
+            or not idx.is_cpu):
+        return None
+    pos_table = None if pos_emb is None else pos_emb.weight
+    token, kind = int(idx), type(emb)
+    if not 0 <= token < emb.num_embeddings or (pos_table is not None and pos >= pos_table.shape[0]):
+        return None  # (the module says what is wrong)
+    if kind is nn.Embedding:
+        table = emb.weight
+        if (table.dtype not in NORM_DTYPES or not table.is_cpu or not table.is_contiguous()
+                or (pos_table is not None and (pos_table.dtype is not table.dtype or not pos_table.is_contiguous()))):
+            return None
+        return kernel.embed(table, pos_table, token, pos)
+    if kind is QuantEmbedding:
+        product = emb.source._product()  # its bound product: the buffers as the kernel reads them (int4 relaid)
+        if product is None or (pos_table is not None and (pos_table.dtype is not torch.float32
+                                                          or not pos_table.is_contiguous())):
+            return None
+        return kernel.embed_q(product, pos_table, token, pos)
+    return None
 
 
 def kernel_norm(norm: nn.Module, x: torch.Tensor) -> gemv.RowNorm | None:
