@@ -14,6 +14,7 @@ from scratchllm.config.sample import SampleConfig
 from scratchllm.generate.engine import generate, generate_batch
 from scratchllm.model import GPT, gemv
 from scratchllm.model import fast_linear as P
+from scratchllm.model.step_plan import StepPlan
 
 # oneDNN's packed-linear ops are in every x86-64 torch build (there a missing op fails the test);
 # other platforms' builds may lack them, and then nothing is packed
@@ -130,9 +131,16 @@ def test_forward_and_greedy_generation_match_plain(kernel, monkeypatch):
     config = SampleConfig(temperature=0.0, max_new_tokens=30)
     counting = Counting(kernel)
     monkeypatch.setattr(gemv, "load", lambda: counting)
-    fast_tokens = generate(model, prompt, config)
+    with monkeypatch.context() as m:  # every step through the model, each product counted (the engine's recorded
+        # step, model.step_plan, replays these calls in one C call: tests/model/test_model_step_plan.py)
+        m.setattr(StepPlan, "record", classmethod(lambda cls, model, idx, cache: (
+            model(idx, kv_cache=cache, last_only=True), None)))
+        fast_tokens = generate(model, prompt, config)
     # one row each: the prompt's head (last position only), then 29 steps x (2 layers x 4 linears + head)
     assert counting.calls == 1 + 29 * (2 * 4 + 1)
+    calls = counting.calls
+    assert generate(model, prompt, config) == fast_tokens  # with the plan: its first step recorded, then replayed
+    assert counting.calls == calls + 1 + (2 * 4 + 1)
     batch = generate_batch(model, [prompt, prompt[:7]], config)  # packed rows (and padding)
     lookup = generate(model, prompt, config.replace(prompt_lookup=4))  # speculative: a few rows
     monkeypatch.setattr(P, "MIN_WEIGHTS", 2**62)  # nothing wrapped

@@ -310,8 +310,9 @@ class Decoder:
 
     def _decode_one(self, token: int, cache) -> torch.Tensor:
         """A batch-1 step's logits (1, 1, V): the recorded step replayed in one C call (model.step_plan) where there
-        is a plan for this cache, else the model. The plan is recorded at the cache's second batch-1 step (the
-        first binds the layers' kernel calls), once per cache buffers (a grown cache gets a new one)."""
+        is a plan for this cache, else the model. The plan is recorded at the cache's first batch-1 step, or its
+        second where the first had more to do than the kernel's calls (binding a layer's calls may copy a bias),
+        once per cache buffers (a grown cache gets a new one)."""
         plan = self._plan
         if plan is not None and plan.fits(cache):
             return plan(token)
@@ -320,7 +321,7 @@ class Decoder:
             self._plan, self._plan_key, self._plan_steps = None, key, 0
         self._plan_steps += 1
         tokens = torch.tensor([[token]], device=self.device)  # (1, 1)
-        if self._plan_steps == 2:
+        if self._plan_steps <= 2:
             logits, self._plan = StepPlan.record(self.model, tokens, cache)
             return logits
         return self.model(tokens, kv_cache=cache, last_only=True)

@@ -204,9 +204,55 @@ static void rows_dot_bf16(const unsigned short *w, const float *x, const float *
 int omp_get_num_threads(void);
 int omp_get_thread_num(void);
 
-/* this thread's share of `out` rows: an equal run of them, in order */
+/* A replayed decode step's team (scratchllm_run_plan, at the end of the file): one team of threads makes all of the
+ * step's calls, each call's parallel part shared among the team's threads, one barrier between calls, in place of a
+ * team started and joined per call. Inside it team_t is the thread's number (else -1) and team_n the team's size.
+ * A call's input preparation, which a call alone does once into the layer's scratch before its threads start (the
+ * row normalized, quantized, or a bf16 row widened), each team thread does for itself into its own buffers here
+ * (team_row, team_split, team_q): a few hundred nanoseconds of the same work twice rather than one more barrier.
+ * The plan runs as a team only when every call's input fits them (TEAM_FLOATS values). */
+#define TEAM_FLOATS 32768
+static __thread int team_t = -1, team_n = 1;
+#define IN_TEAM (team_t >= 0)
+#define TEAM_Q (2 * (TEAM_FLOATS + 64) + 4 * (TEAM_FLOATS / 4 + 16 + 2 * TEAM_FLOATS / 32) + 192)
+static __thread float team_row[TEAM_FLOATS] __attribute__((aligned(64)));   /* a normalized row */
+static __thread float team_split[TEAM_FLOATS] __attribute__((aligned(64))); /* a bf16 row widened, split */
+static __thread unsigned char team_q[TEAM_Q] __attribute__((aligned(64)));  /* a quantized row (struct qin) */
+
+static void team_barrier(void) { /* (an orphaned barrier: the team's, called in its parallel region) */
+#pragma omp barrier
+}
+
+/* BODY done once: by the calling thread, or inside a plan's team by its first thread while the others wait */
+#define SERIAL(...)                                                            \
+    do {                                                                       \
+        if (!IN_TEAM || team_t == 0) {                                         \
+            __VA_ARGS__                                                        \
+        }                                                                      \
+        if (IN_TEAM) team_barrier();                                           \
+    } while (0)
+
+/* the parallel part of a call, BODY, run by threads numbered t of n: the plan's team's when inside it, else on
+ * `threads` threads of its own (the caller's variable) */
+#define PARALLEL(...)                                                          \
+    do {                                                                       \
+        if (IN_TEAM) {                                                         \
+            long t = team_t, n = team_n;                                       \
+            __VA_ARGS__                                                        \
+        } else if (threads <= 1) {                                             \
+            long t = 0, n = 1;                                                 \
+            __VA_ARGS__                                                        \
+        } else {                                                               \
+            _Pragma("omp parallel num_threads(threads)")                       \
+            {                                                                  \
+                long t = omp_get_thread_num(), n = omp_get_num_threads();      \
+                __VA_ARGS__                                                    \
+            }                                                                  \
+        }                                                                      \
+    } while (0)
+
+/* thread t of n's share of `out` rows: an equal run of them, in order */
 #define SHARE(out)                                                           \
-    long n = omp_get_num_threads(), t = omp_get_thread_num();                \
     long chunk = (out + n - 1) / n;                                          \
     long r0 = t * chunk, r1 = r0 + chunk > out ? out : r0 + chunk;
 
@@ -214,15 +260,7 @@ int omp_get_thread_num(void);
 void scratchllm_gemv(const float *w, const float *x, const float *b, float *y, long out, long in, int threads,
                      const float *add) {
     struct epilogue ep = {b, add, y, 0};
-    if (threads <= 1) {
-        rows_dot(w, x, &ep, in, 0, out);
-        return;
-    }
-#pragma omp parallel num_threads(threads)
-    {
-        SHARE(out)
-        if (r0 < r1) rows_dot(w, x, &ep, in, r0, r1);
-    }
+    PARALLEL(SHARE(out) if (r0 < r1) rows_dot(w, x, &ep, in, r0, r1););
 }
 
 /* the same with bf16 weights, input, output and residual (raw 16-bit words); b stays fp32, sums are fp32.
@@ -230,6 +268,7 @@ void scratchllm_gemv(const float *w, const float *x, const float *b, float *y, l
 void scratchllm_gemv_bf16(const unsigned short *w, const unsigned short *x, const float *b, unsigned short *y,
                           long out, long in, int threads, float *scratch, const unsigned short *add) {
     long half = in / 2;
+    if (IN_TEAM) scratch = team_split; /* each team thread its own (see "A replayed decode step's team") */
     float *xe = scratch, *xo = scratch + half;
     for (long j = 0; j < half; j++) {
         xe[j] = bf16_to_float(x[2 * j]);
@@ -241,15 +280,7 @@ void scratchllm_gemv_bf16(const unsigned short *w, const unsigned short *x, cons
     for (long i = full; i < in; i++) tail[i - full] = bf16_to_float(x[i]);
     const float *xf = tail - full; /* xf[i] for full <= i < in */
     struct epilogue ep = {b, add, y, 1};
-    if (threads <= 1) {
-        rows_dot_bf16(w, xf, xe, xo, &ep, in, 0, out);
-        return;
-    }
-#pragma omp parallel num_threads(threads)
-    {
-        SHARE(out)
-        if (r0 < r1) rows_dot_bf16(w, xf, xe, xo, &ep, in, r0, r1);
-    }
+    PARALLEL(SHARE(out) if (r0 < r1) rows_dot_bf16(w, xf, xe, xo, &ep, in, r0, r1););
 }
 
 /* ---- weights stored (in, out): GPT-2's Conv1D layout, read where they are ----
@@ -333,29 +364,37 @@ static void cols_axpy_bf16(const unsigned short *w, const unsigned short *x, flo
 
 /* y (out) = x (in) @ W (in, out) + b + add, on `threads` threads (fp32; bf16: weights, x, y and add bf16);
  * `part`: threads * out floats of scratch */
-static void gemv_t(const void *w, const void *x, const float *b, void *y, long out, long in, int threads,
-                   float *part, const void *add, int bf16) {
+/* thread t of n's part of gemv_t: its run of rows into its partial row, then (after all threads' partial rows are
+ * done: a barrier of the team it runs in) its run of the outputs */
+static void gemv_t_part(const void *w, const void *x, const float *b, void *y, long out, long in, float *part,
+                        const void *add, int bf16, long t, long n) {
     struct epilogue ep = {b, add, y, bf16};
     long half = out / 2;
-#pragma omp parallel num_threads(threads > 1 ? threads : 1)
-    {
-        long n = omp_get_num_threads(), t = omp_get_thread_num();
-        long chunk = (in + n - 1) / n, i0 = t * chunk, i1 = i0 + chunk > in ? in : i0 + chunk;
-        float *mine = part + t * out;
-        if (i0 > i1) i0 = i1;
-        if (bf16)
-            cols_axpy_bf16((const unsigned short *)w, (const unsigned short *)x, mine, out, i0, i1);
-        else
-            cols_axpy((const float *)w, (const float *)x, mine, out, i0, i1);
+    long chunk = (in + n - 1) / n, i0 = t * chunk, i1 = i0 + chunk > in ? in : i0 + chunk;
+    float *mine = part + t * out;
+    if (i0 > i1) i0 = i1;
+    if (bf16)
+        cols_axpy_bf16((const unsigned short *)w, (const unsigned short *)x, mine, out, i0, i1);
+    else
+        cols_axpy((const float *)w, (const float *)x, mine, out, i0, i1);
 #pragma omp barrier
-        long per = (out + n - 1) / n, c0 = t * per, c1 = c0 + per > out ? out : c0 + per;
-        for (long c = c0; c < c1; c++) {
-            long k = bf16 ? (c % 2 ? half + c / 2 : c / 2) : c; /* where output c sits in a partial row */
-            float v = 0.0f;
-            for (long u = 0; u < n; u++) v += part[u * out + k];
-            finish(v, &ep, c);
-        }
+    long per = (out + n - 1) / n, c0 = t * per, c1 = c0 + per > out ? out : c0 + per;
+    for (long c = c0; c < c1; c++) {
+        long k = bf16 ? (c % 2 ? half + c / 2 : c / 2) : c; /* where output c sits in a partial row */
+        float v = 0.0f;
+        for (long u = 0; u < n; u++) v += part[u * out + k];
+        finish(v, &ep, c);
     }
+}
+
+static void gemv_t(const void *w, const void *x, const float *b, void *y, long out, long in, int threads,
+                   float *part, const void *add, int bf16) {
+    if (IN_TEAM) {
+        gemv_t_part(w, x, b, y, out, in, part, add, bf16, team_t, team_n);
+        return;
+    }
+#pragma omp parallel num_threads(threads > 1 ? threads : 1)
+    gemv_t_part(w, x, b, y, out, in, part, add, bf16, omp_get_thread_num(), omp_get_num_threads());
 }
 
 void scratchllm_gemv_t(const float *w, const float *x, const float *b, float *y, long out, long in, int threads,
@@ -533,45 +572,61 @@ static inline __attribute__((always_inline)) void attend_head(const void *q, con
     }
 }
 
+/* kv head g's new key (through QK-norm and RoPE when `kp` says) and value, written into the caches at `pos` */
+static void store_kv(const void *k, const void *v, void *kc, void *vc, long g, long pos, long head_dim,
+                     long head_stride, const struct head_prep *kp, int bf16) {
+    long el = bf16 ? 2 : 4;
+    char *kd = (char *)kc + (g * head_stride + pos * head_dim) * el;
+    if (kp) { /* the key head through QK-norm and RoPE, then stored in the cache's dtype */
+        float t[MAX_HEAD_DIM];
+        for (long i = 0; i < head_dim; i++) t[i] = load_val(k, g * head_dim + i, bf16);
+        prep_head(t, head_dim, kp, bf16);
+        for (long i = 0; i < head_dim; i++) {
+            if (bf16)
+                ((unsigned short *)kd)[i] = float_to_bf16(t[i]);
+            else
+                ((float *)kd)[i] = t[i];
+        }
+    } else {
+        memcpy(kd, (const char *)k + g * head_dim * el, head_dim * el);
+    }
+    memcpy((char *)vc + (g * head_stride + pos * head_dim) * el, (const char *)v + g * head_dim * el, head_dim * el);
+}
+
 /* returns 0, or -1 when head_dim is larger than MAX_HEAD_DIM (nothing is done). q_norm, k_norm: QK-norm weights
  * (head_dim, the row's dtype) or NULL; cos, sin: the position's RoPE rows (head_dim; bf16 when table_bf16, else
- * fp32) or NULL (see the section's header) */
+ * fp32) or NULL (see the section's header). When the threads divide the kv heads, each thread writes its own kv
+ * heads' new keys and values and then attends with their query heads, so no thread waits for another; else the keys
+ * and values are written first, then the threads share the query heads. */
 int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, void *vc, void *y, long n_head,
                       long n_kv_head, long head_dim, long pos, long head_stride, int bf16, int threads,
                       const void *q_norm, const void *k_norm, float eps, const void *cos, const void *sin,
                       int table_bf16) {
     if (head_dim > MAX_HEAD_DIM) return -1;
-    long el = bf16 ? 2 : 4, rep = n_head / n_kv_head;
+    long rep = n_head / n_kv_head;
     struct head_prep qp = {q_norm, eps, cos, sin, table_bf16}, kp = {k_norm, eps, cos, sin, table_bf16};
     int prep = q_norm || k_norm || cos;
-    for (long g = 0; g < n_kv_head; g++) { /* the new position's keys and values into the cache */
-        char *kd = (char *)kc + (g * head_stride + pos * head_dim) * el;
-        if (prep) { /* the key head through QK-norm and RoPE, then stored in the cache's dtype */
-            float t[MAX_HEAD_DIM];
-            for (long i = 0; i < head_dim; i++) t[i] = load_val(k, g * head_dim + i, bf16);
-            prep_head(t, head_dim, &kp, bf16);
-            for (long i = 0; i < head_dim; i++) {
-                if (bf16)
-                    ((unsigned short *)kd)[i] = float_to_bf16(t[i]);
-                else
-                    ((float *)kd)[i] = t[i];
-            }
-        } else {
-            memcpy(kd, (const char *)k + g * head_dim * el, head_dim * el);
-        }
-        memcpy((char *)vc + (g * head_stride + pos * head_dim) * el, (const char *)v + g * head_dim * el,
-               head_dim * el);
-    }
+    const struct head_prep *qpp = prep ? &qp : 0, *kpp = prep ? &kp : 0;
     float scale = 1.0f / __builtin_sqrtf((float)head_dim);
-    const struct head_prep *qpp = prep ? &qp : 0;
     if (threads > n_head) threads = (int)n_head;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (long h = 0; h < n_head; h++) {
-        if (bf16)
-            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, qpp, 1);
-        else
-            attend_head(q, kc, vc, y, h, h / rep, head_dim, pos + 1, head_stride, scale, qpp, 0);
+#define ATTEND_HEAD(h)                                                                                          \
+    {                                                                                                           \
+        if (bf16)                                                                                               \
+            attend_head(q, kc, vc, y, h, (h) / rep, head_dim, pos + 1, head_stride, scale, qpp, 1);             \
+        else                                                                                                    \
+            attend_head(q, kc, vc, y, h, (h) / rep, head_dim, pos + 1, head_stride, scale, qpp, 0);             \
     }
+    long nt = IN_TEAM ? team_n : threads > 1 ? threads : 1;
+    if (n_kv_head % nt == 0) {
+        PARALLEL(SHARE(n_kv_head) for (long g = r0; g < r1; g++) {
+            store_kv(k, v, kc, vc, g, pos, head_dim, head_stride, kpp, bf16);
+            for (long h = g * rep; h < (g + 1) * rep; h++) ATTEND_HEAD(h)
+        });
+    } else {
+        SERIAL(for (long g = 0; g < n_kv_head; g++) store_kv(k, v, kc, vc, g, pos, head_dim, head_stride, kpp, bf16););
+        PARALLEL(SHARE(n_head) for (long h = r0; h < r1; h++) ATTEND_HEAD(h));
+    }
+#undef ATTEND_HEAD
     return 0;
 }
 
@@ -1039,13 +1094,10 @@ static void q4_part(const struct q_weights *c, void *scratch, long nx, float *y,
  * `threads` threads; nm: a norm applied to each input row first, or NULL */
 void scratchllm_gemv_q8(const struct q_weights *c, const float *x, float *y, long nx, int threads, const float *add,
                         const struct row_norm *nm) {
-    q_prep(c, c->scratch, x, nx, nm);
+    void *scratch = IN_TEAM ? (void *)team_q : c->scratch; /* a team thread's own (see "A replayed decode step's team") */
+    q_prep(c, scratch, x, nx, nm);
     int isa = usable((int)c->isa);
-#pragma omp parallel num_threads(threads)
-    {
-        SHARE(c->out)
-        q8_part(c, c->scratch, nx, y, add, r0, r1, isa);
-    }
+    PARALLEL(SHARE(c->out) q8_part(c, scratch, nx, y, add, r0, r1, isa););
 }
 
 /* y (nx, out) = x (nx, in) @ W.T + b (+ add, or NULL; may be y) with W int4 in the kernel layout (see above: packed
@@ -1055,14 +1107,11 @@ void scratchllm_gemv_q8(const struct q_weights *c, const float *x, float *y, lon
  * read before it is overwritten. */
 void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, long nx, int threads, const float *add,
                         const struct row_norm *nm) {
-    q_prep(c, c->scratch, x, nx, nm);
+    void *scratch = IN_TEAM ? (void *)team_q : c->scratch; /* (as scratchllm_gemv_q8's) */
+    q_prep(c, scratch, x, nx, nm);
     int isa = usable((int)c->isa);
     long blocks = (c->out + QROWS - 1) / QROWS;
-#pragma omp parallel num_threads(threads)
-    {
-        SHARE(blocks)
-        q4_part(c, c->scratch, nx, y, add, r0, r1, isa);
-    }
+    PARALLEL(SHARE(blocks) q4_part(c, scratch, nx, y, add, r0, r1, isa););
 }
 
 static void activate(const float *f, const float *g, void *y, long r0, long r1, int act, int bf16);
@@ -1073,25 +1122,22 @@ static void activate(const float *f, const float *g, void *y, long r0, long r1, 
  * activate their own rows. */
 void scratchllm_mlp_q(const struct q_weights *f, const struct q_weights *g, const float *x, float *y, int threads,
                       int act, const struct row_norm *nm, float *sums) {
-    q_prep(f, f->scratch, x, 1, nm);
+    void *scratch = IN_TEAM ? (void *)team_q : f->scratch; /* (as scratchllm_gemv_q8's) */
+    q_prep(f, scratch, x, 1, nm);
     int isa = usable((int)f->isa);
     long out = f->out, units = f->group ? (out + QROWS - 1) / QROWS : out; /* int4: row blocks */
     float *sf = sums, *sg = sums + out;
-#pragma omp parallel num_threads(threads)
-    {
-        SHARE(units)
-        if (r0 < r1) {
-            if (f->group) {
-                q4_part(f, f->scratch, 1, sf, 0, r0, r1, isa);
-                if (g) q4_part(g, f->scratch, 1, sg, 0, r0, r1, isa);
-            } else {
-                q8_part(f, f->scratch, 1, sf, 0, r0, r1, isa);
-                if (g) q8_part(g, f->scratch, 1, sg, 0, r0, r1, isa);
-            }
-            long a0 = f->group ? r0 * QROWS : r0, a1 = f->group ? (r1 * QROWS < out ? r1 * QROWS : out) : r1;
-            activate(sf, g ? sg : 0, y, a0, a1, act, 0);
+    PARALLEL(SHARE(units) if (r0 < r1) {
+        if (f->group) {
+            q4_part(f, scratch, 1, sf, 0, r0, r1, isa);
+            if (g) q4_part(g, scratch, 1, sg, 0, r0, r1, isa);
+        } else {
+            q8_part(f, scratch, 1, sf, 0, r0, r1, isa);
+            if (g) q8_part(g, scratch, 1, sg, 0, r0, r1, isa);
         }
-    }
+        long a0 = f->group ? r0 * QROWS : r0, a1 = f->group ? (r1 * QROWS < out ? r1 * QROWS : out) : r1;
+        activate(sf, g ? sg : 0, y, a0, a1, act, 0);
+    });
 }
 
 /* ---- the glue of a batch-1 decode step: a row's norm and the MLP's activation, inside the products' calls ----
@@ -1198,21 +1244,23 @@ struct row_norm {
 
 /* x normalized by nm into nm's row (fp32); *row then points at it */
 static void norm_into_row(const float *x, const struct row_norm *nm, long n, const float **row) {
-    scratchllm_norm(x, nm->w, nm->b, nm->row, n, nm->eps, nm->rms, 0);
-    *row = nm->row;
+    float *dst = IN_TEAM ? team_row : nm->row; /* a team thread's own (see "A replayed decode step's team") */
+    scratchllm_norm(x, nm->w, nm->b, dst, n, nm->eps, nm->rms, 0);
+    *row = dst;
 }
 
 /* y (out) = W norm(x) + b for one row x (in): the norm (scratchllm_norm), then the product (scratchllm_gemv, or
  * scratchllm_gemv_bf16 with its `scratch`; W stored (in, out), `transposed`: gemv_t, `scratch` its partial rows) */
 void scratchllm_gemv_normed(const void *w, const void *x, const float *b, void *y, long out, long in, int threads,
                             float *scratch, const struct row_norm *nm, int bf16, int transposed) {
-    scratchllm_norm(x, nm->w, nm->b, nm->row, in, nm->eps, nm->rms, bf16);
+    void *row = IN_TEAM ? (void *)team_row : nm->row; /* (as norm_into_row's) */
+    scratchllm_norm(x, nm->w, nm->b, row, in, nm->eps, nm->rms, bf16);
     if (transposed) /* W stored (in, out): gemv_t, `scratch` its partial rows */
-        gemv_t(w, nm->row, b, y, out, in, threads, scratch, 0, bf16);
+        gemv_t(w, row, b, y, out, in, threads, scratch, 0, bf16);
     else if (bf16)
-        scratchllm_gemv_bf16(w, nm->row, b, y, out, in, threads, scratch, 0);
+        scratchllm_gemv_bf16(w, row, b, y, out, in, threads, scratch, 0);
     else
-        scratchllm_gemv(w, nm->row, b, y, out, in, threads, 0);
+        scratchllm_gemv(w, row, b, y, out, in, threads, 0);
 }
 
 #define ACT_SWIGLU 0
@@ -1249,11 +1297,12 @@ static void activate(const float *f, const float *g, void *y, long r0, long r1, 
 void scratchllm_mlp_hidden(const void *wf, const float *bf, const void *wg, const float *bg, const void *x, void *y,
                            long out, long in, int threads, float *scratch, int act, int bf16,
                            const struct row_norm *nm) {
-    float *sf = scratch, *sg = scratch + out, *xe = scratch + 2 * out, *xo = xe + in / 2;
+    float *sf = scratch, *sg = scratch + out, *xe = IN_TEAM ? team_split : scratch + 2 * out, *xo = xe + in / 2;
     float tail[2 * LANES];
-    if (nm) { /* the row normalized first, into nm->row */
-        scratchllm_norm(x, nm->w, nm->b, nm->row, in, nm->eps, nm->rms, bf16);
-        x = nm->row;
+    if (nm) { /* the row normalized first, into nm->row (a team thread: its own, see "A replayed decode step's team") */
+        void *row = IN_TEAM ? (void *)team_row : nm->row;
+        scratchllm_norm(x, nm->w, nm->b, row, in, nm->eps, nm->rms, bf16);
+        x = row;
     }
     const float *xf = x;
     if (bf16) { /* as scratchllm_gemv_bf16: the input split in even- and odd-indexed halves, the tail widened */
@@ -1267,21 +1316,17 @@ void scratchllm_mlp_hidden(const void *wf, const float *bf, const void *wg, cons
         xf = tail - full;
     }
     const int gate = act == ACT_SWIGLU;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        SHARE(out)
-        if (r0 < r1) {
-            struct epilogue ef = {bf, 0, sf, 0}, eg = {bg, 0, sg, 0}; /* fp32 sums + bias; rounded in `activate` */
-            if (bf16) {
-                rows_dot_bf16(wf, xf, xe, xo, &ef, in, r0, r1);
-                if (gate) rows_dot_bf16(wg, xf, xe, xo, &eg, in, r0, r1);
-            } else {
-                rows_dot(wf, xf, &ef, in, r0, r1);
-                if (gate) rows_dot(wg, xf, &eg, in, r0, r1);
-            }
-            activate(sf, gate ? sg : 0, y, r0, r1, act, bf16);
+    PARALLEL(SHARE(out) if (r0 < r1) {
+        struct epilogue ef = {bf, 0, sf, 0}, eg = {bg, 0, sg, 0}; /* fp32 sums + bias; rounded in `activate` */
+        if (bf16) {
+            rows_dot_bf16(wf, xf, xe, xo, &ef, in, r0, r1);
+            if (gate) rows_dot_bf16(wg, xf, xe, xo, &eg, in, r0, r1);
+        } else {
+            rows_dot(wf, xf, &ef, in, r0, r1);
+            if (gate) rows_dot(wg, xf, &eg, in, r0, r1);
         }
-    }
+        activate(sf, gate ? sg : 0, y, r0, r1, act, bf16);
+    });
 }
 
 /* ---- a decode step's first and last calls: the embedding row; and the whole step replayed in one call ----
@@ -1357,6 +1402,12 @@ static inline float plan_float(long bits) {
     return (float)d;
 }
 
+/* op's arguments for this step: the recorded ones, the moving ones moved */
+static void plan_args(const struct plan_op *op, long pos, long token, long *a) {
+    memcpy(a, op->args, sizeof op->args);
+    for (long p = 0; p < op->n_patch; p++) a[op->patch_arg[p]] += (op->patch_var[p] ? token : pos) * op->patch_step[p];
+}
+
 static int plan_call(long fn, const long *a) {
 #define P(i) ((void *)a[i])
 #define I(i) ((int)a[i])
@@ -1386,14 +1437,65 @@ static int plan_call(long fn, const long *a) {
     return 1;
 }
 
-long scratchllm_run_plan(const struct plan_op *ops, long n, long pos, long token) {
-    for (long i = 0; i < n; i++) {
-        const struct plan_op *op = ops + i;
-        long a[PLAN_ARGS];
-        memcpy(a, op->args, sizeof a);
-        for (long p = 0; p < op->n_patch; p++)
-            a[op->patch_arg[p]] += (op->patch_var[p] ? token : pos) * op->patch_step[p];
-        if (plan_call(op->fn, a)) return i + 1;
+/* whether a call runs on the team's first thread alone: the one-thread calls (a row's norm, an embedding row) and
+ * calls recorded for one thread */
+static int plan_alone(long fn, const long *a) {
+    switch (fn) {
+    case PLAN_GEMV: case PLAN_GEMV_BF16: case PLAN_GEMV_T: case PLAN_GEMV_T_BF16: case PLAN_GEMV_NORMED:
+        return a[6] <= 1;
+    case PLAN_ATTEND: return a[12] <= 1;
+    case PLAN_MLP_HIDDEN: return a[8] <= 1;
+    case PLAN_GEMV_Q8: case PLAN_GEMV_Q4: case PLAN_MLP_Q: return a[4] <= 1;
     }
-    return 0;
+    return 1;
+}
+
+/* whether a call's input fits a team thread's own buffers (see "A replayed decode step's team") */
+static int plan_fits_team(long fn, const long *a) {
+    switch (fn) {
+    case PLAN_GEMV_BF16: case PLAN_GEMV_NORMED: return a[5] <= TEAM_FLOATS;
+    case PLAN_MLP_HIDDEN: return a[7] <= TEAM_FLOATS;
+    case PLAN_GEMV_Q8: case PLAN_GEMV_Q4: return a[3] == 1 && ((const struct q_weights *)a[0])->in <= TEAM_FLOATS;
+    case PLAN_MLP_Q: return ((const struct q_weights *)a[0])->in <= TEAM_FLOATS;
+    }
+    return 1;
+}
+
+/* the calls of `ops` for position `pos` and token `token`: as one team of `threads` threads (see "A replayed decode
+ * step's team") when every call fits, else one after the other, each with threads of its own */
+long scratchllm_run_plan(const struct plan_op *ops, long n, long pos, long token, int threads) {
+    int team = threads > 1 && !IN_TEAM;
+    for (long i = 0; i < n && team; i++) team = plan_fits_team(ops[i].fn, ops[i].args);
+    if (!team) {
+        for (long i = 0; i < n; i++) {
+            long a[PLAN_ARGS];
+            plan_args(ops + i, pos, token, a);
+            if (plan_call(ops[i].fn, a)) return i + 1;
+        }
+        return 0;
+    }
+    long failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        team_n = omp_get_num_threads();
+        team_t = omp_get_thread_num();
+        for (long i = 0; i < n; i++) {
+            long a[PLAN_ARGS];
+            plan_args(ops + i, pos, token, a);
+            int r = 0;
+            if (!plan_alone(ops[i].fn, a)) {
+                r = plan_call(ops[i].fn, a);
+            } else if (team_t == 0) { /* on its own: out of the team while it runs */
+                team_t = -1;
+                r = plan_call(ops[i].fn, a);
+                team_t = 0;
+            }
+            if (r && team_t == 0) failed = i + 1;
+#pragma omp barrier
+            if (failed) break;
+        }
+        team_t = -1;
+        team_n = 1;
+    }
+    return failed;
 }

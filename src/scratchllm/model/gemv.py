@@ -237,8 +237,8 @@ class Kernel:
         self._embed_q = self._lib.scratchllm_embed_q  # (weights, pos_table, token, pos, y)
         self._embed_q.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
         self._embed_q.restype = None
-        self._run_plan = self._lib.scratchllm_run_plan.fn  # (ops, n, pos, token) -> 0 or the failed call + 1
-        self._run_plan.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3
+        self._run_plan = self._lib.scratchllm_run_plan.fn  # (ops, n, pos, token, threads) -> 0 or failed call + 1
+        self._run_plan.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_int]
         self._run_plan.restype = ctypes.c_long
         self.isas = tuple(name for k, name in enumerate(ISAS) if bits >> k & 1)  # e.g. ("c", "avx2", "avx512")
 
@@ -408,18 +408,21 @@ class Kernel:
         for op, (name, types, args, moves) in zip(ops, rec.calls):
             if name not in PLAN_FNS or len(args) > PLAN_ARGS or len(moves) > PLAN_PATCHES:
                 raise ValueError(f"a decode step's plan cannot replay a call of {name}")
-            op.fn = PLAN_FNS.index(name)
-            for i, (value, kind) in enumerate(zip(args, types)):
-                op.args[i] = _as_long(value, kind)
-            op.n_patch = len(moves)
+            values = [_as_long(value, kind) if kind is ctypes.c_float else 0 if value is None else value
+                      for value, kind in zip(args, types)]
+            for i, var, step in moves:
+                values[i] -= (pos if var == "pos" else token) * step  # the base: argument = base + now * step
+            op.fn, op.n_patch = PLAN_FNS.index(name), len(moves)
+            op.args[:len(values)] = values
             for k, (i, var, step) in enumerate(moves):
-                op.args[i] -= (pos if var == "pos" else token) * step  # the base: argument = base + now * step
                 op.patch_arg[k], op.patch_var[k], op.patch_step[k] = i, MOVES.index(var), step
         return ops
 
-    def run_plan(self, ops: ctypes.Array, pos: int, token: int) -> None:
-        """Make the calls of `ops` (`plan`) again, for position `pos` and token `token`, in one call."""
-        failed = self._run_plan(ctypes.addressof(ops), len(ops), pos, token)
+    def run_plan(self, ops: ctypes.Array, pos: int, token: int, threads: int = 1) -> None:
+        """Make the calls of `ops` (`plan`) again, for position `pos` and token `token`, in one call: on one team of
+        `threads` threads that makes every call (gemv.c's "A replayed decode step's team"; each call's share of the
+        work as the call alone would split it, one barrier between calls), else one call after the other."""
+        failed = self._run_plan(ctypes.addressof(ops), len(ops), pos, token, threads)
         if failed:
             raise ValueError(f"a decode step's plan failed at its call {failed - 1} ({PLAN_FNS[ops[failed - 1].fn]})")
 

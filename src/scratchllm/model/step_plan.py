@@ -36,6 +36,8 @@ from scratchllm.model.layers import bound_calls
 BOOKKEEPING = frozenset({"empty", "empty_like", "empty_strided", "slice", "select", "view", "_unsafe_view",
                          "as_strided", "alias", "detach", "t", "transpose", "unsqueeze", "squeeze", "expand",
                          "_local_scalar_dense", "item"})
+# ops that are bookkeeping when they give back their input unchanged (a bias already fp32 made `.float()`)
+SAME_IF_NOTHING_TO_DO = frozenset({"to", "contiguous"})
 
 
 class _Watch(TorchDispatchMode):
@@ -49,7 +51,7 @@ class _Watch(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if name not in BOOKKEEPING:
+        if name not in BOOKKEEPING and not (name in SAME_IF_NOTHING_TO_DO and args and out is args[0]):
             self.other.append(name)
         self.made.append(out)
         return out
@@ -63,6 +65,7 @@ class StepPlan:
         self._buffers = (kv_cache.k.data_ptr(), kv_cache.v.data_ptr())
         self._kernel = gemv.load()
         self._vocab, self._context = model.config.vocab_size, model.config.context_length
+        self._threads = torch.get_num_threads()  # the team that replays it: the threads the calls were recorded with
 
     @classmethod
     def record(cls, model, idx: torch.Tensor, kv_cache) -> tuple[torch.Tensor, StepPlan | None]:
@@ -77,6 +80,7 @@ class StepPlan:
             logits = model(idx, kv_cache=kv_cache, last_only=True)
         calls = rec.calls
         if (watch.other or not calls or calls[0][0] not in ("scratchllm_embed", "scratchllm_embed_q")
+                or any(name not in gemv.PLAN_FNS for name, *_ in calls)  # (e.g. a layer bound in this step)
                 or logits.data_ptr() not in calls[-1][2] or not logits.is_contiguous()):
             return logits, None
         ops = gemv.load().plan(rec, pos, token)
@@ -100,6 +104,6 @@ class StepPlan:
             raise UserError(f"token id {token} is outside the model's vocabulary of {self._vocab}")
         if not self.fits(cache):
             raise RuntimeError("a decode step's plan ran past its KV cache, or the cache moved: record a new one")
-        self._kernel.run_plan(self.ops, pos, token)
+        self._kernel.run_plan(self.ops, pos, token, self._threads)
         cache.advance(1)
         return self.logits
