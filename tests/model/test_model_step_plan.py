@@ -1,0 +1,244 @@
+"""A recorded decode step replayed in one C call (model.step_plan) gives the model's own step, bit for bit: for GPT-2-,
+Llama- and Qwen3-style models in fp32 and bf16 and for quantized ones; the generation engine decodes through it; a
+step that is not the kernel's calls alone gets no plan; a plan keeps what it reads alive and checks what it is
+given; the team of threads that replays it computes what the calls one after the other compute."""
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.compress.quantize import quantize_model
+from scratchllm.config.model import ModelConfig
+from scratchllm.config.sample import SampleConfig
+from scratchllm.errors import UserError
+from scratchllm.generate.engine import Decoder, generate
+from scratchllm.model import GPT, gemv
+from scratchllm.model import fast_linear as P
+from scratchllm.model.layers import embed_row
+from scratchllm.model.quant_linear import QuantEmbedding, QuantScheme
+from scratchllm.model.step_plan import StepPlan
+
+from test_model_decode_step import CONFIGS
+
+SCHEMES = [QuantScheme(8), QuantScheme(4, 32), QuantScheme(4, 32, symmetric=False)]
+
+
+def model_of(name: str, dtype=torch.float32, scheme: QuantScheme | None = None) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**CONFIGS[name])).eval().to(dtype)
+    if scheme is not None:
+        quantize_model(model, scheme)
+    return model
+
+
+def model_and_plan_steps(model: GPT, n: int, threads: int | None = None):
+    """Logits of decoding n random tokens one by one after a prompt of 5, through the model (one cache) and through
+    a plan recorded at the first of them (a twin cache): (the model's, the plan's), each (n, vocab)."""
+    n = min(n, model.config.context_length - 5)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (1, 5 + n), generator=g)
+    ours, theirs = [], []
+    with torch.inference_mode(), P.fast_linears(model, rows=1):
+        a, b = model.new_kv_cache(1), model.new_kv_cache(1)
+        model(ids[:, :5], kv_cache=a)
+        model(ids[:, :5], kv_cache=b)
+        plan = None
+        for i in range(5, 5 + n):
+            tok = ids[:, i:i + 1]
+            theirs.append(model(tok, kv_cache=a, last_only=True).clone())
+            if plan is None:
+                logits, plan = StepPlan.record(model, tok, b)
+                assert plan is not None, "the step was not the kernel's calls alone"
+            else:
+                logits = plan(int(tok))
+            ours.append(logits.clone())
+            assert a.pos == b.pos
+    return torch.cat(theirs), torch.cat(ours)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_replayed_step_equals_the_models_step(kernel, monkeypatch, name, dtype):
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)  # every linear through the kernel (the toy models' are small)
+    model = model_of(name, dtype)
+    theirs, ours = model_and_plan_steps(model, 40)
+    assert torch.equal(ours, theirs)  # the same calls on the same numbers
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen3"])
+def test_a_quantized_models_replayed_step_equals_its_step(kernel, monkeypatch, name, scheme):
+    """Quantized layers and the quantized embedding (tied: the head's table; untied: its own) replay too."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of(name, scheme=scheme)
+    assert isinstance(model.tok_emb, QuantEmbedding)
+    theirs, ours = model_and_plan_steps(model, 30)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_team_computes_what_the_calls_one_after_another_compute(kernel, monkeypatch, threads):
+    """gemv.c's team (every call's share on one team of threads, a barrier between calls) against the same calls made
+    one after the other, each with its own threads, at the same position (the second run rewrites the same keys and
+    values); with torch on 1 thread there is no team."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of("llama")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode(), P.fast_linears(model, rows=1):
+            cache = model.new_kv_cache(1)
+            model(torch.arange(6)[None], kv_cache=cache)
+            _, plan = StepPlan.record(model, torch.tensor([[7]]), cache)
+            for token in (3, 9, 11):
+                pos = cache.pos
+                team = plan(token).clone()
+                keys = cache.k[:, :, :, :pos + 1].clone()
+                kernel.run_plan(plan.ops, pos, token, threads=1)  # one call after another
+                assert torch.equal(team, plan.logits)
+                assert torch.equal(keys, cache.k[:, :, :, :pos + 1])
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_the_transposed_product_replays_as_a_team(kernel):
+    """The product of weights stored (in, out) (gemv_t: partial rows summed after a barrier) inside a team: the one
+    call no model's plan makes yet (an imported GPT-2's GELU runs in torch), recorded and replayed directly."""
+    torch.manual_seed(0)
+    w = torch.randn(96, 200).t()  # (out 200, in 96) as a transposed view of an (in, out) matrix
+    product = kernel.bind(w, torch.randn(200))
+    x, add = torch.randn(1, 1, 96), torch.randn(1, 1, 200)
+    with gemv.record() as rec:
+        y = product(x, add=add)
+    ops = kernel.plan(rec, 0, 0)
+    y.zero_()
+    kernel.run_plan(ops, 0, 0, threads=2)
+    assert torch.allclose(y, F.linear(x, w.contiguous(), product.keep_alive[1]) + add, atol=1e-5)
+
+
+def test_the_engine_decodes_through_a_plan(kernel, monkeypatch):
+    """At batch 1 the engine records the first step and replays the rest, with the tokens and logits of the model's
+    own steps: also past the context, where the window slides (the same cache, new positions), and when sampling."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of("llama")
+    replays = []
+    call = StepPlan.__call__
+    monkeypatch.setattr(StepPlan, "__call__", lambda self, token: replays.append(token) or call(self, token))
+    prompt = list(range(20))
+    greedy = SampleConfig(temperature=0.0, max_new_tokens=100)  # context 64: the window slides twice
+    sampled = SampleConfig(temperature=0.8, top_k=20, max_new_tokens=30, seed=3)
+    with_plan = [generate(model, prompt, c) for c in (greedy, sampled)]
+    assert len(replays) >= 100 + 30 - 10  # every step after the first of each window's cache is a replay
+    with monkeypatch.context() as m:
+        m.setattr(StepPlan, "record", classmethod(lambda cls, model, idx, cache: (
+            model(idx, kv_cache=cache, last_only=True), None)))
+        without = [generate(model, prompt, c) for c in (greedy, sampled)]
+    assert with_plan == without
+    with torch.inference_mode(), Decoder(model, [prompt], greedy.replace(max_new_tokens=5)) as dec:
+        steps = iter(dec)
+        next(steps), next(steps)  # the prompt's token, then the first step (recorded)
+        assert dec._plan is not None and dec._plan.kv_cache is dec.cache
+
+
+def test_a_step_that_is_not_the_kernels_calls_alone_gets_no_plan(kernel, monkeypatch):
+    model = model_of("llama")
+    idx = torch.tensor([[4]])
+
+    def record():
+        with torch.inference_mode(), P.fast_linears(model, rows=1):
+            cache = model.new_kv_cache(1)
+            model(torch.arange(5)[None], kv_cache=cache)
+            logits, plan = StepPlan.record(model, idx, cache)
+            assert torch.equal(logits, model_step(cache))
+            return plan
+
+    def model_step(cache):  # the same step again, through the model: what the recorded step returned
+        cache.truncate(cache.pos - 1)
+        return model(idx, kv_cache=cache, last_only=True)
+
+    assert record() is None  # the toy model's small linears stay nn.Linear: torch's products
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    assert record() is not None
+    handle = model.blocks[1].mlp.register_forward_hook(lambda *a: None)  # a hook sees the general path
+    assert record() is None
+    handle.remove()
+    monkeypatch.setattr(gemv, "load", lambda: None)  # no kernel
+    assert record() is None
+
+
+def test_a_plan_keeps_what_it_reads_alive(kernel, monkeypatch):
+    """The layers' bound calls (their scratch rows and arguments) and the step's own tensors live as long as the plan,
+    even once the decode loop's layers are put back: replayed after, with the memory churned, the same logits."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of("qwen3", scheme=QuantScheme(4, 32))
+    tokens = [5, 17, 2, 40, 40, 9]
+    with torch.inference_mode():
+        with P.fast_linears(model, rows=1):
+            a, b = model.new_kv_cache(1), model.new_kv_cache(1)
+            model(torch.arange(5)[None], kv_cache=a)
+            model(torch.arange(5)[None], kv_cache=b)
+            model(torch.tensor([[1]]), kv_cache=a, last_only=True)  # (binds the quantized layers' calls)
+            _, plan = StepPlan.record(model, torch.tensor([[1]]), b)
+            theirs = [model(torch.tensor([[t]]), kv_cache=a, last_only=True).clone() for t in tokens]
+        gc.collect()
+        junk = [torch.full((1000 + i,), float(i)) for i in range(200)]  # reuses any freed memory
+        ours = [plan(t).clone() for t in tokens]
+    del junk
+    assert all(torch.equal(x, y) for x, y in zip(ours, theirs))
+
+
+def test_a_plan_checks_its_token_and_its_cache(kernel, monkeypatch):
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of("gpt2")
+    with torch.inference_mode(), P.fast_linears(model, rows=1):
+        cache = model.new_kv_cache(1, max_len=8)
+        model(torch.arange(5)[None], kv_cache=cache)
+        _, plan = StepPlan.record(model, torch.tensor([[1]]), cache)
+        with pytest.raises(UserError, match="outside the model's vocabulary of 100"):
+            plan(100)
+        with pytest.raises(UserError, match="outside"):
+            plan(-1)
+        plan(3), plan(4)
+        assert cache.pos == 8 and not plan.fits(cache)  # full
+        with pytest.raises(RuntimeError, match="past its KV cache"):
+            plan(3)
+        cache.truncate(6)
+        assert plan.fits(cache)
+        cache.grow(1, 16)  # new buffers
+        assert not plan.fits(cache)
+        assert not plan.fits(model.new_kv_cache(1))  # another cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("learned", [False, True])
+def test_the_embedding_row_equals_the_modules(kernel, dtype, learned):
+    torch.manual_seed(0)
+    emb, pos = nn.Embedding(50, 24).to(dtype), nn.Embedding(10, 24).to(dtype) if learned else None
+    with torch.no_grad():
+        for token, p in ((0, 0), (49, 9), (17, 4)):
+            want = emb(torch.tensor([[token]])) + (pos.weight[p] if learned else 0)
+            assert torch.equal(embed_row(emb, pos, torch.tensor([[token]]), p), want)
+        assert embed_row(emb, pos, torch.tensor([[50]]), 0) is None  # out of the table: the module says so
+        if learned:
+            assert embed_row(emb, pos, torch.tensor([[1]]), 10) is None  # a position past the table
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_the_quantized_embedding_row_equals_the_modules(kernel, name, scheme):
+    """A quantized table's row, dequantized in C from the kernel's buffers (int4: in its layout; a vocabulary that
+    is not a multiple of its 16-row blocks), equals QuantEmbedding's; with learned positions added."""
+    config = dict(CONFIGS[name], vocab_size=100)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**config)).eval()
+    quantize_model(model, scheme)
+    emb = model.tok_emb
+    assert emb.source._product() is not None  # bound: int4 buffers in the kernel's layout
+    with torch.no_grad():
+        for token in (0, 15, 16, 97, 99):
+            idx = torch.tensor([[token]])
+            want = emb(idx) + (model.pos_emb.weight[3] if model.pos_emb is not None else 0)
+            assert torch.equal(embed_row(emb, model.pos_emb, idx, 3), want)
