@@ -9,8 +9,12 @@ else random weights) and GPT-2 124M's shape (random weights). Rows, per model:
   its own int8 copy; the token embedding stays fp32), on the fp32 checkpoint.
 Columns: file size (model.safetensors; the peer: torch.save of its state dict), peak RSS of a fresh
 process that loads the model and decodes (torch's own runtime included: see the `import torch` line),
-quality, and batch-1 greedy decode tokens/s (a 32-token prompt, then --new-tokens or up to the context,
-the same loop for every row: the model's forward with a KV cache, argmax; best of --repeats).
+quality, and batch-1 greedy decode tokens/s: a 32-token prompt, then --new-tokens (or up to the context)
+steps, timed from the first token drawn from the prompt's logits to the last (the prompt's forward is not
+decoding); scratchllm's rows through the generation engine as `scratchllm generate` runs them (the first
+step recorded, the others replayed in one C call: model.step_plan; the recording counted), the peer through
+the model's forward with a KV cache and argmax. Each row decodes --repeats times in a fresh process, and the
+rows take turns for --rounds such processes; the best decode counts.
 Quality: for a trained model, perplexity on tinyshakespeare's last 10% through the model's tokenizer
 (non-overlapping windows of the context length; the demo checkpoint may have seen that text in training,
 so only the differences between rows mean something), computed twice for int8/int4: batched (a whole
@@ -20,12 +24,13 @@ its input rounded to int8 blocks); for random weights perplexity says nothing, s
 the max |logit difference| from fp32 and the share of positions whose top-1 token is fp32's.
 Targets (issue 14): int8 perplexity within +1% of fp32 and decode >= 2x our fp32; int4 (group 32)
 within +5%, file <= 30% of fp32, decode >= 3x our fp32; both faster than the peer.
-Each decode step is also split into its matrix-vector products alone (every linear layer called on one
-row, back to back: `products_us`) and the rest: where the weights are small (the demo model: 17 MB in
-fp32, held in the caches) the rest, the same for every row, is most of a step, and the products' own
-speed-up is what the quantized kernels change.
+Each decode step is also split: the first (where the engine records the step), then the median step, made of
+the recorded step replayed alone (its C calls, nothing around them) and the engine's own work around it
+(sampling, bookkeeping, Python), which is the same for every row. Where the weights are small (the demo model:
+17 MB in fp32, held in the caches) the quantized products are bound by arithmetic rather than by reading bytes,
+and that fixed part weighs more.
 
-    python benchmarks/quantize.py [--demo CHECKPOINT] [--new-tokens 100] [--repeats 3] [--no-record]
+    python benchmarks/quantize.py [--demo CHECKPOINT] [--new-tokens 100] [--repeats 3] [--rounds 3] [--no-record]
 """
 
 from __future__ import annotations
@@ -48,24 +53,30 @@ PROMPT = 32
 VARIANTS = ("fp32", "int8", "int4-g32", "int4-g32-asym", "torch dynamic int8")
 
 
-def decode(model, prompt: list[int], n: int) -> tuple[float, list[int]]:
-    """Seconds for `n` batch-1 greedy decode steps after `prompt` (the prompt's forward and the first token
-    drawn from it not counted), and the tokens. scratchllm's rows decode through the generation engine, as
-    `scratchllm generate` does (KV cache; with the kernel, each step the recorded plan, model.step_plan); the
-    peer, whose layers the engine does not take, through the model's forward with a KV cache and argmax."""
+def decode(model, prompt: list[int], n: int) -> tuple[list[float], list[int], object]:
+    """`n` batch-1 greedy decode steps after `prompt`: each step's seconds (the prompt's forward and the first token
+    drawn from it not counted), the tokens, and the engine's recorded step (model.step_plan) or None.
+    scratchllm's rows decode through the generation engine, as `scratchllm generate` does (KV cache; with the
+    kernel, the first step recorded, the others replayed in one C call each); the peer, whose layers the engine
+    does not take, through the model's forward with a KV cache and argmax."""
     import torch
 
     from scratchllm.config.sample import SampleConfig
     from scratchllm.generate.engine import Decoder
 
     out: list[int] = []
+    times: list[float] = []
     if isinstance(getattr(model.lm_head, "weight", None), torch.Tensor):
         with Decoder(model, [prompt], SampleConfig(max_new_tokens=n + 1, temperature=0.0)) as dec:
             steps = iter(dec)
             out.append(next(steps)[0])  # the prompt's forward and the first token
-            t0 = time.perf_counter()
-            out += [step[0] for step in steps]
-            return time.perf_counter() - t0, out
+            plan = None
+            for _ in range(n):
+                t0 = time.perf_counter()
+                out.append(next(steps)[0])
+                times.append(time.perf_counter() - t0)
+                plan = plan or dec._plan
+            return times, out, plan
 
     from scratchllm.model import KVCache
 
@@ -74,39 +85,26 @@ def decode(model, prompt: list[int], n: int) -> tuple[float, list[int]]:
         cache = KVCache(cfg.n_layer, 1, cfg.kv_heads, len(prompt) + n + 1, cfg.head_dim)
         logits = model(torch.tensor([prompt]), kv_cache=cache, last_only=True)
         out.append(logits[0, -1].argmax().item())
-        t0 = time.perf_counter()
         for _ in range(n):
+            t0 = time.perf_counter()
             logits = model(torch.tensor([[out[-1]]]), kv_cache=cache, last_only=True)
             out.append(logits[0, -1].argmax().item())
-        return time.perf_counter() - t0, out
+            times.append(time.perf_counter() - t0)
+        return times, out, None
 
 
-def products_us(model, repeats: int) -> float:
-    """Microseconds for one decode step's matrix-vector products alone: every linear layer of the model (the
-    head included), in order, each called on one row as decoding calls it, back to back with no other work
-    between (best of `repeats` x 20 steps). The rest of a step (norms, attention, embedding, the argmax,
-    Python) is the same for every row of the table."""
-    import torch
-    from torch import nn
-
-    from scratchllm.model.fast_linear import FastLinear, fast_linears
-    from scratchllm.model.quant_linear import QuantLinear
-
-    with torch.inference_mode(), fast_linears(model, rows=1):
-        inner = {id(m.linear) for m in model.modules() if isinstance(m, FastLinear)}
-        layers = [m for m in model.modules()
-                  if isinstance(m, (FastLinear, QuantLinear)) or (hasattr(m, "in_features") and hasattr(m, "weight")
-                                                                  and not isinstance(m, nn.Embedding)
-                                                                  and id(m) not in inner)]
-        xs = [torch.randn(1, 1, m.in_features if hasattr(m, "in_features") else m.linear.in_features)
-              for m in layers]
-        best = float("inf")
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            for _ in range(20):
-                for m, x in zip(layers, xs):
-                    m(x)
-            best = min(best, (time.perf_counter() - t0) / 20)
+def plan_us(plan, tokens: list[int], repeats: int) -> float:
+    """Microseconds per step of the recorded step replayed alone (one C call each, nothing around it) over the
+    decode's positions and tokens (best of `repeats` passes): the engine's step without the engine."""
+    cache = plan.kv_cache
+    start = cache.pos - len(tokens)
+    best = math.inf
+    for _ in range(repeats):
+        cache.truncate(start)
+        t0 = time.perf_counter()
+        for t in tokens:
+            plan(t)
+        best = min(best, (time.perf_counter() - t0) / len(tokens))
     return best * 1e6
 
 
@@ -135,21 +133,27 @@ def peak_rss_mb() -> float:
 
 
 def child(args) -> None:
-    """In a fresh process: load one variant, decode, print JSON (tokens/s, peak RSS, the tokens)."""
+    """In a fresh process: load one variant, decode, print JSON (tokens/s, the step's split, peak RSS, the tokens)."""
+    import statistics
+
     import torch
 
     rss_torch = peak_rss_mb()
     model = load_variant(args.child_folder, args.child)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, model.config.vocab_size, (PROMPT,), generator=g).tolist()
-    n = min(args.new_tokens, model.config.context_length - PROMPT - 1)  # the demo's context is 128 (+1: the first token)
+    n = min(args.new_tokens, model.config.context_length - PROMPT - 1)  # the demo's context is 128 (+1: the first)
     decode(model, prompt, 4)  # warm-up: kernels loaded and bound, allocator primed
-    best, tokens = math.inf, []
-    for _ in range(args.repeats):
-        t, tokens = decode(model, prompt, n)
-        best = min(best, t)
-    print(json.dumps({"tok_s": n / best, "rss_mb": peak_rss_mb(), "rss_torch_mb": rss_torch,
-                      "tokens": tokens, "products_us": products_us(model, args.repeats)}))
+    best, tokens, times, plan = math.inf, [], [], None
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            t, out, p = decode(model, prompt, n)
+            if sum(t) < best:
+                best, tokens, times, plan = sum(t), out, t, p
+        replay = plan_us(plan, tokens[1:-1], args.repeats) if plan is not None else None
+    print(json.dumps({"tok_s": n / best, "rss_mb": peak_rss_mb(), "rss_torch_mb": rss_torch, "tokens": tokens,
+                      "first_us": times[0] * 1e6, "step_us": statistics.median(times[1:]) * 1e6,
+                      "plan_us": replay}))
 
 
 def run_child(folder: str, variant: str, args) -> dict:
@@ -263,23 +267,30 @@ def bench_model(title: str, source: str, trained: bool, args, work: Path) -> Non
               f"(logits' std {want.std().item():.3f})")
     del peer, ref
 
-    speed = {}
+    speed: dict[str, dict] = {}
+    for _ in range(args.rounds):  # rounds of every row in turn: a machine that slows for a while slows them all
+        for name in VARIANTS:
+            r = run_child(folders[name], name, args)
+            if name not in speed or r["tok_s"] > speed[name]["tok_s"]:
+                speed[name] = r
     print(f"  {'row':<20} {'file MB':>8} {'vs fp32':>7} {'peak RSS MB':>11} {'decode tok/s':>12} {'vs fp32':>7}  "
           f"quality")
     for name in VARIANTS:
-        r = run_child(folders[name], name, args)
-        speed[name] = r
+        r = speed[name]
         print(f"  {name:<20} {sizes[name] / 1e6:8.1f} {sizes[name] / sizes['fp32']:7.0%} {r['rss_mb']:11.0f} "
               f"{r['tok_s']:12.1f} {r['tok_s'] / speed['fp32']['tok_s']:6.2f}x  {quality[name]}", flush=True)
     print(f"  (peak RSS of the decoding process, `import torch` included: {speed['fp32']['rss_torch_mb']:.0f} MB "
-          f"before the model)")
-    step = {n: 1e6 / speed[n]["tok_s"] for n in VARIANTS}
-    print("  one decode step, split: the matrix-vector products alone (every linear layer on one row, back to back) "
-          "and the rest (step - products)")
+          f"before the model; decode tok/s: every step after the prompt's, best of {args.rounds} rounds x "
+          f"{args.repeats} decodes)")
+    print("  one decode step: the first (the engine records it: model.step_plan), then the median of the others, "
+          "split into the recorded step replayed alone (its C calls in one call) and the engine around it")
     for n in VARIANTS:
-        prod = speed[n]["products_us"]
-        print(f"    {n:<20} step {step[n]:8.1f} us = products {prod:8.1f} us "
-              f"({speed['fp32']['products_us'] / prod:5.2f}x fp32's) + rest {step[n] - prod:8.1f} us")
+        r = speed[n]
+        split = (f" = replay {r['plan_us']:7.1f} us ({speed['fp32']['plan_us'] / r['plan_us']:5.2f}x fp32's) + "
+                 f"engine {r['step_us'] - r['plan_us']:6.1f} us" if r["plan_us"] else " (no recorded step: the "
+                 "model's forward each step)")
+        print(f"    {n:<20} first {r['first_us']:8.0f} us, then {r['step_us']:8.1f} us "
+              f"({speed['fp32']['step_us'] / r['step_us']:5.2f}x fp32's){split}")
     same = {n: sum(a == b for a, b in zip(speed[n]["tokens"], speed["fp32"]["tokens"])) for n in VARIANTS}
     print(f"  greedy tokens equal to fp32's (of {len(speed['fp32']['tokens'])}): "
           + ", ".join(f"{n} {same[n]}" for n in VARIANTS[1:]))
@@ -310,7 +321,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", default=None, help="a trained demo-shaped checkpoint (default: random weights)")
     ap.add_argument("--new-tokens", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=3, help="best of this many decodes")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many decodes per process")
+    ap.add_argument("--rounds", type=int, default=3, help="processes per row, taken in turn with the other rows")
     ap.add_argument("--windows", type=int, default=64, help="perplexity windows (of the context length)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-folder", default=None, help=argparse.SUPPRESS)
@@ -337,7 +349,7 @@ def run_all(args) -> None:
     print(f"matrix-vector kernel: {gemv.status()}; int8/int4 path {path} (of {isas}"
           f"; integer dot products on the input quantized in blocks of {gemv.QBLOCK}); torch threads "
           f"{torch.get_num_threads()}; batch-1 greedy, {PROMPT}-token prompt, {args.new_tokens} new tokens, "
-          f"best of {args.repeats}")
+          f"best of {args.rounds} rounds x {args.repeats}")
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
         work = Path(tmp)
         if args.demo:

@@ -41,7 +41,8 @@ are identical until the first slide and differ (slightly shorter memory) after i
 Speed: at batch 1 a decode step reads every weight once, so the step is memory-bandwidth bound.
 The Decoder therefore runs the model's large linears through `model.fast_linear` for its duration
 (a C matrix-vector kernel for one row, oneDNN's packed layout for a few; at batch 1 the model's
-blocks then also attend over the cache in C: `model.layers.Block.decode_one`), and keeps its own work
+blocks then also attend over the cache in C: `model.layers.Block.decode_one`; and that step, recorded at the
+first batch-1 step, is replayed in one C call a token: `model.step_plan`), and keeps its own work
 per step small: sampling (greedy through numpy's argmax, `sampling.greedy`), one `.tolist()`, no mask
 or position tensors unless the batch is padded, logits for the last position only,
 `torch.inference_mode`. torch.compile of the model is not used: on a small CPU it recompiles per
@@ -297,7 +298,7 @@ class Decoder:
         if cache.pos >= cache.max_len:
             self._make_room()
         if len(self._last) == 1 and self.starts[0] == 0 and cache.batch_size == 1:
-            return self._decode_one(self._last[0], cache)[:, -1]  # (1, V)
+            return self._decode_one(self._last[0], cache)  # (1, V)
         tokens = torch.tensor(self._last, device=self.device)[:, None]  # (B, 1)
         if max(self.starts) == 0:
             logits = self.model(tokens, kv_cache=cache, last_only=True)
@@ -309,13 +310,14 @@ class Decoder:
         return logits[:, -1]  # (B, V)
 
     def _decode_one(self, token: int, cache) -> torch.Tensor:
-        """A batch-1 step's logits (1, 1, V): the recorded step replayed in one C call (model.step_plan) where there
+        """A batch-1 step's logits (1, V): the recorded step replayed in one C call (model.step_plan) where there
         is a plan for this cache, else the model. The plan is recorded at the cache's first batch-1 step, or its
         second where the first had more to do than the kernel's calls (binding a layer's calls may copy a bias),
         once per cache buffers (a grown cache gets a new one)."""
         plan = self._plan
         if plan is not None and plan.fits(cache):
-            return plan(token)
+            plan(token)
+            return plan.last  # (a view of its logits made once)
         key = (id(cache), cache.k.data_ptr(), cache.v.data_ptr())
         if key != self._plan_key:
             self._plan, self._plan_key, self._plan_steps = None, key, 0
@@ -323,8 +325,8 @@ class Decoder:
         tokens = torch.tensor([[token]], device=self.device)  # (1, 1)
         if self._plan_steps <= 2:
             logits, self._plan = StepPlan.record(self.model, tokens, cache)
-            return logits
-        return self.model(tokens, kv_cache=cache, last_only=True)
+            return logits[:, -1]
+        return self.model(tokens, kv_cache=cache, last_only=True)[:, -1]
 
     def _make_room(self) -> None:
         """The cache is full: grow it (up to the context), else drop positions no row uses, else slide."""

@@ -483,6 +483,8 @@ struct head_prep {
 
 /* v[0..d): one head's values (of the row's dtype, widened), through QK-norm and RoPE as `p` says, rounded as
  * the general path rounds (bf16 rows: see the section's header) */
+static inline vec round_bf16_vec(vec v);
+
 static void prep_head(float *v, long d, const struct head_prep *p, int bf16) {
     if (p->norm) {
         float ss = 0.0f;
@@ -493,7 +495,21 @@ static void prep_head(float *v, long d, const struct head_prep *p, int bf16) {
             v[i] = bf16 ? round_bf16(t) : t;
         }
     }
-    if (p->cos) {
+    if (p->cos && d % (2 * LANES) == 0) { /* the same, LANES at once: v[i] with v[i + half], the rotated pair */
+        long half = d / 2;
+        int steps = bf16 && p->table_bf16;
+        for (long i = 0; i < half; i += LANES) {
+            vec a = load(v + i), b = load(v + half + i);
+            vec ca = load_vec(p->cos, i, p->table_bf16), sa = load_vec(p->sin, i, p->table_bf16);
+            vec cb = load_vec(p->cos, half + i, p->table_bf16), sb = load_vec(p->sin, half + i, p->table_bf16);
+            vec x = a * ca, y = -b * sa, u = b * cb, w = a * sb; /* out[i] = x + y, out[half + i] = u + w */
+            vec lo = steps ? round_bf16_vec(x) + round_bf16_vec(y) : x + y;
+            vec hi = steps ? round_bf16_vec(u) + round_bf16_vec(w) : u + w;
+            if (bf16) lo = round_bf16_vec(lo), hi = round_bf16_vec(hi);
+            memcpy(v + i, &lo, sizeof lo);
+            memcpy(v + half + i, &hi, sizeof hi);
+        }
+    } else if (p->cos) {
         float t[MAX_HEAD_DIM];
         long half = d / 2;
         int steps = bf16 && p->table_bf16; /* bf16 * bf16 tables: each product and the sum rounded */

@@ -29,7 +29,14 @@ The glue between a decode step's products is C too, each one call where torch wo
 (gemv.c's last section): `Kernel.attend` also puts the new query and key heads through QK-norm and RoPE
 when the model has them; `Kernel.norm` is one row's RMSNorm or LayerNorm; `Kernel.bind_normed` a product
 whose input row is normalized first (a block's norm and the product after it); `Kernel.bind_mlp` an MLP's
-products and its SwiGLU or GELU (and its norm before them), in one call.
+products and its SwiGLU or GELU (and its norm before them), in one call; `Kernel.embed` (`embed_q` for a quantized
+table) the token's embedding row, a step's first call.
+
+A decode step's calls can be written down as they are made (`record`: every C function of the library is a `_Call`
+that appends itself and its arguments to the active `Recording`; `attend` and `embed` mark the arguments that move
+with the step: the position, the token, the tables' rows) and made again in one C call (`Kernel.plan`,
+`Kernel.run_plan`: gemv.c's `scratchllm_run_plan`, on one team of threads that makes every call, one barrier
+between them). model.step_plan decides when a step may be replayed.
 
 `load()` builds the kernel once per machine with the system C compiler (`$CC`, else `cc`, `gcc`,
 `clang`; flags `-O3 -march=native -fopenmp -shared -fPIC`) into

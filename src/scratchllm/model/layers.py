@@ -7,7 +7,8 @@ a batch-1 decode step (one row, a KV cache, no autograd) takes a shorter road th
 and parameters where scratchllm's C kernel is built (`Block.decode_one`): attention the norm and `qkv`
 product in one C call (`normed_product`) and one more for QK-norm, RoPE, the cache and the heads
 (`Attention.attend_one`), the MLP's norm, products and activation one call (`MLP.hidden_one`), residuals
-added inside the projections, the final norm one call (`norm_row`); tested equal to the general path. The same
+added inside the projections, the final norm one call (`norm_row`), the token's embedding row one call (`embed_row`);
+tested equal to the general path (and model.step_plan replays those calls in one). The same
 calls run for quantized layers (model.quant_linear's QuantLinear, fp32 rows), through the quantized products.
 `explicit_attention` is also what the training memory estimate (`train.pretrain`) asks. The book's
 hand-written teaching versions live in `scratchllm.steps` and are tested equal to these.

@@ -62,6 +62,7 @@ class StepPlan:
 
     def __init__(self, model, kv_cache, ops, logits: torch.Tensor, held: list) -> None:
         self.model, self.kv_cache, self.ops, self.logits, self._held = model, kv_cache, ops, logits, held
+        self.last = logits[:, -1]  # (1, vocab): the logits as a decode loop reads them, a view made once
         self._buffers = (kv_cache.k.data_ptr(), kv_cache.v.data_ptr())
         self._kernel = gemv.load()
         self._vocab, self._context = model.config.vocab_size, model.config.context_length
