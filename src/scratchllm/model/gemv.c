@@ -733,7 +733,7 @@ long scratchllm_q_scratch_bytes(long in) {
 
 static struct qin carve(void *scratch, long in, long row) {
     long lanes = round_up(in, 64) / 4 + 16, blocks = round_up(in, QBLOCK) / QBLOCK, nb = round_up(in, 64) + QPAD;
-    char *p = (char *)(((size_t)scratch + 63) & ~(size_t)63) + row * scratchllm_q_scratch_bytes(in);
+    char *p = (char *)(((size_t)scratch + 63) & ~(size_t)63) + (row ? row * scratchllm_q_scratch_bytes(in) : 0);
     struct qin q;
     q.xe = (signed char *)p;
     q.xo = q.xe + nb / 2 + QPAD / 2;
@@ -790,6 +790,51 @@ static void prep_q4(const float *x, long in, struct qin *q) {
         }
     }
 }
+
+#ifdef SCRATCHLLM_X86
+/* quantize_block of QBLOCK inputs, AVX-512, with the same numbers (the largest |x| from the bit patterns, q rounded half
+ * to even: the CPU's default rounding, as rintf's); the 32 q in order into `even` (odd NULL: int8's), or the 16
+ * even-indexed ones into `even` and the 16 odd-indexed ones into `odd` (int4's split) */
+T512 static int quantize_block_512(const float *x, signed char *even, signed char *odd, float *d_out) {
+    __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i top = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(a), magnitude),
+                                   _mm512_and_si512(_mm512_castps_si512(b), magnitude));
+    unsigned int t = _mm512_reduce_max_epu32(top);
+    float amax;
+    memcpy(&amax, &t, sizeof amax);
+    float d = amax / 127.0f, id = amax > 0 ? 1.0f / d : 0.0f;
+    __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(id)));
+    __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, _mm512_set1_ps(id)));
+    if (odd) {
+        const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        _mm_storeu_si128((__m128i *)even, _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(qa, evens, qb)));
+        _mm_storeu_si128((__m128i *)odd, _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(qa, odds, qb)));
+    } else {
+        _mm_storeu_si128((__m128i *)even, _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(even + 16), _mm512_cvtepi32_epi8(qb));
+    }
+    *d_out = d;
+    return _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+}
+
+/* prep_q8 and prep_q4 with quantize_block_512 for the whole blocks: the same bytes */
+T512 static void prep_q8_512(const float *x, long in, struct qin *q) {
+    long whole = in / QBLOCK, blocks = round_up(in, QBLOCK) / QBLOCK;
+    for (long b = 0; b < whole; b++) q->xq[b] = quantize_block_512(x + b * QBLOCK, q->xe + b * QBLOCK, 0, &q->xd[b]);
+    if (whole < blocks) q->xq[whole] = quantize_block(x + whole * QBLOCK, in - whole * QBLOCK, q->xe + whole * QBLOCK,
+                                                      &q->xd[whole]);
+    memset(q->xe + in, 0, round_up(in, 64) + QPAD - in);
+    long lanes = round_up(in, 64) / 4;
+    for (long l = 0; l < lanes; l++) q->lane_d[l] = l * 4 < in ? q->xd[l * 4 / QBLOCK] : 0.0f;
+}
+
+T512 static void prep_q4_512(const float *x, long in, struct qin *q) {
+    for (long b = 0; b < in / QBLOCK; b++)
+        q->xq[b] = quantize_block_512(x + b * QBLOCK, q->xe + b * QBLOCK / 2, q->xo + b * QBLOCK / 2, &q->xd[b]);
+}
+#endif
 
 static inline int word(const signed char *p) { /* 4 inputs as one 32-bit word (to broadcast) */
     int v;
@@ -1048,6 +1093,15 @@ static void q_prep(const struct q_weights *c, void *scratch, const float *x, lon
         struct qin qi = carve(scratch, in, i);
         const float *row = x + i * in;
         if (nm) norm_into_row(row, nm, in, &row);
+#ifdef SCRATCHLLM_X86
+        if (usable((int)c->isa) == 2) {
+            if (c->group)
+                prep_q4_512(row, in, &qi);
+            else
+                prep_q8_512(row, in, &qi);
+            continue;
+        }
+#endif
         if (c->group)
             prep_q4(row, in, &qi);
         else
@@ -1239,7 +1293,17 @@ void scratchllm_norm(const void *x, const void *w, const void *b, void *y, long 
         sq += d * d;
     }
     float r = 1.0f / __builtin_sqrtf(sq / (float)n + eps);
-    for (long i = 0; i < n; i++) {
+    for (long i = 0; i < nv; i += LANES) { /* the same numbers as the loop below, LANES at once */
+        vec v = (load_vec(x, i, bf16) - mean) * r * load_vec(w, i, bf16);
+        if (b) v += load_vec(b, i, bf16);
+        if (bf16) {
+            bf16_vec o = __builtin_convertvector((word_vec)round_bf16_vec(v) >> 16, bf16_vec);
+            memcpy((unsigned short *)y + i, &o, sizeof o);
+        } else {
+            store((float *)y + i, v);
+        }
+    }
+    for (long i = nv; i < n; i++) {
         float v = (load_val(x, i, bf16) - mean) * r * load_val(w, i, bf16);
         if (b) v += load_val(b, i, bf16);
         if (bf16)
@@ -1288,8 +1352,13 @@ static void activate(const float *f, const float *g, void *y, long r0, long r1, 
     for (long r = r0; r < r1; r += LANES) {
         long k = r1 - r < LANES ? r1 - r : LANES;
         vec fv = {0}, gv = {0}, h;
-        memcpy(&fv, f + r, k * sizeof(float));
-        if (g) memcpy(&gv, g + r, k * sizeof(float));
+        if (k == LANES) { /* (a whole vector: a load, not a call to memcpy) */
+            fv = load(f + r);
+            if (g) gv = load(g + r);
+        } else {
+            memcpy(&fv, f + r, k * sizeof(float));
+            if (g) memcpy(&gv, g + r, k * sizeof(float));
+        }
         if (bf16) fv = round_bf16_vec(fv), gv = round_bf16_vec(gv);
         if (act == ACT_SWIGLU) {
             vec s = silu_vec(gv);
@@ -1299,7 +1368,12 @@ static void activate(const float *f, const float *g, void *y, long r0, long r1, 
         }
         if (bf16) {
             bf16_vec o = __builtin_convertvector((word_vec)round_bf16_vec(h) >> 16, bf16_vec);
-            memcpy((unsigned short *)y + r, &o, k * sizeof(unsigned short));
+            if (k == LANES)
+                memcpy((unsigned short *)y + r, &o, sizeof o);
+            else
+                memcpy((unsigned short *)y + r, &o, k * sizeof(unsigned short));
+        } else if (k == LANES) {
+            store((float *)y + r, h);
         } else {
             memcpy((float *)y + r, &h, k * sizeof(float));
         }
