@@ -136,11 +136,12 @@ def test_forward_and_greedy_generation_match_plain(kernel, monkeypatch):
         m.setattr(StepPlan, "record", classmethod(lambda cls, model, idx, cache: (
             model(idx, kv_cache=cache, last_only=True), None)))
         fast_tokens = generate(model, prompt, config)
-    # one row each: the prompt's head (last position only), then 29 steps x (2 layers x 4 linears + head)
-    assert counting.calls == 1 + 29 * (2 * 4 + 1)
+    # one row each: the prompt's last token read as a decode step (the engine records that step), then 29 steps,
+    # each 2 layers x 4 linears + the head
+    assert counting.calls == 30 * (2 * 4 + 1)
     calls = counting.calls
-    assert generate(model, prompt, config) == fast_tokens  # with the plan: its first step recorded, then replayed
-    assert counting.calls == calls + 1 + (2 * 4 + 1)
+    assert generate(model, prompt, config) == fast_tokens  # with the plan: the prompt's step recorded, then replayed
+    assert counting.calls == calls + (2 * 4 + 1)
     batch = generate_batch(model, [prompt, prompt[:7]], config)  # packed rows (and padding)
     lookup = generate(model, prompt, config.replace(prompt_lookup=4))  # speculative: a few rows
     monkeypatch.setattr(P, "MIN_WEIGHTS", 2**62)  # nothing wrapped
@@ -226,7 +227,7 @@ def test_weights_stored_in_out_decode_through_the_kernel_in_place(kernel, monkey
         assert all(wrapped[n].product is not None for n in views)  # bound, not left to F.linear
         assert all(wrapped[n].weight.data_ptr() == ptr for n, ptr in views.items())  # no copy
     tokens = generate(stored, prompt, config)
-    assert counting.calls == 1 + 11 * (2 * 4 + 1)
+    assert counting.calls == 12 * (2 * 4 + 1)  # the prompt's last token read as a decode step, then 11 steps
     assert normed == ["in, out"] * 2 * MID["n_layer"]  # each block's norm1 + qkv and norm2 + fc, bound once
     if dtype == torch.float32:
         assert tokens == generate(model, prompt, config)

@@ -67,7 +67,9 @@ from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import UserError
 from scratchllm.generate.sampling import make_generator, sample_next
 from scratchllm.generate.speculative import rows_per_step, verify_draft
+from scratchllm.model import gemv
 from scratchllm.model.fast_linear import fast_linears
+from scratchllm.model.gpt import GPT
 from scratchllm.model.step_plan import StepPlan
 from scratchllm.runtime import eval_mode
 
@@ -250,12 +252,16 @@ class Decoder:
         """Rows in the batch or waiting to join it (finished rows of an open batch not counted)."""
         return sum(not r.done for r in self.slots) + len(self.pending)
 
-    def _prefill(self, seqs: list[list[int]]):
-        """Run the (left-padded) sequences through a cache of their own; (that cache, last logits (B, V))."""
+    def _prefill(self, seqs: list[list[int]], head: bool = True):
+        """Run the (left-padded) sequences through a cache of their own; (that cache, last logits (B, V), or None
+        without the `head`)."""
         lens = [len(s) for s in seqs]
         width = max(lens)
         cache = self.model.new_kv_cache(len(seqs), width)
         ids = torch.tensor([[PAD_ID] * (width - n) + s for s, n in zip(seqs, lens)], device=self.device)  # (B, T)
+        if not head:  # (one row, unpadded: `_join`'s prompt read up to its last token)
+            self.model.features(ids, kv_cache=cache)
+            return cache, None
         if min(lens) == width:
             logits = self.model(ids, kv_cache=cache, last_only=True)
         else:
@@ -267,13 +273,21 @@ class Decoder:
         return cache, logits[:, -1]  # (B, V)
 
     def _join(self, rows: list[Row], seqs: list[list[int]]) -> torch.Tensor:
-        """Prefill `rows` (whose tokens to read are `seqs`) and add them at the end of the batch; their logits."""
-        small, logits = self._prefill(seqs)
-        width, n = small.pos, len(self.slots)
+        """Prefill `rows` (whose tokens to read are `seqs`) and add them at the end of the batch; their logits.
+
+        One prompt alone (a fixed batch of one, scratchllm's GPT, the kernel built): its last token is read as a
+        decode step, recorded (`_decode_one`), so that the step's plan is made while the prompt is read and every
+        decode step after it is a replay."""
+        last = None
+        if (not self.open and self.max_batch == 1 and self.cache is None and isinstance(self.model, GPT)
+                and gemv.load() is not None):
+            last, seqs = seqs[0][-1], [seqs[0][:-1]]
+        small, logits = self._prefill(seqs, head=last is None) if seqs[0] else (None, None)
+        width, n = 0 if small is None else small.pos, len(self.slots)
         if self.cache is None:
             room = max(r.config.max_new_tokens for r in rows)
             self.cache = self.model.new_kv_cache(max(len(rows), 1 if self.open else self.max_batch),
-                                                 min(self.ctx, width + max(room, 1)))
+                                                 min(self.ctx, width + (last is not None) + max(room, 1)))
         cache = self.cache
         if n + len(rows) > cache.batch_size or width > cache.max_len:
             rows_needed = n + len(rows)
@@ -284,9 +298,12 @@ class Decoder:
             gap = width - cache.pos
             cache.shift(gap, rows=n)
             self.starts = [s + gap for s in self.starts]
-        cache.place(small, list(range(n, n + len(rows))))
+        if small is not None:
+            cache.place(small, list(range(n, n + len(rows))))
         self.slots.extend(rows)
         self.starts.extend(cache.pos - len(s) for s in seqs)
+        if last is not None:
+            logits = self._decode_one(last, cache)  # (1, V)
         return logits
 
     # --- one step ------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ class _Call:
         self.fn, self.name = fn, name
 
     def __call__(self, *args):
-        if _recording is not None:
+        if _recording is not None and self.name in PLAN_FNS:  # (not the queries: a layer bound during the step)
             _recording.calls.append((self.name, self.fn.argtypes, args, ()))
         return self.fn(*args)
 
