@@ -14,7 +14,8 @@ How one generation runs:
 2. One KV cache of min(context_length, prompt + max_new_tokens) positions is allocated (an open
    batch's grows as rows join, up to the context).
 3. Prefill: one forward over the (left-padded) prompts fills the cache; only the last position's
-   logits are computed. Padded batches pass an attention mask and position ids that count real
+   logits are computed. One prompt alone (with the C kernel built) has its last token read as a decode
+   step instead, recorded (`model.step_plan`), so that every decode step after it is one C call. Padded batches pass an attention mask and position ids that count real
    tokens only, so each row sees exactly what it would see alone.
 4. Decode: sample a token per row (`sampling.sample_next`), feed it as a single query.
 5. Stop a row on its end-of-text id (not returned), when the caller says so (`Decoder.done`, as
@@ -41,8 +42,8 @@ are identical until the first slide and differ (slightly shorter memory) after i
 Speed: at batch 1 a decode step reads every weight once, so the step is memory-bandwidth bound.
 The Decoder therefore runs the model's large linears through `model.fast_linear` for its duration
 (a C matrix-vector kernel for one row, oneDNN's packed layout for a few; at batch 1 the model's
-blocks then also attend over the cache in C: `model.layers.Block.decode_one`; and that step, recorded at the
-first batch-1 step, is replayed in one C call a token: `model.step_plan`), and keeps its own work
+blocks then also attend over the cache in C: `model.layers.Block.decode_one`; and that step, recorded as the
+prompt's last token is read, is replayed in one C call a token: `model.step_plan`), and keeps its own work
 per step small: sampling (greedy through numpy's argmax, `sampling.greedy`), one `.tolist()`, no mask
 or position tensors unless the batch is padded, logits for the last position only,
 `torch.inference_mode`. torch.compile of the model is not used: on a small CPU it recompiles per
@@ -389,6 +390,12 @@ class Decoder:
 
     def _sample(self, logits: torch.Tensor) -> list[int]:
         """One token per slot: rows with the same settings (and generator, when sampling) drawn together."""
+        if len(self.slots) == 1:  # one row: no groups to make (a batch-1 step's Python counts)
+            row = self.slots[0]
+            c = row.config
+            return sample_next(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+                               repetition_penalty=c.repetition_penalty,
+                               prev_ids=None if row.seen is None else row.seen[None], generator=row.generator).tolist()
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(self.slots):
             c = r.config
@@ -451,8 +458,7 @@ class Decoder:
             out.append((row, self._record(row, t)))
         return out
 
-    @torch.inference_mode()
-    def __iter__(self) -> Iterator[list[int | None]]:
+    def __iter__(self) -> Iterator[list[int | None]]:  # (its tensor work is in `step` and `_speculate`)
         if self.open:
             raise UserError("an open batch is driven by step(), not iterated")
         if self.config.max_new_tokens == 0:
@@ -472,6 +478,7 @@ class Decoder:
             if self.speculate and not self._fixed[0].done and out[0] is not None:
                 yield from self._speculate(out[0])
 
+    @torch.inference_mode()
     def _speculate(self, last: int) -> Iterator[list[int | None]]:
         """Prompt lookup for the one row: check drafts after `last` in one pass; each accepted draft is a
         step of its own for the caller."""
