@@ -228,7 +228,8 @@ def test_weights_stored_in_out_decode_through_the_kernel_in_place(kernel, monkey
         assert all(wrapped[n].weight.data_ptr() == ptr for n, ptr in views.items())  # no copy
     tokens = generate(stored, prompt, config)
     assert counting.calls == 12 * (2 * 4 + 1)  # the prompt's last token read as a decode step, then 11 steps
-    assert normed == ["in, out"] * 2 * MID["n_layer"]  # each block's norm1 + qkv and norm2 + fc, bound once
+    # each block's norm1 + qkv and norm2 + fc, then the final norm + the (tied, so (out, in)) head, bound once
+    assert normed == ["in, out"] * 2 * MID["n_layer"] + ["out, in"]
     if dtype == torch.float32:
         assert tokens == generate(model, prompt, config)
     else:  # bf16 sums in another order may round a near-tie the other way: compare a step's logits

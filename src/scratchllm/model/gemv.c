@@ -655,12 +655,19 @@ int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, voi
     const struct head_prep *qpp = prep ? &qp : 0, *kpp = prep ? &kp : 0;
     float scale = 1.0f / __builtin_sqrtf((float)head_dim);
     if (threads > n_head) threads = (int)n_head;
+    /* heads of 64 and 128 values (GPT-2's, Llama's) get copies of the loops for their size: unrolled, the sums
+     * over the values held in registers */
+#define ATTEND_HEAD_D(h, d, b) attend_head(q, kc, vc, y, h, (h) / rep, d, pos + 1, head_stride, scale, qpp, b)
 #define ATTEND_HEAD(h)                                                                                          \
     {                                                                                                           \
         if (bf16)                                                                                               \
-            attend_head(q, kc, vc, y, h, (h) / rep, head_dim, pos + 1, head_stride, scale, qpp, 1);             \
+            ATTEND_HEAD_D(h, head_dim, 1);                                                                      \
+        else if (head_dim == 64)                                                                                \
+            ATTEND_HEAD_D(h, 64, 0);                                                                            \
+        else if (head_dim == 128)                                                                               \
+            ATTEND_HEAD_D(h, 128, 0);                                                                           \
         else                                                                                                    \
-            attend_head(q, kc, vc, y, h, (h) / rep, head_dim, pos + 1, head_stride, scale, qpp, 0);             \
+            ATTEND_HEAD_D(h, head_dim, 0);                                                                      \
     }
     long nt = IN_TEAM ? team_n : threads > 1 ? threads : 1;
     if (n_kv_head % nt == 0) {
@@ -673,6 +680,7 @@ int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, voi
         PARALLEL(SHARE(n_head) for (long h = r0; h < r1; h++) ATTEND_HEAD(h));
     }
 #undef ATTEND_HEAD
+#undef ATTEND_HEAD_D
     return 0;
 }
 
@@ -1491,11 +1499,14 @@ void scratchllm_embed_q(const struct q_weights *c, const float *pos_table, long 
         const unsigned char *w = (const unsigned char *)c->w + block * QROWS * (in / 2);
         const float *sc = c->scales + block * QROWS * groups;
         const unsigned char *zc = c->zeros ? c->zeros + block * QROWS * groups : 0;
-        for (long j = 0; j < in; j++) {
-            long byte = j / 2, g = j / c->group;
-            unsigned char b = w[byte / 4 * k * 4 + i * 4 + byte % 4]; /* chunks of 4 bytes */
-            float u = (float)(j % 2 ? b >> 4 : b & 15), z = zc ? (float)zc[g * k + i] : 8.0f;
-            y[j] = (u - z) * sc[g * k + i];
+        for (long ch = 0; ch < in / 8; ch++) { /* chunks of 4 bytes: 8 weights, of one group (a multiple of 8) */
+            const unsigned char *b = w + ch * k * 4 + i * 4;
+            long g = ch * 8 / c->group;
+            float z = zc ? (float)zc[g * k + i] : 8.0f, sg = sc[g * k + i];
+            for (int e = 0; e < 8; e++) {
+                float u = (float)(e % 2 ? b[e / 2] >> 4 : b[e / 2] & 15);
+                y[ch * 8 + e] = (u - z) * sg;
+            }
         }
     }
     if (pos_table)

@@ -22,7 +22,7 @@ from scratchllm.config.model import ModelConfig
 from scratchllm.errors import UserError
 from scratchllm.model import functional as ops
 from scratchllm.model.kv_cache import KVCache
-from scratchllm.model.layers import Block, RMSNorm, embed_row, make_norm, norm_row
+from scratchllm.model.layers import Block, RMSNorm, embed_row, hooked, make_norm, norm_row, normed_product
 
 
 class GPT(nn.Module):
@@ -52,12 +52,14 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------------
     def features(self, idx: torch.Tensor, kv_cache: KVCache | None = None, *,
                  position_ids: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None, normed: bool = True) -> torch.Tensor:
         """Final normalised hidden states (B, T, n_embd): what a language or classification head reads.
 
         idx: (B, T) token ids. kv_cache: continue after its `pos` filled positions (advanced here).
         position_ids: (B, T) positions, default pos .. pos+T-1 (left-padded batches pass their own).
         attention_mask: (B, pos+T) bool, True for real tokens, False for padding keys.
+        normed=False: the residual stream before the final norm (a decode step puts that norm inside the
+        head's product: `forward`).
         """
         b, t = idx.shape
         start = kv_cache.pos if kv_cache is not None else 0
@@ -91,8 +93,10 @@ class GPT(nn.Module):
                 x = block(x, rope, mask, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(t)
-            if b * t == 1 and not self.training:  # a batch-1 decode step: one C call where it applies
-                return norm_row(self.norm_f, x)
+        if not normed:
+            return x
+        if kv_cache is not None and b * t == 1 and not self.training:  # a batch-1 decode step: one C call
+            return norm_row(self.norm_f, x)
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
@@ -105,6 +109,11 @@ class GPT(nn.Module):
         index: a batch marks padding or prompt tokens so to leave them out). `last_only` computes the
         head for the last position only (B, 1, vocab): what generation needs.
         """
+        if (kv_cache is not None and idx.numel() == 1 and targets is None and not self.training
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and not hooked(self.lm_head)):
+            # a batch-1 decode step: the final norm inside the head's product, one C call where it applies
+            x = self.features(idx, kv_cache, position_ids=position_ids, attention_mask=attention_mask, normed=False)
+            return normed_product(self.norm_f, self.lm_head, x)  # (1, 1, vocab)
         h = self.features(idx, kv_cache, position_ids=position_ids, attention_mask=attention_mask)
         if last_only:
             h = h[:, -1:]
