@@ -131,16 +131,31 @@ def test_the_engine_decodes_through_a_plan(kernel, monkeypatch):
     greedy = SampleConfig(temperature=0.0, max_new_tokens=100)  # context 64: the window slides twice
     sampled = SampleConfig(temperature=0.8, top_k=20, max_new_tokens=30, seed=3)
     with_plan = [generate(model, prompt, c) for c in (greedy, sampled)]
-    assert len(replays) >= 100 + 30 - 10  # every step after the first of each window's cache is a replay
+    assert len(replays) == 99 + 29  # every step: the prompt's last token was the recorded one
     with monkeypatch.context() as m:
         m.setattr(StepPlan, "record", classmethod(lambda cls, model, idx, cache: (
             model(idx, kv_cache=cache, last_only=True), None)))
         without = [generate(model, prompt, c) for c in (greedy, sampled)]
     assert with_plan == without
     with torch.inference_mode(), Decoder(model, [prompt], greedy.replace(max_new_tokens=5)) as dec:
-        steps = iter(dec)
-        next(steps), next(steps)  # the prompt's token, then the first step (recorded)
+        next(iter(dec))  # the prompt: its last token read as the recorded step
         assert dec._plan is not None and dec._plan.kv_cache is dec.cache
+
+
+def test_a_quantized_model_generates_through_a_plan(kernel, monkeypatch):
+    """The first generation of a quantized model lays its head out for the kernel during the prompt's step (a copy:
+    no plan then), so its first decode step is recorded; later generations record the prompt's step."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of("llama", scheme=QuantScheme(4, 32))
+    replays = []
+    call = StepPlan.__call__
+    monkeypatch.setattr(StepPlan, "__call__", lambda self, token: replays.append(token) or call(self, token))
+    config = SampleConfig(temperature=0.0, max_new_tokens=40)
+    twice = [generate(model, list(range(9)), config) for _ in range(2)]
+    assert len(replays) == (40 - 2) + (40 - 1)
+    monkeypatch.setattr(StepPlan, "record", classmethod(lambda cls, model, idx, cache: (
+        model(idx, kv_cache=cache, last_only=True), None)))
+    assert twice == [generate(model, list(range(9)), config)] * 2
 
 
 def test_a_step_that_is_not_the_kernels_calls_alone_gets_no_plan(kernel, monkeypatch):
