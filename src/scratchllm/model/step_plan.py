@@ -21,8 +21,9 @@ read, replaced tensors are not). A plan is made for one generation (`generate.en
 prompt's last token is read) and dropped with its cache. Its logits equal the model's bit for bit: the same calls
 on the same numbers (tested for GPT-2, Llama and Qwen3 styles, fp32, bf16, int8 and int4).
 
-Numbers (benchmarks/quantize.py, the demo model, 2 threads): the step's calls made from Python took 351 us (fp32)
-and 257 us (int8) a token; replayed, about 105 and 42 us (see benchmarks/RESULTS.md for the recorded runs).
+Numbers (benchmarks/quantize.py, the demo model, 2 threads; benchmarks/RESULTS.md): a step whose calls Python made
+took 351 us in fp32, 257 in int8 and 316 in int4; replayed it takes 110, 43 and 34 us, and 117, 52 and 44 with the
+engine's own work around it.
 
 Not here: the calls themselves (model.gemv), when the engine uses a plan (generate.engine).
 """
