@@ -8,6 +8,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model_decode_step import CONFIGS
 from torch import nn
 
 from scratchllm.compress.quantize import quantize_model
@@ -20,8 +21,6 @@ from scratchllm.model import fast_linear as P
 from scratchllm.model.layers import embed_row
 from scratchllm.model.quant_linear import QuantEmbedding, QuantScheme
 from scratchllm.model.step_plan import StepPlan
-
-from test_model_decode_step import CONFIGS
 
 SCHEMES = [QuantScheme(8), QuantScheme(4, 32), QuantScheme(4, 32, symmetric=False)]
 

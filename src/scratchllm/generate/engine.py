@@ -14,9 +14,10 @@ How one generation runs:
 2. One KV cache of min(context_length, prompt + max_new_tokens) positions is allocated (an open
    batch's grows as rows join, up to the context).
 3. Prefill: one forward over the (left-padded) prompts fills the cache; only the last position's
-   logits are computed. One prompt alone (with the C kernel built) has its last token read as a decode
-   step instead, recorded (`model.step_plan`), so that every decode step after it is one C call. Padded batches pass an attention mask and position ids that count real
-   tokens only, so each row sees exactly what it would see alone.
+   logits are computed. Padded batches pass an attention mask and position ids that count real
+   tokens only, so each row sees exactly what it would see alone. One prompt alone (with the C kernel
+   built) has its last token read as a decode step instead, recorded (`model.step_plan`), so that
+   every decode step after it is one C call.
 4. Decode: sample a token per row (`sampling.sample_next`), feed it as a single query.
 5. Stop a row on its end-of-text id (not returned), when the caller says so (`Decoder.done`, as
    the text API does for stop strings), or after max_new_tokens.
