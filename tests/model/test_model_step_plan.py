@@ -4,6 +4,7 @@ step that is not the kernel's calls alone gets no plan; a plan keeps what it rea
 given; the team of threads that replays it computes what the calls one after the other compute."""
 
 import gc
+import threading
 
 import pytest
 import torch
@@ -116,6 +117,19 @@ def test_the_transposed_product_replays_as_a_team(kernel):
     y.zero_()
     kernel.run_plan(ops, 0, 0, threads=2)
     assert torch.allclose(y, F.linear(x, w.contiguous(), product.keep_alive[1]) + add, atol=1e-5)
+
+
+def test_a_recording_holds_its_own_threads_calls(kernel):
+    """Two generations in two threads record apart: a recording holds the calls of the thread that made it."""
+    product = kernel.bind(torch.randn(64, 64))
+    x = torch.randn(1, 64)
+    with gemv.record() as rec:
+        other = threading.Thread(target=product, args=(x,))
+        other.start()
+        other.join()
+        assert rec.calls == []
+        product(x)
+    assert [name for name, *_ in rec.calls] == ["scratchllm_gemv"]
 
 
 def test_the_engine_decodes_through_a_plan(kernel, monkeypatch):

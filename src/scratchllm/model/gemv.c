@@ -220,8 +220,10 @@ static __thread float team_split[TEAM_FLOATS] __attribute__((aligned(64))); /* a
 static __thread unsigned char team_q[TEAM_Q] __attribute__((aligned(64)));  /* a quantized row (struct qin) */
 
 /* The team's barrier: the threads count themselves in, the last one flips the barrier's sense, the others spin
- * (a pause per turn; after many turns they yield the core, in case a thread waited for is not running). OpenMP's
- * barrier measured 0.2-0.4 us here, this one less than 0.1: a decode step has ~25 of them. */
+ * (a pause per turn; after many turns they yield the core, in case a thread waited for is not running). A decode
+ * step has ~25 of them. OpenMP's barrier measured 0.2-0.4 us in a loop of barriers here, and a thread that waits
+ * longer may be put to sleep: with this one the demo model's replayed fp32 step went from 127 to 104 us and its int4
+ * step from 32 to 28 (benchmarks/quantize.py's machine). */
 struct team_barrier {
     int count __attribute__((aligned(64))); /* threads arrived */
     int sense __attribute__((aligned(64))); /* flipped by the last to arrive */

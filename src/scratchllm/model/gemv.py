@@ -65,6 +65,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -112,25 +113,26 @@ class Recording:
         self.calls[-1] = (name, types, args, old + moves)
 
 
-_recording: Recording | None = None
+class _Recorder(threading.local):
+    """The active Recording of this thread (another thread's calls are its own), or None."""
+
+    active: Recording | None = None
 
 
-def recording() -> Recording | None:
-    """The active Recording, or None (the kernel's methods mark their moving arguments through it)."""
-    return _recording
+_recorder = _Recorder()
 
 
 @contextlib.contextmanager
 def record() -> Iterator[Recording]:
-    """Within the block, every call into the kernel's C functions is also written down (see `Recording`)."""
-    global _recording
-    if _recording is not None:
+    """Within the block, every call this thread makes into the kernel's C functions is also written down (see
+    `Recording`)."""
+    if _recorder.active is not None:
         raise RuntimeError("a kernel recording is already running")
-    _recording = rec = Recording()
+    _recorder.active = rec = Recording()
     try:
         yield rec
     finally:
-        _recording = None
+        _recorder.active = None
 
 
 class _Call:
@@ -143,8 +145,9 @@ class _Call:
         self.fn, self.name = fn, name
 
     def __call__(self, *args):
-        if _recording is not None and self.name in PLAN_FNS:  # (not the queries: a layer bound during the step)
-            _recording.calls.append((self.name, self.fn.argtypes, args, ()))
+        rec = _recorder.active
+        if rec is not None and self.name in PLAN_FNS:  # (not the queries: a layer bound during the step)
+            rec.calls.append((self.name, self.fn.argtypes, args, ()))
         return self.fn(*args)
 
     def __getattr__(self, attr: str):
@@ -347,9 +350,10 @@ class Kernel:
         if self._attend(q, k, v, k_cache, v_cache, y, n_head, n_kv_head, head_dim, pos, head_stride, int(bf16),
                         torch.get_num_threads(), q_norm, k_norm, eps, cos, sin, int(table_bf16)):
             raise ValueError(f"attend takes heads of at most {MAX_HEAD_DIM} values; got {head_dim}")
-        if _recording is not None:  # a recorded step: the next one writes the next position, RoPE's next rows
+        rec = _recorder.active
+        if rec is not None:  # a recorded step: the next one writes the next position, RoPE's next rows
             row = head_dim * (2 if table_bf16 else 4)
-            _recording.move((9, "pos", 1), *(((16, "pos", row), (17, "pos", row)) if cos is not None else ()))
+            rec.move((9, "pos", 1), *(((16, "pos", row), (17, "pos", row)) if cos is not None else ()))
 
     def norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
              rms: bool) -> torch.Tensor:
@@ -385,8 +389,9 @@ class Kernel:
         y = torch.empty(1, 1, n, dtype=dtype)
         self._embed(table.data_ptr(), None if pos_table is None else pos_table.data_ptr(), token, pos, y.data_ptr(),
                     n, int(dtype is torch.bfloat16))
-        if _recording is not None:
-            _recording.move((2, "token", 1), (3, "pos", 1))
+        rec = _recorder.active
+        if rec is not None:
+            rec.move((2, "token", 1), (3, "pos", 1))
         return y
 
     def embed_q(self, product: Callable[..., torch.Tensor], pos_table: torch.Tensor | None, token: int,
@@ -404,8 +409,9 @@ class Kernel:
         y = torch.empty(1, 1, n)
         self._embed_q(ctypes.addressof(w), None if pos_table is None else pos_table.data_ptr(), token, pos,
                       y.data_ptr())
-        if _recording is not None:
-            _recording.move((2, "token", 1), (3, "pos", 1))
+        rec = _recorder.active
+        if rec is not None:
+            rec.move((2, "token", 1), (3, "pos", 1))
         return y
 
     def plan(self, rec: Recording, pos: int, token: int) -> ctypes.Array:
