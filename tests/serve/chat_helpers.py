@@ -64,6 +64,11 @@ class Terminal:
         pid, fd = pty.fork()
         if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
             try:
+                # the signals a shell gives a program it starts (a fork keeps this process's: a library loaded by
+                # an earlier test in it may have left SIGINT ignored, and then Ctrl-C would never reach the child)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
                 os.execve(sys.executable, [sys.executable, *argv], env or child_env())
             finally:
                 os._exit(127)
