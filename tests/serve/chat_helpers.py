@@ -64,8 +64,9 @@ class Terminal:
         pid, fd = pty.fork()
         if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
             try:
-                # the signals a shell gives a program it starts (a fork keeps this process's: a library loaded by
-                # an earlier test in it may have left SIGINT ignored, and then Ctrl-C would never reach the child)
+                # the signals a shell gives a program it starts in the foreground (a fork keeps this process's, and
+                # pytest started as a background job, as CI may start it, ignores SIGINT: Ctrl-C would never reach
+                # the child)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_DFL)
