@@ -122,6 +122,10 @@ def test_dpo_under_ddp_equals_one_process(work, tmp_path):
     # (AdamW divides each update by the root of its second moment: an element whose gradient is nearly 0
     # turns last-bit differences of the reduction into updates ~lr x 1e-2; this lr keeps them below 1e-5)
     two_equal_one(work, tmp_path, "dpo", "prefs.json", ("--train.lr", "3e-4"), ("torchrun", "--train.strategy", "ddp"))
+    # the report (the test pairs after training) is the one process's: the same pairs, the same preferences
+    a, b = (json.loads((tmp_path / d / "job" / "report.json").read_text()) for d in ("two", "one"))
+    assert a["test"]["pairs"] == b["test"]["pairs"] > 0
+    assert a["test"]["preference_accuracy"] == pytest.approx(b["test"]["preference_accuracy"], abs=1e-6)
 
 
 def test_lora_with_fsdp_is_one_clear_error(work, tmp_path):
