@@ -100,7 +100,7 @@ MOVES = ("pos", "token")  # what a moving argument follows (gemv.c's patch_var)
 
 
 class Recording:
-    """The kernel calls made while it is active (`recording()`): (function name, argument types, arguments, moves),
+    """The kernel calls made while it is active (`record()`): (function name, argument types, arguments, moves),
     moves a tuple of (argument index, "pos" or "token", step): the arguments that follow the decode step's position
     or token (argument = recorded + (now - then) * step). What model.step_plan replays."""
 
