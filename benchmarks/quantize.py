@@ -94,18 +94,51 @@ def decode(model, prompt: list[int], n: int) -> tuple[list[float], list[int], ob
 
 
 def plan_us(plan, tokens: list[int], repeats: int) -> float:
-    """Microseconds per step of the recorded step replayed alone (one C call each, nothing around it) over the
-    decode's positions and tokens (best of `repeats` passes): the engine's step without the engine."""
+    """Microseconds per step of the recorded step replayed alone (one C call each with its greedy pick, nothing
+    around it) over the decode's positions and tokens (best of `repeats` passes): the engine's step without the
+    engine."""
     cache = plan.kv_cache
     start = cache.pos - len(tokens)
     best = math.inf
+    step = plan.greedy if plan.can_pick else plan
     for _ in range(repeats):
         cache.truncate(start)
         t0 = time.perf_counter()
         for t in tokens:
-            plan(t)
+            step(t)
         best = min(best, (time.perf_counter() - t0) / len(tokens))
     return best * 1e6
+
+
+def barrier_ns(threads: int) -> float | None:
+    """Nanoseconds a replayed step's team spends per barrier on `threads` threads right now: a plan of 2,000 calls
+    too small to share (a norm of 16 values, made by the first thread), each followed by the team's barrier, minus
+    the same calls on one thread. It tells how near the cores this process runs on are (a VM's vCPUs move between
+    the host's cores), the part of the machine's state that moves a small model's replayed step the most."""
+    import struct
+
+    import torch
+
+    from scratchllm.model import gemv
+
+    kernel = gemv.load()
+    if kernel is None or threads < 2:
+        return None
+    x, w, y = torch.randn(16), torch.ones(16), torch.empty(16)
+    ops = (gemv._PlanOp * 2000)()
+    eps = struct.unpack("<q", struct.pack("<d", 1e-5))[0]
+    for op in ops:
+        op.fn = gemv.PLAN_FNS.index("scratchllm_norm")
+        op.args[:8] = [x.data_ptr(), w.data_ptr(), 0, y.data_ptr(), 16, eps, 1, 0]
+    best = {}
+    for n in (1, threads):
+        run = kernel.plan_runner(ops, n)
+        best[n] = math.inf
+        for _ in range(30):
+            t0 = time.perf_counter()
+            run(0, 0)
+            best[n] = min(best[n], time.perf_counter() - t0)
+    return (best[threads] - best[1]) / len(ops) * 1e9
 
 
 def load_variant(folder: str, variant: str):
@@ -154,7 +187,7 @@ def child(args) -> None:
         replay = plan_us(plan, tokens[1:-1], args.repeats) if plan is not None else None
     print(json.dumps({"tok_s": n / best, "rss_mb": peak_rss_mb(), "rss_torch_mb": rss_torch, "tokens": tokens,
                       "first_us": times[0] * 1e6, "step_us": statistics.median(times[1:]) * 1e6,
-                      "plan_us": replay}))
+                      "plan_us": replay, "barrier_ns": barrier_ns(torch.get_num_threads())}))
 
 
 def run_child(folder: str, variant: str, args) -> dict:
@@ -284,14 +317,16 @@ def bench_model(title: str, source: str, trained: bool, args, work: Path) -> Non
           f"before the model; decode tok/s: every step after the prompt's, best of {args.rounds} rounds x "
           f"{args.repeats} decodes)")
     print("  one decode step: the first (the engine records it: model.step_plan), then the median of the others, "
-          "split into the recorded step replayed alone (its C calls in one call) and the engine around it")
+          "split into the recorded step replayed alone (its C calls in one call) and the engine around it; barrier: "
+          "the team's barrier measured in the same process (how near this VM's cores were: `barrier_ns`)")
     for n in VARIANTS:
         r = speed[n]
         split = (f" = replay {r['plan_us']:7.1f} us ({speed['fp32']['plan_us'] / r['plan_us']:5.2f}x fp32's) + "
                  f"engine {r['step_us'] - r['plan_us']:6.1f} us" if r["plan_us"] else " (no recorded step: the "
                  "model's forward each step)")
+        barrier = "" if r.get("barrier_ns") is None else f"; barrier {r['barrier_ns']:4.0f} ns"
         print(f"    {n:<20} first {r['first_us']:8.0f} us, then {r['step_us']:8.1f} us "
-              f"({speed['fp32']['step_us'] / r['step_us']:5.2f}x fp32's){split}")
+              f"({speed['fp32']['step_us'] / r['step_us']:5.2f}x fp32's){split}{barrier}")
     same = {n: sum(a == b for a, b in zip(speed[n]["tokens"], speed["fp32"]["tokens"])) for n in VARIANTS}
     print(f"  greedy tokens equal to fp32's (of {len(speed['fp32']['tokens'])}): "
           + ", ".join(f"{n} {same[n]}" for n in VARIANTS[1:]))

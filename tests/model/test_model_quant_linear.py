@@ -205,6 +205,31 @@ def test_int4_buffers_in_the_kernel_layout_read_as_the_format(kernel, scheme, tm
 
 
 @pytest.mark.parametrize("scheme", SCHEMES[:3], ids=lambda s: s.name)
+def test_buffers_a_file_maps_anywhere_are_read_from_aligned_memory(kernel, scheme, tmp_path):
+    """A layer loaded from a file holds buffers wherever the file's header put them (here 40 bytes past a cache
+    line, as a quantized demo checkpoint's are); the kernel reads them from 64-byte-aligned memory, the same
+    tensors (a tied embedding sees it), with the same outputs."""
+    from safetensors.torch import load_file, save_file
+
+    lin = torch.nn.Linear(64, 70)
+    q = quantize_linear(lin, scheme)
+    twin = quantize_linear(lin, scheme)
+    x = torch.randn(1, 64)
+    for name, t in q.state_dict().items():  # each buffer moved to 40 bytes past an aligned address
+        raw = torch.empty(t.numel() * t.element_size() + 128, dtype=torch.uint8)
+        start = -raw.data_ptr() % gemv.ALIGN + 40
+        moved = raw[start:start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+        moved.copy_(t)
+        setattr(q, name, moved)
+    held = {name: getattr(q, name) for name in ("qweight", "scales")}
+    assert all(t.data_ptr() % gemv.ALIGN == 40 for t in held.values())
+    assert torch.equal(q(x), twin(x))
+    assert all(getattr(q, name) is t and t.data_ptr() % gemv.ALIGN == 0 for name, t in held.items())
+    save_file(q.state_dict(), tmp_path / "q.safetensors")  # the file still holds the format
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in load_file(tmp_path / "q.safetensors").items())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES[:3], ids=lambda s: s.name)
 def test_several_rows_in_one_call_equal_one_row_at_a_time(kernel, scheme):
     g = torch.Generator().manual_seed(5)
     q = quantize_linear(torch.nn.Linear(96, 70), scheme)

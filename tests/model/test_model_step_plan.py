@@ -17,6 +17,7 @@ from scratchllm.config.model import ModelConfig
 from scratchllm.config.sample import SampleConfig
 from scratchllm.errors import UserError
 from scratchllm.generate.engine import Decoder, generate
+from scratchllm.generate.sampling import greedy
 from scratchllm.model import GPT, gemv
 from scratchllm.model import fast_linear as P
 from scratchllm.model.layers import embed_row
@@ -132,23 +133,80 @@ def test_a_recording_holds_its_own_threads_calls(kernel):
     assert [name for name, *_ in rec.calls] == ["scratchllm_gemv"]
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 4096, 50257])
+def test_the_kernels_argmax_is_torchs(kernel, n):
+    """The kernel's argmax (a greedy step's pick) is torch.argmax's: the first of equal largest, a NaN largest, for
+    rows the vectors cover whole and rows with a tail."""
+    g = torch.Generator().manual_seed(n)
+    rows = [torch.randn(n, generator=g), torch.full((n,), -float("inf")), torch.zeros(n), -torch.rand(n, generator=g)]
+    tied = torch.randint(-3, 3, (n,), generator=g).float()  # many equal largest
+    rows.append(tied)
+    for at in {0, n // 2, n - 1}:
+        for value in (float("nan"), float("inf")):
+            row = torch.randn(n, generator=g)
+            row[at] = value
+            if n > 1:
+                row[(at + 1) % n] = value  # a second one, after it (or first, at the end)
+            rows.append(row)
+    signed = torch.zeros(n)
+    signed[: n // 2] = -0.0  # -0.0 == 0.0: the first
+    rows.append(signed)
+    for row in rows:
+        assert kernel.argmax(row) == int(torch.argmax(row)) == int(greedy(row[None])), row
+    with pytest.raises(ValueError, match="one contiguous fp32 row"):
+        kernel.argmax(torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scheme", [None, QuantScheme(4, 32)], ids=["fp32", "int4-g32"])
+def test_a_plans_greedy_step_picks_its_logits_argmax(kernel, monkeypatch, scheme):
+    """plan.greedy(token) is plan(token) and the argmax of its logits, in one call; bf16 logits are not picked."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of("llama", scheme=scheme)
+    tokens = [5, 17, 2, 40, 40, 9, 63, 0]
+    with torch.inference_mode(), P.fast_linears(model, rows=1):
+        a, b = model.new_kv_cache(1), model.new_kv_cache(1)
+        for cache in (a, b):
+            model(torch.arange(5)[None], kv_cache=cache)
+            model(torch.tensor([[1]]), kv_cache=cache, last_only=True)  # (binds the quantized layers' calls)
+        _, pa = StepPlan.record(model, torch.tensor([[1]]), a)
+        _, pb = StepPlan.record(model, torch.tensor([[1]]), b)
+        logits = [pa(t).clone() for t in tokens]
+        picks = [pb.greedy(t) for t in tokens]
+        assert a.pos == b.pos
+        assert picks == [int(torch.argmax(x)) for x in logits]
+        assert torch.equal(pb.logits, logits[-1])
+    model = model_of("llama", torch.bfloat16)
+    with torch.inference_mode(), P.fast_linears(model, rows=1):
+        cache = model.new_kv_cache(1)
+        model(torch.arange(5)[None], kv_cache=cache)
+        model(torch.tensor([[1]]), kv_cache=cache, last_only=True)  # (binds the layers' calls)
+        _, plan = StepPlan.record(model, torch.tensor([[1]]), cache)
+        assert plan is not None and not plan.can_pick
+        with pytest.raises(ValueError, match="fp32 logits"):
+            plan.greedy(3)
+
+
 def test_the_engine_decodes_through_a_plan(kernel, monkeypatch):
     """At batch 1 the engine records the first step and replays the rest, with the tokens and logits of the model's
     own steps: also past the context, where the window slides (the same cache, new positions), and when sampling."""
     monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
     model = model_of("llama")
-    replays = []
-    call = StepPlan.__call__
-    monkeypatch.setattr(StepPlan, "__call__", lambda self, token: replays.append(token) or call(self, token))
+    replays, picks = [], []
+    run, pick = StepPlan._run, StepPlan.greedy
+    monkeypatch.setattr(StepPlan, "_run", lambda self, token, at: replays.append(token) or run(self, token, at))
+    monkeypatch.setattr(StepPlan, "greedy", lambda self, token: picks.append(token) or pick(self, token))
     prompt = list(range(20))
     greedy = SampleConfig(temperature=0.0, max_new_tokens=100)  # context 64: the window slides twice
     sampled = SampleConfig(temperature=0.8, top_k=20, max_new_tokens=30, seed=3)
-    with_plan = [generate(model, prompt, c) for c in (greedy, sampled)]
-    assert len(replays) == 99 + 29  # every step: the prompt's last token was the recorded one
+    penalized = SampleConfig(temperature=0.0, repetition_penalty=1.3, max_new_tokens=30)
+    with_plan = [generate(model, prompt, c) for c in (greedy, sampled, penalized)]
+    assert len(replays) == 99 + 29 + 29  # every step: the prompt's last token was the recorded one
+    # greedy steps pick their token in the plan's call, but where the window slides (its step is the model's)
+    assert 90 <= len(picks) < 99
     with monkeypatch.context() as m:
         m.setattr(StepPlan, "record", classmethod(lambda cls, model, idx, cache: (
             model(idx, kv_cache=cache, last_only=True), None)))
-        without = [generate(model, prompt, c) for c in (greedy, sampled)]
+        without = [generate(model, prompt, c) for c in (greedy, sampled, penalized)]
     assert with_plan == without
     with torch.inference_mode(), Decoder(model, [prompt], greedy.replace(max_new_tokens=5)) as dec:
         next(iter(dec))  # the prompt: its last token read as the recorded step
@@ -161,8 +219,8 @@ def test_a_quantized_model_generates_through_a_plan(kernel, monkeypatch):
     monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
     model = model_of("llama", scheme=QuantScheme(4, 32))
     replays = []
-    call = StepPlan.__call__
-    monkeypatch.setattr(StepPlan, "__call__", lambda self, token: replays.append(token) or call(self, token))
+    run = StepPlan._run
+    monkeypatch.setattr(StepPlan, "_run", lambda self, token, at: replays.append(token) or run(self, token, at))
     config = SampleConfig(temperature=0.0, max_new_tokens=40)
     twice = [generate(model, list(range(9)), config) for _ in range(2)]
     assert len(replays) == (40 - 2) + (40 - 1)

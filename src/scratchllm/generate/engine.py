@@ -47,7 +47,10 @@ blocks then also attend over the cache in C: `model.layers.Block.decode_one`; an
 prompt's last token is read, is replayed in one C call a token: `model.step_plan`), and keeps its own work
 per step small: sampling (greedy through numpy's argmax, `sampling.greedy`), one `.tolist()`, no mask
 or position tensors unless the batch is padded, logits for the last position only,
-`torch.inference_mode`. torch.compile of the model is not used: on a small CPU it recompiles per
+`torch.inference_mode`. A greedy row alone with a plan (no repetition penalty, no log-probabilities) is the
+smallest case: its step is the plan's one C call, which also picks the token (`StepPlan.greedy`), and about
+a microsecond of Python around it, outside inference mode (`_greedy_step`, `_one_row`).
+torch.compile of the model is not used: on a small CPU it recompiles per
 layer and per cache length, and the compiled step was not faster.
 `benchmarks/generate.py` measures it against HF transformers and the book's loop.
 
@@ -429,10 +432,32 @@ class Decoder:
             row.done = True
         return token
 
-    @torch.inference_mode()
     def step(self) -> list[tuple[Row, int | None]]:
         """One decoding step: (row, its new token) for every row that was running (None: the row drew its
         end-of-text id). Rows finished before the step are not in it; in an open batch they have left."""
+        picked = self._greedy_step()
+        return picked if picked is not None else self._step()
+
+    def _greedy_step(self) -> list[tuple[Row, int | None]] | None:
+        """The step as one C call, where it is one: one running row, greedy with nothing else to compute (no
+        repetition penalty, no log-probabilities), nobody joining, and a plan for its cache (`_decode_one`) with
+        room for the step. The plan replays the step and picks its token, the argmax of the logits
+        (StepPlan.greedy: sampling.greedy's token). Else None. It makes no torch op, so it runs outside inference
+        mode, whose entering and leaving cost ~1 us: a tenth of the demo model's int4 decode step."""
+        plan = self._plan
+        if plan is None or len(self.slots) != 1 or self.pending or self._logits is not None or not plan.can_pick:
+            return None
+        row, cache = self.slots[0], self.cache
+        c = row.config
+        if (row.done or c.temperature != 0 or c.repetition_penalty != 1.0 or row.logprobs is not None
+                or self.starts[0] != 0 or not plan.fits(cache)):
+            return None
+        token = plan.greedy(self._last[0])
+        self._last = [token]
+        return [(row, self._record(row, token))]
+
+    @torch.inference_mode()
+    def _step(self) -> list[tuple[Row, int | None]]:
         if self.open:
             self._drop_finished()
         logits = self._logits
@@ -464,6 +489,9 @@ class Decoder:
             raise UserError("an open batch is driven by step(), not iterated")
         if self.config.max_new_tokens == 0:
             return
+        if len(self._fixed) == 1:
+            yield from self._one_row()
+            return
         index = {id(r): i for i, r in enumerate(self._fixed)}
         while True:
             for r, stopped in zip(self._fixed, self.done):
@@ -478,6 +506,23 @@ class Decoder:
             yield out
             if self.speculate and not self._fixed[0].done and out[0] is not None:
                 yield from self._speculate(out[0])
+
+    def _one_row(self) -> Iterator[list[int | None]]:
+        """`__iter__` for one row: the same steps, without the bookkeeping for many (a batch-1 step's Python
+        counts: the demo model's int4 step is ~30 us)."""
+        row, done = self._fixed[0], self.done
+        while True:
+            if done[0]:
+                row.done = True  # the caller's stop
+            if row.done:
+                return
+            stepped = self.step()
+            t = stepped[0][1] if stepped else None
+            if t is None and row.done:
+                done[0] = True
+            yield [t]
+            if self.speculate and t is not None and not row.done:
+                yield from self._speculate(t)
 
     @torch.inference_mode()
     def _speculate(self, last: int) -> Iterator[list[int | None]]:

@@ -219,35 +219,40 @@ static __thread float team_row[TEAM_FLOATS] __attribute__((aligned(64)));   /* a
 static __thread float team_split[TEAM_FLOATS] __attribute__((aligned(64))); /* a bf16 row widened, split */
 static __thread unsigned char team_q[TEAM_Q] __attribute__((aligned(64)));  /* a quantized row (struct qin) */
 
-/* The team's barrier: the threads count themselves in, the last one flips the barrier's sense, the others spin
- * (a pause per turn; after many turns they yield the core, in case a thread waited for is not running). A decode
- * step has ~25 of them. OpenMP's barrier measured 0.2-0.4 us in a loop of barriers here, and a thread that waits
- * longer may be put to sleep: with this one the demo model's replayed fp32 step went from 127 to 104 us and its int4
- * step from 32 to 28 (benchmarks/quantize.py's machine). */
+/* The team's barrier, a dissemination barrier (Hensgen, Finkel and Manber 1988): in round r each thread raises its
+ * own flag to the barrier's number and waits for the flag of the thread 2^r before it (mod n), ceil(log2 n) rounds.
+ * Every flag has its own cache line and one writer, so a round costs one line's trip between two cores each way,
+ * at once. Waiting threads spin (a pause per turn; after many turns they yield the core, in case a thread waited for
+ * is not running). A decode step has ~25 of them. Measured in a loop of barriers on 2 threads (benchmarks/
+ * quantize.py's machine, where the VM's two cores are sometimes near and sometimes far apart): 66 and 285 ns for a
+ * barrier counting threads in with one shared counter and flag (three trips one after another), against OpenMP's
+ * 0.2-0.4 us, which also puts threads that wait longer to sleep. */
+#define TEAM_MAX 64   /* threads a team may have (more: the plan's calls are made one after another) */
+#define TEAM_ROUNDS 6 /* log2(TEAM_MAX) */
+struct team_flag {
+    long number __attribute__((aligned(64))); /* the last barrier this thread reached in this round */
+};
 struct team_barrier {
-    int count __attribute__((aligned(64))); /* threads arrived */
-    int sense __attribute__((aligned(64))); /* flipped by the last to arrive */
+    struct team_flag flag[TEAM_ROUNDS][TEAM_MAX];
 };
 static __thread struct team_barrier *team_bar;
-static __thread int team_sense;
+static __thread long team_number; /* barriers this thread has reached in the team */
 #define SPINS_BEFORE_YIELD 20000
 
 int sched_yield(void);
 
 static void team_barrier(void) {
     struct team_barrier *b = team_bar;
-    int s = !team_sense;
-    team_sense = s;
-    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == team_n) {
-        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->sense, s, __ATOMIC_RELEASE);
-        return;
-    }
-    for (long spins = 0; __atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != s; spins++) {
+    long number = ++team_number;
+    for (int r = 0, d = 1; d < team_n; r++, d *= 2) {
+        __atomic_store_n(&b->flag[r][team_t].number, number, __ATOMIC_RELEASE);
+        const long *before = &b->flag[r][(team_t - d + team_n) % team_n].number;
+        for (long spins = 0; __atomic_load_n(before, __ATOMIC_ACQUIRE) < number; spins++) {
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+            __builtin_ia32_pause();
 #endif
-        if (spins > SPINS_BEFORE_YIELD) sched_yield();
+            if (spins > SPINS_BEFORE_YIELD) sched_yield();
+        }
     }
 }
 
@@ -937,6 +942,53 @@ T512 static void q4_block_512(const unsigned char *w, const float *s, const unsi
     _mm512_storeu_ps(y, acc);
 }
 
+/* AVX-512, NB full blocks side by side (rows row .. row + NB * QROWS, the layout's blocks one after another): each
+ * input block's words broadcast once for all of them, NB independent sums in flight. The same integer sums and the
+ * same float steps per block as q4_block_512, so the same outputs; ~30% fewer instructions per block. */
+T512 static inline __attribute__((always_inline)) void q4_blocks_512(const unsigned char *w, const float *s,
+                                                                      const unsigned char *z, long in, long group,
+                                                                      const struct qin *q, const float *b,
+                                                                      const float *add, float *y, const int NB) {
+    const __m512i low = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
+    long per = group / QBLOCK, groups = in / group, wstep = QROWS * (in / 2), sstep = QROWS * groups;
+    __m512 acc[4];
+    for (int j = 0; j < NB; j++) acc[j] = _mm512_setzero_ps();
+    for (long k = 0; k < in / QBLOCK; k++) {
+        const signed char *xe = q->xe + k * QBLOCK / 2, *xo = q->xo + k * QBLOCK / 2;
+        __m512i e[4], o[4];
+        for (int c = 0; c < 4; c++) e[c] = _mm512_set1_epi32(word(xe + 4 * c)), o[c] = _mm512_set1_epi32(word(xo + 4 * c));
+        long g = k / per;
+        __m512 d = _mm512_set1_ps(q->xd[k]);
+        __m512i xq = _mm512_set1_epi32(q->xq[k]), zq8 = _mm512_set1_epi32(8 * q->xq[k]);
+        _Pragma("GCC unroll 4") for (int j = 0; j < NB; j++) {
+            const unsigned char *p = w + j * wstep + k * (QBLOCK / 2) * QROWS;
+            __m512i lo = zero, hi = zero;
+            _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
+                __m512i v = _mm512_loadu_si512(p + 64 * c);
+                lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, low), e[c]);
+                hi = _mm512_dpbusd_epi32(hi, _mm512_andnot_si512(low, v), o[c]);
+            }
+            __m512i isum = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
+            __m512i zq = z ? _mm512_mullo_epi32(
+                                 _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(z + j * sstep + g * QROWS))), xq)
+                           : zq8;
+            __m512 sd = _mm512_mul_ps(_mm512_loadu_ps(s + j * sstep + g * QROWS), d);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum, zq)), sd, acc[j]);
+        }
+    }
+    for (int j = 0; j < NB; j++) {
+        __m512 r = acc[j];
+        if (b) r = _mm512_add_ps(r, _mm512_loadu_ps(b + j * QROWS));
+        if (add) r = _mm512_add_ps(r, _mm512_loadu_ps(add + j * QROWS)); /* read before y is written */
+        _mm512_storeu_ps(y + j * QROWS, r);
+    }
+}
+
+T512 static void q4_blocks4_512(const unsigned char *w, const float *s, const unsigned char *z, long in, long group,
+                                const struct qin *q, const float *b, const float *add, float *y) {
+    q4_blocks_512(w, s, z, in, group, q, b, add, y, 4);
+}
+
 /* AVX2, t = QROWS: a chunk is two registers (rows 0-7, 8-15); pairs of products summed in 16 bits
  * (15 * 127 * 4 < 2^15), then in 32 */
 T256 static void q4_block_256(const unsigned char *w, const float *s, const unsigned char *z, long in, long group,
@@ -1184,12 +1236,18 @@ static void q4_part(const struct q_weights *c, void *scratch, long nx, float *y,
         int t = out - row < QROWS ? (int)(out - row) : QROWS;
         const unsigned char *wk = w + row * (in / 2), *zk = zeros ? zeros + row * groups : 0;
         const float *sk = scales + row * groups, *bk = b ? b + row : 0;
+        int four = 0; /* four full blocks at once (AVX-512) */
+#ifdef SCRATCHLLM_X86
+        four = isa == 2 && k + 4 <= k1 && out - row >= 4 * QROWS;
+#endif
         for (long i = 0; i < nx; i++) {
             struct qin qi = carve(scratch, in, i);
             float *yk = y + i * out + row;
             const float *ak = add ? add + i * out + row : 0;
 #ifdef SCRATCHLLM_X86
-            if (isa == 2 && t == QROWS)
+            if (four)
+                q4_blocks4_512(wk, sk, zk, in, group, &qi, bk, ak, yk);
+            else if (isa == 2 && t == QROWS)
                 q4_block_512(wk, sk, zk, in, group, &qi, bk, ak, yk);
             else if (isa == 1 && t == QROWS)
                 q4_block_256(wk, sk, zk, in, group, &qi, bk, ak, yk);
@@ -1197,6 +1255,7 @@ static void q4_part(const struct q_weights *c, void *scratch, long nx, float *y,
 #endif
                 q4_block_c(wk, sk, zk, in, group, t, &qi, bk, ak, yk);
         }
+        if (four) k += 3;
     }
 }
 
@@ -1594,10 +1653,9 @@ static int plan_fits_team(long fn, const long *a) {
     return 1;
 }
 
-/* the calls of `ops` for position `pos` and token `token`: as one team of `threads` threads (see "A replayed decode
- * step's team") when every call fits, else one after the other, each with threads of its own */
-long scratchllm_run_plan(const struct plan_op *ops, long n, long pos, long token, int threads) {
-    int team = threads > 1 && !IN_TEAM;
+/* the calls of `ops`: as scratchllm_run_plan says; 0 or the failed call's index + 1 */
+static long plan_run(const struct plan_op *ops, long n, long pos, long token, int threads) {
+    int team = threads > 1 && threads <= TEAM_MAX && !IN_TEAM;
     for (long i = 0; i < n && team; i++) team = plan_fits_team(ops[i].fn, ops[i].args);
     if (!team) {
         for (long i = 0; i < n; i++) {
@@ -1608,13 +1666,15 @@ long scratchllm_run_plan(const struct plan_op *ops, long n, long pos, long token
         return 0;
     }
     long failed = 0;
-    struct team_barrier bar = {0, 0};
+    struct team_barrier bar; /* (only the flags a team of `threads` uses are set: the rest is never read) */
+    for (int r = 0, d = 1; d < threads; r++, d *= 2)
+        for (int t = 0; t < threads; t++) bar.flag[r][t].number = 0;
 #pragma omp parallel num_threads(threads)
     {
         team_n = omp_get_num_threads();
         team_t = omp_get_thread_num();
         team_bar = &bar;
-        team_sense = 0;
+        team_number = 0;
         for (long i = 0; i < n; i++) {
             long a[PLAN_ARGS];
             plan_args(ops + i, pos, token, a);
@@ -1634,4 +1694,71 @@ long scratchllm_run_plan(const struct plan_op *ops, long n, long pos, long token
         team_n = 1;
     }
     return failed;
+}
+
+/* The first index of the largest of x[0..n) (a NaN counts as largest, the first of equal largest wins), as
+ * torch.argmax and sampling.greedy pick: a greedy decode step's token from its logits (scratchllm_run_plan's
+ * `pick`). With AVX-512 in two passes over 16 values at a time: the largest value and whether there is a NaN,
+ * then the first index holding it. */
+static long argmax_c(const float *x, long n) {
+    long best = 0;
+    for (long i = 0; i < n; i++) {
+        if (x[i] != x[i]) return i;
+        if (x[i] > x[best]) best = i;
+    }
+    return best;
+}
+
+#ifdef SCRATCHLLM_X86
+T512 static long argmax_512(const float *x, long n) {
+    long full = n / 16 * 16;
+    __m512 m = _mm512_set1_ps(-__builtin_inff());
+    __mmask16 nan = 0;
+    for (long i = 0; i < full; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        m = _mm512_max_ps(m, v);
+    }
+    float top = _mm512_reduce_max_ps(m);
+    for (long i = full; i < n; i++) {
+        nan |= x[i] != x[i];
+        top = x[i] > top ? x[i] : top;
+    }
+    if (nan || n < 1) return argmax_c(x, n); /* (a NaN: the plain loop finds the first) */
+    __m512 t = _mm512_set1_ps(top);
+    for (long i = 0; i < full; i += 16) {
+        __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), t, _CMP_EQ_OQ);
+        if (hit) return i + __builtin_ctz(hit);
+    }
+    for (long i = full; i < n; i++)
+        if (x[i] == top) return i;
+    return 0;
+}
+#endif
+
+long scratchllm_argmax(const float *x, long n) {
+#ifdef SCRATCHLLM_X86
+    if (usable(2) == 2) return argmax_512(x, n);
+#endif
+    return argmax_c(x, n);
+}
+
+/* A plan and how it runs (set once: a call passes its address, the position and the token; ctypes converts each
+ * argument of a call, ~80 ns apiece) */
+struct plan_run {
+    const struct plan_op *ops; /* the calls */
+    long n;
+    long threads;
+    const float *logits; /* the step's logits, to pick the greedy token from, or NULL */
+    long vocab;
+};
+
+/* the calls of `run` for position `pos` and token `token`: as one team of `threads` threads (see "A replayed decode
+ * step's team") when every call fits, else one after the other, each with threads of its own. Returns minus (the
+ * index + 1 of the first call that failed), else the greedy token when `logits` is not NULL: the argmax of the
+ * step's `vocab` logits there once the calls are made (a greedy decode's whole step), else 0. */
+long scratchllm_run_plan(const struct plan_run *run, long pos, long token) {
+    long failed = plan_run(run->ops, run->n, pos, token, (int)run->threads);
+    if (failed) return -failed;
+    return run->logits ? scratchllm_argmax(run->logits, run->vocab) : 0;
 }

@@ -35,8 +35,10 @@ table) the token's embedding row, a step's first call.
 A decode step's calls can be written down as they are made (`record`: every C function of the library is a `_Call`
 that appends itself and its arguments to the active `Recording`; `attend` and `embed` mark the arguments that move
 with the step: the position, the token, the tables' rows) and made again in one C call (`Kernel.plan`,
-`Kernel.run_plan`: gemv.c's `scratchllm_run_plan`, on one team of threads that makes every call, one barrier
-between them). model.step_plan decides when a step may be replayed.
+`Kernel.run_plan`, `Kernel.plan_runner`: gemv.c's `scratchllm_run_plan`, on one team of threads that makes every
+call, one barrier between them), which may end with the greedy token, the argmax of the step's logits
+(`Kernel.argmax`). model.step_plan decides when a step may be replayed. Quantized buffers that a file maps at any
+offset are moved to 64-byte-aligned memory when a layer binds them (`align_in_place`).
 
 `load()` builds the kernel once per machine with the system C compiler (`$CC`, else `cc`, `gcc`,
 `clang`; flags `-O3 -march=native -fopenmp -shared -fPIC`) into
@@ -180,6 +182,13 @@ class _PlanOp(ctypes.Structure):
                 ("patch_step", ctypes.c_long * PLAN_PATCHES)]
 
 
+class _PlanRun(ctypes.Structure):
+    """gemv.c's `struct plan_run`: a plan's calls and how to run them."""
+
+    _fields_ = [("ops", ctypes.c_void_p), ("n", ctypes.c_long), ("threads", ctypes.c_long),
+                ("logits", ctypes.c_void_p), ("vocab", ctypes.c_long)]
+
+
 def _as_long(value, kind) -> int:
     """A recorded argument as gemv.c's plan holds it: floats as a double's bits, None as 0, the rest as integers."""
     if kind is ctypes.c_float:
@@ -247,9 +256,10 @@ class Kernel:
         self._embed_q = self._lib.scratchllm_embed_q  # (weights, pos_table, token, pos, y)
         self._embed_q.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
         self._embed_q.restype = None
-        self._run_plan = self._lib.scratchllm_run_plan.fn  # (ops, n, pos, token, threads) -> 0 or failed call + 1
-        self._run_plan.argtypes = [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_int]
-        self._run_plan.restype = ctypes.c_long
+        self._run_plan = self._lib.scratchllm_run_plan.fn  # (run, pos, token) -> the pick, or -(failed call + 1)
+        self._run_plan.argtypes, self._run_plan.restype = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long], ctypes.c_long
+        self._argmax = self._lib.scratchllm_argmax.fn
+        self._argmax.argtypes, self._argmax.restype = [ctypes.c_void_p, ctypes.c_long], ctypes.c_long
         self.isas = tuple(name for k, name in enumerate(ISAS) if bits >> k & 1)  # e.g. ("c", "avx2", "avx512")
 
     def isa(self, name: str | None = None) -> int:
@@ -431,13 +441,41 @@ class Kernel:
                 op.patch_arg[k], op.patch_var[k], op.patch_step[k] = i, MOVES.index(var), step
         return ops
 
-    def run_plan(self, ops: ctypes.Array, pos: int, token: int, threads: int = 1) -> None:
+    def run_plan(self, ops: ctypes.Array, pos: int, token: int, threads: int = 1,
+                 pick_from: torch.Tensor | None = None) -> int | None:
         """Make the calls of `ops` (`plan`) again, for position `pos` and token `token`, in one call: on one team of
         `threads` threads that makes every call (gemv.c's "A replayed decode step's team"; each call's share of the
-        work as the call alone would split it, one barrier between calls), else one call after the other."""
-        failed = self._run_plan(ctypes.addressof(ops), len(ops), pos, token, threads)
-        if failed:
-            raise ValueError(f"a decode step's plan failed at its call {failed - 1} ({PLAN_FNS[ops[failed - 1].fn]})")
+        work as the call alone would split it, one barrier between calls), else one call after the other.
+        `pick_from`: the step's logits (1, vocab) fp32 contiguous, whose argmax (`argmax`) is then computed in the
+        same call and returned (a greedy decode's next token); else None. A decode loop takes `plan_runner`."""
+        picked = self.plan_runner(ops, threads, pick_from)(pos, token)
+        return None if pick_from is None else picked
+
+    def plan_runner(self, ops: ctypes.Array, threads: int = 1,
+                    pick_from: torch.Tensor | None = None) -> Callable[[int, int], int]:
+        """`run(pos, token)`: `run_plan(ops, pos, token, threads, pick_from)` with everything but the position and
+        the token set once (gemv.c's `struct plan_run`), so a step is a call of three arguments; it returns the
+        pick (0 without `pick_from`). It holds `ops` and `pick_from`."""
+        logits = None if pick_from is None else pick_from.data_ptr()
+        vocab = 0 if pick_from is None else pick_from.shape[-1]
+        run = _PlanRun(ctypes.addressof(ops), len(ops), threads, logits, vocab)
+        at, call = ctypes.addressof(run), self._run_plan
+
+        def step(pos: int, token: int) -> int:
+            out = call(at, pos, token)
+            if out < 0:
+                raise ValueError(f"a decode step's plan failed at its call {-out - 1} ({PLAN_FNS[ops[-out - 1].fn]})")
+            return out
+
+        step.held = (run, ops, pick_from)  # type: ignore[attr-defined]  (what `at` points into)
+        return step
+
+    def argmax(self, x: torch.Tensor) -> int:
+        """The first index of x's largest value (a NaN counts as largest), as torch.argmax: x (n,) fp32 contiguous.
+        What `run_plan` picks."""
+        if x.dtype is not torch.float32 or x.dim() != 1 or not x.is_contiguous():
+            raise ValueError(f"argmax takes one contiguous fp32 row; got {x.dtype} of shape {tuple(x.shape)}")
+        return self._argmax(x.data_ptr(), x.numel())
 
     def bind_mlp(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, act: str,
                  gate_weight: torch.Tensor | None = None, gate_bias: torch.Tensor | None = None,
@@ -694,6 +732,20 @@ def _blocks(t: torch.Tensor, chunk: int):
     out = t.shape[0]
     full = out // QROWS * QROWS
     return [(0, full, QROWS)] * (full > 0) + [(full, out, out - full)] * (out > full)
+
+
+ALIGN = 64  # bytes: a cache line, and an AVX-512 register
+
+
+def align_in_place(t: torch.Tensor) -> None:
+    """Move t's data to ALIGN-byte-aligned memory when it is not there, in place (every holder of t sees it): a
+    tensor memory-mapped from a safetensors file starts wherever the file's header left it, and the kernel's
+    vector loads from it would straddle two cache lines. (The int4 kernel layout is a fresh copy, so aligned.)
+    Measured on the demo model's int4 step: 10-15% slower from a misaligned file's buffers than from aligned
+    ones; fp32 weights, read as long rows, showed no difference, and are left where the file maps them."""
+    if t.data_ptr() % ALIGN:
+        with torch.no_grad():
+            t.set_(t.clone(memory_format=torch.contiguous_format))
 
 
 def to_kernel_layout(t: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -189,8 +189,8 @@ class QuantLinear(nn.Module):
         with torch.no_grad():
             for name, chunk in gemv.Q4_CHUNKS.items():
                 t = self._buffers[name]
-                if t is not None:
-                    t.copy_(convert(t, chunk))
+                if t is not None:  # the same tensor, its data now the rearranged copy's (fresh, so aligned)
+                    t.set_(convert(t, chunk))
         self._kernel_layout = self._buffer_ptrs() if to_kernel else None
         self._bound = None
 
@@ -244,6 +244,8 @@ class QuantLinear(nn.Module):
         """The kernel's product (`gemv.Kernel.bind_q8`/`bind_q4`) bound to the buffers (int4: put in the kernel's
         layout first), with `norm` applied to its input rows first when given."""
         if self.scheme.bits == 8:
+            for t in (self.qweight, self.scales):
+                gemv.align_in_place(t)
             return kernel.bind_q8(self.qweight, self.scales, self.bias, rows=KERNEL_ROWS, norm=norm)
         with _RELAYOUT:  # once per layer, even when several threads bind it at once
             self._relayout(True)

@@ -10,7 +10,9 @@ layers take their short road through the kernel's calls: `layers.Block.decode_on
 down each C call with its arguments and a torch dispatch mode watches every torch op the step makes. If every
 op was bookkeeping (an allocation, a view, reading the token), the kernel's calls are the whole step: the plan is
 those calls on the same buffers (the plan holds every tensor the step allocated, so nothing else reuses them),
-and `plan(token)` makes them again in one C call (gemv.c's `scratchllm_run_plan`) for the cache's next position.
+and `plan(token)` makes them again in one C call (gemv.c's `scratchllm_run_plan`) for the cache's next position;
+`plan.greedy(token)` also picks the greedy token, the argmax of the logits, in that call (so a greedy decode step
+is one C call and no torch op).
 Only the position, the token and the addresses of the position's rows (RoPE's or learned positions' tables) move
 between steps (`gemv.Recording`). Where the step did anything else (a layer the kernel does not run, a hook, a
 dtype it does not take), there is no plan, and the caller goes on calling the model.
@@ -69,9 +71,11 @@ class StepPlan:
         self.model, self.kv_cache, self.ops, self.logits, self._held = model, kv_cache, ops, logits, held
         self.last = logits[:, -1]  # (1, vocab): the logits as a decode loop reads them, a view made once
         self._buffers = (kv_cache.k.data_ptr(), kv_cache.v.data_ptr())
-        self._kernel = gemv.load()
         self._vocab, self._context = model.config.vocab_size, model.config.context_length
-        self._threads = torch.get_num_threads()  # the team that replays it: the threads the calls were recorded with
+        kernel, threads = gemv.load(), torch.get_num_threads()  # the team: the threads the calls were recorded with
+        self._step = kernel.plan_runner(ops, threads)
+        self.can_pick = logits.dtype is torch.float32  # (`greedy`: the kernel's argmax reads fp32)
+        self._pick = kernel.plan_runner(ops, threads, logits) if self.can_pick else None
 
     @classmethod
     def record(cls, model, idx: torch.Tensor, kv_cache) -> tuple[torch.Tensor, StepPlan | None]:
@@ -104,12 +108,22 @@ class StepPlan:
     def __call__(self, token: int) -> torch.Tensor:
         """The next decode step for `token` at the cache's position, advancing the cache: the logits (1, 1, vocab),
         in the plan's own buffer (read or copy them before the next step)."""
+        self._run(token, self._step)
+        return self.logits
+
+    def greedy(self, token: int) -> int:
+        """The next decode step for `token`, as `plan(token)`, and its greedy token: the argmax of its logits (the
+        first largest, a NaN largest: sampling.greedy's), picked in the same C call. For fp32 logits (`can_pick`)."""
+        if self._pick is None:
+            raise ValueError(f"a plan picks from fp32 logits; this one's are {self.logits.dtype}")
+        return self._run(token, self._pick)
+
+    def _run(self, token: int, run) -> int:
         cache = self.kv_cache
-        pos = cache.pos
         if not 0 <= token < self._vocab:
             raise UserError(f"token id {token} is outside the model's vocabulary of {self._vocab}")
         if not self.fits(cache):
             raise RuntimeError("a decode step's plan ran past its KV cache, or the cache moved: record a new one")
-        self._kernel.run_plan(self.ops, pos, token, self._threads)
+        picked = run(cache.pos, token)
         cache.advance(1)
-        return self.logits
+        return picked
