@@ -213,6 +213,32 @@ def test_the_engine_decodes_through_a_plan(kernel, monkeypatch):
         assert dec._plan is not None and dec._plan.kv_cache is dec.cache
 
 
+def test_an_open_batchs_lone_greedy_row_picks_through_its_plan(kernel, monkeypatch):
+    """An open batch (the server's) whose one row decodes greedily steps by the plan's pick once its first decode
+    step is recorded; a second row joining makes the cache one for two rows, and the steps are the model's from
+    then on, even once it has left; each row gets the tokens it gets alone."""
+    monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
+    model = model_of("llama")
+    picks = []
+    pick = StepPlan.greedy
+    monkeypatch.setattr(StepPlan, "greedy", lambda self, token: picks.append(token) or pick(self, token))
+    first, second = SampleConfig(temperature=0.0, max_new_tokens=30), SampleConfig(temperature=0.0, max_new_tokens=6)
+    alone = [generate(model, list(range(9)), first), generate(model, [5, 4, 3], second)]
+    picks.clear()
+    got: dict[int, list[int]] = {0: [], 1: []}
+    with torch.inference_mode(), Decoder(model, max_batch=2) as dec:
+        rows = [dec.add(list(range(9)), first)]
+        for i in range(30):
+            if i == 10:
+                rows.append(dec.add([5, 4, 3], second))
+                assert len(picks) == 8  # steps 2 to 9: step 0 read the prompt, step 1 was recorded
+            for row, t in dec.step():
+                if t is not None:
+                    got[rows.index(row)].append(t)
+    assert [got[0], got[1]] == alone
+    assert len(picks) == 8
+
+
 def test_a_quantized_model_generates_through_a_plan(kernel, monkeypatch):
     """The first generation of a quantized model lays its head out for the kernel during the prompt's step (a copy:
     no plan then), so its first decode step is recorded; later generations record the prompt's step."""

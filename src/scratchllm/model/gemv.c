@@ -289,11 +289,29 @@ static void team_barrier(void) {
     long chunk = (out + n - 1) / n;                                          \
     long r0 = t * chunk, r1 = r0 + chunk > out ? out : r0 + chunk;
 
+/* A plan's team thread may be handed its own runs of a product's output rows (team_rows: team_runs pairs
+ * [from, to)) in place of SHARE's: the rows of the heads it attends with next (plan_run's "heads' rows"). Each row
+ * is computed as it would be in any other share, so the outputs are the same. */
+static __thread const long *team_rows;
+static __thread int team_runs;
+
+/* BODY for thread t of n's rows [r0, r1) of `out` units of `unit` rows each: SHARE's run, or the runs handed to it */
+#define SHARE_ROWS(out, unit, ...)                                             \
+    if (IN_TEAM && team_rows) {                                                \
+        for (int u = 0; u < team_runs; u++) {                                  \
+            long r0 = team_rows[2 * u] / (unit), r1 = team_rows[2 * u + 1] / (unit); \
+            __VA_ARGS__                                                        \
+        }                                                                      \
+    } else {                                                                   \
+        SHARE(out)                                                             \
+        __VA_ARGS__                                                            \
+    }
+
 /* y (out) = W (out, in) @ x (in) + b (out, or NULL) + add (out, or NULL), on `threads` threads; fp32 weights */
 void scratchllm_gemv(const float *w, const float *x, const float *b, float *y, long out, long in, int threads,
                      const float *add) {
     struct epilogue ep = {b, add, y, 0};
-    PARALLEL(SHARE(out) if (r0 < r1) rows_dot(w, x, &ep, in, r0, r1););
+    PARALLEL(SHARE_ROWS(out, 1, if (r0 < r1) rows_dot(w, x, &ep, in, r0, r1);));
 }
 
 /* the same with bf16 weights, input, output and residual (raw 16-bit words); b stays fp32, sums are fp32.
@@ -313,7 +331,7 @@ void scratchllm_gemv_bf16(const unsigned short *w, const unsigned short *x, cons
     for (long i = full; i < in; i++) tail[i - full] = bf16_to_float(x[i]);
     const float *xf = tail - full; /* xf[i] for full <= i < in */
     struct epilogue ep = {b, add, y, 1};
-    PARALLEL(SHARE(out) if (r0 < r1) rows_dot_bf16(w, xf, xe, xo, &ep, in, r0, r1););
+    PARALLEL(SHARE_ROWS(out, 1, if (r0 < r1) rows_dot_bf16(w, xf, xe, xo, &ep, in, r0, r1);));
 }
 
 /* ---- weights stored (in, out): GPT-2's Conv1D layout, read where they are ----
@@ -1266,7 +1284,7 @@ void scratchllm_gemv_q8(const struct q_weights *c, const float *x, float *y, lon
     void *scratch = IN_TEAM ? (void *)team_q : c->scratch; /* a team thread's own (see "A replayed decode step's team") */
     q_prep(c, scratch, x, nx, nm);
     int isa = usable((int)c->isa);
-    PARALLEL(SHARE(c->out) q8_part(c, scratch, nx, y, add, r0, r1, isa););
+    PARALLEL(SHARE_ROWS(c->out, 1, q8_part(c, scratch, nx, y, add, r0, r1, isa);));
 }
 
 /* y (nx, out) = x (nx, in) @ W.T + b (+ add, or NULL; may be y) with W int4 in the kernel layout (see above: packed
@@ -1280,7 +1298,7 @@ void scratchllm_gemv_q4(const struct q_weights *c, const float *x, float *y, lon
     q_prep(c, scratch, x, nx, nm);
     int isa = usable((int)c->isa);
     long blocks = (c->out + QROWS - 1) / QROWS;
-    PARALLEL(SHARE(blocks) q4_part(c, scratch, nx, y, add, r0, r1, isa););
+    PARALLEL(SHARE_ROWS(blocks, QROWS, q4_part(c, scratch, nx, y, add, r0, r1, isa);));
 }
 
 static void activate(const float *f, const float *g, void *y, long r0, long r1, int act, int bf16);
@@ -1653,6 +1671,40 @@ static int plan_fits_team(long fn, const long *a) {
     return 1;
 }
 
+/* The heads' rows. A block's query, key and value product (q, k and v of every head, one after another) is followed
+ * by its attention call, whose threads each take whole kv heads (when they divide them: scratchllm_attend). Each
+ * thread can then compute the product's rows of its own heads and go on to attend with them, with no barrier in
+ * between: nothing it reads was written by another thread. heads_rows writes thread t of n's three runs of rows
+ * (its queries', keys', values') into rows[6] and returns 1 when product call `fn` (args p) feeds attention call
+ * `b` so, else 0 (a transposed or many-row product, heads the threads do not divide, int4 rows not in whole
+ * blocks). Saves a barrier and the trip of the heads' rows between cores per layer. */
+static int heads_rows(long fn, const long *p, const long *b, long t, long n, long *rows) {
+    long y, out, el = 4, unit = 1;
+    switch (fn) {
+    case PLAN_GEMV: y = p[3], out = p[4]; break;
+    case PLAN_GEMV_BF16: y = p[3], out = p[4], el = 2; break;
+    case PLAN_GEMV_NORMED:
+        if (p[10]) return 0; /* transposed */
+        y = p[3], out = p[4], el = p[9] ? 2 : 4;
+        break;
+    case PLAN_GEMV_Q8: case PLAN_GEMV_Q4:
+        if (p[3] != 1) return 0;
+        y = p[2], out = ((const struct q_weights *)p[0])->out;
+        unit = fn == PLAN_GEMV_Q4 ? QROWS : 1;
+        break;
+    default: return 0;
+    }
+    long h = b[6], hk = b[7], d = b[8], rep = h / hk;
+    if (plan_alone(PLAN_ATTEND, b) || (b[11] ? 2 : 4) != el || hk % n || out != (h + 2 * hk) * d || d % unit
+        || b[0] != y || b[1] != y + h * d * el || b[2] != y + (h + hk) * d * el)
+        return 0;
+    long g0 = t * (hk / n), g1 = g0 + hk / n; /* as the attention call's SHARE(n_kv_head) */
+    rows[0] = g0 * rep * d, rows[1] = g1 * rep * d;
+    rows[2] = (h + g0) * d, rows[3] = (h + g1) * d;
+    rows[4] = (h + hk + g0) * d, rows[5] = (h + hk + g1) * d;
+    return 1;
+}
+
 /* the calls of `ops`: as scratchllm_run_plan says; 0 or the failed call's index + 1 */
 static long plan_run(const struct plan_op *ops, long n, long pos, long token, int threads) {
     int team = threads > 1 && threads <= TEAM_MAX && !IN_TEAM;
@@ -1675,17 +1727,27 @@ static long plan_run(const struct plan_op *ops, long n, long pos, long token, in
         team_t = omp_get_thread_num();
         team_bar = &bar;
         team_number = 0;
+        long rows[6];
         for (long i = 0; i < n; i++) {
             long a[PLAN_ARGS];
             plan_args(ops + i, pos, token, a);
-            int r = 0;
+            int r = 0, mine = 0;
             if (!plan_alone(ops[i].fn, a)) {
+                if (i + 1 < n && ops[i + 1].fn == PLAN_ATTEND) { /* the heads' rows: no barrier before attending */
+                    long b[PLAN_ARGS];
+                    plan_args(ops + i + 1, pos, token, b);
+                    mine = heads_rows(ops[i].fn, a, b, team_t, team_n, rows);
+                }
+                team_rows = mine ? rows : 0;
+                team_runs = 3;
                 r = plan_call(ops[i].fn, a);
+                team_rows = 0;
             } else if (team_t == 0) { /* on its own: out of the team while it runs */
                 team_t = -1;
                 r = plan_call(ops[i].fn, a);
                 team_t = 0;
             }
+            if (mine) continue; /* (a product call does not fail) */
             if (r && team_t == 0) failed = i + 1;
             team_barrier();
             if (__atomic_load_n(&failed, __ATOMIC_RELAXED)) break;
