@@ -35,9 +35,24 @@ def model_of(name: str, dtype=torch.float32, scheme: QuantScheme | None = None) 
     return model
 
 
-def model_and_plan_steps(model: GPT, n: int, threads: int | None = None):
+def heads_rows_expected(model: GPT, threads: int) -> int:
+    """How many of a plan's products a team of `threads` makes as the heads' rows (gemv.c): one a layer where the
+    query, key and value product is shared by the team (fp32 and bf16 weights of PARALLEL_MIN values or more) and
+    the threads divide the kv heads (int4: the heads' rows in whole blocks of 16)."""
+    cfg, qkv = model.config, model.blocks[0].attn.qkv
+    scheme = getattr(qkv, "scheme", None)
+    shared = scheme is not None or qkv.weight.numel() >= gemv.PARALLEL_MIN
+    if (threads < 2 or not shared or cfg.kv_heads % threads
+            or (scheme is not None and scheme.bits == 4 and cfg.head_dim % gemv.QROWS)):
+        return 0
+    return cfg.n_layer
+
+
+def model_and_plan_steps(model: GPT, n: int, threads: int | None = None, plans: list | None = None):
     """Logits of decoding n random tokens one by one after a prompt of 5, through the model (one cache) and through
-    a plan recorded at the first of them (a twin cache): (the model's, the plan's), each (n, vocab)."""
+    a plan recorded at the first of them (a twin cache): (the model's, the plan's), each (n, vocab). The plan is
+    appended to `plans` when given."""
+    plans = [] if plans is None else plans
     n = min(n, model.config.context_length - 5)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (1, 5 + n), generator=g)
@@ -53,6 +68,7 @@ def model_and_plan_steps(model: GPT, n: int, threads: int | None = None):
             if plan is None:
                 logits, plan = StepPlan.record(model, tok, b)
                 assert plan is not None, "the step was not the kernel's calls alone"
+                plans.append(plan)
             else:
                 logits = plan(int(tok))
             ours.append(logits.clone())
@@ -60,13 +76,21 @@ def model_and_plan_steps(model: GPT, n: int, threads: int | None = None):
     return torch.cat(theirs), torch.cat(ours)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["small", "shared"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_a_replayed_step_equals_the_models_step(kernel, monkeypatch, name, dtype):
+def test_a_replayed_step_equals_the_models_step(kernel, monkeypatch, name, dtype, shared):
+    """Also with every product shared by the team (the toy models' are small enough to run on one thread), where
+    the team computes the query, key and value rows by heads, unlike the model's own calls (gemv.c's heads' rows)."""
     monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)  # every linear through the kernel (the toy models' are small)
+    if shared:
+        monkeypatch.setattr(gemv, "PARALLEL_MIN", 0)
     model = model_of(name, dtype)
-    theirs, ours = model_and_plan_steps(model, 40)
+    plans = []
+    theirs, ours = model_and_plan_steps(model, 40, plans=plans)
     assert torch.equal(ours, theirs)  # the same calls on the same numbers
+    threads = torch.get_num_threads()  # (the team's rows differ from the model's calls' where heads' rows apply)
+    assert gemv.load().heads_rows(plans[0].ops, threads) == heads_rows_expected(model, threads)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
@@ -76,8 +100,11 @@ def test_a_quantized_models_replayed_step_equals_its_step(kernel, monkeypatch, n
     monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
     model = model_of(name, scheme=scheme)
     assert isinstance(model.tok_emb, QuantEmbedding)
-    theirs, ours = model_and_plan_steps(model, 30)
+    plans = []
+    theirs, ours = model_and_plan_steps(model, 30, plans=plans)
     assert torch.equal(ours, theirs)
+    threads = torch.get_num_threads()
+    assert gemv.load().heads_rows(plans[0].ops, threads) == heads_rows_expected(model, threads)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -1705,6 +1705,16 @@ static int heads_rows(long fn, const long *p, const long *b, long t, long n, lon
     return 1;
 }
 
+/* how many of the calls of `ops` a team of `threads` threads makes as the heads' rows (tests, benchmarks) */
+long scratchllm_plan_heads_rows(const struct plan_op *ops, long n, int threads) {
+    long count = 0, rows[6];
+    for (long i = 0; i + 1 < n; i++) {
+        if (ops[i + 1].fn != PLAN_ATTEND || plan_alone(ops[i].fn, ops[i].args)) continue;
+        count += heads_rows(ops[i].fn, ops[i].args, ops[i + 1].args, 0, threads, rows);
+    }
+    return threads > 1 ? count : 0;
+}
+
 /* the calls of `ops`: as scratchllm_run_plan says; 0 or the failed call's index + 1 */
 static long plan_run(const struct plan_op *ops, long n, long pos, long token, int threads) {
     int team = threads > 1 && threads <= TEAM_MAX && !IN_TEAM;

@@ -260,6 +260,9 @@ class Kernel:
         self._run_plan.argtypes, self._run_plan.restype = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long], ctypes.c_long
         self._argmax = self._lib.scratchllm_argmax.fn
         self._argmax.argtypes, self._argmax.restype = [ctypes.c_void_p, ctypes.c_long], ctypes.c_long
+        self._heads_rows = self._lib.scratchllm_plan_heads_rows.fn
+        self._heads_rows.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int]
+        self._heads_rows.restype = ctypes.c_long
         self.isas = tuple(name for k, name in enumerate(ISAS) if bits >> k & 1)  # e.g. ("c", "avx2", "avx512")
 
     def isa(self, name: str | None = None) -> int:
@@ -469,6 +472,11 @@ class Kernel:
 
         step.held = (run, ops, pick_from)  # type: ignore[attr-defined]  (what `at` points into)
         return step
+
+    def heads_rows(self, ops: ctypes.Array, threads: int) -> int:
+        """How many calls of `ops` a team of `threads` threads makes as "the heads' rows" (gemv.c: each thread the
+        query, key and value rows of the heads it then attends with, no barrier in between)."""
+        return self._heads_rows(ctypes.addressof(ops), len(ops), threads)
 
     def argmax(self, x: torch.Tensor) -> int:
         """The first index of x's largest value (a NaN counts as largest), as torch.argmax: x (n,) fp32 contiguous.
