@@ -30,7 +30,7 @@ the recorded step replayed alone (its C calls, nothing around them) and the engi
 17 MB in fp32, held in the caches) the quantized products are bound by arithmetic rather than by reading bytes,
 and that fixed part weighs more.
 
-    python benchmarks/quantize.py [--demo CHECKPOINT] [--new-tokens 100] [--repeats 3] [--rounds 3] [--no-record]
+    python benchmarks/quantize.py [--demo CHECKPOINT] [--new-tokens 100] [--repeats 3] [--rounds 5] [--no-record]
 """
 
 from __future__ import annotations
@@ -358,7 +358,9 @@ def main() -> None:
     ap.add_argument("--demo", default=None, help="a trained demo-shaped checkpoint (default: random weights)")
     ap.add_argument("--new-tokens", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3, help="best of this many decodes per process")
-    ap.add_argument("--rounds", type=int, default=3, help="processes per row, taken in turn with the other rows")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="processes per row, taken in turn with the other rows (a process's decode speed varies by "
+                         "up to ~10%% between processes)")
     ap.add_argument("--windows", type=int, default=64, help="perplexity windows (of the context length)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-folder", default=None, help=argparse.SUPPRESS)
