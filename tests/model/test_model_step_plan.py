@@ -242,28 +242,33 @@ def test_the_engine_decodes_through_a_plan(kernel, monkeypatch):
 
 def test_an_open_batchs_lone_greedy_row_picks_through_its_plan(kernel, monkeypatch):
     """An open batch (the server's) whose one row decodes greedily steps by the plan's pick once its first decode
-    step is recorded; a second row joining makes the cache one for two rows, and the steps are the model's from
-    then on, even once it has left; each row gets the tokens it gets alone."""
+    step is recorded; while a second row (with a longer prompt: positions before the first row's) decodes too, the
+    steps are the model's; once it has left, the first row's steps are recorded and replayed again, in the cache
+    now made for two rows (its row 0); each row gets the tokens it gets alone."""
     monkeypatch.setattr(P, "KERNEL_MIN_WEIGHTS", 0)
     model = model_of("llama")
     picks = []
     pick = StepPlan.greedy
     monkeypatch.setattr(StepPlan, "greedy", lambda self, token: picks.append(token) or pick(self, token))
     first, second = SampleConfig(temperature=0.0, max_new_tokens=30), SampleConfig(temperature=0.0, max_new_tokens=6)
-    alone = [generate(model, list(range(9)), first), generate(model, [5, 4, 3], second)]
+    longer = list(range(30, 50))  # more tokens than the first row has when it joins
+    alone = [generate(model, list(range(9)), first), generate(model, longer, second)]
     picks.clear()
     got: dict[int, list[int]] = {0: [], 1: []}
     with torch.inference_mode(), Decoder(model, max_batch=2) as dec:
         rows = [dec.add(list(range(9)), first)]
         for i in range(30):
             if i == 10:
-                rows.append(dec.add([5, 4, 3], second))
+                rows.append(dec.add(longer, second))
                 assert len(picks) == 8  # steps 2 to 9: step 0 read the prompt, step 1 was recorded
+            if i == 16:
+                assert len(picks) == 8 and dec.cache.batch_size == 2  # two rows: the model's steps
             for row, t in dec.step():
                 if t is not None:
                     got[rows.index(row)].append(t)
+        assert dec.cache.batch_size == 2 and dec.starts == [0]
     assert [got[0], got[1]] == alone
-    assert len(picks) == 8
+    assert len(picks) >= 8 + 10  # after the second row left: recorded once, then picked again
 
 
 def test_a_quantized_model_generates_through_a_plan(kernel, monkeypatch):

@@ -17,7 +17,8 @@ How one generation runs:
    logits are computed. Padded batches pass an attention mask and position ids that count real
    tokens only, so each row sees exactly what it would see alone. One prompt alone (with the C kernel
    built) has its last token read as a decode step instead, recorded (`model.step_plan`), so that
-   every decode step after it is one C call.
+   every decode step after it is one C call. An open batch's steps are recorded too whenever it is down
+   to one row (the positions before that row are dropped first, so its steps need no mask).
 4. Decode: sample a token per row (`sampling.sample_next`), feed it as a single query.
 5. Stop a row on its end-of-text id (not returned), when the caller says so (`Decoder.done`, as
    the text API does for stop strings), or after max_new_tokens.
@@ -319,7 +320,7 @@ class Decoder:
         cache = self.cache
         if cache.pos >= cache.max_len:
             self._make_room()
-        if len(self._last) == 1 and self.starts[0] == 0 and cache.batch_size == 1:
+        if len(self._last) == 1 and self.starts[0] == 0:  # one row (the cache's row 0, of however many it holds)
             return self._decode_one(self._last[0], cache)  # (1, V)
         tokens = torch.tensor(self._last, device=self.device)[:, None]  # (B, 1)
         if max(self.starts) == 0:
@@ -391,6 +392,9 @@ class Decoder:
             self._last.pop()
         if not self.slots and self.cache is not None:
             self.cache.reset()
+        elif len(self.slots) == 1 and self.starts[0] > 0:  # one row left: drop the positions before it, so that
+            self.cache.shift(-self.starts[0], rows=1)  # its steps need no mask (and may be replayed: `_decode_one`)
+            self.starts = [0]
 
     def _sample(self, logits: torch.Tensor) -> list[int]:
         """One token per slot: rows with the same settings (and generator, when sampling) drawn together."""

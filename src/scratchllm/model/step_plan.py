@@ -81,10 +81,11 @@ class StepPlan:
     @classmethod
     def record(cls, model, idx: torch.Tensor, kv_cache) -> tuple[torch.Tensor, StepPlan | None]:
         """Run the decode step `model(idx, kv_cache=kv_cache, last_only=True)` for one token idx (1, 1), recording
-        it: (its logits (1, 1, vocab), the plan, or None where the step was not the kernel's calls alone). Call it
-        without autograd, with the model as it will decode (eval, its linears as the decode loop wraps them)."""
+        it: (its logits (1, 1, vocab), the plan, or None where the step was not the kernel's calls alone). The row
+        is the cache's row 0 (of a cache for more rows too: an open batch's last row). Call it without autograd,
+        with the model as it will decode (eval, its linears as the decode loop wraps them)."""
         pos, token = kv_cache.pos, int(idx)
-        if gemv.load() is None or torch.is_grad_enabled() or idx.numel() != 1 or kv_cache.batch_size != 1:
+        if gemv.load() is None or torch.is_grad_enabled() or idx.numel() != 1:  # (the one row: the cache's row 0)
             return model(idx, kv_cache=kv_cache, last_only=True), None
         watch = _Watch()
         with gemv.record() as rec, watch:
