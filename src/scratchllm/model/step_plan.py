@@ -25,7 +25,7 @@ on the same numbers (tested for GPT-2, Llama and Qwen3 styles, fp32, bf16, int8 
 
 Numbers (benchmarks/quantize.py, the demo model, 2 threads; benchmarks/RESULTS.md): a step whose calls Python made
 took 351 us in fp32, 257 in int8 and 316 in int4 (measured before plans existed); replayed, greedy token picked,
-it takes 100, 41 and 28 us, and 100, 46 and 28 with the engine's own work around it (the medians of one run: a
+it takes 113, 43 and 27 us, and 109, 45 and 30 with the engine's own work around it (the medians of one run: a
 process's speed varies by up to ~10%).
 
 Not here: the calls themselves (model.gemv), when the engine uses a plan (generate.engine).
