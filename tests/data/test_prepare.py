@@ -1,6 +1,7 @@
 """The text pipeline job: fetch -> clean -> tokenizer -> shards, statistics, and reuse of a finished folder."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -51,6 +52,41 @@ def test_prepare_reuses_a_finished_folder_and_rebuilds_on_change(tmp_path, corpu
     assert not changed.reused and changed.meta["prepare"]["config_hash"] != first.meta["prepare"]["config_hash"]
     (corpus / "play99.txt").write_text("A new play.")  # new input: not the same preparation
     assert config_hash(cfg) != first.meta["prepare"]["config_hash"]
+
+
+def test_preparations_of_one_folder_at_once_take_turns(tmp_path, corpus, monkeypatch):
+    """Four threads preparing the same folder at once (a sweep's parallel trials): one prepares it, the others wait
+    their turn and reuse it; none reads a folder another is writing."""
+    import threading
+
+    import scratchllm.data.prepare as P
+
+    writes, inner = [], P._prepare_into
+
+    def slow_prepare(*args, **kwargs):  # a preparation long enough for the others to arrive meanwhile
+        writes.append(threading.get_ident())
+        prepared = inner(*args, **kwargs)
+        time.sleep(0.2)
+        return prepared
+
+    monkeypatch.setattr(P, "_prepare_into", slow_prepare)
+    cfg = DataConfig(dataset=str(corpus), tokenizer=TokenizerConfig(kind="char"))
+    out, results, errors = tmp_path / "prep", [], []
+
+    def run():
+        try:
+            results.append(prepare(cfg, out, progress=False))
+        except Exception as e:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(writes) == 1
+    assert sorted(p.reused for p in results) == [False, True, True, True]
+    assert all(np.array_equal(p.train, results[0].train) for p in results)
 
 
 def test_prepare_bpe_on_the_verdict(tmp_path, shared_data):

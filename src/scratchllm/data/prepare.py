@@ -4,13 +4,16 @@
 `clean_report.json` and `meta.json` (written last; it holds a hash of the config and of the input,
 so a later call with the same config finds the finished folder and reuses it instead of redoing
 the work). It prints the corpus statistics and the time each stage took. This is what
-`scratchllm data prepare` runs and what `scratchllm train` calls before training.
+`scratchllm data prepare` runs and what `scratchllm train` calls before training. Preparations of one
+folder take turns (an `fcntl.flock` on `.<folder>.lock` beside it), so calls made at once (a sweep's
+parallel trials) prepare it once and the others reuse it.
 
 Not here: the stages themselves (`sources`, `clean`, the tokenizer package, `shards`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -107,18 +110,44 @@ def _reusable(out: Path, digest: str) -> Prepared | None:
         return None
 
 
+@contextlib.contextmanager
+def _taking_turns(out: Path):
+    """Hold an exclusive lock on preparing `out`: a file beside it, `fcntl.flock`ed (threads and processes alike).
+    Without flock (not POSIX) or where the file cannot be made, no lock: preparing then fails as it would."""
+    try:
+        import fcntl
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = open(out.parent / f".{out.name}.lock", "a")  # noqa: SIM115 (held until the block ends)
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def prepare(config: DataConfig, out_dir: str | os.PathLike, progress: bool = True) -> Prepared:
-    """Fetch, clean, train the tokenizer and write shards into `out_dir`; reuse it if already done."""
+    """Fetch, clean, train the tokenizer and write shards into `out_dir`; reuse it if already done (by this call's
+    turn: another preparing the same folder at once finishes first)."""
     out = Path(out_dir)
     digest = config_hash(config)
-    done = _reusable(out, digest)
     say = print if progress else (lambda *a, **k: None)
-    if done is not None:
-        done.reused = True
-        done.timings = done.meta["prepare"].get("timings", {})
-        say(f"reusing the prepared data in {out} (same config, hash {digest})")
-        say(summary(done.meta))
-        return done
+    done = _reusable(out, digest)
+    if done is None:
+        with _taking_turns(out):
+            done = _reusable(out, digest)
+            if done is None:
+                return _prepare_into(out, config, digest, say, progress)
+    done.reused = True
+    done.timings = done.meta["prepare"].get("timings", {})
+    say(f"reusing the prepared data in {out} (same config, hash {digest})")
+    say(summary(done.meta))
+    return done
+
+
+def _prepare_into(out: Path, config: DataConfig, digest: str, say, progress: bool) -> Prepared:
+    """`prepare`'s work, in its turn: every stage, the shards and meta.json (last) written into `out`."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
 
