@@ -5,19 +5,20 @@
 so a later call with the same config finds the finished folder and reuses it instead of redoing
 the work). It prints the corpus statistics and the time each stage took. This is what
 `scratchllm data prepare` runs and what `scratchllm train` calls before training. Preparations of one
-folder take turns (an `fcntl.flock` on `.<folder>.lock` beside it), so calls made at once (a sweep's
-parallel trials) prepare it once and the others reuse it.
+folder in one process take turns, so threads preparing it at once (a sweep's parallel trials) prepare it
+once and the others reuse it; a distributed job's ranks wait for rank 0's (`train.pretrain`). (No lock file:
+a preparation that fails on bad input leaves nothing behind.)
 
 Not here: the stages themselves (`sources`, `clean`, the tokenizer package, `shards`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,21 +111,14 @@ def _reusable(out: Path, digest: str) -> Prepared | None:
         return None
 
 
-@contextlib.contextmanager
-def _taking_turns(out: Path):
-    """Hold an exclusive lock on preparing `out`: a file beside it, `fcntl.flock`ed (threads and processes alike).
-    Without flock (not POSIX) or where the file cannot be made, no lock: preparing then fails as it would."""
-    try:
-        import fcntl
+_TURNS: dict[str, threading.Lock] = {}  # a lock per prepared folder (its resolved path)
+_TURNS_GUARD = threading.Lock()
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        f = open(out.parent / f".{out.name}.lock", "a")  # noqa: SIM115 (held until the block ends)
-    except (ImportError, OSError):
-        yield
-        return
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-        yield
+
+def _turn(out: Path) -> threading.Lock:
+    """The lock on which this process's preparations of `out` take turns."""
+    with _TURNS_GUARD:
+        return _TURNS.setdefault(str(out.resolve()), threading.Lock())
 
 
 def prepare(config: DataConfig, out_dir: str | os.PathLike, progress: bool = True) -> Prepared:
@@ -135,7 +129,7 @@ def prepare(config: DataConfig, out_dir: str | os.PathLike, progress: bool = Tru
     say = print if progress else (lambda *a, **k: None)
     done = _reusable(out, digest)
     if done is None:
-        with _taking_turns(out):
+        with _turn(out):
             done = _reusable(out, digest)
             if done is None:
                 return _prepare_into(out, config, digest, say, progress)
