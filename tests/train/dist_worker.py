@@ -107,6 +107,7 @@ def main() -> int:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()  # every rank done (rank 0 writes the outputs) before any leaves the group
         dist.destroy_process_group()
     return 0
 

@@ -138,9 +138,16 @@ def lost_contact(e: BaseException) -> UserError | None:
                      f"from the last checkpoint with --resume")
 
 
-def teardown() -> None:
-    """Leave the process group (at the end of the job)."""
+def teardown(done: bool = False) -> None:
+    """Leave the process group (at the end of the job). `done` (the job's block ended without an error): every rank
+    first waits for the others to finish, so none leaves while another still works with it. Measured on the tests'
+    2-process FSDP jobs, whose rank 0 writes its outputs last: without the barrier about 1 run in 4 of those tests
+    had a rank abort at exit ("terminate called without an active exception", after every file was written); with
+    it, none in 16 jobs.
+    After an error there is no barrier: a rank that died would hold the others until the timeout."""
     if dist.is_available() and dist.is_initialized():
+        if done:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -177,15 +184,17 @@ def job(strategy: str, device: str, timeout: float) -> Iterator[None]:
     """`with job(strategy, device, timeout):` a torchrun job's process group for the block (`setup`), torn down
     however the block ends; a lost peer (a rank that died) becomes its one clear error (`lost_contact`)."""
     setup(strategy, device, timeout)
+    done = False
     try:
         yield
+        done = True
     except RuntimeError as e:
         lost = lost_contact(e)
         if lost is None:
             raise
         raise lost from None
     finally:
-        teardown()
+        teardown(done)
 
 
 @contextlib.contextmanager
