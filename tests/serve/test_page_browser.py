@@ -149,16 +149,27 @@ def test_chat_streams_rates_and_picks_the_better_of_two(server, browser):
     assert [(r["rating"], r["answer"], r["prompt"], r["model"]) for r in rows] == [("up", want, chat_prompt(first),
                                                                                      "tiny")]
 
-    # two answers (sampled, so they differ), pick the second: a pair that finetune dpo reads
+    # two answers (sampled, so they differ), pick the second: a pair that finetune dpo reads. A sampled answer can
+    # be empty (the model's end of text drawn first): the page offers no pick then, and the message is sent again
     d.find_element("id", "two-answers").click()
     set_value(d, "temperature", "1.5")
-    set_value(d, "message", "Pick one")
-    d.find_element("id", "send").click()
-    wait_for(d, "document.querySelectorAll('.pair button.pick').length === 2")
-    answers = d.execute_script("return [...document.querySelectorAll('.pair .answer')].map(a => a.textContent)")
-    d.find_elements("css selector", ".pair button.pick")[1].click()
-    wait_for(d, "document.querySelector('.pair').dataset.picked === '1'")
-    second = first + [{"role": "assistant", "content": want}, {"role": "user", "content": "Pick one"}]
+    history = first + [{"role": "assistant", "content": want}]
+    last_pair = "[...document.querySelectorAll('.pair')].pop()"
+    for attempt in range(1, 7):
+        set_value(d, "message", "Pick one")
+        d.find_element("id", "send").click()
+        wait_for(d, f"document.querySelectorAll('.pair').length === {attempt} && "
+                    f"{last_pair}.querySelectorAll('.answer[data-state=done]').length === 2 && "
+                    "!document.getElementById('send').disabled")
+        answers = d.execute_script(f"return [...{last_pair}.querySelectorAll('.answer')].map(a => a.textContent)")
+        second = history + [{"role": "user", "content": "Pick one"}]
+        picks = d.find_elements("css selector", ".pair")[-1].find_elements("css selector", "button.pick")
+        if all(a.strip() for a in answers) and answers[0] != answers[1]:
+            break
+        assert picks == []  # nothing to pick in a pair with an empty answer
+        history = second + [{"role": "assistant", "content": answers[0]}]
+    picks[1].click()
+    wait_for(d, f"{last_pair}.dataset.picked === '1'")
     pairs = read_preferences(str(feedback))
     assert [p[1:] for p in pairs] == [(chat_prompt(second), answers[1], answers[0])]
     assert json.loads(feedback.read_text())["messages"] == second

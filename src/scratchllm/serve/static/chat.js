@@ -200,10 +200,13 @@ async function send() {
       const divs = columns.map((column) => turn("assistant", "", column));
       const answers = await Promise.all(divs.map((d) => streamAnswer(model, messages, d)));
       history.push({ role: "user", content: text }, { role: "assistant", content: answers[0] });
-      if (divs.every((d) => d.dataset.state === "done") && answers[0] !== answers[1]) {
+      if (divs.every((d) => d.dataset.state === "done") && answers[0] !== answers[1]
+          && answers.every((a) => a.trim())) {
         pickButtons(pair, divs, model, messages, answers, history.length - 1);
       } else if (answers[0] === answers[1]) {
         status("the two answers are the same: nothing to pick");
+      } else if (!answers.every((a) => a.trim())) {
+        status("an answer is empty: nothing to pick");  // (a preference pair needs two answers)
       }
     } else {
       const div = turn("assistant", "");
