@@ -89,6 +89,37 @@ def test_preparations_of_one_folder_at_once_take_turns(tmp_path, corpus, monkeyp
     assert all(np.array_equal(p.train, results[0].train) for p in results)
 
 
+SLOW_PREPARE = """
+import sys, time
+import scratchllm.data.prepare as P
+from scratchllm.config.data import DataConfig
+from scratchllm.config.tokenizer import TokenizerConfig
+inner = P._prepare_into
+def slow(*args, **kwargs):  # the folder has no meta.json yet: the other process, arriving now, must wait
+    time.sleep(1.5)
+    return inner(*args, **kwargs)
+P._prepare_into = slow
+p = P.prepare(DataConfig(dataset=sys.argv[1], tokenizer=TokenizerConfig(kind="char")), sys.argv[2], progress=False)
+print("reused" if p.reused else "prepared", int(p.train.sum()))
+"""
+
+
+def test_preparations_of_one_folder_in_two_processes_take_turns(tmp_path, corpus):
+    """Two processes preparing the same folder at once: one prepares it, the other waits and reuses it; nothing
+    is left beside the folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "prep"
+    procs = [subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(corpus), str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    said = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in said]
+    words = sorted(o.split()[0] for o, _ in said)
+    assert words == ["prepared", "reused"] and len({o.split()[1] for o, _ in said}) == 1
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["corpus", "prep"]
+
+
 def test_prepare_bpe_on_the_verdict(tmp_path, shared_data):
     cfg = DataConfig(dataset="the-verdict", data_dir=str(shared_data), tokenizer=TokenizerConfig(vocab_size=300))
     p = prepare(cfg, tmp_path / "verdict", progress=False)

@@ -5,9 +5,11 @@
 so a later call with the same config finds the finished folder and reuses it instead of redoing
 the work). It prints the corpus statistics and the time each stage took. This is what
 `scratchllm data prepare` runs and what `scratchllm train` calls before training. Preparations of one
-folder in one process take turns, so threads preparing it at once (a sweep's parallel trials) prepare it
-once and the others reuse it; a distributed job's ranks wait for rank 0's (`train.pretrain`). (No lock file:
-a preparation that fails on bad input leaves nothing behind.)
+folder take turns, so threads or processes preparing it at once (a sweep's parallel trials, two commands
+started together) prepare it once and the others reuse it; a distributed job's ranks wait for rank 0's
+(`train.pretrain`). Between processes the turns are an flock on a file in the system's temporary folder,
+named by a hash of the folder's path: never a file beside the folder, so a preparation that fails on bad
+input leaves nothing behind there.
 
 Not here: the stages themselves (`sources`, `clean`, the tokenizer package, `shards`).
 """
@@ -18,8 +20,10 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,10 +119,30 @@ _TURNS: dict[str, threading.Lock] = {}  # a lock per prepared folder (its resolv
 _TURNS_GUARD = threading.Lock()
 
 
-def _turn(out: Path) -> threading.Lock:
-    """The lock on which this process's preparations of `out` take turns."""
+@contextmanager
+def _turn(out: Path):
+    """Hold `out`'s turn: first this process's lock for it (threads), then an flock that other processes
+    preparing it wait on (where the platform has flock). The lock file lives in the temporary folder and is
+    left there, empty, for the next turn (removing it could let two processes lock two different files)."""
+    key = str(out.resolve())
     with _TURNS_GUARD:
-        return _TURNS.setdefault(str(out.resolve()), threading.Lock())
+        lock = _TURNS.setdefault(key, threading.Lock())
+    with lock:
+        try:
+            import fcntl
+        except ImportError:  # (not on Windows: there the turns are this process's only)
+            yield
+            return
+        folder = Path(tempfile.gettempdir()) / f"scratchllm-locks-{os.getuid()}"  # (a user's own)
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            f = open(folder / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".lock"), "a+b")
+        except OSError:  # no writable temporary folder: the turns are this process's only
+            yield
+            return
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # (released when the file closes)
+            yield
 
 
 def prepare(config: DataConfig, out_dir: str | os.PathLike, progress: bool = True) -> Prepared:
