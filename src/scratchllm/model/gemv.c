@@ -721,9 +721,13 @@ int scratchllm_attend(const void *q, const void *k, const void *v, void *kc, voi
  *
  * int8, one scale per row, read as stored (model.quant_linear's format):
  * y[r] = s[r] * sum_blocks d_b * (sum_i w_i q_i). The products of two signed bytes go through the
- * unsigned-times-signed instructions as |w| times (q with w's sign) (w and q are never -128, so nothing
- * saturates: 2 * 127 * 127 < 2^15). 4 packed bytes sum into one int32 lane, multiplied by its block's d
- * (`lane_d`). Rows are read in STREAMS streams per thread, as rows_dot.
+ * unsigned-times-signed instructions, and 4 packed bytes sum into one int32 lane, multiplied by its block's d
+ * (`lane_d`). AVX-512 (`vpdpbusd`, 32-bit sums): the weight's sign bit flipped, w ^ 0x80 = w + 128 as an unsigned
+ * byte, times q, the lane's sum starting from -128 times its sum of q (`lane_c`, computed with the input), so
+ * sum (w + 128) q - 128 sum q = sum w q exactly: a load, an xor and the product per 64 weights. AVX2
+ * (`vpmaddubsw`, 16-bit pair sums, which (w + 128) q could overflow): |w| times (q with w's sign) (w and q are
+ * never -128, so nothing saturates: 2 * 127 * 127 < 2^15). Rows are read in STREAMS streams per thread, as
+ * rows_dot.
  *
  * int4, group-wise: each weight an unsigned u in 0..15 standing for (u - z) s (z = 8 for symmetric
  * weights), two a byte (weight 2j low, 2j + 1 high, as the file has them), read in the KERNEL LAYOUT,
@@ -784,6 +788,7 @@ struct qin {
     float *xd;            /* per block: its step d */
     int *xq;              /* per block: the sum of its q */
     float *lane_d;        /* int8, per lane (4 inputs): its block's d */
+    int *lane_c;          /* int8, per lane: -128 times its sum of q (in the room int4's xo takes) */
 };
 
 static long round_up(long n, long m) { return (n + m - 1) / m * m; }
@@ -800,6 +805,7 @@ static struct qin carve(void *scratch, long in, long row) {
     struct qin q;
     q.xe = (signed char *)p;
     q.xo = q.xe + nb / 2 + QPAD / 2;
+    q.lane_c = (int *)(p + nb); /* (int8's xe ends before nb; round_up(in, 64) bytes, aligned) */
     q.lane_d = (float *)(p + 2 * nb);
     q.xd = q.lane_d + lanes;
     q.xq = (int *)(q.xd + blocks);
@@ -830,7 +836,17 @@ static int quantize_block(const float *x, long n, signed char *q, float *d_out) 
     return sum;
 }
 
-/* int8 weights: the input in order, lane_d per 4 inputs */
+/* int8: per lane of 4 inputs (xe zero beyond `in`), its block's d and -128 times its sum of q */
+static void prep_lanes(long in, struct qin *q) {
+    long lanes = round_up(in, 64) / 4;
+    for (long l = 0; l < lanes; l++) {
+        const signed char *e = q->xe + 4 * l;
+        q->lane_d[l] = l * 4 < in ? q->xd[l * 4 / QBLOCK] : 0.0f;
+        q->lane_c[l] = -128 * (e[0] + e[1] + e[2] + e[3]);
+    }
+}
+
+/* int8 weights: the input in order, lane_d and lane_c per 4 inputs */
 static void prep_q8(const float *x, long in, struct qin *q) {
     long blocks = round_up(in, QBLOCK) / QBLOCK;
     for (long b = 0; b < blocks; b++) {
@@ -838,8 +854,7 @@ static void prep_q8(const float *x, long in, struct qin *q) {
         q->xq[b] = quantize_block(x + b * QBLOCK, n, q->xe + b * QBLOCK, &q->xd[b]);
     }
     memset(q->xe + in, 0, round_up(in, 64) + QPAD - in);
-    long lanes = round_up(in, 64) / 4;
-    for (long l = 0; l < lanes; l++) q->lane_d[l] = l * 4 < in ? q->xd[l * 4 / QBLOCK] : 0.0f;
+    prep_lanes(in, q);
 }
 
 /* int4 weights (in % 32 == 0): the input split in even/odd halves, d and the sum of q per block */
@@ -889,8 +904,7 @@ T512 static void prep_q8_512(const float *x, long in, struct qin *q) {
     if (whole < blocks) q->xq[whole] = quantize_block(x + whole * QBLOCK, in - whole * QBLOCK, q->xe + whole * QBLOCK,
                                                       &q->xd[whole]);
     memset(q->xe + in, 0, round_up(in, 64) + QPAD - in);
-    long lanes = round_up(in, 64) / 4;
-    for (long l = 0; l < lanes; l++) q->lane_d[l] = l * 4 < in ? q->xd[l * 4 / QBLOCK] : 0.0f;
+    prep_lanes(in, q);
 }
 
 T512 static void prep_q4_512(const float *x, long in, struct qin *q) {
@@ -1075,14 +1089,15 @@ T512 static inline __attribute__((always_inline)) void q8_rows_512(const signed 
         p[s] = w + rows[s] * in;
         acc[s] = _mm512_setzero_ps();
     }
+    const __m512i sign = _mm512_set1_epi8((char)0x80);
     for (long o = 0; o < in; o += 64) {
         __mmask64 bytes = o + 64 <= in ? ~0ULL : (1ULL << (in - o)) - 1;
-        __m512i x = _mm512_loadu_si512(q->xe + o);
+        __m512i x = _mm512_loadu_si512(q->xe + o); /* (zero beyond `in`: the masked bytes' w + 128 meet q = 0) */
         __m512 d = _mm512_loadu_ps(q->lane_d + o / 4);
+        __m512i c = _mm512_loadu_si512(q->lane_c + o / 4);
         _Pragma("GCC unroll 4") for (int s = 0; s < nr; s++) {
             __m512i wb = bytes == ~0ULL ? _mm512_loadu_si512(p[s] + o) : _mm512_maskz_loadu_epi8(bytes, p[s] + o);
-            __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(wb), _mm512_setzero_si512(), x); /* q * sign(w) */
-            __m512i isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wb), sx);
+            __m512i isum = _mm512_dpbusd_epi32(c, _mm512_xor_si512(wb, sign), x); /* sum (w + 128) q - 128 sum q */
             acc[s] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), d, acc[s]);
         }
     }
