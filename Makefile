@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 WHEELS ?= $(or $(SCRATCHLLM_CACHE_DIR),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/scratchllm),$(HOME)/.cache/scratchllm)/wheels
 
-.PHONY: demo test install dev lint docs clean llama-cpp chromium
+.PHONY: demo test test-slow install dev lint docs clean llama-cpp chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,10 +60,15 @@ chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { s="$$(command -v sudo || true)"; $$s apt-get update -q && $$s apt-get install -y -q chromium chromium-driver; }
 
+# the default run leaves out the tests marked slow (end-to-end: multi-process jobs, the walkthroughs),
+# so it stays well under 15 minutes on 2 cores; `make test-slow` runs those, and CI runs both
 test: $(VENV)/.dev chromium
 	$(BIN)/ruff check src tests benchmarks docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 	$(MKDOCS) --quiet -d site
+
+test-slow: $(VENV)/.dev chromium
+	$(BIN)/python -m pytest -q -m slow
 
 docs: $(VENV)/.dev
 	$(MKDOCS) -d site

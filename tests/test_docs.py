@@ -214,6 +214,7 @@ def page_environment(folder: Path, data_dir: Path):
                 os.environ[k] = v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)
 def test_walkthrough_runs(page: Path, tmp_path: Path, shared_data: Path) -> None:
     with page_environment(tmp_path, shared_data):

@@ -103,12 +103,14 @@ def two_equal_one(work: Path, tmp_path: Path, method: str, data: str, extra: tup
     assert_same_job(tmp_path / "two", tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_instruct_with_lora_under_ddp_equals_one_process(work, tmp_path):
     extra = ("--lora", "r=4,alpha=8", "--train.lr", "1e-2", "--max_new_tokens", "2")
     two_equal_one(work, tmp_path, "instruct", "instructions.json", extra, ("torchrun", "--train.strategy", "ddp"))
     assert any(k.startswith("adapters.safetensors:") for k in final_weights(tmp_path / "two" / "job"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_classify_with_nproc_equals_one_process(work, tmp_path, strategy):
     two_equal_one(work, tmp_path, "classify", "sms.csv", ("--train.lr", "1e-3"),
@@ -118,6 +120,7 @@ def test_classify_with_nproc_equals_one_process(work, tmp_path, strategy):
     assert a["test"]["confusion"] == b["test"]["confusion"]
 
 
+@pytest.mark.slow
 def test_dpo_under_ddp_equals_one_process(work, tmp_path):
     # (AdamW divides each update by the root of its second moment: an element whose gradient is nearly 0
     # turns last-bit differences of the reduction into updates ~lr x 1e-2; this lr keeps them below 1e-5)
@@ -136,6 +139,7 @@ def test_lora_with_fsdp_is_one_clear_error(work, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_classify_from_a_hugging_face_gpt2_folder_under_fsdp_equals_one_process(work, tmp_path):
     """A GPT-2 read from a HF folder holds its Conv1D matrices as transposed views of the file (interop.hf):
     FSDP, which shards contiguous parameters only, gets them copied into nn.Linear's layout first."""

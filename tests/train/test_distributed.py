@@ -60,6 +60,7 @@ def test_ddp_matches_one_process(tmp_path, one_process):
     assert_same_run(tmp_path / "out", one_process)
 
 
+@pytest.mark.slow
 def test_fsdp_cpu_offload_runs_on_a_cpu_job(tmp_path, one_process):
     """train.fsdp_cpu_offload in a job on the CPU (no pinned memory without a GPU): the same steps."""
     ok(torchrun(str(tmp_path / "out"), "--strategy", "fsdp", "--steps", str(STEPS), "--cpu-offload"))
@@ -76,6 +77,7 @@ def test_ddp_with_compile_matches_one_process(tmp_path, one_process):
     assert_same_run(tmp_path / "out", one_process, weights_atol=5e-5)
 
 
+@pytest.mark.slow
 def test_fsdp_matches_one_process_and_its_checkpoint_moves_to_one_process(tmp_path, one_process):
     from scratchllm.checkpoint import load_model, read_state
 
